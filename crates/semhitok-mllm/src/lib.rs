@@ -1,0 +1,1 @@
+//! LLaVA-style understanding and autoregressive text-to-image glue around SemHiTok ids.

@@ -1,0 +1,46 @@
+//! Devices: CPU always, CUDA when present, and the macro that runs one test body on both.
+
+use tch::Device;
+
+/// CUDA device 0 when LibTorch sees a GPU, otherwise `None`.
+///
+/// Binaries must link `libtorch_cuda.so` for this to ever be `Some` (see
+/// `build/link_torch_cuda.rs`): without it PyTorch never registers its CUDA backend.
+pub fn cuda_if_available() -> Option<Device> {
+    tch::Cuda::is_available().then_some(Device::Cuda(0))
+}
+
+/// Expand one test body `fn name(dev: tch::Device) -> R` into `name_cpu` (always run) and
+/// `name_cuda` (runs on CUDA when a GPU is present, otherwise prints that it skipped), in the
+/// manner of candle's `test_device!`, so the GPU host runs the same suite.
+///
+/// ```ignore
+/// fn add(dev: tch::Device) -> anyhow::Result<()> { /* ... */ Ok(()) }
+/// semhitok_nn::test_device!(add, add_cpu, add_cuda);
+/// ```
+#[macro_export]
+macro_rules! test_device {
+    ($fn_name:ident, $cpu:ident, $cuda:ident) => {
+        #[test]
+        fn $cpu() {
+            let r = $fn_name(::tch::Device::Cpu);
+            #[allow(clippy::unit_arg)]
+            $crate::device::assert_ok(r);
+        }
+        #[test]
+        fn $cuda() {
+            match $crate::device::cuda_if_available() {
+                Some(dev) => $crate::device::assert_ok($fn_name(dev)),
+                None => eprintln!("{}: no CUDA device, skipped", stringify!($cuda)),
+            }
+        }
+    };
+}
+
+/// Turn a test body's result into a panic with the error's message (used by [`test_device!`]).
+#[doc(hidden)]
+pub fn assert_ok<T, E: std::fmt::Debug>(r: Result<T, E>) {
+    if let Err(e) = r {
+        panic!("{e:?}");
+    }
+}

@@ -1,0 +1,1 @@
+//! SemHiTok two-stage trainer.
