@@ -3,6 +3,7 @@
 //! It builds without LibTorch: commands that need LibTorch first run [`libtorch::ensure`], which
 //! installs PyPI torch==2.11.0 into `.libtorch/` (idempotent), then spawn cargo with it.
 
+mod bundle;
 mod libtorch;
 mod util;
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Cmd {
     /// Install LibTorch (PyPI torch==2.11.0) into .libtorch/ and verify it. Idempotent.
     Setup(libtorch::SetupArgs),
+    /// Release binaries + tests + a launcher for a GPU host with PyTorch 2.11 and no Rust.
+    Bundle(bundle::BundleArgs),
     /// Build and run the whole test suite (sets up LibTorch first).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -33,6 +36,7 @@ fn main() -> Result<()> {
     let root = util::workspace_root()?;
     match cli.cmd {
         Cmd::Setup(args) => libtorch::setup(&root, &args).map(|_| ()),
+        Cmd::Bundle(args) => bundle::bundle(&root, &args),
         Cmd::Test { args } => {
             libtorch::ensure(&root)?;
             let mut cmd = util::cargo(&root);
