@@ -1,1 +1,22 @@
 //! LLaVA-style understanding and autoregressive text-to-image glue around SemHiTok ids.
+//!
+//! - [`vocab::VisualVocab`]: the LLM vocabulary extended by the 196,608 unified visual ids
+//!   (`u = k * m + j`) plus `<boi>`/`<eoi>`, with checked conversions both ways and the
+//!   text-to-image training sequence layout.
+//! - [`cfg`]: classifier-free guidance: text dropped with p = 0.1 at training time (seeded), and
+//!   guided logits `uncond + s * (cond - uncond)` at sampling time.
+//! - [`sampling`]: next-visual-token sampling restricted to the visual range (temperature,
+//!   top-k, top-p) and the autoregressive generation loop over any [`sampling::NextTokenModel`].
+//! - [`projector::MlpProjector`]: LLaVA-1.5's `mlp2x_gelu` projector from quantized SemHiTok
+//!   features to the LLM width, with LLaVA's weight names (`model.mm_projector.{0,2}`).
+//! - [`tokenizer::TextTokenizer`]: the LLM's text tokenizer (HF tokenizer.json, e.g. the embedded
+//!   Qwen2.5 one) whose size fixes where visual tokens start.
+
+pub mod cfg;
+pub mod error;
+pub mod projector;
+pub mod sampling;
+pub mod tokenizer;
+pub mod vocab;
+
+pub use error::{Error, Result};

@@ -1,0 +1,33 @@
+//! The crate's one error type.
+
+/// Errors of semhitok-mllm; each names the offending id, shape or file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error raised inside LibTorch.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// An id outside its range.
+    #[error("{what}: {value} is outside {lo}..{hi}")]
+    OutOfRange {
+        what: &'static str,
+        value: i64,
+        lo: i64,
+        hi: i64,
+    },
+    /// A tensor with the wrong shape.
+    #[error("{what}: expected shape {expected}, got {got:?}")]
+    Shape {
+        what: &'static str,
+        expected: String,
+        got: Vec<i64>,
+    },
+    /// An invalid setting.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A tokenizer file that could not be loaded or used.
+    #[error("tokenizer {path}: {msg}")]
+    Tokenizer { path: String, msg: String },
+}
+
+/// Result alias of the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
