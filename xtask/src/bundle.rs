@@ -64,21 +64,42 @@ struct Artifact {
 
 fn build_artifacts(root: &Path, args: &[&str]) -> Result<Vec<Artifact>> {
     let mut cmd = util::cargo(root);
-    cmd.args(args).args(["--release", "--workspace", "--exclude", "xtask", "--message-format=json-render-diagnostics"]);
+    cmd.args(args).args([
+        "--release",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--message-format=json-render-diagnostics",
+    ]);
     cmd.stderr(Stdio::inherit());
     let out = util::output(&mut cmd)?;
     let mut arts = vec![];
     for line in out.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if v["reason"] != "compiler-artifact" {
             continue;
         }
-        let Some(exe) = v["executable"].as_str() else { continue };
-        let name = v["target"]["name"].as_str().unwrap_or("unknown").to_string();
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
+        let name = v["target"]["name"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string();
         let kind = v["target"]["kind"][0].as_str().unwrap_or("bin").to_string();
         let is_test = v["profile"]["test"].as_bool().unwrap_or(false);
-        let kind = if is_test && kind == "lib" { "unittest".to_string() } else { kind };
-        arts.push(Artifact { name, kind, path: PathBuf::from(exe) });
+        let kind = if is_test && kind == "lib" {
+            "unittest".to_string()
+        } else {
+            kind
+        };
+        arts.push(Artifact {
+            name,
+            kind,
+            path: PathBuf::from(exe),
+        });
     }
     Ok(arts)
 }
@@ -89,7 +110,11 @@ fn needed_libs(path: &Path) -> Result<Vec<String>> {
     Ok(out
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
-        .filter_map(|l| l.split('[').nth(1).map(|s| s.trim_end_matches(']').to_string()))
+        .filter_map(|l| {
+            l.split('[')
+                .nth(1)
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
         .collect())
 }
 
@@ -101,7 +126,8 @@ pub fn bundle(root: &Path, args: &BundleArgs) -> Result<()> {
     }
     let out = &args.out;
     for d in ["bin", "tests"] {
-        std::fs::create_dir_all(out.join(d)).with_context(|| format!("creating {}", out.join(d).display()))?;
+        std::fs::create_dir_all(out.join(d))
+            .with_context(|| format!("creating {}", out.join(d).display()))?;
     }
     let mut files = vec![];
     for a in &arts {
@@ -122,8 +148,18 @@ pub fn bundle(root: &Path, args: &BundleArgs) -> Result<()> {
         }
         let dest = out.join(dir).join(&name);
         let _ = std::fs::remove_file(&dest);
-        util::run(Command::new("strip").arg("--strip-debug").arg("-o").arg(&dest).arg(&a.path))
-            .or_else(|_| std::fs::copy(&a.path, &dest).map(|_| ()).context("copying binary"))?;
+        util::run(
+            Command::new("strip")
+                .arg("--strip-debug")
+                .arg("-o")
+                .arg(&dest)
+                .arg(&a.path),
+        )
+        .or_else(|_| {
+            std::fs::copy(&a.path, &dest)
+                .map(|_| ())
+                .context("copying binary")
+        })?;
         files.push(serde_json::json!({"file": format!("{dir}/{name}"), "kind": a.kind, "links_libtorch": torch, "links_libtorch_cuda": torch_cuda}));
     }
     let launcher = out.join("run.sh");
@@ -133,11 +169,24 @@ pub fn bundle(root: &Path, args: &BundleArgs) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755))?;
     }
-    let git = util::output(Command::new("git").current_dir(root).args(["rev-parse", "HEAD"])).unwrap_or_default();
+    let git = util::output(
+        Command::new("git")
+            .current_dir(root)
+            .args(["rev-parse", "HEAD"]),
+    )
+    .unwrap_or_default();
     let manifest = serde_json::json!({
         "git_revision": git.trim(), "libtorch": crate::libtorch::TORCH_VERSION, "files": files,
     });
-    std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
-    eprintln!("bundle: {} executables in {} (run `{}/run.sh --list`)", files.len(), out.display(), out.display());
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    eprintln!(
+        "bundle: {} executables in {} (run `{}/run.sh --list`)",
+        files.len(),
+        out.display(),
+        out.display()
+    );
     Ok(())
 }

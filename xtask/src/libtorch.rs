@@ -142,3 +142,45 @@ fn header_version(lt: &Libtorch) -> Result<String> {
         })
         .with_context(|| format!("no __version__ in {}", f.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(version_py: Option<&str>) -> (tempfile::TempDir, Libtorch) {
+        let d = tempfile::tempdir().unwrap();
+        let lt = Libtorch::at(d.path());
+        std::fs::create_dir_all(&lt.torch).unwrap();
+        if let Some(v) = version_py {
+            std::fs::write(lt.torch.join("version.py"), v).unwrap();
+        }
+        (d, lt)
+    }
+
+    #[test]
+    fn reads_wheel_version() {
+        let (_d, lt) = fake(Some(
+            "from typing import Optional\n__version__ = '2.11.0+cu130'\ndebug = False\n",
+        ));
+        assert_eq!(header_version(&lt).unwrap(), "2.11.0");
+        let (_d, lt) = fake(Some("__version__ = \"2.13.0\"\n"));
+        assert_eq!(header_version(&lt).unwrap(), "2.13.0");
+    }
+
+    #[test]
+    fn missing_or_broken_install_is_a_clear_error() {
+        let (_d, lt) = fake(None);
+        let e = header_version(&lt).unwrap_err().to_string();
+        assert!(e.contains("cargo xtask setup"), "{e}");
+        let (_d, lt) = fake(Some("nothing here\n"));
+        assert!(header_version(&lt)
+            .unwrap_err()
+            .to_string()
+            .contains("no __version__"));
+    }
+
+    #[test]
+    fn stamp_names_the_pinned_version() {
+        assert!(stamp_contents().contains(TORCH_VERSION));
+    }
+}
