@@ -1,1 +1,18 @@
-//! SemHiTok two-stage trainer.
+//! SemHiTok two-stage trainer: configs, the training loop and its machinery (AdamW, schedule,
+//! EMA, checkpoints, exact resume), the stages `spc`, `pre`, `decoder-ft`, `joint`,
+//! evaluation, and encode/decode.
+//!
+//! The `semhitok` binary (`src/bin/semhitok.rs`) is a thin CLI over this library;
+//! `cargo xtask train|eval|encode|decode|demo` launch it.
+
+pub mod amp;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod optim;
+pub mod rundir;
+pub mod synthetic;
+pub mod trainer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,7 @@
+//! semhitok-train integration tests (one binary; topics in `tests/train/`).
+
+mod train {
+    pub mod common;
+    mod config;
+    mod machinery;
+}
