@@ -3,8 +3,10 @@
 //! It builds without LibTorch: commands that need LibTorch first run [`libtorch::ensure`], which
 //! installs PyPI torch==2.11.0 into `.libtorch/` (idempotent), then spawn cargo with it.
 
+mod assets;
 mod bundle;
 mod libtorch;
+mod train_cmd;
 mod util;
 
 use anyhow::Result;
@@ -21,6 +23,9 @@ struct Cli {
 enum Cmd {
     /// Install LibTorch (PyPI torch==2.11.0) into .libtorch/ and verify it. Idempotent.
     Setup(libtorch::SetupArgs),
+    /// Fetch, verify and convert the embedded assets into .assets/ (photos, Fashion-MNIST,
+    /// weights, tokenizer, LM). A re-run downloads nothing.
+    Assets(assets::AssetsArgs),
     /// Release binaries + tests + a launcher for a GPU host with PyTorch 2.11 and no Rust.
     Bundle(bundle::BundleArgs),
     /// Build and run the whole test suite (sets up LibTorch first).
@@ -29,6 +34,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Train one stage: `train --stage spc|pre|decoder-ft|joint --config configs/X.toml`.
+    Train(train_cmd::TrainArgs),
+    /// Evaluate a checkpoint (rFID, PSNR, SSIM, LPIPS, teacher cosine, usage; JSON + grids).
+    Eval(train_cmd::PassArgs),
+    /// Images -> semantic, pixel and unified ids (safetensors + JSON).
+    Encode(train_cmd::PassArgs),
+    /// Ids -> PNG images.
+    Decode(train_cmd::PassArgs),
+    /// The embedded-default demo: tiny SPC, SGHC and the semantic-only baseline on photo crops.
+    Demo(train_cmd::PassArgs),
 }
 
 fn main() -> Result<()> {
@@ -36,6 +51,7 @@ fn main() -> Result<()> {
     let root = util::workspace_root()?;
     match cli.cmd {
         Cmd::Setup(args) => libtorch::setup(&root, &args).map(|_| ()),
+        Cmd::Assets(args) => assets::assets(&root, &args),
         Cmd::Bundle(args) => bundle::bundle(&root, &args),
         Cmd::Test { args } => {
             libtorch::ensure(&root)?;
@@ -43,5 +59,10 @@ fn main() -> Result<()> {
             cmd.args(["test", "--workspace", "--release"]).args(&args);
             util::run(&mut cmd)
         }
+        Cmd::Train(a) => train_cmd::train(&root, &a),
+        Cmd::Eval(a) => train_cmd::pass(&root, "eval", &a),
+        Cmd::Encode(a) => train_cmd::pass(&root, "encode", &a),
+        Cmd::Decode(a) => train_cmd::pass(&root, "decode", &a),
+        Cmd::Demo(a) => train_cmd::demo(&root, &a),
     }
 }
