@@ -4,6 +4,7 @@
 //! installs PyPI torch==2.11.0 into `.libtorch/` (idempotent), then spawn cargo with it.
 
 mod assets;
+mod bench_quant;
 mod bundle;
 mod libtorch;
 mod train_cmd;
@@ -44,6 +45,17 @@ enum Cmd {
     Decode(train_cmd::PassArgs),
     /// The embedded-default demo: tiny SPC, SGHC and the semantic-only baseline on photo crops.
     Demo(train_cmd::PassArgs),
+    /// Benchmarks, side by side with the alternative a user would pick, in one run.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// semhitok-quant vs PyTorch CPU (same threads) + SGEMM peak -> target/bench/quant.json.
+    Quant(bench_quant::QuantArgs),
 }
 
 fn main() -> Result<()> {
@@ -64,5 +76,8 @@ fn main() -> Result<()> {
         Cmd::Encode(a) => train_cmd::pass(&root, "encode", &a),
         Cmd::Decode(a) => train_cmd::pass(&root, "decode", &a),
         Cmd::Demo(a) => train_cmd::demo(&root, &a),
+        Cmd::Bench { which } => match which {
+            BenchCmd::Quant(a) => bench_quant::run(&root, &a),
+        },
     }
 }
