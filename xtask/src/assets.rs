@@ -329,13 +329,18 @@ pub trait Fetcher {
 
 /// Turns downloaded package files into the item's outputs under `staging`.
 pub trait Builder {
+    /// One-time setup before the first build (may print; no progress bar is active).
+    fn prepare(&self, _store: &Store) -> Result<()> {
+        Ok(())
+    }
+    /// Build into `staging`; returns log lines to show once the progress line is done.
     fn build(
         &self,
         store: &Store,
         item: &Item,
         pkgs: &[(Package, PathBuf)],
         staging: &Path,
-    ) -> Result<()>;
+    ) -> Result<String>;
 }
 
 /// The real registries, through their ordinary clients.
@@ -449,21 +454,24 @@ pub struct PythonBuilder {
 }
 
 impl Builder for PythonBuilder {
+    fn prepare(&self, store: &Store) -> Result<()> {
+        if self.python.get().is_none() {
+            let lt = libtorch::ensure(&store.root)
+                .context("the conversion scripts run with the project-local Python")?;
+            let _ = self.python.set(lt);
+        }
+        Ok(())
+    }
+
     fn build(
         &self,
         store: &Store,
         item: &Item,
         pkgs: &[(Package, PathBuf)],
         staging: &Path,
-    ) -> Result<()> {
-        let lt = match self.python.get() {
-            Some(lt) => lt,
-            None => {
-                let lt = libtorch::ensure(&store.root)
-                    .context("the conversion scripts run with the project-local Python")?;
-                self.python.get_or_init(|| lt)
-            }
-        };
+    ) -> Result<String> {
+        self.prepare(store)?;
+        let lt = self.python.get().context("python not prepared")?;
         let unpacked = staging.with_extension("unpacked");
         let _ = fs::remove_dir_all(&unpacked);
         let mut cmd = lt.python();
@@ -488,10 +496,7 @@ impl Builder for PythonBuilder {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            eprintln!("    {line}");
-        }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -747,26 +752,28 @@ pub fn ensure_item(
     let staging = store.dir.join(".staging").join(&item.name);
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
+    builder.prepare(store)?;
     let step = Step::start(format!("converting {} ({})", item.name, item.script));
-    if let Err(e) = builder.build(store, item, &pkgs, &staging) {
-        step.fail();
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e);
-    }
+    let log = match builder.build(store, item, &pkgs, &staging) {
+        Ok(log) => log,
+        Err(e) => {
+            step.fail();
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     let result = install_staged(store, item, &staging, mode.record);
     let _ = fs::remove_dir_all(&staging);
     match result {
-        Ok(n) => step.done(format!("{}: {n} file(s) verified and installed", item.name)),
+        Ok(n) => {
+            step.done(format!("{}: {n} file(s) verified and installed", item.name));
+            for line in log.lines() {
+                eprintln!("    {line}");
+            }
+        }
         Err(e) => {
             step.fail();
             return Err(e);
-        }
-    }
-    // Re-verify in place (cheap: the hashes are cached by the install step).
-    if !mode.record {
-        let bad = store.check_outputs(item)?;
-        if let Some((path, p)) = bad.first() {
-            bail!("{path}: {p} right after installing it");
         }
     }
     Ok(Status::Built)
@@ -1129,12 +1136,12 @@ mod tests {
             _: &Item,
             pkgs: &[(Package, PathBuf)],
             staging: &Path,
-        ) -> Result<()> {
+        ) -> Result<String> {
             let mut b = fs::read(&pkgs[0].1)?;
             b.reverse();
             fs::create_dir_all(staging.join("out"))?;
             fs::write(staging.join("out/a.bin"), b)?;
-            Ok(())
+            Ok(String::new())
         }
     }
 
