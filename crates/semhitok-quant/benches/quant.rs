@@ -2,7 +2,7 @@
 //!
 //! Inputs are seeded uniform [-1, 1) values (no files needed). Shapes: semantic search
 //! N = 4096 tokens (16 images x 256), K = 16384, D = 32; SGHC search N = 4096, K_sem = 16384,
-//! m = 12, D_pix 8 and 32; unified id encode/decode over 262,144 ids; one EMA step (scatter
+//! m = 12, D_pix 8 and 32 (packed once, and one-shot on the raw array); unified id encode/decode over 262,144 ids; one EMA step (scatter
 //! statistics of a 4096-token batch + update of the 16384 x 32 codebook). The side-by-side
 //! comparison with PyTorch is `cargo xtask bench quant`.
 
@@ -11,7 +11,8 @@ use ndarray::{Array2, Array3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use semhitok_quant::{
-    sghc_nearest, CodeStats, EmaConfig, EmaState, Kernel, Metric, PackedCodebook, UnifiedIndex,
+    sghc_nearest, CodeStats, EmaConfig, EmaState, Kernel, Metric, PackedCodebook,
+    PackedPixelCodebook, UnifiedIndex,
 };
 use std::hint::black_box;
 
@@ -30,7 +31,9 @@ fn semantic_search(c: &mut Criterion) {
     g.sample_size(10).throughput(Throughput::Elements(N as u64));
     for metric in [Metric::Cosine, Metric::SquaredL2] {
         for kernel in [Kernel::Avx2Fma, Kernel::Portable] {
-            let packed = PackedCodebook::new(codes.view(), metric).unwrap().with_kernel(kernel);
+            let packed = PackedCodebook::new(codes.view(), metric)
+                .unwrap()
+                .with_kernel(kernel);
             let name = format!("{metric:?}/{:?}", packed.kernel());
             g.bench_function(BenchmarkId::from_parameter(name), |b| {
                 b.iter(|| black_box(packed.nearest(q.view()).unwrap()))
@@ -46,7 +49,9 @@ fn semantic_search(c: &mut Criterion) {
 fn sghc_search(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let index = UnifiedIndex::paper();
-    let sem: Vec<u32> = (0..N).map(|_| rng.gen_range(0..index.k_sem() as u32)).collect();
+    let sem: Vec<u32> = (0..N)
+        .map(|_| rng.gen_range(0..index.k_sem() as u32))
+        .collect();
     let mut g = c.benchmark_group("sghc_search_n4096_ksem16384_m12");
     g.throughput(Throughput::Elements(N as u64));
     for d in [8usize, 32] {
@@ -55,9 +60,19 @@ fn sghc_search(c: &mut Criterion) {
         });
         let q = uniform2(&mut rng, N, d);
         for metric in [Metric::SquaredL2, Metric::Cosine] {
-            g.bench_function(BenchmarkId::new(format!("{metric:?}"), format!("d{d}")), |b| {
-                b.iter(|| black_box(sghc_nearest(q.view(), &sem, pixel.view(), metric).unwrap()))
-            });
+            let packed = PackedPixelCodebook::new(pixel.view(), metric).unwrap();
+            g.bench_function(
+                BenchmarkId::new(format!("packed/{metric:?}"), format!("d{d}")),
+                |b| b.iter(|| black_box(packed.nearest(q.view(), &sem).unwrap())),
+            );
+            g.bench_function(
+                BenchmarkId::new(format!("oneshot/{metric:?}"), format!("d{d}")),
+                |b| {
+                    b.iter(|| {
+                        black_box(sghc_nearest(q.view(), &sem, pixel.view(), metric).unwrap())
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -66,12 +81,18 @@ fn sghc_search(c: &mut Criterion) {
 fn unified_ids(c: &mut Criterion) {
     let index = UnifiedIndex::paper();
     let n = 1 << 18;
-    let u: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761) % 196_608).collect();
+    let u: Vec<u32> = (0..n as u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) % 196_608)
+        .collect();
     let (s, j) = index.decode_all(&u).unwrap();
     let mut g = c.benchmark_group("unified_ids_262144");
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function("encode", |b| b.iter(|| black_box(index.encode_all(&s, &j).unwrap())));
-    g.bench_function("decode", |b| b.iter(|| black_box(index.decode_all(&u).unwrap())));
+    g.bench_function("encode", |b| {
+        b.iter(|| black_box(index.encode_all(&s, &j).unwrap()))
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| black_box(index.decode_all(&u).unwrap()))
+    });
     g.finish();
 }
 
@@ -89,10 +110,22 @@ fn ema_update(c: &mut Criterion) {
     let mut state = EmaState::new(codes.view());
     let mut book = codes.clone();
     g.bench_function("update", |b| {
-        b.iter(|| black_box(state.update(&EmaConfig::vqkd(), &stats, book.view_mut()).unwrap()))
+        b.iter(|| {
+            black_box(
+                state
+                    .update(&EmaConfig::vqkd(), &stats, book.view_mut())
+                    .unwrap(),
+            )
+        })
     });
     g.finish();
 }
 
-criterion_group!(benches, semantic_search, sghc_search, unified_ids, ema_update);
+criterion_group!(
+    benches,
+    semantic_search,
+    sghc_search,
+    unified_ids,
+    ema_update
+);
 criterion_main!(benches);

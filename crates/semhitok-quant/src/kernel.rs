@@ -351,3 +351,127 @@ pub(crate) unsafe fn sghc_block_avx2_d8<const D: usize>(
     }
     bad
 }
+
+/// Packed SGHC kernel: each sub-codebook is stored transposed as one contiguous block
+/// `[bias (m4) | dim 0 (m4) | ... | dim D-1 (m4)]` with `m4 = m` rounded up to 4, so the `m`
+/// candidate scores of a token live across the lanes of `NV8` 8-lane registers plus (when
+/// `HAS4`) one 4-lane register: one broadcast of `q[d]` feeds all of them, and no horizontal
+/// sum is needed. Maximizes `q.c + bias` (bias `-inf` on padding lanes).
+///
+/// Writes the best lane index and its raw score per row.
+///
+/// # Safety
+/// AVX2/FMA available; `m4 == 8 * NV8 + 4 * HAS4`; every block `sem[r]` lies inside `blocks`;
+/// `q` holds `sem.len() * d` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sghc_packed_avx2<const D: usize, const NV8: usize, const HAS4: bool>(
+    q: &[f32],
+    d_rt: usize,
+    sem: &[u32],
+    blocks: &[f32],
+    ids: &mut [u32],
+    raw: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const PREFETCH: usize = 8;
+    let d = if D == 0 { d_rt } else { D };
+    let m4 = 8 * NV8 + if HAS4 { 4 } else { 0 };
+    let block = (d + 1) * m4;
+    for r in 0..sem.len() {
+        // SAFETY: offsets stay inside block sem[r] (checked by the caller) and row r of q.
+        unsafe {
+            if r + PREFETCH < sem.len() {
+                let base = blocks
+                    .as_ptr()
+                    .add(sem[r + PREFETCH] as usize * block)
+                    .cast::<i8>();
+                let mut off = 0;
+                while off < block * 4 {
+                    _mm_prefetch::<_MM_HINT_T0>(base.add(off));
+                    off += 64;
+                }
+            }
+            let b = blocks.as_ptr().add(sem[r] as usize * block);
+            let qp = q.as_ptr().add(r * d);
+            // Four independent partial sums (dims dd = 4i + p) hide the FMA latency; set 0 starts
+            // from the bias. Every lane sees the same operation order, so equal codes tie exactly.
+            let mut acc8 = [[_mm256_setzero_ps(); NV8]; 4];
+            let mut acc4 = [_mm_setzero_ps(); 4];
+            for (v, a) in acc8[0].iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(b.add(8 * v));
+            }
+            if HAS4 {
+                acc4[0] = _mm_loadu_ps(b.add(8 * NV8));
+            }
+            let mut dd = 0;
+            while dd + 4 <= d {
+                for p in 0..4 {
+                    let c = b.add((dd + p + 1) * m4);
+                    let qb = _mm256_broadcast_ss(&*qp.add(dd + p));
+                    for (v, a) in acc8[p].iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qb, _mm256_loadu_ps(c.add(8 * v)), *a);
+                    }
+                    if HAS4 {
+                        acc4[p] = _mm_fmadd_ps(
+                            _mm256_castps256_ps128(qb),
+                            _mm_loadu_ps(c.add(8 * NV8)),
+                            acc4[p],
+                        );
+                    }
+                }
+                dd += 4;
+            }
+            while dd < d {
+                let c = b.add((dd + 1) * m4);
+                let qb = _mm256_broadcast_ss(&*qp.add(dd));
+                for (v, a) in acc8[0].iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qb, _mm256_loadu_ps(c.add(8 * v)), *a);
+                }
+                if HAS4 {
+                    acc4[0] = _mm_fmadd_ps(
+                        _mm256_castps256_ps128(qb),
+                        _mm_loadu_ps(c.add(8 * NV8)),
+                        acc4[0],
+                    );
+                }
+                dd += 1;
+            }
+            let mut acc8_sum = [_mm256_setzero_ps(); NV8];
+            for (v, a) in acc8_sum.iter_mut().enumerate() {
+                *a = _mm256_add_ps(
+                    _mm256_add_ps(acc8[0][v], acc8[1][v]),
+                    _mm256_add_ps(acc8[2][v], acc8[3][v]),
+                );
+            }
+            let acc8 = acc8_sum;
+            let acc4 = _mm_add_ps(_mm_add_ps(acc4[0], acc4[1]), _mm_add_ps(acc4[2], acc4[3]));
+            // Max over all lanes, then the lowest lane holding it.
+            let mut m = if HAS4 {
+                acc4
+            } else {
+                _mm_set1_ps(f32::NEG_INFINITY)
+            };
+            for a in &acc8 {
+                m = _mm_max_ps(
+                    m,
+                    _mm_max_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps::<1>(*a)),
+                );
+            }
+            m = _mm_max_ps(m, _mm_permute_ps::<0b0100_1110>(m));
+            m = _mm_max_ps(m, _mm_permute_ps::<0b1011_0001>(m));
+            let best = _mm_cvtss_f32(m);
+            let mb = _mm256_set1_ps(best);
+            let mut mask: u64 = 0;
+            for (v, a) in acc8.iter().enumerate() {
+                mask |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*a, mb)) as u64) << (8 * v);
+            }
+            if HAS4 {
+                mask |= (_mm_movemask_ps(_mm_cmpeq_ps(acc4, _mm256_castps256_ps128(mb))) as u64)
+                    << (8 * NV8);
+            }
+            ids[r] = if mask == 0 { 0 } else { mask.trailing_zeros() };
+            raw[r] = best;
+        }
+    }
+}

@@ -62,6 +62,6 @@ pub use kmeans::{kmeans_plus_plus, spherical_kmeans, KMeansConfig};
 pub use search::{nearest, Metric, Nearest, PackedCodebook, TopK};
 pub use sghc::{
     lookup_pixel, lookup_semantic, lookup_unified, lookup_unified_pixel, sghc_nearest,
-    sghc_nearest_with, SghcNearest, UnifiedIndex,
+    sghc_nearest_with, PackedPixelCodebook, SghcNearest, UnifiedIndex,
 };
 pub use usage::{CodeUsage, SghcUsage, UsageSummary};

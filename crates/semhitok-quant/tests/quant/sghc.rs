@@ -5,7 +5,7 @@ use ndarray::{Array2, Array3, Axis};
 use proptest::prelude::*;
 use semhitok_quant::{
     lookup_pixel, lookup_semantic, lookup_unified, lookup_unified_pixel, sghc_nearest,
-    sghc_nearest_with, Error, Kernel, Metric, UnifiedIndex,
+    sghc_nearest_with, Error, Kernel, Metric, PackedPixelCodebook, UnifiedIndex,
 };
 
 /// Pixel codebook `[K_sem, m, D]` with duplicated sub-codes inside some sub-codebooks.
@@ -58,6 +58,14 @@ proptest! {
             check_answer(q.row(i).as_slice().unwrap(), sub_codebook, metric, found.sub_ids[i], found.scores[i]);
             prop_assert_eq!(found.unified[i], sem[i] * m as u32 + found.sub_ids[i]);
             prop_assert_eq!(index.decode(found.unified[i]).unwrap(), (sem[i], found.sub_ids[i]));
+        }
+        // The packed codebook (transposed blocks) obeys the same contract.
+        let packed = PackedPixelCodebook::new(pixel.view(), metric).unwrap().with_kernel(kernel);
+        let p = packed.nearest(q.view(), &sem).unwrap();
+        for i in 0..n {
+            let sub_codebook = pixel.index_axis(Axis(0), sem[i] as usize);
+            check_answer(q.row(i).as_slice().unwrap(), sub_codebook, metric, p.sub_ids[i], p.scores[i]);
+            prop_assert_eq!(p.unified[i], sem[i] * m as u32 + p.sub_ids[i]);
         }
         // Both kernels give the same ids (identical arithmetic is not required, so compare scores loosely).
         let other = sghc_nearest_with(Kernel::Portable, q.view(), &sem, pixel.view(), metric).unwrap();
@@ -191,6 +199,27 @@ fn sghc_bad_inputs_are_errors() {
             assert!(sghc_nearest_with(kernel, q.view(), &[0, 1], bad.view(), metric).is_ok());
         }
     }
+    let mut bad = pixel.clone();
+    bad[[1, 3, 7]] = f32::INFINITY;
+    let e = PackedPixelCodebook::new(bad.view(), Metric::SquaredL2).unwrap_err();
+    assert!(e.to_string().contains("[1, 3, 7]"), "{e}");
+    let packed = PackedPixelCodebook::new(pixel.view(), Metric::Cosine).unwrap();
+    let e = packed.nearest(q.view(), &[0, 3]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::IdOutOfRange {
+                id: 3,
+                bound: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = packed
+        .nearest(Array2::<f32>::ones((2, 7)).view(), &[0, 1])
+        .unwrap_err();
+    assert!(e.to_string().contains("[2, 7]"), "{e}");
     let mut qn = q.clone();
     qn[[1, 0]] = f32::NEG_INFINITY;
     let e = sghc_nearest(qn.view(), &[0, 1], pixel.view(), Metric::Cosine).unwrap_err();
