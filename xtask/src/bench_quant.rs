@@ -18,7 +18,7 @@ pub struct QuantArgs {
     /// Threads for both sides (rayon pool and torch.set_num_threads); default: all cores.
     #[arg(long)]
     threads: Option<usize>,
-    /// Timed repetitions per measurement (medians are reported).
+    /// Timed repetitions per measurement (the best time of each side is reported).
     #[arg(long, default_value_t = 10)]
     reps: usize,
 }

@@ -7,7 +7,7 @@
 //! The search reads each token's `m x D_pix` sub-codebook directly, so it never gathers an
 //! `[N, m, D_pix]` copy (as the peers' `codebook[idx]` + argmin does) nor touches the other codes.
 
-use crate::check::{finite, ids_below, len_eq, norm, slice, standard2};
+use crate::check::{finite, ids_below, len_eq, norm, slice, sq_norm, standard2};
 use crate::error::{invalid, Error, Result};
 use crate::kernel::Kernel;
 use crate::search::Metric;
@@ -585,20 +585,21 @@ impl PackedPixelCodebook {
                 let rows = ids_t.len();
                 let qb = &qs[n0 * d..(n0 + rows) * d];
                 self.block(qb, &sem_ids[n0..n0 + rows], ids_t, sc_t);
-                let mut bad = None;
-                for r in 0..rows {
-                    let qr = &qb[r * d..(r + 1) * d];
-                    sc_t[r] = match self.metric {
-                        Metric::Cosine => sc_t[r] / norm(qr).max(1e-12),
-                        Metric::SquaredL2 => {
-                            let qq = lanes8(qr, qr, |acc, x, y| acc + x * y);
-                            (qq - 2.0 * sc_t[r]).max(0.0)
+                match self.metric {
+                    Metric::Cosine => {
+                        for (r, sc) in sc_t.iter_mut().enumerate() {
+                            *sc /= sq_norm(&qb[r * d..(r + 1) * d]).sqrt().max(1e-12);
                         }
-                    };
-                    if !sc_t[r].is_finite() && bad.is_none() {
-                        bad = Some(n0 + r);
+                    }
+                    Metric::SquaredL2 => {
+                        for (r, sc) in sc_t.iter_mut().enumerate() {
+                            *sc = (sq_norm(&qb[r * d..(r + 1) * d]) - 2.0 * *sc).max(0.0);
+                        }
                     }
                 }
+                let bad = finite(sc_t, 1, "")
+                    .err()
+                    .map(|_| n0 + sc_t.iter().position(|v| !v.is_finite()).unwrap_or(0));
                 bad
             })
             .reduce(|| None, |a: Option<usize>, b| a.or(b));
