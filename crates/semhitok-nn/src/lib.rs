@@ -1,7 +1,10 @@
 //! The SemHiTok model in tch (LibTorch 2.11).
 
 pub mod device;
+pub mod efficientnet;
 pub mod error;
+pub mod siglip;
+pub mod teacher;
 pub mod weights;
 
 pub use error::{Error, Result};

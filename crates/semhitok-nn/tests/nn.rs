@@ -13,3 +13,10 @@ mod device {
     }
     test_device!(matmul_runs, matmul_runs_cpu, matmul_runs_cuda);
 }
+
+#[path = "nn/teach_util.rs"]
+mod teach_util;
+#[path = "nn/siglip.rs"]
+mod siglip;
+#[path = "nn/efficientnet.rs"]
+mod efficientnet;

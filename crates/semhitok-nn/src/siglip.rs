@@ -1,0 +1,568 @@
+//! SigLIP vision tower, the paper's semantic teacher (SemHiTok Sec. 4.1 uses SigLIP ViT-L/16 at 256 px),
+//! in the Hugging Face `SiglipVisionModel` layout so `model.safetensors` loads strictly.
+//!
+//! Mirrors transformers 5.24.0 `models/siglip/modeling_siglip.py` (`SiglipVisionEmbeddings`,
+//! `SiglipEncoderLayer`, `SiglipMultiheadAttentionPoolingHead`). Inputs whose patch grid differs from
+//! the configured one get HF's `interpolate_pos_encoding=True` behaviour (bicubic resize of the
+//! position table), so non-square images work. Golden test: `tests/nn/siglip.rs`.
+
+use crate::error::{Error, Result};
+use crate::teacher::{check_images, Teacher};
+use crate::weights::{load_strict, LoadOptions};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::nn::{self, Module};
+use tch::{Device, Tensor};
+
+/// Activation of the MLPs, spelled as HF's `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HiddenAct {
+    /// `gelu_pytorch_tanh`: GELU with the tanh approximation (SigLIP's).
+    #[serde(rename = "gelu_pytorch_tanh")]
+    GeluPytorchTanh,
+    /// `gelu`: exact (erf) GELU.
+    #[serde(rename = "gelu")]
+    Gelu,
+}
+
+impl HiddenAct {
+    fn apply(self, xs: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            HiddenAct::GeluPytorchTanh => xs.f_gelu("tanh")?,
+            HiddenAct::Gelu => xs.f_gelu("none")?,
+        })
+    }
+}
+
+/// `SiglipVisionConfig` with HF's field names and HF's defaults (those of google/siglip-base-patch16-224),
+/// so both a `SiglipVisionModel` config.json and the `vision_config` of a full SigLIP config.json parse.
+// https://github.com/huggingface/transformers/blob/main/src/transformers/models/siglip/configuration_siglip.py
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SiglipVisionConfig {
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_channels: i64,
+    pub image_size: i64,
+    pub patch_size: i64,
+    pub hidden_act: HiddenAct,
+    pub layer_norm_eps: f64,
+    /// Whether the checkpoint has the attention-pooling `head.*` tensors.
+    pub vision_use_head: bool,
+}
+
+impl Default for SiglipVisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 16,
+            hidden_act: HiddenAct::GeluPytorchTanh,
+            layer_norm_eps: 1e-6,
+            vision_use_head: true,
+        }
+    }
+}
+
+impl SiglipVisionConfig {
+    /// google/siglip-large-patch16-256 (the paper's teacher): 1024-d, 24 layers, 16 x 16 grid at 256 px.
+    pub fn siglip_large_patch16_256() -> Self {
+        Self {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            image_size: 256,
+            patch_size: 16,
+            ..Self::default()
+        }
+    }
+
+    /// google/siglip-so400m-patch14-384: 1152-d, 27 layers, 27 x 27 grid at 384 px.
+    pub fn siglip_so400m_patch14_384() -> Self {
+        Self {
+            hidden_size: 1152,
+            intermediate_size: 4304,
+            num_hidden_layers: 27,
+            num_attention_heads: 16,
+            image_size: 384,
+            patch_size: 14,
+            ..Self::default()
+        }
+    }
+
+    /// Parse an HF config.json: either a `SiglipVisionModel` config or a full `SiglipModel` config
+    /// (its `vision_config` is used).
+    pub fn from_json_str(json: &str) -> std::result::Result<Self, serde_json::Error> {
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        match v.get("vision_config") {
+            Some(vc) => serde_json::from_value(vc.clone()),
+            None => serde_json::from_value(v),
+        }
+    }
+
+    /// [`Self::from_json_str`] on a file, errors naming the file.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Self::from_json_str(&s).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            msg: format!("not a SigLIP vision config: {e}"),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Sizes that the model cannot work with are a [`Error::Config`].
+    pub fn validate(&self) -> Result<()> {
+        let pos = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_channels", self.num_channels),
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+        ];
+        if let Some((k, v)) = pos.iter().find(|(_, v)| *v <= 0) {
+            return Err(Error::Config(format!("siglip {k} = {v} must be positive")));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::Config(format!(
+                "siglip hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.image_size % self.patch_size != 0 {
+            return Err(Error::Config(format!(
+                "siglip image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Create the variables under `vs` (HF names) and return the model.
+    pub fn init(&self, vs: nn::Path<'_>) -> Result<SiglipVisionModel> {
+        SiglipVisionModel::new(self, vs)
+    }
+}
+
+/// Which hidden state a teacher returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiglipLayer {
+    /// `last_hidden_state`: output of the last layer after `post_layernorm`.
+    Last,
+    /// `hidden_states[-2]`: output of the second-to-last layer, without `post_layernorm` (LLaVA's choice).
+    Penultimate,
+}
+
+#[derive(Debug)]
+struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    act: HiddenAct,
+}
+
+impl Mlp {
+    fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
+        let c = Default::default();
+        Self {
+            fc1: nn::linear(&vs / "fc1", cfg.hidden_size, cfg.intermediate_size, c),
+            fc2: nn::linear(&vs / "fc2", cfg.intermediate_size, cfg.hidden_size, c),
+            act: cfg.hidden_act,
+        }
+    }
+
+    /// xs: [B, N, D] -> [B, N, D]
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(self.fc2.forward(&self.act.apply(&self.fc1.forward(xs))?))
+    }
+}
+
+/// [B, N, D] -> [B, heads, N, D / heads]
+fn split_heads(xs: &Tensor, heads: i64) -> Result<Tensor> {
+    let (b, n, d) = xs.size3()?;
+    Ok(xs.f_view([b, n, heads, d / heads])?.f_transpose(1, 2)?)
+}
+
+/// [B, heads, N, hd] -> [B, N, heads * hd]
+fn merge_heads(xs: &Tensor) -> Result<Tensor> {
+    let (b, h, n, hd) = xs.size4()?;
+    Ok(xs
+        .f_transpose(1, 2)?
+        .f_contiguous()?
+        .f_view([b, n, h * hd])?)
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
+    heads: i64,
+}
+
+impl Attention {
+    fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
+        let (d, c) = (cfg.hidden_size, Default::default());
+        Self {
+            q_proj: nn::linear(&vs / "q_proj", d, d, c),
+            k_proj: nn::linear(&vs / "k_proj", d, d, c),
+            v_proj: nn::linear(&vs / "v_proj", d, d, c),
+            out_proj: nn::linear(&vs / "out_proj", d, d, c),
+            heads: cfg.num_attention_heads,
+        }
+    }
+
+    /// xs: [B, N, D] -> [B, N, D]
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let q = split_heads(&self.q_proj.forward(xs), self.heads)?;
+        let k = split_heads(&self.k_proj.forward(xs), self.heads)?;
+        let v = split_heads(&self.v_proj.forward(xs), self.heads)?;
+        let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        )?;
+        Ok(self.out_proj.forward(&merge_heads(&o)?))
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    layer_norm1: nn::LayerNorm,
+    self_attn: Attention,
+    layer_norm2: nn::LayerNorm,
+    mlp: Mlp,
+}
+
+impl EncoderLayer {
+    fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
+        let ln = nn::LayerNormConfig {
+            eps: cfg.layer_norm_eps,
+            ..Default::default()
+        };
+        Self {
+            layer_norm1: nn::layer_norm(&vs / "layer_norm1", vec![cfg.hidden_size], ln),
+            self_attn: Attention::new(cfg, &vs / "self_attn"),
+            layer_norm2: nn::layer_norm(&vs / "layer_norm2", vec![cfg.hidden_size], ln),
+            mlp: Mlp::new(cfg, &vs / "mlp"),
+        }
+    }
+
+    /// xs: [B, N, D] -> [B, N, D]
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = xs.f_add(&self.self_attn.forward(&self.layer_norm1.forward(xs))?)?;
+        Ok(xs.f_add(&self.mlp.forward(&self.layer_norm2.forward(&xs))?)?)
+    }
+}
+
+/// `SiglipMultiheadAttentionPoolingHead`: a learned probe attends over the tokens (torch
+/// `nn.MultiheadAttention`, packed `in_proj_weight`).
+#[derive(Debug)]
+struct PoolingHead {
+    probe: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor,
+    out_proj: nn::Linear,
+    layernorm: nn::LayerNorm,
+    mlp: Mlp,
+    heads: i64,
+}
+
+impl PoolingHead {
+    fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
+        let d = cfg.hidden_size;
+        let att = &vs / "attention";
+        let ln = nn::LayerNormConfig {
+            eps: cfg.layer_norm_eps,
+            ..Default::default()
+        };
+        Self {
+            probe: vs.var(
+                "probe",
+                &[1, 1, d],
+                nn::Init::Randn {
+                    mean: 0.,
+                    stdev: 1.,
+                },
+            ),
+            in_proj_weight: att.var(
+                "in_proj_weight",
+                &[3 * d, d],
+                nn::init::DEFAULT_KAIMING_UNIFORM,
+            ),
+            in_proj_bias: att.zeros("in_proj_bias", &[3 * d]),
+            out_proj: nn::linear(&att / "out_proj", d, d, Default::default()),
+            layernorm: nn::layer_norm(&vs / "layernorm", vec![d], ln),
+            mlp: Mlp::new(cfg, &vs / "mlp"),
+            heads: cfg.num_attention_heads,
+        }
+    }
+
+    /// xs: [B, N, D] -> [B, D]
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, _, d) = xs.size3()?;
+        let w = self.in_proj_weight.f_split(d, 0)?;
+        let bias = self.in_proj_bias.f_split(d, 0)?;
+        let probe = self.probe.f_expand([b, 1, d], false)?;
+        let q = split_heads(&probe.f_linear(&w[0], Some(&bias[0]))?, self.heads)?;
+        let k = split_heads(&xs.f_linear(&w[1], Some(&bias[1]))?, self.heads)?;
+        let v = split_heads(&xs.f_linear(&w[2], Some(&bias[2]))?, self.heads)?;
+        let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        )?;
+        let h = self.out_proj.forward(&merge_heads(&o)?);
+        let h = h.f_add(&self.mlp.forward(&self.layernorm.forward(&h))?)?;
+        Ok(h.f_select(1, 0)?)
+    }
+}
+
+/// HF `SiglipVisionTransformer`: variables are named as the keys under `vision_model.` of a checkpoint
+/// (`embeddings.patch_embedding.weight`, `encoder.layers.0.self_attn.q_proj.weight`, ...);
+/// [`load_siglip_weights`] strips that prefix when the file has it.
+#[derive(Debug)]
+pub struct SiglipVisionModel {
+    cfg: SiglipVisionConfig,
+    patch_embedding: nn::Conv2D,
+    position_embedding: Tensor,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: nn::LayerNorm,
+    head: Option<PoolingHead>,
+}
+
+/// Hidden states of one forward.
+#[derive(Debug)]
+pub struct SiglipVisionOutput {
+    /// [B, N, D] after `post_layernorm`.
+    pub last_hidden_state: Tensor,
+    /// [B, N, D] output of layer `num_hidden_layers - 2` (HF `hidden_states[-2]`); for a one-layer
+    /// model, the embeddings.
+    pub penultimate: Tensor,
+    /// [B, D] attention-pooled output when the config has the head.
+    pub pooler_output: Option<Tensor>,
+}
+
+impl SiglipVisionModel {
+    fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Result<Self> {
+        cfg.validate()?;
+        let emb = &vs / "embeddings";
+        let conv = nn::ConvConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let grid = cfg.image_size / cfg.patch_size;
+        let enc = &vs / "encoder" / "layers";
+        let ln = nn::LayerNormConfig {
+            eps: cfg.layer_norm_eps,
+            ..Default::default()
+        };
+        Ok(Self {
+            patch_embedding: nn::conv2d(
+                &emb / "patch_embedding",
+                cfg.num_channels,
+                cfg.hidden_size,
+                cfg.patch_size,
+                conv,
+            ),
+            position_embedding: (&emb / "position_embedding").var(
+                "weight",
+                &[grid * grid, cfg.hidden_size],
+                nn::Init::Randn {
+                    mean: 0.,
+                    stdev: 1.,
+                },
+            ),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| EncoderLayer::new(cfg, &enc / i))
+                .collect(),
+            post_layernorm: nn::layer_norm(&vs / "post_layernorm", vec![cfg.hidden_size], ln),
+            head: cfg
+                .vision_use_head
+                .then(|| PoolingHead::new(cfg, &vs / "head")),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &SiglipVisionConfig {
+        &self.cfg
+    }
+
+    /// Patch grid (gh, gw) for an `h x w` input.
+    pub fn grid(&self, h: i64, w: i64) -> (i64, i64) {
+        (h / self.cfg.patch_size, w / self.cfg.patch_size)
+    }
+
+    /// Position table [1, gh * gw, D]; bicubic-interpolated (align_corners = false) from the
+    /// configured square grid when (gh, gw) differs, like HF's `interpolate_pos_encoding`.
+    fn positions(&self, gh: i64, gw: i64) -> Result<Tensor> {
+        let s = self.cfg.image_size / self.cfg.patch_size;
+        let d = self.cfg.hidden_size;
+        if (gh, gw) == (s, s) {
+            return Ok(self.position_embedding.f_unsqueeze(0)?);
+        }
+        let p = self
+            .position_embedding
+            .f_reshape([1, s, s, d])?
+            .f_permute([0, 3, 1, 2])?
+            .f_upsample_bicubic2d([gh, gw], false, None, None)?;
+        Ok(p.f_permute([0, 2, 3, 1])?.f_reshape([1, gh * gw, d])?)
+    }
+
+    /// pixel_values: [B, C, H, W] SigLIP-normalized (mean = std = 0.5, i.e. [-1, 1]) with H and W
+    /// multiples of `patch_size` -> [B, N, D] tokens after `layers` encoder layers (no post-layernorm).
+    fn embed_and_encode(&self, pixel_values: &Tensor, layers: usize) -> Result<Tensor> {
+        let p = self.cfg.patch_size;
+        let ok = match pixel_values.size().as_slice() {
+            &[_, c, h, w] => {
+                c == self.cfg.num_channels && h % p == 0 && w % p == 0 && h > 0 && w > 0
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(Error::Shape {
+                what: "siglip pixel_values".into(),
+                expected: format!(
+                    "[B, {}, H, W] with H and W multiples of {p}",
+                    self.cfg.num_channels
+                ),
+                got: pixel_values.size(),
+            });
+        }
+        let (_, _, h, w) = pixel_values.size4()?;
+        let xs = self
+            .patch_embedding
+            .forward(&pixel_values.f_to_kind(self.position_embedding.kind())?);
+        let mut xs = xs
+            .f_flatten(2, 3)?
+            .f_transpose(1, 2)?
+            .f_add(&self.positions(h / p, w / p)?)?;
+        for layer in &self.layers[..layers] {
+            xs = layer.forward(&xs)?;
+        }
+        Ok(xs)
+    }
+
+    /// pixel_values: [B, C, H, W] (mean = std = 0.5 normalized) -> all outputs.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<SiglipVisionOutput> {
+        let n = self.layers.len();
+        let penultimate = self.embed_and_encode(pixel_values, n.saturating_sub(1))?;
+        let last = match self.layers.last() {
+            Some(l) => l.forward(&penultimate)?,
+            None => penultimate.shallow_clone(),
+        };
+        let last_hidden_state = self.post_layernorm.forward(&last);
+        let pooler_output = match &self.head {
+            Some(h) => Some(h.forward(&last_hidden_state)?),
+            None => None,
+        };
+        Ok(SiglipVisionOutput {
+            last_hidden_state,
+            penultimate,
+            pooler_output,
+        })
+    }
+
+    /// pixel_values: [B, C, H, W] -> [B, N, D], computing only the layers `layer` needs.
+    pub fn hidden_state(&self, pixel_values: &Tensor, layer: SiglipLayer) -> Result<Tensor> {
+        let n = self.layers.len();
+        match layer {
+            SiglipLayer::Penultimate => self.embed_and_encode(pixel_values, n.saturating_sub(1)),
+            SiglipLayer::Last => Ok(self
+                .post_layernorm
+                .forward(&self.embed_and_encode(pixel_values, n)?)),
+        }
+    }
+}
+
+/// Load `path` into `vs` strictly; a full SigLIP checkpoint (keys `vision_model.*`, plus a text tower
+/// and `logit_*` that are ignored) is recognised by the prefix.
+pub fn load_siglip_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
+    match load_strict(vs, path, &LoadOptions::default()) {
+        Err(Error::Checkpoint { missing, .. }) if missing.len() == vs.variables().len() => {
+            let opts = LoadOptions {
+                strip_prefix: Some("vision_model."),
+                allow_unexpected: true,
+            };
+            load_strict(vs, path, &opts)
+        }
+        r => r,
+    }
+}
+
+/// SigLIP as a frozen [`Teacher`]: [-1, 1] images are already SigLIP-normalized
+/// ((x01 - 0.5) / 0.5); an optional fixed `resize` (bilinear, no antialias) brings inputs to a size the
+/// patch grid divides (e.g. 384 for so400m-patch14).
+#[derive(Debug)]
+pub struct SiglipTeacher {
+    // Keeps the variables alive (the model holds shallow copies).
+    _vs: nn::VarStore,
+    model: SiglipVisionModel,
+    layer: SiglipLayer,
+    resize: Option<(i64, i64)>,
+}
+
+impl SiglipTeacher {
+    /// Build from `cfg` on `device` and load `weights` (model.safetensors of a SiglipVisionModel or a full
+    /// SigLIP checkpoint) strictly; variables are frozen.
+    pub fn load(
+        cfg: &SiglipVisionConfig,
+        weights: &Path,
+        device: Device,
+        layer: SiglipLayer,
+        resize: Option<(i64, i64)>,
+    ) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let model = cfg.init(vs.root())?;
+        load_siglip_weights(&mut vs, weights)?;
+        vs.freeze();
+        Ok(Self {
+            _vs: vs,
+            model,
+            layer,
+            resize,
+        })
+    }
+
+    /// The wrapped model.
+    pub fn model(&self) -> &SiglipVisionModel {
+        &self.model
+    }
+}
+
+impl Teacher for SiglipTeacher {
+    /// images: [B, 3, H, W] in [-1, 1] -> [B, gh * gw, hidden_size]
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        check_images("siglip teacher", images)?;
+        tch::no_grad(|| {
+            let x = match self.resize {
+                Some((h, w)) => images.f_upsample_bilinear2d([h, w], false, None, None)?,
+                None => images.shallow_clone(),
+            };
+            self.model.hidden_state(&x, self.layer)
+        })
+    }
+
+    fn dim(&self) -> i64 {
+        self.model.cfg.hidden_size
+    }
+
+    fn grid(&self, h: i64, w: i64) -> (i64, i64) {
+        let (h, w) = self.resize.unwrap_or((h, w));
+        self.model.grid(h, w)
+    }
+
+    fn name(&self) -> &str {
+        "siglip"
+    }
+}

@@ -1,0 +1,72 @@
+//! Helpers shared by the teacher / loss / metric golden tests.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// The workspace root (for `.assets/`).
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `crates/semhitok-nn/tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// `.assets/<rel>`, or an error telling how to get it.
+pub fn asset(rel: &str) -> anyhow::Result<PathBuf> {
+    let p = workspace().join(".assets").join(rel);
+    anyhow::ensure!(
+        p.exists(),
+        "{} is missing: run `cargo xtask assets`",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// Every tensor of a safetensors fixture, by name, on `dev`.
+pub fn load_fixture(name: &str, dev: Device) -> anyhow::Result<HashMap<String, Tensor>> {
+    let path = fixture(name);
+    let v = Tensor::read_safetensors(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (regenerate with scripts/fixtures/)",
+            path.display()
+        )
+    })?;
+    Ok(v.into_iter().map(|(k, t)| (k, t.to_device(dev))).collect())
+}
+
+/// Fetch `key` from a fixture map.
+pub fn get<'a>(m: &'a HashMap<String, Tensor>, key: &str) -> anyhow::Result<&'a Tensor> {
+    m.get(key)
+        .ok_or_else(|| anyhow::anyhow!("fixture has no tensor {key}"))
+}
+
+/// Max |a - b| <= atol + rtol * max|b|, with shapes equal; the error names `what` and the gap.
+pub fn assert_close(
+    what: &str,
+    a: &Tensor,
+    b: &Tensor,
+    rtol: f64,
+    atol: f64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.size() == b.size(),
+        "{what}: shape {:?} vs expected {:?}",
+        a.size(),
+        b.size()
+    );
+    let a = a.to_kind(Kind::Double).to_device(Device::Cpu);
+    let b = b.to_kind(Kind::Double).to_device(Device::Cpu);
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]);
+    let tol = atol + rtol * scale;
+    anyhow::ensure!(
+        diff <= tol,
+        "{what}: max abs diff {diff:e} > tol {tol:e} (max |ref| {scale:e})"
+    );
+    Ok(())
+}
