@@ -1,1 +1,42 @@
 //! SemHiTok data pipelines. The only crate of the workspace that opens dataset files.
+//!
+//! Every source turns the files real users have into [`Batch`]es: one contiguous NCHW buffer
+//! (`f32` in [-1, 1] or `u8`, see [`PixelFormat`]) with `shape = [N, 3, H, W]`, plus keys, labels
+//! and captions. The trainer turns `batch.as_f32()` into a tensor with a single
+//! `Tensor::from_slice(..).view(shape)` copy. This crate has no tch dependency.
+//!
+//! # Sources
+//! * [`PhotoCrops`]: a folder of high-resolution photographs served as random training crops and
+//!   fixed evaluation crops of a held-out split (the embedded default `.assets/photos/`).
+//! * [`ImageFolder`]: ImageNet-style `root/<synset>/*.JPEG` class folders.
+//! * [`FashionMnist`]: IDX `.gz` files as image-caption pairs ("a photo of a {class}").
+//! * [`WdsLoader`]: webdataset tar shards (img2dataset layout), streamed shard by shard.
+//! * [`llava`]: LLaVA-Pretrain-558K / LLaVA-v1.5-mix665K JSON records, validated.
+//!
+//! Indexed sources ([`IndexedSource`]) are batched by a [`Loader`]; see [`loader`] for the order,
+//! sharding and resume rules. Transforms ([`Transform`]) are the ADM center crop (evaluation)
+//! and torchvision's random resized crop + flip (training); see [`transform`].
+//!
+//! # Bad input
+//! Decoding never panics and never trusts the extension ([`decode_rgb8`]). Per-sample problems
+//! become a [`SkipReason`] and are counted in [`SkipStats`]; batches are refilled from the
+//! following samples, so an epoch is never silently short. [`scan`] checks a whole dataset.
+//!
+//! # Determinism and resume
+//! Order and augmentation depend only on `(seed, epoch, index)` (and for tar streams on the
+//! shard and position), never on thread timing. [`Loader::state`] / [`Loader::restore`] (and
+//! the same on [`WdsLoader`]) give a serde state that resumes with no sample repeated or skipped.
+
+pub mod error;
+pub mod image;
+pub mod loader;
+pub mod photos;
+pub mod transform;
+
+pub use error::{Error, Result, SkipReason};
+pub use image::{decode_rgb8, DecodeLimits, Rgb8Image};
+pub use loader::{
+    Batch, IndexedSource, Item, Loader, LoaderConfig, LoaderState, PixelFormat, Pixels, SkipStats,
+};
+pub use photos::{Heldout, PhotoCrops, PhotoCropsConfig};
+pub use transform::Transform;
