@@ -32,15 +32,23 @@ pub(crate) struct BatchNorm2d {
     bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
+    num_batches_tracked: Tensor,
     eps: f64,
     momentum: f64,
 }
 
 impl BatchNorm2d {
-    pub(crate) fn new(vs: nn::Path<'_>, c: i64, eps: f64, momentum: f64) -> Self {
-        let _ = vs.zeros_no_train("num_batches_tracked", &[]);
+    /// `weight_init`: PyTorch uses ones; taming's `weights_init` draws N(1, 0.02).
+    pub(crate) fn new(
+        vs: nn::Path<'_>,
+        c: i64,
+        eps: f64,
+        momentum: f64,
+        weight_init: nn::Init,
+    ) -> Self {
         Self {
-            weight: vs.ones("weight", &[c]),
+            num_batches_tracked: vs.zeros_no_train("num_batches_tracked", &[]),
+            weight: vs.var("weight", &[c], weight_init),
             bias: vs.zeros("bias", &[c]),
             running_mean: vs.zeros_no_train("running_mean", &[c]),
             running_var: vs.ones_no_train("running_var", &[c]),
@@ -51,6 +59,10 @@ impl BatchNorm2d {
 
     /// xs: [B, C, H, W] -> [B, C, H, W]; `train` uses batch statistics and updates the running ones.
     pub(crate) fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let _count =
+                tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1.0))?;
+        }
         Ok(xs.f_batch_norm(
             Some(&self.weight),
             Some(&self.bias),
@@ -146,7 +158,7 @@ fn conv(vs: nn::Path<'_>, cin: i64, cout: i64, k: i64, stride: i64, groups: i64)
 impl Block {
     fn new(vs: nn::Path<'_>, cin: i64, st: &StageConfig, stride: i64, eps: f64) -> Self {
         let mid = cin * st.expand;
-        let bn = |name: &str, c| BatchNorm2d::new(&vs / name, c, eps, 0.01);
+        let bn = |name: &str, c| BatchNorm2d::new(&vs / name, c, eps, 0.01, nn::Init::Const(1.0));
         Self {
             expand: (st.expand != 1).then(|| {
                 (
@@ -220,11 +232,11 @@ impl EfficientNetLite {
         }
         Ok(Self {
             conv_stem: conv(&vs / "_conv_stem", 3, cfg.stem, 3, 2, 1),
-            bn0: BatchNorm2d::new(&vs / "_bn0", cfg.stem, eps, 0.01),
+            bn0: BatchNorm2d::new(&vs / "_bn0", cfg.stem, eps, 0.01, nn::Init::Const(1.0)),
             blocks,
             block_out,
             conv_head: conv(&vs / "_conv_head", cin, cfg.head, 1, 1, 1),
-            bn1: BatchNorm2d::new(&vs / "_bn1", cfg.head, eps, 0.01),
+            bn1: BatchNorm2d::new(&vs / "_bn1", cfg.head, eps, 0.01, nn::Init::Const(1.0)),
             fc: nn::linear(&vs / "_fc", cfg.head, cfg.num_classes, Default::default()),
         })
     }

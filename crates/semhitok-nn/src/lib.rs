@@ -1,6 +1,7 @@
 //! The SemHiTok model in tch (LibTorch 2.11).
 
 pub mod device;
+pub mod discriminator;
 pub mod efficientnet;
 pub mod error;
 pub mod siglip;

@@ -20,3 +20,5 @@ mod teach_util;
 mod siglip;
 #[path = "nn/efficientnet.rs"]
 mod efficientnet;
+#[path = "nn/discriminator.rs"]
+mod discriminator;
