@@ -4,6 +4,7 @@ pub mod device;
 pub mod discriminator;
 pub mod efficientnet;
 pub mod error;
+pub mod fid;
 pub mod siglip;
 pub mod teacher;
 pub mod weights;

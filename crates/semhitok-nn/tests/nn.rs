@@ -22,3 +22,5 @@ mod siglip;
 mod efficientnet;
 #[path = "nn/discriminator.rs"]
 mod discriminator;
+#[path = "nn/fid.rs"]
+mod fid;
