@@ -5,6 +5,12 @@
 //! tokenizer path, and a library usable alone. Paper: SemHiTok (Chen et al. 2025), Sec. 3.2-3.3.
 //!
 //! # Conventions
+//! Every search returns plain `Vec<u32>` ids and `Vec<f32>` scores (cosine similarity, or
+//! squared distance for [`Metric::SquaredL2`]); ties always go to the lowest index, so results
+//! are deterministic and comparable with `argmax`/`argmin` of a brute-force matrix (up to float
+//! rounding between near-equal candidates). The thread count is rayon's (global pool or
+//! `ThreadPool::install`).
+//!
 //! Inputs are `ndarray` views (any memory layout; non-contiguous views are copied once) with
 //! shapes written `[N, D]` (N tokens, D dimension), `[K, D]` (codebook), `[K_sem, m, D_pix]`
 //! (pixel codebook). From a tch tensor, use `Vec::<f32>::try_from(t.contiguous().view(-1))` and
@@ -19,7 +25,9 @@
 //!   the `[N, K]` score matrix never exists; ties go to the lowest index.
 //! - [`sghc`]: [`UnifiedIndex`] (`u = k * m + j`, checked [`UnifiedIndex::encode`]/[`UnifiedIndex::decode`]
 //!   and slice versions), [`sghc_nearest`] (each token searched only in its semantic code's
-//!   sub-codebook), lookups [`lookup_semantic`], [`lookup_pixel`], [`lookup_unified_pixel`],
+//!   sub-codebook, straight from the raw `[K_sem, m, D_pix]` array: the training path, where the
+//!   codebook changes every step), [`PackedPixelCodebook`] (packed once, transposed per
+//!   sub-codebook: the tokenizer's inference path), lookups [`lookup_semantic`], [`lookup_pixel`], [`lookup_unified_pixel`],
 //!   [`lookup_unified`] (`[semantic | pixel]`, the pixel decoder's input).
 //! - [`ema`]: [`CodeStats`] (scatter counts/sums, mergeable), [`EmaConfig`] / [`EmaState`]
 //!   (VQKD-style EMA with Laplace smoothing and l2 re-normalization), [`dead_codes`], [`restart_codes`].
