@@ -417,8 +417,9 @@ pub fn lookup_unified_pixel(pixel: ArrayView3<'_, f32>, unified: &[u32]) -> Resu
     let (k_sem, m, d) = pixel.dim();
     let index = UnifiedIndex::new(k_sem, m)?;
     ids_below(unified, index.vocab_size(), "unified ids")?;
+    // `to_shape` copies only when the view is not C-contiguous.
     let flat = pixel
-        .into_shape_with_order((k_sem * m, d))
+        .to_shape((k_sem * m, d))
         .map_err(|e| invalid("pixel codebook layout", e, "cannot flatten [K_sem, m, D]"))?;
     Ok(flat.select(
         Axis(0),

@@ -138,6 +138,9 @@ fn lookups_return_the_code_vectors() {
     assert_eq!(lookup_unified_pixel(pixel.view(), &u).unwrap(), p);
     let both = lookup_unified(semantic.view(), pixel.view(), &u).unwrap();
     assert_eq!(both.row(1).to_vec(), vec![40.0, 41.0, 42.0, 410.0, 411.0]);
+    // Non-contiguous views work: the same codebook stored [D, m, K_sem] and viewed transposed.
+    let stored = pixel.t().as_standard_layout().into_owned();
+    assert_eq!(lookup_unified_pixel(stored.t(), &u).unwrap(), p);
     // Errors name the bad id and its position.
     let e = lookup_semantic(semantic.view(), &[0, 5]).unwrap_err();
     assert!(
