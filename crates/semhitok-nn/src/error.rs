@@ -8,6 +8,9 @@ pub enum Error {
     /// An error raised inside LibTorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// An error of the CPU codebook math (k-means init, ...).
+    #[error(transparent)]
+    Quant(#[from] semhitok_quant::Error),
     /// A tensor had the wrong shape. `expected` is human-readable, e.g. "[B, 3, 256, 256]".
     #[error("{what}: expected shape {expected}, got {got:?}")]
     Shape {
