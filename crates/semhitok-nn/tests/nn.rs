@@ -24,3 +24,5 @@ mod efficientnet;
 mod discriminator;
 #[path = "nn/fid.rs"]
 mod fid;
+#[path = "nn/lpips.rs"]
+mod lpips;
