@@ -140,15 +140,24 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8Image, SkipRea
 }
 
 fn decode_other(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8Image, SkipReason> {
+    // PNG: check the IHDR dimensions ourselves, before any decoder state exists.
+    if bytes.len() >= 24 && bytes[..8] == [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A] {
+        let w = u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+        let h = u32::from_be_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]);
+        check_pixels(w as u64, h as u64, limits)?;
+    }
     let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| SkipReason::Unreadable(e.to_string()))?;
     if reader.format().is_none() {
         return Err(SkipReason::NotAnImage);
     }
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| SkipReason::Corrupt(format!("header: {e}")))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| match e {
+        image::ImageError::Limits(l) => {
+            SkipReason::Corrupt(format!("header over decoder limits: {l}"))
+        }
+        other => SkipReason::Corrupt(format!("header: {other}")),
+    })?;
     check_pixels(w as u64, h as u64, limits)?;
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

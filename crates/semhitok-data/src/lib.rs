@@ -11,7 +11,7 @@
 //! * [`ImageFolder`]: ImageNet-style `root/<synset>/*.JPEG` class folders.
 //! * [`FashionMnist`]: IDX `.gz` files as image-caption pairs ("a photo of a {class}").
 //! * [`WdsLoader`]: webdataset tar shards (img2dataset layout), streamed shard by shard.
-//! * [`llava`]: LLaVA-Pretrain-558K / LLaVA-v1.5-mix665K JSON records, validated.
+//! * [`load_llava`]: LLaVA-Pretrain-558K / LLaVA-v1.5-mix665K JSON records, validated.
 //!
 //! Indexed sources ([`IndexedSource`]) are batched by a [`Loader`]; see [`loader`] for the order,
 //! sharding and resume rules. Transforms ([`Transform`]) are the ADM center crop (evaluation)
@@ -28,15 +28,25 @@
 //! the same on [`WdsLoader`]) give a serde state that resumes with no sample repeated or skipped.
 
 pub mod error;
+pub mod fashion_mnist;
+pub mod folder;
 pub mod image;
+pub mod llava;
 pub mod loader;
 pub mod photos;
+pub mod scan;
 pub mod transform;
+pub mod wds;
 
 pub use error::{Error, Result, SkipReason};
+pub use fashion_mnist::{FashionMnist, Split, FASHION_MNIST_CLASSES};
+pub use folder::{ImageFolder, ImageFolderConfig};
 pub use image::{decode_rgb8, DecodeLimits, Rgb8Image};
+pub use llava::{load_llava, LlavaRecord, Role, Turn};
 pub use loader::{
     Batch, IndexedSource, Item, Loader, LoaderConfig, LoaderState, PixelFormat, Pixels, SkipStats,
 };
 pub use photos::{Heldout, PhotoCrops, PhotoCropsConfig};
+pub use scan::{scan, ScanOptions, ScanReport, ScanSource};
 pub use transform::Transform;
+pub use wds::{WdsConfig, WdsLoader, WdsState};

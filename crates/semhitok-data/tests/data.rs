@@ -2,5 +2,9 @@
 
 mod data {
     pub mod common;
+    mod decode;
     mod photos;
+    mod sampling;
+    mod sources;
+    mod transform;
 }

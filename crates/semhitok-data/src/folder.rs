@@ -1,0 +1,182 @@
+//! ImageNet-style class folders: `root/<class>/<image>` (e.g. `train/n01440764/x.JPEG`).
+//!
+//! Classes are the sorted sub-directory names; the label is the class's index in that order
+//! (the torchvision `ImageFolder` convention, so ImageNet synsets map to the usual 0..999). An
+//! optional labels file in the `LOC_synset_mapping.txt` format (`n01440764 tench, Tinca tinca`)
+//! gives human-readable names; the caption is then `"a photo of a {first name}"`. Files are
+//! listed once at open (sorted, extension filter [`crate::photos::IMAGE_EXTENSIONS`]); they are
+//! read and decoded lazily, in the loader's worker threads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result, SkipReason};
+use crate::image::DecodeLimits;
+use crate::loader::{IndexedSource, Item, Loader, LoaderConfig};
+use crate::photos::{has_image_ext, load_file};
+use crate::transform::Transform;
+
+/// Settings of [`ImageFolder`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageFolderConfig {
+    pub transform: Transform,
+    /// `LOC_synset_mapping.txt`-style file: `<class-dir> <name>[, <other names>]` per line.
+    pub labels_file: Option<PathBuf>,
+    pub limits: DecodeLimits,
+}
+
+impl ImageFolderConfig {
+    /// ADM center crops (evaluation / rFID).
+    pub fn eval(size: u32) -> Self {
+        Self {
+            transform: Transform::center_crop(size),
+            labels_file: None,
+            limits: DecodeLimits::default(),
+        }
+    }
+    /// Random resized crops + flips (training).
+    pub fn train(size: u32) -> Self {
+        Self {
+            transform: Transform::random_resized_crop(size),
+            ..Self::eval(size)
+        }
+    }
+}
+
+/// A class-folder dataset.
+#[derive(Debug)]
+pub struct ImageFolder {
+    root: PathBuf,
+    cfg: ImageFolderConfig,
+    classes: Vec<String>,
+    names: Vec<String>,
+    /// (relative path, label)
+    files: Vec<(PathBuf, usize)>,
+}
+
+/// Reads a `LOC_synset_mapping.txt`-style file into class -> first name.
+pub fn read_labels_file(path: &Path) -> Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut map = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (id, rest) = line.split_once(char::is_whitespace).ok_or_else(|| {
+            Error::format(
+                path,
+                format!("line {}: expected `<class> <name>`, got {line:?}", i + 1),
+            )
+        })?;
+        let name = rest.split(',').next().unwrap_or(rest).trim().to_string();
+        map.insert(id.to_string(), name);
+    }
+    Ok(map)
+}
+
+impl ImageFolder {
+    /// Lists `root/<class>/*` (one level; class directories sorted by name).
+    pub fn open(root: impl AsRef<Path>, cfg: ImageFolderConfig) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        let rd = std::fs::read_dir(&root).map_err(|e| Error::io(&root, e))?;
+        let mut classes: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            return Err(Error::Empty {
+                path: root,
+                detail: "no class sub-directories".into(),
+            });
+        }
+        let labels = cfg
+            .labels_file
+            .as_deref()
+            .map(read_labels_file)
+            .transpose()?;
+        let names = classes
+            .iter()
+            .map(|c| {
+                labels
+                    .as_ref()
+                    .and_then(|m| m.get(c).cloned())
+                    .unwrap_or_else(|| c.clone())
+            })
+            .collect();
+        let mut files = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let dir = root.join(class);
+            let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            let mut fs: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| has_image_ext(p))
+                .map(|p| PathBuf::from(class).join(p.file_name().unwrap_or_default()))
+                .collect();
+            fs.sort();
+            files.extend(fs.into_iter().map(|f| (f, label)));
+        }
+        if files.is_empty() {
+            return Err(Error::Empty {
+                path: root,
+                detail: "no image files in the class folders".into(),
+            });
+        }
+        Ok(Self {
+            root,
+            cfg,
+            classes,
+            names,
+            files,
+        })
+    }
+    /// Class directory names, index = label.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    /// Human-readable class names (labels file, else the directory name).
+    pub fn class_names(&self) -> &[String] {
+        &self.names
+    }
+    /// `(path relative to root, label)` of every file, in index order.
+    pub fn files(&self) -> &[(PathBuf, usize)] {
+        &self.files
+    }
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// A loader over this folder.
+    pub fn loader(self, cfg: LoaderConfig) -> Result<Loader> {
+        Loader::new(Arc::new(self), cfg)
+    }
+}
+
+impl IndexedSource for ImageFolder {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+    fn key(&self, index: usize) -> String {
+        self.files[index].0.to_string_lossy().into_owned()
+    }
+    fn output_size(&self) -> (u32, u32) {
+        (self.cfg.transform.size(), self.cfg.transform.size())
+    }
+    fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> std::result::Result<Item, SkipReason> {
+        let (rel, label) = &self.files[index];
+        let img = load_file(&self.root.join(rel), &self.cfg.limits)?;
+        let image = self.cfg.transform.apply(&img, rng)?;
+        Ok(Item {
+            key: rel.to_string_lossy().into_owned(),
+            image,
+            label: Some(*label as i64),
+            caption: Some(format!("a photo of a {}", self.names[*label])),
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! Decoding: every pixel format to RGB8, every bad input to its reason, never a panic.
+
+use proptest::prelude::*;
+use semhitok_data::{decode_rgb8, DecodeLimits, SkipReason};
+
+use super::common::*;
+
+fn reason(bytes: &[u8]) -> Option<&'static str> {
+    decode_rgb8(bytes, &DecodeLimits::default())
+        .err()
+        .map(|r| r.as_str())
+}
+
+#[test]
+fn hostile_cases_get_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, want) in hostile_files(dir.path()) {
+        let got = match std::fs::read(dir.path().join(&name)) {
+            Ok(b) => reason(&b),
+            Err(_) => Some("unreadable"),
+        };
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn pixel_formats_become_8bit_rgb() {
+    let lim = DecodeLimits::default();
+    // CMYK (0, 255, 255, 0) is red; Adobe CMYK JPEGs store inverted values, and either way the
+    // decoder must give 3 channels of the right size with red dominant.
+    let img = decode_rgb8(&cmyk_jpeg(24, 16, [0, 255, 255, 0]), &lim).unwrap();
+    assert_eq!(
+        (img.width, img.height, img.data.len()),
+        (24, 16, 24 * 16 * 3)
+    );
+    let p = img.pixel(12, 8);
+    assert!(
+        p[0] > 200 && p[1] < 60 && p[2] < 60,
+        "CMYK red decoded as {p:?}"
+    );
+
+    let g = decode_rgb8(
+        &png_bytes(&image::DynamicImage::ImageLuma8(
+            image::GrayImage::from_pixel(5, 4, image::Luma([77])),
+        )),
+        &lim,
+    )
+    .unwrap();
+    assert_eq!(g.pixel(2, 2), [77, 77, 77]);
+
+    let rgb16 = image::ImageBuffer::from_fn(20, 2, |x, _| image::Rgb([x as u16 * 3000, 0, 65535]));
+    let d = decode_rgb8(&png_bytes(&image::DynamicImage::ImageRgb16(rgb16)), &lim).unwrap();
+    assert_eq!(
+        d.pixel(10, 1),
+        [((10u32 * 3000 * 255 + 32767) / 65535) as u8, 0, 255]
+    );
+
+    let pal = decode_rgb8(&palette_png(20, 12), &lim).unwrap();
+    assert_eq!(
+        (pal.pixel(0, 0), pal.pixel(19, 11)),
+        ([255, 0, 0], [0, 0, 255])
+    );
+
+    let rgba = image::RgbaImage::from_pixel(3, 3, image::Rgba([10, 20, 30, 0]));
+    let a = decode_rgb8(&png_bytes(&image::DynamicImage::ImageRgba8(rgba)), &lim).unwrap();
+    assert_eq!(
+        a.pixel(1, 1),
+        [10, 20, 30],
+        "alpha dropped like PIL convert('RGB')"
+    );
+
+    let j = decode_rgb8(&jpeg_bytes(&pattern(33, 17, 2), 95), &lim).unwrap();
+    let want = pattern(33, 17, 2).get_pixel(16, 8).0;
+    let got = j.pixel(16, 8);
+    for c in 0..3 {
+        assert!(
+            (want[c] as i32 - got[c] as i32).abs() <= 12,
+            "jpeg {want:?} vs {got:?}"
+        );
+    }
+}
+
+#[test]
+fn pixel_limit_is_configurable() {
+    let b = jpeg_bytes(&pattern(100, 100, 1), 90);
+    assert!(decode_rgb8(&b, &DecodeLimits { max_pixels: 10_000 }).is_ok());
+    assert_eq!(
+        decode_rgb8(&b, &DecodeLimits { max_pixels: 9_999 }).unwrap_err(),
+        SkipReason::TooLarge {
+            width: 100,
+            height: 100
+        }
+    );
+    let p = png_bytes(&image::DynamicImage::ImageRgb8(pattern(100, 100, 1)));
+    assert!(matches!(
+        decode_rgb8(&p, &DecodeLimits { max_pixels: 5_000 }),
+        Err(SkipReason::TooLarge { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = decode_rgb8(&bytes, &DecodeLimits::default());
+    }
+
+    #[test]
+    fn mutated_images_never_panic(
+        which in 0usize..3,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..16),
+        cut in any::<usize>(),
+    ) {
+        let mut b = match which {
+            0 => jpeg_bytes(&pattern(24, 20, 4), 80),
+            1 => png_bytes(&image::DynamicImage::ImageRgb8(pattern(24, 20, 4))),
+            _ => palette_png(16, 9),
+        };
+        for (i, x) in flips {
+            let n = b.len();
+            b[i % n] ^= x;
+        }
+        let n = b.len();
+        b.truncate(1 + cut % n);
+        if let Ok(img) = decode_rgb8(&b, &DecodeLimits { max_pixels: 1 << 22 }) {
+            prop_assert_eq!(img.data.len(), img.width as usize * img.height as usize * 3);
+        }
+    }
+}
