@@ -1,7 +1,7 @@
 //! PatchGAN + GAN losses vs a plain PyTorch re-implementation of taming's NLayerDiscriminator
 //! (scripts/fixtures/discriminator.py; ndf 8 to keep the fixture small).
 
-use crate::teach_util::{assert_close, fixture, get, load_fixture};
+use crate::teach_util::{assert_close, fixture, get, load_fixture, rtol};
 use semhitok_nn::discriminator::{adaptive_weight, GanLoss, LeCam, PatchGanConfig};
 use semhitok_nn::test_device;
 use semhitok_nn::weights::{load_strict, LoadOptions};
@@ -33,16 +33,34 @@ fn patchgan_matches_torch(dev: tch::Device) -> anyhow::Result<()> {
     let x = get(&fx, "input")?;
     assert_eq!(d.out_size(32, 40), Some((2, 3)));
     let y = tch::no_grad(|| d.forward_t(x, false))?;
-    assert_close("eval output", &y, get(&fx, "out_eval")?, 1e-5, 1e-6)?;
+    assert_close(
+        "eval output",
+        &y,
+        get(&fx, "out_eval")?,
+        rtol(dev, 1e-5),
+        1e-6,
+    )?;
     let y = tch::no_grad(|| d.forward_t(x, true))?;
-    assert_close("train output", &y, get(&fx, "out_train")?, 1e-5, 1e-6)?;
+    assert_close(
+        "train output",
+        &y,
+        get(&fx, "out_train")?,
+        rtol(dev, 1e-5),
+        1e-6,
+    )?;
     let vars = vs.variables();
     for (k, v) in fx.iter().filter(|(k, _)| k.starts_with("after.")) {
         let name = k.trim_start_matches("after.");
         let got = vars
             .get(name)
             .ok_or_else(|| anyhow::anyhow!("no variable {name}"))?;
-        assert_close(&format!("{name} after one train step"), got, v, 1e-5, 1e-7)?;
+        assert_close(
+            &format!("{name} after one train step"),
+            got,
+            v,
+            rtol(dev, 1e-5),
+            1e-7,
+        )?;
     }
     // Bad input names the expected shape.
     let e = d

@@ -1,7 +1,7 @@
 //! EfficientNet-Lite0 with the real ImageNet weights vs timm 1.0.31 `efficientnet_lite0` on the skimage
 //! chelsea photo (scripts/fixtures/efficientnet.py): stride-8 / stride-16 features and logits.
 
-use crate::teach_util::{assert_close, asset, get, load_fixture};
+use crate::teach_util::{assert_close, asset, get, load_fixture, rtol};
 use semhitok_nn::efficientnet::{EffNetFeatures, EfficientNetTeacher, EFFICIENTNET_LITE0_ASSET};
 use semhitok_nn::teacher::Teacher;
 use semhitok_nn::{test_device, Error};
@@ -17,18 +17,24 @@ fn efficientnet_matches_timm(dev: tch::Device) -> anyhow::Result<()> {
         "stride16",
         &t16.feature_map(image)?,
         get(&fx, "stride16")?,
-        1e-4,
-        1e-5,
+        rtol(dev, 1e-5),
+        1e-6,
     )?;
     assert_close(
         "stride8",
         &t8.feature_map(image)?,
         get(&fx, "stride8")?,
-        1e-4,
-        1e-5,
+        rtol(dev, 1e-5),
+        1e-6,
     )?;
     let logits = t16.logits(image)?;
-    assert_close("logits", &logits, get(&fx, "logits")?, 1e-4, 1e-5)?;
+    assert_close(
+        "logits",
+        &logits,
+        get(&fx, "logits")?,
+        rtol(dev, 1e-5),
+        1e-6,
+    )?;
     // The real weights see the cat: ImageNet class 285 (Egyptian cat), as timm.
     assert_eq!(logits.argmax(-1, false).int64_value(&[0]), 285);
     // Teacher tokens: row-major [B, gh * gw, C].
@@ -41,8 +47,8 @@ fn efficientnet_matches_timm(dev: tch::Device) -> anyhow::Result<()> {
         "token (row 3, col 5)",
         &tok.get(0).get(3 * 14 + 5),
         &map.get(0).select(1, 3).select(1, 5),
-        1e-4,
-        1e-5,
+        rtol(dev, 1e-5),
+        1e-6,
     )?;
     assert_eq!(
         t16.grid(255, 17),

@@ -2,7 +2,7 @@
 //! input preparation), and the Frechet distance vs pytorch-fid's scipy formula
 //! (scripts/fixtures/fid.py).
 
-use crate::teach_util::{assert_close, asset, get, load_fixture};
+use crate::teach_util::{assert_close, asset, get, load_fixture, rtol};
 use semhitok_nn::fid::{frechet_distance, FidInception, FidStats, FID_INCEPTION_ASSET};
 use semhitok_nn::{test_device, Error};
 use tch::{Device, Kind, Tensor};
@@ -15,8 +15,8 @@ fn fid_features_match_python(dev: Device) -> anyhow::Result<()> {
         "inception pool features",
         &f,
         get(&fx, "features")?,
-        1e-4,
-        1e-5,
+        rtol(dev, 1e-5),
+        1e-6,
     )?;
     let e = inc
         .features(&Tensor::zeros([2, 1, 48, 64], (Kind::Float, dev)))

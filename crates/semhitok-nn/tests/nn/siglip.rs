@@ -2,7 +2,7 @@
 //! random config, last and penultimate hidden states and the pooled output, on a square batch of 3 at
 //! the configured 32 px and on a non-square batch of 2 at 40 x 24 (HF `interpolate_pos_encoding=True`).
 
-use crate::teach_util::{assert_close, fixture, get, load_fixture};
+use crate::teach_util::{assert_close, fixture, get, load_fixture, rtol};
 use semhitok_nn::siglip::{load_siglip_weights, SiglipLayer, SiglipTeacher, SiglipVisionConfig};
 use semhitok_nn::teacher::Teacher;
 use semhitok_nn::{test_device, Error};
@@ -29,7 +29,7 @@ fn siglip_matches_hf(dev: tch::Device) -> anyhow::Result<()> {
     for case in ["square", "nonsquare"] {
         let x = get(&fx, &format!("golden.{case}.input"))?;
         let out = tch::no_grad(|| model.forward(x))?;
-        let tol = 1e-5;
+        let tol = rtol(dev, 1e-5);
         assert_close(
             &format!("{case} last"),
             &out.last_hidden_state,
@@ -91,7 +91,7 @@ fn siglip_teacher_tokens(dev: tch::Device) -> anyhow::Result<()> {
         "teacher last",
         &f,
         get(&fx, "golden.nonsquare.last")?,
-        1e-5,
+        rtol(dev, 1e-5),
         1e-6,
     )?;
     let dyn_t: Box<dyn Teacher> = Box::new(t);
