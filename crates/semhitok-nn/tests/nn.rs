@@ -26,3 +26,11 @@ mod discriminator;
 mod fid;
 #[path = "nn/lpips.rs"]
 mod lpips;
+#[path = "nn/vit.rs"]
+mod vit;
+#[path = "nn/spc.rs"]
+mod spc;
+#[path = "nn/sghc.rs"]
+mod sghc;
+#[path = "nn/model.rs"]
+mod model;
