@@ -142,6 +142,38 @@ fn siglip_config_presets_and_hf_json() -> anyhow::Result<()> {
 }
 
 #[test]
+fn siglip_loads_unprefixed_vision_checkpoint() -> anyhow::Result<()> {
+    // transformers 5.x saves a SiglipVisionModel without the `vision_model.` prefix.
+    let dir = tempfile::tempdir()?;
+    let plain: Vec<(String, Tensor)> = Tensor::read_safetensors(fixture("siglip.safetensors"))?
+        .into_iter()
+        .filter_map(|(k, t)| k.strip_prefix("vision_model.").map(|k| (k.to_string(), t)))
+        .collect();
+    let path = dir.path().join("model.safetensors");
+    Tensor::write_safetensors(&plain, &path)?;
+    let t = SiglipTeacher::load(
+        &tiny_config()?,
+        &path,
+        tch::Device::Cpu,
+        SiglipLayer::Penultimate,
+        None,
+    )?;
+    let fx = load_fixture("siglip.safetensors", tch::Device::Cpu)?;
+    let f = t.features(get(&fx, "golden.square.input")?)?;
+    assert_close(
+        "unprefixed penultimate",
+        &f,
+        get(&fx, "golden.square.penultimate")?,
+        1e-5,
+        1e-6,
+    )?;
+    fn is_send<T: Send>() {}
+    is_send::<SiglipTeacher>();
+    is_send::<semhitok_nn::efficientnet::EfficientNetTeacher>();
+    Ok(())
+}
+
+#[test]
 fn siglip_strict_loading_lists_bad_keys() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let src = tch::Tensor::read_safetensors(fixture("siglip.safetensors"))?;
