@@ -79,16 +79,6 @@ pub fn pass(root: &Path, sub: &str, a: &PassArgs) -> Result<()> {
 /// semantic-only baseline on photo crops, evaluation, report under runs/demo/).
 pub fn demo(root: &Path, a: &PassArgs) -> Result<()> {
     libtorch::ensure(root)?;
-    // The assets helper's `assets::ensure(root)` replaces this check once it lands.
-    for need in [
-        ".assets/photos/manifest.json",
-        ".assets/weights/efficientnet_lite0.safetensors",
-        ".assets/weights/fid_inception_v3.pt",
-    ] {
-        anyhow::ensure!(
-            root.join(need).exists(),
-            "{need} is missing: run `cargo xtask assets` first"
-        );
-    }
+    crate::assets::ensure(root)?;
     semhitok(root, "demo", &a.args)
 }

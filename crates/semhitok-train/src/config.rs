@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The model config (semhitok-nn's).
-pub type ModelConfig = toml::Table;
+/// The model config (semhitok-nn's, strict as well). `sghc.k_sem`, `encoder.out_dim`,
+/// `decoder.in_dim` and `decoder.groups` are derived (from `spc.codebook_size`, `sghc.dim` and
+/// `fusion`) when the config is loaded, so `--set model.fusion=pixel_only` or
+/// `--set model.sghc.m=8` are single switches.
+pub type ModelConfig = semhitok_nn::model::SemHiTokConfig;
 
 /// Training stage (issue 6 §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +152,19 @@ pub struct TeacherConfig {
     /// Safetensors weights; `None` means random init (benchmarks only: never for real runs).
     #[serde(default)]
     pub weights: Option<PathBuf>,
+    /// EfficientNet feature stride (8 or 16); ignored by SigLIP.
+    #[serde(default = "default_stride")]
+    pub stride: i64,
+    /// SigLIP hidden state used as the target (`last` or `penultimate`); ignored by EfficientNet.
+    #[serde(default = "default_siglip_layer")]
+    pub siglip_layer: semhitok_nn::siglip::SiglipLayer,
+}
+
+fn default_stride() -> i64 {
+    16
+}
+fn default_siglip_layer() -> semhitok_nn::siglip::SiglipLayer {
+    semhitok_nn::siglip::SiglipLayer::Last
 }
 
 /// Which images the trainer reads.
@@ -170,20 +186,36 @@ pub struct DataConfig {
     pub root: Option<PathBuf>,
     /// Side of the square training image fed to the model.
     pub image_size: i64,
-    /// Random crop side range in source pixels (then resized to `image_size`).
-    #[serde(default)]
-    pub crop_min: Option<u32>,
-    #[serde(default)]
-    pub crop_max: Option<u32>,
     /// Images per micro-batch.
     pub batch_size: i64,
+    /// Photos are downscaled at load so their shorter side is at most this; training crops are
+    /// `image_size ..= max_crop_frac * max_short_side` source pixels, resized to `image_size`.
+    #[serde(default = "default_short")]
+    pub max_short_side: u32,
+    #[serde(default = "one_f")]
+    pub max_crop_frac: f64,
     /// Fraction of photos held out for evaluation.
     #[serde(default = "default_holdout")]
-    pub holdout_fraction: f64,
+    pub heldout_fraction: f64,
+    /// Evaluation crops per held-out photo (the first is the ADM center crop).
+    #[serde(default = "default_eval_crops")]
+    pub eval_crops_per_image: usize,
+    /// Decoding threads of the loader.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
 }
 
 fn default_holdout() -> f64 {
-    0.2
+    0.1
+}
+fn default_short() -> u32 {
+    768
+}
+fn default_eval_crops() -> usize {
+    4
+}
+fn default_workers() -> usize {
+    1
 }
 
 /// `[optim]`: AdamW + schedule for the generator side.
@@ -478,7 +510,8 @@ impl TrainConfig {
             key: "(syntax)".into(),
             msg: e.to_string(),
         })?;
-        let cfg = Self::from_value(raw.clone(), file)?;
+        let mut cfg = Self::from_value(raw.clone(), file)?;
+        cfg.resolve();
         if overrides.is_empty() {
             cfg.validate(file)?;
             return Ok(cfg);
@@ -493,7 +526,8 @@ impl TrainConfig {
             file.display(),
             overrides.join(" ")
         ));
-        let cfg = Self::from_value(v, &origin)?;
+        let mut cfg = Self::from_value(v, &origin)?;
+        cfg.resolve();
         cfg.validate(&origin)?;
         Ok(cfg)
     }
@@ -509,8 +543,34 @@ impl TrainConfig {
         })
     }
 
+    /// Fill the derived model fields (see [`ModelConfig`]).
+    fn resolve(&mut self) {
+        let m = &mut self.model;
+        m.sghc.k_sem = m.spc.codebook_size;
+        m.encoder.out_dim = m.sghc.dim;
+        let fusion = m.fusion;
+        *m = m.clone().with_fusion(fusion);
+    }
+
     /// Cross-field checks (each names its key).
     pub fn validate(&self, file: &Path) -> Result<()> {
+        if let Err(e) = self.model.validate() {
+            return Err(Error::Config {
+                file: file.to_path_buf(),
+                key: "model".into(),
+                msg: e.to_string(),
+            });
+        }
+        if self.model.encoder.image_size != self.data.image_size {
+            return Err(Error::Config {
+                file: file.to_path_buf(),
+                key: "model.encoder.image_size".into(),
+                msg: format!(
+                    "{} != data.image_size {}",
+                    self.model.encoder.image_size, self.data.image_size
+                ),
+            });
+        }
         let bad = |key: &str, msg: String| {
             Err(Error::Config {
                 file: file.to_path_buf(),

@@ -11,6 +11,12 @@ pub enum Error {
     /// An error of the model crate.
     #[error(transparent)]
     Nn(#[from] semhitok_nn::Error),
+    /// An error of the data crate.
+    #[error(transparent)]
+    Data(#[from] semhitok_data::Error),
+    /// An error of the codebook-math crate.
+    #[error(transparent)]
+    Quant(#[from] semhitok_quant::Error),
     /// A config file (or a `--set` override) is invalid: `key` is the dotted path.
     #[error("{}: key `{key}`: {msg}", file.display())]
     Config {

@@ -8,10 +8,14 @@
 pub mod amp;
 pub mod checkpoint;
 pub mod config;
+pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod metrics;
 pub mod optim;
+pub mod report;
 pub mod rundir;
+pub mod stages;
 pub mod synthetic;
 pub mod trainer;
 

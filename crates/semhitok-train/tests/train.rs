@@ -4,4 +4,5 @@ mod train {
     pub mod common;
     mod config;
     mod machinery;
+    mod stages;
 }

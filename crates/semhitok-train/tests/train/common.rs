@@ -11,15 +11,13 @@ use tch::{Device, Kind, Tensor};
 
 /// A complete minimal config (toy model section is ignored by the toy task).
 pub fn tiny_config_text(out_dir: &Path, steps: u64, ckpt_every: u64) -> String {
-    format!(
+    let text = format!(
         r#"
 [run]
 name = "toy"
 out_dir = "{}"
 stage = "spc"
 seed = 7
-
-[model]
 
 [teacher]
 kind = "efficientnet-lite0"
@@ -55,6 +53,14 @@ pub fn tiny_config(out_dir: &Path, steps: u64, ckpt_every: u64, sets: &[&str]) -
         &sets,
     )
     .expect("tiny config parses")
+}
+
+/// `tiny_config_text` has no `[model]`; add semhitok-nn's tiny model (16 px, 8 px patches).
+pub fn with_model(text: &str) -> String {
+    let mut t: toml::Table = toml::from_str(text).unwrap();
+    let m = semhitok_nn::model::SemHiTokConfig::tiny(16, 8, 40, 16, 4);
+    t.insert("model".into(), toml::Value::try_from(m).unwrap());
+    toml::to_string(&t).unwrap()
 }
 
 /// Toy autoencoder (conv down, dropout, conv up) on 16x16 synthetic images. `nan_at`: the loss

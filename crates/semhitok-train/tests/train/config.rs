@@ -7,7 +7,8 @@ use std::path::Path;
 
 #[test]
 fn misspelled_key_names_key_and_file() {
-    let text = tiny_config_text(Path::new("/tmp/x"), 5, 5).replace("weight_decay", "weight_decayy");
+    let text =
+        tiny_config_text(Path::new("/tmp/x"), 5, 5).replace("weight_decay =", "weight_decayy =");
     let err = TrainConfig::from_toml_str(&text, Path::new("configs/mine.toml"), &[]).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Config { .. }), "{msg}");
