@@ -4,8 +4,10 @@
 //! installs PyPI torch==2.11.0 into `.libtorch/` (idempotent), then spawn cargo with it.
 
 mod assets;
+mod bench_data;
 mod bench_quant;
 mod bundle;
+mod data_cmd;
 mod libtorch;
 mod train_cmd;
 mod util;
@@ -50,12 +52,16 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
+    /// Dataset tools: `data scan --source imagenet|wds|photos|fashion-mnist|llava --path P`.
+    Data(data_cmd::DataArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCmd {
     /// semhitok-quant vs PyTorch CPU (same threads) + SGEMM peak -> target/bench/quant.json.
     Quant(bench_quant::QuantArgs),
+    /// semhitok-data decode + center crop vs Pillow, images/s per core -> target/bench/data.json.
+    Data(bench_data::DataBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -78,6 +84,8 @@ fn main() -> Result<()> {
         Cmd::Demo(a) => train_cmd::demo(&root, &a),
         Cmd::Bench { which } => match which {
             BenchCmd::Quant(a) => bench_quant::run(&root, &a),
+            BenchCmd::Data(a) => bench_data::run(&root, &a),
         },
+        Cmd::Data(a) => data_cmd::run(&root, &a),
     }
 }

@@ -1,0 +1,136 @@
+//! `cargo xtask bench data`: images/s per core of semhitok-data's decode + ADM center crop to
+//! 256 x 256 versus Pillow doing the same on the same files, in one run.
+//!
+//! Builds `crates/semhitok-data/examples/bench_data.rs` in release (it also writes JPEG
+//! re-encodes of the photos at ImageNet-like sizes into `target/bench-data/`), runs it and
+//! `scripts/bench_data_pillow.py` (Pillow + numpy from `.libtorch/`), prints a table and writes
+//! `target/bench/data.json`. Target (issue 5): >= 2x Pillow per core.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::util;
+
+/// Arguments of `cargo xtask bench data`.
+#[derive(Debug, clap::Args)]
+pub struct DataBenchArgs {
+    /// Folder of JPEG photos (default: the embedded `.assets/photos`).
+    #[arg(long)]
+    photos: Option<PathBuf>,
+    /// Output side length.
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    /// Timed passes over each set (best kept, both sides).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+fn build_example(root: &Path) -> Result<PathBuf> {
+    let out = util::output(util::cargo(root).args([
+        "build",
+        "--release",
+        "-p",
+        "semhitok-data",
+        "--example",
+        "bench_data",
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "bench_data")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the bench_data executable")
+}
+
+fn get(v: &Value, path: &[&str]) -> Result<f64> {
+    let mut cur = v;
+    for k in path {
+        cur = &cur[*k];
+    }
+    cur.as_f64()
+        .with_context(|| format!("missing number {}", path.join(".")))
+}
+
+/// Runs the benchmark.
+pub fn run(root: &Path, args: &DataBenchArgs) -> Result<()> {
+    let photos = args
+        .photos
+        .clone()
+        .unwrap_or_else(|| root.join(".assets/photos"));
+    if !photos.is_dir() {
+        bail!(
+            "{} does not exist: run `cargo xtask assets`",
+            photos.display()
+        );
+    }
+    let work = root.join("target/bench-data");
+    let (size, reps) = (args.size.to_string(), args.reps.max(1).to_string());
+    eprintln!("building semhitok-data bench_data (release)...");
+    let exe = build_example(root)?;
+    eprintln!("running {} (1 thread per image pipeline)...", exe.display());
+    let rust_out = util::output(Command::new(&exe).current_dir(root).args([
+        "--photos".as_ref(),
+        photos.as_os_str(),
+        "--work".as_ref(),
+        work.as_os_str(),
+        "--size".as_ref(),
+        size.as_ref(),
+        "--reps".as_ref(),
+        reps.as_ref(),
+    ]))?;
+    let ours: Value = serde_json::from_str(&rust_out)
+        .with_context(|| format!("bench_data printed:\n{rust_out}"))?;
+    eprintln!("running scripts/bench_data_pillow.py...");
+    let small = work.join("imagenet_like/x");
+    let mut py = Command::new("python3");
+    py.current_dir(root)
+        .env("PYTHONPATH", root.join(".libtorch"))
+        .args([
+            "scripts/bench_data_pillow.py".as_ref(),
+            "--photos".as_ref(),
+            photos.as_os_str(),
+            "--small".as_ref(),
+            small.as_os_str(),
+            "--work".as_ref(),
+            work.as_os_str(),
+            "--size".as_ref(),
+            size.as_ref() as &std::ffi::OsStr,
+            "--reps".as_ref(),
+            reps.as_ref(),
+        ]);
+    let py_out = util::output(&mut py)?;
+    let pil: Value = serde_json::from_str(&py_out)
+        .with_context(|| format!("bench_data_pillow.py printed:\n{py_out}"))?;
+
+    let mut rows = Vec::new();
+    println!("| set | files | mean Mpix | semhitok-data img/s/core | Pillow {} img/s/core | ratio | MAE vs ADM (Rust / Pillow resize) |", pil["pillow_version"].as_str().unwrap_or("?"));
+    println!("|---|---|---|---|---|---|---|");
+    for set in ["photos", "imagenet_like"] {
+        let r = get(&ours, &[set, "rust_images_per_s"])?;
+        let p = get(&pil, &[set, "pillow_images_per_s"])?;
+        let n = get(&ours, &[set, "n"])?;
+        let mp = get(&ours, &[set, "mean_mpix"])?;
+        let mae_r = get(&pil, &[set, "mae_rust_vs_adm"]).unwrap_or(f64::NAN);
+        let mae_p = get(&pil, &[set, "mae_pillow_resize_vs_adm"]).unwrap_or(f64::NAN);
+        println!(
+            "| {set} | {n} | {mp:.2} | {r:.1} | {p:.1} | {:.2}x | {mae_r:.2} / {mae_p:.2} |",
+            r / p
+        );
+        rows.push(json!({"set": set, "files": n, "mean_mpix": mp, "rust_images_per_s": r, "pillow_images_per_s": p, "ratio": r / p, "mae_rust_vs_adm": mae_r, "mae_pillow_resize_vs_adm": mae_p}));
+    }
+    let loader = get(&ours, &["loader_imagenet_like_images_per_s"])?;
+    println!(
+        "full Loader (ImageFolder, f32 NCHW batches of 16, {} threads) on imagenet_like: {loader:.1} img/s",
+        ours["loader_threads"]
+    );
+    let out = root.join("target/bench/data.json");
+    std::fs::create_dir_all(out.parent().expect("has parent"))?;
+    let all =
+        json!({"size": args.size, "reps": args.reps, "rows": rows, "rust": ours, "pillow": pil});
+    std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
