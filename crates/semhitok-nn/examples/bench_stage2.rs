@@ -5,7 +5,7 @@
 //! One step = frozen teacher forward (random-weight SigLIP-L/16 at 256 px, or random features with
 //! `--teacher features`) -> frozen SPC quantize -> ViT-B/16 pixel encoder -> SGHC (m = 12) -> channel
 //! fusion -> ViT-B/16 pixel decoder, under bf16 autocast on CUDA; generator loss = L2 + SGHC codebook
-//! + commitment + 0.1 * PatchGAN hinge generator loss; backward; AdamW on encoder + codebook and on the
+//! plus commitment plus 0.1 * PatchGAN hinge generator loss; backward; AdamW on encoder + codebook and on the
 //! decoder; then a discriminator step (hinge on real vs detached fake). `--disc off` drops the GAN parts.
 //! The clock runs from before the teacher forward to after `cuda synchronize` following the last
 //! optimizer step; warm-up steps are not timed.
@@ -186,7 +186,7 @@ fn main() -> anyhow::Result<()> {
                 + &out.pixel.loss_commit;
             if args.disc {
                 let fake = disc.forward_t(&out.recon, true)?;
-                loss = loss + GanLoss::Hinge.g_loss(&fake)? * 0.1;
+                loss += GanLoss::Hinge.g_loss(&fake)? * 0.1;
             }
             Ok((loss, out.recon))
         })?;

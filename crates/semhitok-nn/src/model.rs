@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::fusion::Fusion;
 use crate::sghc::{Sghc, SghcConfig, SghcOutput};
 use crate::spc::{check_ids, Spc, SpcConfig};
+use crate::teacher::Teacher;
 use crate::vit::{VitConfig, VitDecoder, VitDecoderConfig, VitEncoder, VitEncoderConfig};
 use crate::weights::{load_strict, save_atomic, LoadOptions};
 use serde::{Deserialize, Serialize};
@@ -377,6 +378,27 @@ impl SemHiTok {
             ));
         }
         Ok(())
+    }
+
+    /// Teacher features for `images` `[B, 3, S, S]` in [-1, 1] from any [`Teacher`], checked against
+    /// the SPC's `teacher_dim` and token count (an error names both sides when they differ).
+    pub fn teacher_features(&self, teacher: &dyn Teacher, images: &Tensor) -> Result<Tensor> {
+        let b = self.check_images(images)?;
+        let c = &self.cfg.spc;
+        let s = self.cfg.encoder.image_size;
+        let (gh, gw) = teacher.grid(s, s);
+        if teacher.dim() != c.teacher_dim || gh * gw != c.num_tokens {
+            return Err(Error::Config(format!(
+                "teacher {} gives {gh}x{gw} tokens of dim {} at {s} px; the SPC expects {} tokens of dim {}",
+                teacher.name(),
+                teacher.dim(),
+                c.num_tokens,
+                c.teacher_dim
+            )));
+        }
+        let feats = teacher.features(images)?;
+        self.check_teacher(b, &feats)?;
+        Ok(feats)
     }
 
     /// Semantic ids `[B, N]` and codes `[B, N, D_sem]` from teacher features, without gradient.

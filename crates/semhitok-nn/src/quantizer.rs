@@ -101,7 +101,7 @@ impl EmaSettings {
     }
 
     fn validate(&self, what: &str) -> Result<()> {
-        if !(0.0..1.0).contains(&self.decay) || !(self.eps > 0.0 && self.eps.is_finite()) {
+        if !(0.0..1.0).contains(&self.decay) || self.eps <= 0.0 || !self.eps.is_finite() {
             return Err(Error::Config(format!(
                 "{what}: EMA decay {} must be in [0, 1) and eps {} finite and > 0",
                 self.decay, self.eps

@@ -311,3 +311,40 @@ fn paper_config() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A fake teacher: mean-pooled patches projected by a fixed matrix.
+#[derive(Debug)]
+struct PatchTeacher {
+    dim: i64,
+}
+
+impl semhitok_nn::teacher::Teacher for PatchTeacher {
+    fn features(&self, images: &Tensor) -> semhitok_nn::Result<Tensor> {
+        let x = images.avg_pool2d([P, P], [P, P], [0, 0], false, true, None::<i64>);
+        let t = x.flatten(2, 3).transpose(1, 2); // [B, N, 3]
+        Ok(t.repeat([1, 1, self.dim / 3]))
+    }
+    fn dim(&self) -> i64 {
+        self.dim
+    }
+    fn grid(&self, h: i64, w: i64) -> (i64, i64) {
+        (h / P, w / P)
+    }
+    fn name(&self) -> &str {
+        "patch-test"
+    }
+}
+
+#[test]
+fn teacher_features_checked() -> anyhow::Result<()> {
+    let model = tiny(Fusion::ChannelConcat).init(Device::Cpu)?;
+    let (images, _) = inputs(2, Device::Cpu);
+    let f = model.teacher_features(&PatchTeacher { dim: CT }, &images)?;
+    assert_eq!(f.size(), [2, G * G, CT]);
+    assert_eq!(model.encode(&images, &f)?.unified_ids.size(), [2, G, G]);
+    let err = model
+        .teacher_features(&PatchTeacher { dim: 9 }, &images)
+        .unwrap_err();
+    assert!(err.to_string().contains("dim 9"), "{err}");
+    Ok(())
+}
