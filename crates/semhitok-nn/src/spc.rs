@@ -298,8 +298,9 @@ impl Spc {
     /// feats: `[B, N, C_t]` -> [`SpcOutput`] (ids `[B, N]`, quantized `[B, N, D]`, recon `[B, N, C_t]`, losses).
     pub fn forward_t(&self, feats: &Tensor, train: bool) -> Result<SpcOutput> {
         let z = self.encode_z(feats)?;
-        check_finite("SPC quantizer input", &z)?;
         if train && self.cfg.kmeans_init && !self.initialized() {
+            // Checked before collecting so a bad batch never poisons the k-means buffer.
+            check_finite("SPC quantizer input", &z)?;
             self.collect_kmeans(&z)?;
         }
         let codes = self.quantize_z(&z)?;
