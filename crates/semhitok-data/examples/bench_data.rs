@@ -70,9 +70,13 @@ fn make_imagenet_like(photos: &[PathBuf], out: &Path) -> Vec<PathBuf> {
 }
 
 /// One image through the pipeline; returns the HWC crop (for the agreement check).
-fn pipeline(p: &Path, size: u32, lim: &DecodeLimits, chw: &mut [u8]) -> Vec<u8> {
+fn pipeline(p: &Path, size: u32, lim: &DecodeLimits, chw: &mut [u8], dct: bool) -> Vec<u8> {
     let bytes = std::fs::read(p).expect("read");
-    let img = decode_rgb8(&bytes, lim).expect("decode");
+    let img = if dct {
+        semhitok_data::image::decode_rgb8_short_side(&bytes, lim, size).expect("decode")
+    } else {
+        decode_rgb8(&bytes, lim).expect("decode")
+    };
     let crop = resize_crop(
         &img,
         adm_center_crop_box(img.width, img.height, size),
@@ -93,30 +97,30 @@ fn bench_set(
 ) -> serde_json::Value {
     let lim = DecodeLimits::default();
     let mut chw = vec![0u8; 3 * size as usize * size as usize];
-    let mut first = Vec::new();
     let mut mpix = 0.0;
-    for (i, p) in files.iter().enumerate() {
-        let out = pipeline(p, size, &lim, &mut chw);
-        if i < 8 {
-            first.extend_from_slice(&out);
-        }
+    for p in files {
         let d = image::image_dimensions(p).expect("dims");
         mpix += d.0 as f64 * d.1 as f64 / 1e6;
     }
-    std::fs::write(work.join(format!("rust_{name}.u8")), &first).expect("write outputs");
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let t = Instant::now();
-        for p in files {
-            pipeline(p, size, &lim, &mut chw);
+    let mut res = serde_json::json!({"n": files.len(), "mean_mpix": mpix / files.len() as f64});
+    for (dct, suffix) in [(false, ""), (true, "_dct")] {
+        let mut first = Vec::new();
+        for p in files.iter().take(8) {
+            first.extend_from_slice(&pipeline(p, size, &lim, &mut chw, dct));
         }
-        best = best.min(t.elapsed().as_secs_f64());
+        std::fs::write(work.join(format!("rust_{name}{suffix}.u8")), &first)
+            .expect("write outputs");
+        let mut best = f64::INFINITY;
+        for _ in 0..reps {
+            let t = Instant::now();
+            for p in files {
+                pipeline(p, size, &lim, &mut chw, dct);
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        res[format!("rust{suffix}_images_per_s")] = (files.len() as f64 / best).into();
     }
-    serde_json::json!({
-        "n": files.len(),
-        "mean_mpix": mpix / files.len() as f64,
-        "rust_images_per_s": files.len() as f64 / best,
-    })
+    res
 }
 
 fn main() {

@@ -184,3 +184,60 @@ fn decode_other(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8Image, SkipRe
         data: rgb.into_raw(),
     })
 }
+
+/// Like [`decode_rgb8`], but a JPEG whose shorter side is at least `2 * min_short` is decoded
+/// with DCT-domain downscaling (1/2, 1/4 or 1/8: the strongest that keeps the shorter side
+/// >= `min_short`), which skips most of the IDCT and colour conversion work. A 1/2^k
+/// DCT reduction averages 2^k x 2^k blocks, i.e. it plays the role of ADM's k BOX halvings.
+/// Other formats, CMYK JPEGs and small JPEGs are decoded at full size.
+pub fn decode_rgb8_short_side(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    min_short: u32,
+) -> Result<Rgb8Image, SkipReason> {
+    if !is_jpeg(bytes) {
+        return decode_rgb8(bytes, limits);
+    }
+    std::panic::catch_unwind(|| scaled_jpeg(bytes, limits, min_short))
+        .unwrap_or_else(|_| Err(SkipReason::Corrupt("decoder panicked".into())))
+        .or_else(|_| decode_rgb8(bytes, limits))
+}
+
+fn scaled_jpeg(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    min_short: u32,
+) -> Result<Rgb8Image, SkipReason> {
+    let mut dec = jpeg_decoder::Decoder::new(bytes);
+    dec.read_info()
+        .map_err(|e| SkipReason::Corrupt(e.to_string()))?;
+    let info = dec
+        .info()
+        .ok_or_else(|| SkipReason::Corrupt("no jpeg info".into()))?;
+    check_pixels(info.width as u64, info.height as u64, limits)?;
+    let gray = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => false,
+        jpeg_decoder::PixelFormat::L8 => true,
+        _ => return Err(SkipReason::Corrupt("not RGB/L8".into())), // full decode path
+    };
+    let (iw, ih) = (info.width as f64, info.height as f64);
+    let short = iw.min(ih);
+    if short < 2.0 * min_short as f64 {
+        return Err(SkipReason::Corrupt("small".into())); // full decode path
+    }
+    let s = min_short as f64 / short;
+    let (rw, rh) = ((iw * s).ceil() as u16, (ih * s).ceil() as u16);
+    let (w, h) = dec
+        .scale(rw, rh)
+        .map_err(|e| SkipReason::Corrupt(e.to_string()))?;
+    let px = dec
+        .decode()
+        .map_err(|e| SkipReason::Corrupt(e.to_string()))?;
+    let data = if gray {
+        px.iter().flat_map(|&g| [g, g, g]).collect()
+    } else {
+        px
+    };
+    Rgb8Image::new(w as u32, h as u32, data)
+        .ok_or_else(|| SkipReason::Corrupt("scaled jpeg size mismatch".into()))
+}

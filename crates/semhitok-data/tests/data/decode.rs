@@ -128,3 +128,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn dct_scaled_decode_keeps_the_short_side_and_the_content() {
+    let lim = DecodeLimits::default();
+    let big = jpeg_bytes(&pattern(1000, 700, 5), 92);
+    let full = decode_rgb8(&big, &lim).unwrap();
+    let small = semhitok_data::image::decode_rgb8_short_side(&big, &lim, 160).unwrap();
+    // 700 / 4 = 175 >= 160 > 700 / 8.
+    assert_eq!((small.width, small.height), (250, 175));
+    let crop = |img: &semhitok_data::Rgb8Image| {
+        let b = semhitok_data::transform::adm_center_crop_box(img.width, img.height, 64);
+        semhitok_data::transform::resize_crop(img, b, 64, 64).unwrap()
+    };
+    let (a, b) = (crop(&full), crop(&small));
+    let mae: f64 = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.data.len() as f64;
+    assert!(mae < 3.0, "DCT-scaled vs full decode MAE {mae}");
+    // Small JPEGs, PNGs and bad bytes take the normal path.
+    let tiny = jpeg_bytes(&pattern(100, 80, 1), 90);
+    assert_eq!(
+        semhitok_data::image::decode_rgb8_short_side(&tiny, &lim, 64)
+            .unwrap()
+            .width,
+        100
+    );
+    assert_eq!(
+        semhitok_data::image::decode_rgb8_short_side(b"junk", &lim, 64)
+            .unwrap_err()
+            .as_str(),
+        "not_an_image"
+    );
+    let t = &big[..big.len() / 3];
+    assert!(semhitok_data::image::decode_rgb8_short_side(t, &lim, 160).is_err());
+}
