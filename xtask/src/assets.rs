@@ -973,7 +973,6 @@ pub fn assets(root: &Path, args: &AssetsArgs) -> Result<()> {
 
 /// Make sure every asset is present and verified (fetching and converting what is missing).
 /// Other xtask commands (`test`, `demo`) call this first; a no-op run takes milliseconds.
-#[allow(dead_code)] // called by `cargo xtask test` / `demo`
 pub fn ensure(root: &Path) -> Result<()> {
     let args = AssetsArgs {
         check: false,

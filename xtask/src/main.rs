@@ -73,6 +73,7 @@ fn main() -> Result<()> {
         Cmd::Bundle(args) => bundle::bundle(&root, &args),
         Cmd::Test { args } => {
             libtorch::ensure(&root)?;
+            assets::ensure(&root)?;
             let mut cmd = util::cargo(&root);
             cmd.args(["test", "--workspace", "--release"]).args(&args);
             util::run(&mut cmd)
