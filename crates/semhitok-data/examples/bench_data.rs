@@ -70,13 +70,9 @@ fn make_imagenet_like(photos: &[PathBuf], out: &Path) -> Vec<PathBuf> {
 }
 
 /// One image through the pipeline; returns the HWC crop (for the agreement check).
-fn pipeline(p: &Path, size: u32, lim: &DecodeLimits, chw: &mut [u8], dct: bool) -> Vec<u8> {
+fn pipeline(p: &Path, size: u32, lim: &DecodeLimits, chw: &mut [u8]) -> Vec<u8> {
     let bytes = std::fs::read(p).expect("read");
-    let img = if dct {
-        semhitok_data::image::decode_rgb8_short_side(&bytes, lim, size).expect("decode")
-    } else {
-        decode_rgb8(&bytes, lim).expect("decode")
-    };
+    let img = decode_rgb8(&bytes, lim).expect("decode");
     let crop = resize_crop(
         &img,
         adm_center_crop_box(img.width, img.height, size),
@@ -103,10 +99,10 @@ fn bench_set(
         mpix += d.0 as f64 * d.1 as f64 / 1e6;
     }
     let mut res = serde_json::json!({"n": files.len(), "mean_mpix": mpix / files.len() as f64});
-    for (dct, suffix) in [(false, ""), (true, "_dct")] {
+    for suffix in [""] {
         let mut first = Vec::new();
         for p in files.iter().take(8) {
-            first.extend_from_slice(&pipeline(p, size, &lim, &mut chw, dct));
+            first.extend_from_slice(&pipeline(p, size, &lim, &mut chw));
         }
         std::fs::write(work.join(format!("rust_{name}{suffix}.u8")), &first)
             .expect("write outputs");
@@ -114,7 +110,7 @@ fn bench_set(
         for _ in 0..reps {
             let t = Instant::now();
             for p in files {
-                pipeline(p, size, &lim, &mut chw, dct);
+                pipeline(p, size, &lim, &mut chw);
             }
             best = best.min(t.elapsed().as_secs_f64());
         }
