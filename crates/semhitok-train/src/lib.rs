@@ -6,7 +6,9 @@
 //! `cargo xtask train|eval|encode|decode|demo` launch it.
 
 pub mod amp;
+pub mod bench;
 pub mod checkpoint;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -373,6 +373,15 @@ pub fn check_teacher_fits(cfg: &TrainConfig, teacher: &dyn Teacher) -> Result<()
 
 /// Build the task of `cfg.run.stage` (fresh weights, then `init.*` checkpoints loaded).
 pub fn build_task(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
+    build_task_opts(cfg, true)
+}
+
+/// As [`build_task`] but without loading `init.*` (benchmarks: random SPC, same cost).
+pub fn build_task_uninit(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
+    build_task_opts(cfg, false)
+}
+
+fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> {
     let device = cfg.run.device.device();
     tch::manual_seed(cfg.run.seed as i64);
     let teacher = build_teacher(cfg, device)?;
@@ -393,8 +402,11 @@ pub fn build_task(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
             }))
         }
         Stage::Pre => {
-            let ck = init_checkpoint(cfg.init.spc.as_deref().unwrap_or(Path::new("")), &["spc"])?;
-            load_parts(&model, &ck, &[Part::Spc])?;
+            if load_init {
+                let ck =
+                    init_checkpoint(cfg.init.spc.as_deref().unwrap_or(Path::new("")), &["spc"])?;
+                load_parts(&model, &ck, &[Part::Spc])?;
+            }
             model.freeze(Part::Spc);
             vec![Part::Pixel, Part::Decoder]
         }

@@ -45,6 +45,12 @@ enum Cmd {
     Eval(semhitok_train::eval::EvalArgs),
     /// The embedded-default demo (tiny SPC, SGHC and the semantic-only baseline, evaluated).
     Demo(semhitok_train::demo::DemoArgs),
+    /// Images -> semantic, pixel and unified ids (`OUT.safetensors` + `OUT.json`).
+    Encode(semhitok_train::codec::EncodeArgs),
+    /// Ids (`.safetensors` from `encode`) -> PNG images.
+    Decode(semhitok_train::codec::DecodeArgs),
+    /// Time N steps of stage `pre` (images/s, model FLOP utilisation); no checkpoints.
+    Bench(semhitok_train::bench::BenchArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -111,6 +117,15 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Demo(a) => semhitok_train::demo::run(&a, &argv)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::Encode(a) => semhitok_train::codec::encode_cmd(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::Decode(a) => semhitok_train::codec::decode_cmd(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::Bench(a) => semhitok_train::bench::run(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::ModelPreset { name } => {

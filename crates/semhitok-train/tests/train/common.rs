@@ -42,7 +42,8 @@ ckpt_every = {ckpt_every}
 keep_last = 3
 "#,
         out_dir.display()
-    )
+    );
+    with_model(&text)
 }
 
 pub fn tiny_config(out_dir: &Path, steps: u64, ckpt_every: u64, sets: &[&str]) -> TrainConfig {

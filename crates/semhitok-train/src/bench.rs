@@ -1,0 +1,162 @@
+//! `semhitok bench`: time N optimizer steps of a stage (default: `pre` at paper size) through
+//! the real training loop, and report images/s and model FLOP utilisation (MFU).
+//!
+//! No checkpoint is loaded: the SPC and the teacher have random weights (no real weights exist
+//! offline), which changes nothing about the cost. The batch is one fixed synthetic batch kept
+//! on the device, so data loading is not timed. `scripts/bench_train_gpu_torch.py` is the PyTorch
+//! eager reference of the same model, batch, precision and FLOP count.
+//!
+//! FLOPs: matmul FLOPs only (the usual MFU convention), `2 * N * params_matmul` per forward
+//! token plus `4 * N^2 * D` per attention layer; trained parts count 3x (forward + backward),
+//! the frozen teacher and SPC count 1x.
+
+use crate::config::{Stage, TrainConfig};
+use crate::error::{Error, Result};
+use crate::trainer::{train, Batches, TrainOptions};
+use semhitok_nn::vit::VitConfig;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// `semhitok bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "configs/paper-pre-vitb-256.toml")]
+    pub config: PathBuf,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Peak dense TFLOP/s of the device at the run's precision (H200 bf16: 989).
+    #[arg(long, default_value_t = 989.0)]
+    pub peak_tflops: f64,
+    /// `key=value` config overrides.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+struct FixedBatch(Tensor);
+
+impl Batches for FixedBatch {
+    fn next_batch(&mut self, device: Device) -> Result<Tensor> {
+        Ok(self.0.to_device(device))
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn restore(&mut self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Forward matmul FLOPs of a ViT trunk over `n` tokens.
+pub fn vit_flops(v: &VitConfig, n: i64) -> f64 {
+    let d = v.hidden_size as f64;
+    let n = n as f64;
+    let mlp = v.mlp_ratio * d;
+    let per_layer = 2.0 * n * (4.0 * d * d + 2.0 * d * mlp) + 4.0 * n * n * d;
+    per_layer * v.depth as f64
+}
+
+/// Training FLOPs per image of stage `pre` (teacher + SPC forward, encoder/decoder fwd + bwd).
+pub fn pre_flops_per_image(
+    cfg: &TrainConfig,
+    teacher: &VitConfig,
+    teacher_tokens: i64,
+    teacher_patch: i64,
+) -> f64 {
+    let m = &cfg.model;
+    let n = m.encoder.grid() * m.encoder.grid();
+    let patch_in = (3 * m.encoder.patch_size * m.encoder.patch_size) as f64;
+    let t = vit_flops(teacher, teacher_tokens)
+        + 2.0
+            * teacher_tokens as f64
+            * (3 * teacher_patch * teacher_patch) as f64
+            * teacher.hidden_size as f64;
+    let spc = vit_flops(&m.spc.decoder, n) * 0.0 // the SPC decoder does not run in `pre`
+        + 2.0 * n as f64 * (m.spc.teacher_dim * m.spc.head_hidden + m.spc.head_hidden * m.spc.code_dim) as f64;
+    let enc = vit_flops(&m.encoder.vit, n)
+        + 2.0 * n as f64 * patch_in * m.encoder.vit.hidden_size as f64
+        + 2.0 * n as f64 * (m.encoder.vit.hidden_size * m.encoder.out_dim) as f64;
+    let dec_n = n * m.decoder.groups;
+    let dec = vit_flops(&m.decoder.vit, dec_n)
+        + 2.0 * dec_n as f64 * (m.decoder.in_dim * m.decoder.vit.hidden_size) as f64
+        + 2.0 * n as f64 * m.decoder.vit.hidden_size as f64 * patch_in;
+    t + spc + 3.0 * (enc + dec)
+}
+
+/// Run the benchmark; prints and returns a JSON record.
+pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
+    let tmp = std::env::temp_dir().join(format!("semhitok-bench-{}", std::process::id()));
+    let mut set = a.set.clone();
+    set.push(format!("run.out_dir=\"{}\"", tmp.display()));
+    set.push(format!("schedule.steps={}", a.warmup + a.steps));
+    set.push(format!("schedule.ckpt_every={}", 1_000_000_000u64));
+    set.push("schedule.log_every=1000000".into());
+    let mut cfg = TrainConfig::load(&a.config, &set)?;
+    cfg.init.spc = None;
+    if cfg.run.stage != Stage::Pre {
+        return Err(Error::Input("bench times stage `pre`".into()));
+    }
+    let device = cfg.run.device.device();
+    let mut task = crate::stages::build_task_uninit(&cfg)?;
+    tch::manual_seed(0);
+    let s = cfg.data.image_size;
+    let x = (Tensor::rand([cfg.data.batch_size, 3, s, s], (tch::Kind::Float, device)) * 2.0 - 1.0)
+        .clamp(-1.0, 1.0);
+    let mut data = FixedBatch(x);
+    let quiet = TrainOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+    };
+    // Warm-up, then timed steps (each step ends with a host read of the loss: a sync).
+    let mut c1 = cfg.clone();
+    c1.schedule.steps = a.warmup.max(1);
+    train(&c1, task.as_mut(), &mut data, &quiet)?;
+    sync();
+    let mut c2 = cfg.clone();
+    c2.schedule.steps = a.steps;
+    c2.run.out_dir = tmp.join("timed");
+    let t = Instant::now();
+    train(&c2, task.as_mut(), &mut data, &quiet)?;
+    sync();
+    let dt = t.elapsed().as_secs_f64();
+    let imgs = (a.steps * cfg.data.batch_size as u64 * cfg.optim.accum_steps) as f64;
+    let ips = imgs / dt;
+    let (tv, tt, tp) = match cfg.teacher.kind {
+        crate::config::TeacherKind::SiglipLargeP16_256 => {
+            (VitConfig::custom(1024, 24, 16), 256, 16)
+        }
+        crate::config::TeacherKind::SiglipSo400mP14_384 => {
+            let mut v = VitConfig::custom(1152, 27, 16);
+            v.mlp_ratio = 4304.0 / 1152.0;
+            (v, 729, 14)
+        }
+        crate::config::TeacherKind::EfficientnetLite0 => (VitConfig::custom(8, 0, 1), 0, 1),
+    };
+    let fpi = pre_flops_per_image(&cfg, &tv, tt, tp);
+    let mfu = ips * fpi / (a.peak_tflops * 1e12);
+    let rec = serde_json::json!({
+        "impl": "semhitok-rs (tch)",
+        "config": a.config.display().to_string(),
+        "device": format!("{device:?}"),
+        "precision": format!("{:?}", cfg.run.precision),
+        "batch": cfg.data.batch_size,
+        "steps": a.steps,
+        "seconds": dt,
+        "images_per_s": ips,
+        "gflops_per_image": fpi / 1e9,
+        "peak_tflops": a.peak_tflops,
+        "mfu": mfu,
+    });
+    println!("{rec}");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(rec)
+}
