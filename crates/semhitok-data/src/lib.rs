@@ -20,7 +20,8 @@
 //! # Bad input
 //! Decoding never panics and never trusts the extension ([`decode_rgb8`]). Per-sample problems
 //! become a [`SkipReason`] and are counted in [`SkipStats`]; batches are refilled from the
-//! following samples, so an epoch is never silently short. [`scan`] checks a whole dataset.
+//! following samples, so an epoch is never silently short. [`scan()`] checks a whole dataset
+//! (`cargo xtask data scan`).
 //!
 //! # Determinism and resume
 //! Order and augmentation depend only on `(seed, epoch, index)` (and for tar streams on the

@@ -51,7 +51,7 @@ proptest! {
 #[test]
 fn loader_ranks_and_workers_partition_and_epochs_reshuffle() {
     let src: Arc<dyn IndexedSource> = Arc::new(Synthetic(103));
-    let mut per_epoch = vec![Vec::new(), Vec::new()];
+    let mut per_epoch = [Vec::new(), Vec::new()];
     let mut skipped = 0;
     for rank in 0..3 {
         for workers in [0, 1, 4] {
