@@ -6,6 +6,11 @@
 //! gives human-readable names; the caption is then `"a photo of a {first name}"`. Files are
 //! listed once at open (sorted, extension filter [`crate::photos::IMAGE_EXTENSIONS`]); they are
 //! read and decoded lazily, in the loader's worker threads.
+//!
+//! The raw ImageNet validation layout (all images in one folder, classes in
+//! `LOC_val_solution.csv`: `ImageId,PredictionString` with the synset as the first token) is read
+//! by [`ImageFolder::open_flat`]; labels are the sorted synsets of the CSV, which is the same
+//! index as the train folders when every class appears (ImageNet val has 50 per class).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -136,6 +141,100 @@ impl ImageFolder {
             files,
         })
     }
+    /// A flat folder whose classes come from a `LOC_val_solution.csv`-style file
+    /// (`ImageId,<synset> ...`, one header line). Images are `dir/<ImageId>.<ext>` for any image
+    /// extension; ids listed without a file are an error naming the first few.
+    pub fn open_flat(
+        dir: impl AsRef<Path>,
+        solution_csv: &Path,
+        cfg: ImageFolderConfig,
+    ) -> Result<Self> {
+        let root = dir.as_ref().to_path_buf();
+        let text = std::fs::read_to_string(solution_csv).map_err(|e| Error::io(solution_csv, e))?;
+        let mut pairs = Vec::new();
+        for (i, line) in text.lines().enumerate().skip(1) {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (id, pred) = line.split_once(',').ok_or_else(|| {
+                Error::format(
+                    solution_csv,
+                    format!("line {}: expected `ImageId,PredictionString`", i + 1),
+                )
+            })?;
+            let synset = pred.split_whitespace().next().ok_or_else(|| {
+                Error::format(
+                    solution_csv,
+                    format!("line {}: empty PredictionString", i + 1),
+                )
+            })?;
+            pairs.push((id.to_string(), synset.to_string()));
+        }
+        let mut classes: Vec<String> = pairs.iter().map(|(_, s)| s.clone()).collect();
+        classes.sort();
+        classes.dedup();
+        if classes.is_empty() {
+            return Err(Error::Empty {
+                path: solution_csv.to_path_buf(),
+                detail: "no rows".into(),
+            });
+        }
+        let rd = std::fs::read_dir(&root).map_err(|e| Error::io(&root, e))?;
+        let mut by_stem = HashMap::new();
+        for p in rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| has_image_ext(p))
+        {
+            if let (Some(stem), Some(name)) = (p.file_stem(), p.file_name()) {
+                by_stem.insert(stem.to_string_lossy().into_owned(), PathBuf::from(name));
+            }
+        }
+        let mut files = Vec::with_capacity(pairs.len());
+        let mut missing = Vec::new();
+        for (id, synset) in &pairs {
+            let label = classes.binary_search(synset).unwrap_or_default();
+            match by_stem.get(id) {
+                Some(f) => files.push((f.clone(), label)),
+                None => missing.push(id.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::format(
+                &root,
+                format!(
+                    "{} ids of {} have no image file (first: {:?})",
+                    missing.len(),
+                    solution_csv.display(),
+                    &missing[..missing.len().min(3)]
+                ),
+            ));
+        }
+        files.sort();
+        let labels = cfg
+            .labels_file
+            .as_deref()
+            .map(read_labels_file)
+            .transpose()?;
+        let names = classes
+            .iter()
+            .map(|c| {
+                labels
+                    .as_ref()
+                    .and_then(|m| m.get(c).cloned())
+                    .unwrap_or_else(|| c.clone())
+            })
+            .collect();
+        Ok(Self {
+            root,
+            cfg,
+            classes,
+            names,
+            files,
+        })
+    }
+
     /// Class directory names, index = label.
     pub fn classes(&self) -> &[String] {
         &self.classes

@@ -365,3 +365,55 @@ fn scan_hostile_folder_counts() {
     let rep2 = scan(ScanSource::Imagenet, root.path(), &ScanOptions::default()).unwrap();
     assert_eq!((rep2.ok, rep2.skipped), (rep.ok, rep.skipped));
 }
+
+#[test]
+fn imagenet_flat_val_with_solution_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = dir.path().join("val");
+    for (i, id) in [
+        "ILSVRC2012_val_00000002",
+        "ILSVRC2012_val_00000001",
+        "ILSVRC2012_val_00000003",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(
+            &val.join(format!("{id}.JPEG")),
+            &jpeg_bytes(&pattern(30, 20, i as u32), 90),
+        );
+    }
+    let csv = dir.path().join("LOC_val_solution.csv");
+    write(
+        &csv,
+        b"ImageId,PredictionString\nILSVRC2012_val_00000001,n02 1 2 3 4 n02 5 6 7 8\nILSVRC2012_val_00000002,n01 1 2 3 4\nILSVRC2012_val_00000003,n02 0 0 9 9\n",
+    );
+    let ds = ImageFolder::open_flat(&val, &csv, ImageFolderConfig::eval(8)).unwrap();
+    assert_eq!(ds.classes(), ["n01", "n02"]);
+    let files: Vec<(String, usize)> = ds
+        .files()
+        .iter()
+        .map(|(p, l)| (p.to_string_lossy().into_owned(), *l))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("ILSVRC2012_val_00000001.JPEG".to_string(), 1),
+            ("ILSVRC2012_val_00000002.JPEG".to_string(), 0),
+            ("ILSVRC2012_val_00000003.JPEG".to_string(), 1)
+        ]
+    );
+    let n: usize = ds
+        .loader(LoaderConfig::eval(2))
+        .unwrap()
+        .map(|b| b.len())
+        .sum();
+    assert_eq!(n, 3);
+    // An id without a file is an error naming it.
+    write(
+        &csv,
+        b"ImageId,PredictionString\nILSVRC2012_val_00000009,n01 1 2 3 4\n",
+    );
+    let e = ImageFolder::open_flat(&val, &csv, ImageFolderConfig::eval(8)).unwrap_err();
+    assert!(e.to_string().contains("ILSVRC2012_val_00000009"), "{e}");
+}
