@@ -184,8 +184,30 @@ pub fn plot_curves(curves: &[Curve], title: &str, path: &Path, text: bool) -> Re
     Ok(())
 }
 
-/// [`plot_curves`] with text, falling back to a text-free plot if fonts fail.
+/// Register a sans-serif font for plot text, read from the usual system locations. Text is
+/// rendered in pure Rust (plotters' `ab_glyph`), so binaries have no fontconfig/freetype link
+/// dependency and run on bare GPU hosts. Returns false when no font file was found.
+fn ensure_font() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        const CANDIDATES: &[&str] = &[
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        ];
+        CANDIDATES.iter().find_map(|p| std::fs::read(p).ok()).is_some_and(|bytes| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        })
+    })
+}
+
+/// [`plot_curves`] with text, falling back to a text-free plot if no font is available.
 pub fn plot_curves_robust(curves: &[Curve], title: &str, path: &Path) -> Result<bool> {
+    if !ensure_font() {
+        return plot_curves(curves, title, path, false).map(|_| false);
+    }
     match plot_curves(curves, title, path, true) {
         Ok(()) => Ok(true),
         Err(e) => {
