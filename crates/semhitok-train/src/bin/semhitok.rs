@@ -2,7 +2,7 @@
 //!
 //! Every subcommand is a thin wrapper over `semhitok_train`; see `semhitok <cmd> --help`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use semhitok_train::config::{DeviceKind, Stage, TrainConfig};
 use std::path::PathBuf;
@@ -80,15 +80,11 @@ fn main() -> Result<()> {
                 set.push(format!("run.out_dir=\"{}\"", r.display()));
             }
             if let Some(d) = &device {
-                let _: DeviceKind = d
-                    .parse::<toml::Value>()
-                    .ok()
-                    .and(match d.as_str() {
-                        "cpu" => Some(DeviceKind::Cpu),
-                        "cuda" => Some(DeviceKind::Cuda),
-                        _ => None,
-                    })
-                    .with_context(|| format!("--device {d}: expected cpu or cuda"))?;
+                let _: DeviceKind = match d.as_str() {
+                    "cpu" => DeviceKind::Cpu,
+                    "cuda" => DeviceKind::Cuda,
+                    _ => bail!("--device {d}: expected cpu or cuda"),
+                };
                 set.push(format!("run.device=\"{d}\""));
             }
             let cfg = TrainConfig::load(&path, &set)?;
