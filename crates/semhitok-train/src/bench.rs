@@ -121,11 +121,17 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     c1.schedule.steps = a.warmup.max(1);
     train(&c1, task.as_mut(), &mut data, &quiet)?;
     sync();
+    // The timed run must not include the end-of-run checkpoint (gigabytes written and hashed):
+    // a schedule longer than the run, stopped after `steps` optimizer steps, writes none.
     let mut c2 = cfg.clone();
-    c2.schedule.steps = a.steps;
+    c2.schedule.steps = a.steps * 1000;
     c2.run.out_dir = tmp.join("timed");
+    let timed = TrainOptions {
+        stop_after: Some(a.steps),
+        ..quiet.clone()
+    };
     let t = Instant::now();
-    train(&c2, task.as_mut(), &mut data, &quiet)?;
+    train(&c2, task.as_mut(), &mut data, &timed)?;
     sync();
     let dt = t.elapsed().as_secs_f64();
     let imgs = (a.steps * cfg.data.batch_size as u64 * cfg.optim.accum_steps) as f64;
