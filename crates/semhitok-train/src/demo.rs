@@ -28,7 +28,7 @@ pub struct DemoArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Held-out images evaluated.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub n_eval: usize,
     /// FID Inception TorchScript.
     #[arg(long, default_value = ".assets/weights/fid_inception_v3.pt")]

@@ -11,8 +11,11 @@
 //! `pre` with `model.fusion = "semantic_only"` is the semantic-only decoder baseline; with
 //! `pixel_only` / `length_concat` and `model.sghc.m` it gives the paper's Tab. 5 ablations.
 
+use semhitok_nn::perceptual::EffNetPerceptual;
+/// EfficientNet-Lite0 weights of the embedded perceptual loss (fetched by `cargo xtask assets`).
+const EFFNET_WEIGHTS: &str = ".assets/weights/efficientnet_lite0.safetensors";
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{DataKind, RecLoss, Stage, TeacherKind, TrainConfig};
+use crate::config::{DataKind, PerceptualKind, RecLoss, Stage, TeacherKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::optim::{decays, Param};
 use crate::synthetic::SyntheticBatches;
@@ -275,6 +278,8 @@ pub struct PixelTask {
     rec_weight: f64,
     semantic_weight: f64,
     trained: Vec<Part>,
+    /// Perceptual loss network and its weight (`loss.perceptual`, `loss.perceptual_weight`).
+    perceptual: Option<(EffNetPerceptual, f64)>,
     pending_sghc: Option<CodeStats>,
     pending_spc: Option<CodeStats>,
 }
@@ -317,6 +322,11 @@ impl Task for PixelTask {
         let rec = self.rec.compute(&recon, images)?;
         parts.push(("rec", rec.detach()));
         total = total + rec * self.rec_weight;
+        if let Some((net, w)) = &self.perceptual {
+            let p = net.forward(&recon, images)?.mean(tch::Kind::Float);
+            parts.push(("perceptual", p.detach()));
+            total = total + p * *w;
+        }
         Ok(LossOut {
             total,
             parts,
@@ -441,10 +451,26 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
             vec![Part::Spc, Part::Decoder]
         }
     };
+    let perceptual = match cfg.loss.perceptual {
+        _ if cfg.loss.perceptual_weight == 0.0 => None,
+        PerceptualKind::None => None,
+        PerceptualKind::Effnet => Some((
+            EffNetPerceptual::load(Path::new(EFFNET_WEIGHTS), device)?,
+            cfg.loss.perceptual_weight,
+        )),
+        PerceptualKind::LpipsVgg => {
+            return Err(Error::Config {
+                file: PathBuf::from("config"),
+                key: "loss.perceptual".into(),
+                msg: "lpips-vgg is not wired into the trainer yet (no VGG16 weights ship offline); use \"effnet\"".into(),
+            })
+        }
+    };
     Ok(Box::new(PixelTask {
         model,
         teacher,
         stage,
+        perceptual,
         rec,
         rec_weight: cfg.loss.rec_weight,
         semantic_weight: cfg.loss.semantic_weight,
