@@ -12,10 +12,10 @@ pub mod model;
 pub mod perceptual;
 pub mod quantizer;
 pub mod sghc;
-pub mod spc;
-pub mod vit;
 pub mod siglip;
+pub mod spc;
 pub mod teacher;
+pub mod vit;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -14,23 +14,23 @@ mod device {
     test_device!(matmul_runs, matmul_runs_cpu, matmul_runs_cuda);
 }
 
-#[path = "nn/teach_util.rs"]
-mod teach_util;
-#[path = "nn/siglip.rs"]
-mod siglip;
-#[path = "nn/efficientnet.rs"]
-mod efficientnet;
 #[path = "nn/discriminator.rs"]
 mod discriminator;
+#[path = "nn/efficientnet.rs"]
+mod efficientnet;
 #[path = "nn/fid.rs"]
 mod fid;
 #[path = "nn/lpips.rs"]
 mod lpips;
-#[path = "nn/vit.rs"]
-mod vit;
-#[path = "nn/spc.rs"]
-mod spc;
-#[path = "nn/sghc.rs"]
-mod sghc;
 #[path = "nn/model.rs"]
 mod model;
+#[path = "nn/sghc.rs"]
+mod sghc;
+#[path = "nn/siglip.rs"]
+mod siglip;
+#[path = "nn/spc.rs"]
+mod spc;
+#[path = "nn/teach_util.rs"]
+mod teach_util;
+#[path = "nn/vit.rs"]
+mod vit;

@@ -26,18 +26,26 @@ fn libtorch_version(lib: &std::path::Path) -> Option<String> {
 
 /// GPU model names from the NVIDIA driver's /proc files (no process spawned, no extra library).
 fn gpu_names() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc/driver/nvidia/gpus") else { return vec![] };
+    let Ok(dir) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
+        return vec![];
+    };
     let mut names: Vec<String> = dir
         .filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
-        .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string())))
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string()))
+        })
         .collect();
     names.sort();
     names
 }
 
 fn arg(args: &[String], name: &str) -> Option<i64> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,8 +54,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cuda = tch::Cuda::is_available();
     let lib = loaded_libtorch_dir();
     let version = lib.as_deref().and_then(libtorch_version);
-    let (device, kind, default_n) =
-        if cuda { (Device::Cuda(0), Kind::BFloat16, 8192) } else { (Device::Cpu, Kind::Float, 1024) };
+    let (device, kind, default_n) = if cuda {
+        (Device::Cuda(0), Kind::BFloat16, 8192)
+    } else {
+        (Device::Cpu, Kind::Float, 1024)
+    };
     let n = arg(&args, "--size").unwrap_or(default_n);
     let iters = arg(&args, "--iters").unwrap_or(20);
     let a = Tensor::f_randn([n, n], (kind, device))?;
