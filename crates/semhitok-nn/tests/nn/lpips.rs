@@ -80,8 +80,16 @@ fn lpips_matches_python(dev: Device) -> anyhow::Result<()> {
     // Layers 1-3 carry the distance; 4-5 are ~1e-6 / 1e-11 (nearly parallel random deep features),
     // so they get an absolute tolerance only.
     for (k, l) in layers.iter().enumerate() {
+        // On CUDA the layer terms are differences of nearly equal normalized features, which
+        // amplifies TF32's ~1e-3 relative conv error: 9.3e-3 was measured on the H200 for layer 2
+        // (docs/benchmarks/nn-gpu.md), hence 4x the TF32 conv tolerance there; the CPU stays at 1e-5.
         let (rtol, atol) = if k < 3 {
-            (rtol(dev, 1e-5), 1e-9)
+            let r = if dev.is_cuda() {
+                4.0 * rtol(dev, 1e-5)
+            } else {
+                1e-5
+            };
+            (r, 1e-9)
         } else {
             (0.0, 1e-7)
         };
