@@ -28,23 +28,6 @@ pub struct DataBenchArgs {
     reps: usize,
 }
 
-fn build_example(root: &Path) -> Result<PathBuf> {
-    let out = util::output(util::cargo(root).args([
-        "build",
-        "--release",
-        "-p",
-        "semhitok-data",
-        "--example",
-        "bench_data",
-        "--message-format=json-render-diagnostics",
-    ]))?;
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "bench_data")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .context("cargo did not report the bench_data executable")
-}
-
 fn get(v: &Value, path: &[&str]) -> Result<f64> {
     let mut cur = v;
     for k in path {
@@ -69,7 +52,7 @@ pub fn run(root: &Path, args: &DataBenchArgs) -> Result<()> {
     let work = root.join("target/bench-data");
     let (size, reps) = (args.size.to_string(), args.reps.max(1).to_string());
     eprintln!("building semhitok-data bench_data (release)...");
-    let exe = build_example(root)?;
+    let exe = util::build_example(root, "semhitok-data", "bench_data")?;
     eprintln!("running {} (1 thread per image pipeline)...", exe.display());
     let rust_out = util::output(Command::new(&exe).current_dir(root).args([
         "--photos".as_ref(),

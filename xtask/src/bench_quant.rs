@@ -9,7 +9,7 @@
 use crate::util;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Arguments of `cargo xtask bench quant`.
@@ -21,24 +21,6 @@ pub struct QuantArgs {
     /// Timed repetitions per measurement (the best time of each side is reported).
     #[arg(long, default_value_t = 10)]
     reps: usize,
-}
-
-/// Builds the example and returns the path of its executable (from cargo's JSON messages).
-fn build_example(root: &Path) -> Result<PathBuf> {
-    let out = util::output(util::cargo(root).args([
-        "build",
-        "--release",
-        "-p",
-        "semhitok-quant",
-        "--example",
-        "bench_quant",
-        "--message-format=json-render-diagnostics",
-    ]))?;
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "bench_quant")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .context("cargo did not report the bench_quant executable")
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Map<String, Value>> {
@@ -77,7 +59,7 @@ pub fn run(root: &Path, args: &QuantArgs) -> Result<()> {
     let reps = args.reps.max(1).to_string();
     let threads_s = threads.to_string();
     eprintln!("building semhitok-quant bench_quant (release)...");
-    let exe = build_example(root)?;
+    let exe = util::build_example(root, "semhitok-quant", "bench_quant")?;
     eprintln!(
         "running {} --threads {threads} --reps {reps}",
         exe.display()

@@ -44,3 +44,22 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Build `--example example` of `package` in release and return its executable's path (from
+/// cargo's JSON messages, so it is right whatever the target dir).
+pub fn build_example(root: &Path, package: &str, example: &str) -> Result<PathBuf> {
+    let out = output(cargo(root).args([
+        "build",
+        "--release",
+        "-p",
+        package,
+        "--example",
+        example,
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == example)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo did not report the {example} executable"))
+}
