@@ -183,19 +183,8 @@ pub fn sghc_nearest_with(
     };
     let (index, d, ps) = pixel_codebook(&pixel)?;
     let m = index.m();
-    if queries.ncols() != d {
-        return Err(Error::Shape {
-            what: "SGHC queries".into(),
-            expected: format!("[N, {d}] (D_pix of the pixel codebook)"),
-            got: queries.shape().to_vec(),
-        });
-    }
-    let n = queries.nrows();
-    len_eq("semantic ids", sem_ids.len(), n, "one per query")?;
-    ids_below(sem_ids, index.k_sem(), "semantic ids")?;
-    let q = standard2(queries);
-    let qs = slice(&q);
-    finite(qs, d, "SGHC queries")?;
+    let q = sghc_queries(queries, sem_ids, index.k_sem(), d)?;
+    let (n, qs) = (q.nrows(), slice(&q));
 
     let mut sub_ids = vec![0u32; n];
     let mut scores = vec![0f32; n];
@@ -561,19 +550,8 @@ impl PackedPixelCodebook {
     /// queries: `[N, D_pix]`, sem_ids: `[N]` -> sub-ids, unified ids, scores `[N]`.
     pub fn nearest(&self, queries: ArrayView2<'_, f32>, sem_ids: &[u32]) -> Result<SghcNearest> {
         let d = self.d;
-        if queries.ncols() != d {
-            return Err(Error::Shape {
-                what: "SGHC queries".into(),
-                expected: format!("[N, {d}] (D_pix of the pixel codebook)"),
-                got: queries.shape().to_vec(),
-            });
-        }
-        let n = queries.nrows();
-        len_eq("semantic ids", sem_ids.len(), n, "one per query")?;
-        ids_below(sem_ids, self.index.k_sem(), "semantic ids")?;
-        let q = standard2(queries);
-        let qs = slice(&q);
-        finite(qs, d, "SGHC queries")?;
+        let q = sghc_queries(queries, sem_ids, self.index.k_sem(), d)?;
+        let (n, qs) = (q.nrows(), slice(&q));
         let mut sub_ids = vec![0u32; n];
         let mut scores = vec![0f32; n];
         const BLOCK: usize = 512;
@@ -674,4 +652,31 @@ impl PackedPixelCodebook {
             raw[r] = best;
         }
     }
+}
+
+/// Validate the inputs of an SGHC search (both entry points): queries `[N, d]` with finite values,
+/// one semantic id per query, each below `k_sem`. Returns the queries in C order.
+fn sghc_queries<'a>(
+    queries: ArrayView2<'a, f32>,
+    sem_ids: &[u32],
+    k_sem: usize,
+    d: usize,
+) -> Result<ndarray::CowArray<'a, f32, ndarray::Ix2>> {
+    if queries.ncols() != d {
+        return Err(Error::Shape {
+            what: "SGHC queries".into(),
+            expected: format!("[N, {d}] (D_pix of the pixel codebook)"),
+            got: queries.shape().to_vec(),
+        });
+    }
+    len_eq(
+        "semantic ids",
+        sem_ids.len(),
+        queries.nrows(),
+        "one per query",
+    )?;
+    ids_below(sem_ids, k_sem, "semantic ids")?;
+    let q = standard2(queries);
+    finite(slice(&q), d, "SGHC queries")?;
+    Ok(q)
 }
