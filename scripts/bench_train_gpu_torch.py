@@ -139,6 +139,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed run, time each phase with a sync at its end (phases_ms)")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -147,14 +149,29 @@ def main():
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
     x = torch.rand(a.batch, 3, 256, 256, device=dev) * 2 - 1
 
-    def step():
+    phases = {}
+
+    def lap(name, t0, on):
+        if not on:
+            return t0
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + (t1 - t0)
+        return t1
+
+    def step(prof=False):
+        t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
             loss = model(x)
+        t0 = lap("forward", t0, prof)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        t0 = lap("backward", t0, prof)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        t0 = lap("clip", t0, prof)
         opt.step()
-        return loss.item()
+        lap("optimizer", t0, prof)
+        return loss.item()  # one sync per step, at the end (as the Rust trainer reads its losses)
 
     for _ in range(a.warmup):
         step()
@@ -165,6 +182,9 @@ def main():
     torch.cuda.synchronize()
     dt = time.perf_counter() - t
     ips = a.steps * a.batch / dt
+    if a.profile:
+        for _ in range(a.steps):
+            step(True)
     fpi = flops_per_image()
     print(json.dumps({
         "impl": f"pytorch {torch.__version__} eager",
@@ -177,6 +197,7 @@ def main():
         "gflops_per_image": fpi / 1e9,
         "peak_tflops": a.peak_tflops,
         "mfu": ips * fpi / (a.peak_tflops * 1e12),
+        "phases_ms": {k: 1e3 * v / a.steps for k, v in phases.items()} if a.profile else None,
     }))
 
 

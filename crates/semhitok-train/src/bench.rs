@@ -32,6 +32,11 @@ pub struct BenchArgs {
     /// Peak dense TFLOP/s of the device at the run's precision (H200 bf16: 989).
     #[arg(long, default_value_t = 989.0)]
     pub peak_tflops: f64,
+    /// After the timed run, run the same steps again with a device sync at every phase boundary
+    /// and report milliseconds per step for each phase (`phases_ms`; the sum exceeds the timed
+    /// step: no overlap).
+    #[arg(long)]
+    pub profile: bool,
     /// `key=value` config overrides.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -147,6 +152,23 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         }
         crate::config::TeacherKind::EfficientnetLite0 => (VitConfig::custom(8, 0, 1), 0, 1),
     };
+    let phases_ms = if a.profile {
+        let mut c3 = c2.clone();
+        c3.run.out_dir = tmp.join("profile");
+        let prof = TrainOptions {
+            profile: true,
+            ..timed.clone()
+        };
+        let r = train(&c3, task.as_mut(), &mut data, &prof)?;
+        let per = 1e3 / a.steps.max(1) as f64;
+        serde_json::json!(r
+            .phases
+            .iter()
+            .map(|(k, v)| (k.to_string(), v * per))
+            .collect::<std::collections::BTreeMap<_, _>>())
+    } else {
+        serde_json::Value::Null
+    };
     let fpi = pre_flops_per_image(&cfg, &tv, tt, tp);
     let mfu = ips * fpi / (a.peak_tflops * 1e12);
     let rec = serde_json::json!({
@@ -161,6 +183,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         "gflops_per_image": fpi / 1e9,
         "peak_tflops": a.peak_tflops,
         "mfu": mfu,
+        "phases_ms": phases_ms,
     });
     println!("{rec}");
     let _ = std::fs::remove_dir_all(&tmp);

@@ -314,13 +314,8 @@ impl Default for LossConfig {
     }
 }
 
-/// GAN generator/discriminator loss form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GanLoss {
-    Hinge,
-    NonSaturating,
-}
+/// GAN generator/discriminator loss form (semhitok-nn's: `hinge` or `non-saturating`).
+pub use semhitok_nn::discriminator::GanLoss;
 
 /// `[disc]`: PatchGAN discriminator with its own AdamW.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,9 +339,12 @@ pub struct DiscConfig {
     /// decoder layer).
     #[serde(default)]
     pub adaptive_weight: bool,
-    /// LeCam regularisation weight (0: off).
+    /// LeCam regularisation weight (0: off; IBQ uses 0.05).
     #[serde(default)]
     pub lecam_weight: f64,
+    /// Decay of LeCam's logit EMAs (IBQ: 0.999).
+    #[serde(default = "default_lecam_decay")]
+    pub lecam_decay: f64,
     /// Base channels of the PatchGAN.
     #[serde(default = "default_ndf")]
     pub ndf: i64,
@@ -366,6 +364,9 @@ fn default_gan_w() -> f64 {
 fn default_gan_loss() -> GanLoss {
     GanLoss::Hinge
 }
+fn default_lecam_decay() -> f64 {
+    0.999
+}
 fn default_ndf() -> i64 {
     64
 }
@@ -384,6 +385,7 @@ impl Default for DiscConfig {
             loss: default_gan_loss(),
             adaptive_weight: false,
             lecam_weight: 0.0,
+            lecam_decay: default_lecam_decay(),
             ndf: default_ndf(),
             n_layers: default_disc_layers(),
         }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod gan;
 pub mod metrics;
 pub mod optim;
 pub mod report;

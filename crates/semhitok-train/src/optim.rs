@@ -21,17 +21,126 @@ pub struct Param {
 }
 
 /// AdamW over a fixed list of parameters.
+///
+/// When every parameter is a dense tensor of one kind on one device (always, for the models
+/// here), the parameters, their gradients and both moments live in four flat buffers, and each
+/// parameter (and, from the first step on, its `.grad`) is a view into its slice (re-pointed with
+/// `Tensor::set_`, so every module holding the variable sees the same storage). A step is then
+/// ~10 element-wise kernels over the flat buffers instead of ~10 per parameter tensor, gradient
+/// zeroing and the global norm are one kernel each, and LibTorch's autograd accumulates straight
+/// into the flat gradient buffer. The per-tensor path remains for mixed parameter lists and for
+/// a step where some parameter got no gradient (it is skipped, as `torch.optim` skips `grad=None`).
 #[derive(Debug)]
 pub struct AdamW {
     params: Vec<Param>,
+    /// Views of `flat.m` / `flat.v` per parameter (or standalone tensors without `flat`).
     m: Vec<Tensor>,
     v: Vec<Tensor>,
-    /// Number of updates done (bias correction uses it).
+    flat: Option<Flat>,
+    /// Number of `step` calls.
     pub t: u64,
+    /// Updates each parameter received (its bias correction uses it; a parameter without a
+    /// gradient at a step is skipped and not counted, as in `torch.optim.AdamW`).
+    steps: Vec<u64>,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+}
+
+/// The flat buffers: parameter `i` occupies `[offset[i], offset[i] + numel)`; the parameters with
+/// weight decay come first, so decay applies to `[0, n_decay)`.
+#[derive(Debug)]
+struct Flat {
+    p: Tensor,
+    m: Tensor,
+    v: Tensor,
+    /// Gradient buffer, created at the first step (gradients do not exist before a backward).
+    g: Option<Tensor>,
+    offset: Vec<i64>,
+    n_decay: i64,
+}
+
+impl Flat {
+    /// Move the parameters into one flat buffer (values unchanged) and create zeroed moments.
+    fn new(params: &mut [Param]) -> Option<Self> {
+        let first = params.first()?;
+        let (kind, device) = (first.var.kind(), first.var.device());
+        if params
+            .iter()
+            .any(|p| p.var.kind() != kind || p.var.device() != device || !p.var.is_contiguous())
+        {
+            return None;
+        }
+        let _g = tch::no_grad_guard();
+        let mut order: Vec<usize> = (0..params.len()).collect();
+        order.sort_by_key(|&i| !params[i].decay); // stable: decay first, then by name
+        let mut offset = vec![0i64; params.len()];
+        let (mut n, mut n_decay) = (0i64, 0i64);
+        for &i in &order {
+            offset[i] = n;
+            n += params[i].var.numel() as i64;
+            if params[i].decay {
+                n_decay = n;
+            }
+        }
+        let p = Tensor::zeros([n], (kind, device));
+        for (i, prm) in params.iter_mut().enumerate() {
+            let numel = prm.var.numel() as i64;
+            let mut dst = p.narrow(0, offset[i], numel);
+            dst.copy_(&prm.var.reshape([numel]));
+            let (size, stride) = (prm.var.size(), prm.var.stride());
+            let _ = prm
+                .var
+                .set_source_tensor_storage_offset_(&p, offset[i], size, stride);
+        }
+        Some(Self {
+            m: Tensor::zeros([n], (kind, device)),
+            v: Tensor::zeros([n], (kind, device)),
+            p,
+            g: None,
+            offset,
+            n_decay,
+        })
+    }
+
+    fn view(&self, buf: &Tensor, i: usize, like: &Tensor) -> Tensor {
+        buf.narrow(0, self.offset[i], like.numel() as i64)
+            .view(like.size().as_slice())
+    }
+
+    /// Whether every parameter's gradient is the view of `g` it was bound to (autograd
+    /// accumulates in place into an existing gradient, so this holds unless someone replaced
+    /// or dropped a gradient).
+    fn grads_bound(&self, params: &[Param]) -> bool {
+        let Some(g) = &self.g else { return false };
+        let base = g.data_ptr() as usize;
+        let elt = g.kind().elt_size_in_bytes();
+        params.iter().enumerate().all(|(i, p)| {
+            let gr = p.var.grad();
+            gr.defined() && gr.data_ptr() as usize == base + self.offset[i] as usize * elt
+        })
+    }
+
+    /// Copy every gradient into the flat gradient buffer and re-point it there; `false` (nothing
+    /// changed) when some parameter has no gradient.
+    fn bind_grads(&mut self, params: &[Param]) -> bool {
+        let grads: Vec<Tensor> = params.iter().map(|p| p.var.grad()).collect();
+        if grads.iter().any(|g| !g.defined()) {
+            return false;
+        }
+        let _g = tch::no_grad_guard();
+        let g = self.g.get_or_insert_with(|| self.p.zeros_like());
+        for (i, mut gr) in grads.into_iter().enumerate() {
+            let numel = gr.numel() as i64;
+            let mut dst = g.narrow(0, self.offset[i], numel);
+            dst.copy_(&gr.reshape([numel]));
+            let size = gr.size();
+            let stride = params[i].var.stride();
+            let _ = gr.set_source_tensor_storage_offset_(g, self.offset[i], size, stride);
+        }
+        true
+    }
 }
 
 /// Whether a parameter name gets weight decay: matrices and conv kernels do; biases, norm
@@ -50,14 +159,35 @@ pub fn decays(name: &str, t: &Tensor) -> bool {
 
 impl AdamW {
     /// `params` sorted by name by the caller (determinism of the update order and of the file).
-    pub fn new(params: Vec<Param>, cfg: &OptimConfig) -> Self {
-        let m = params.iter().map(|p| p.var.zeros_like()).collect();
-        let v = params.iter().map(|p| p.var.zeros_like()).collect();
+    /// The parameters' storage moves into the optimizer's flat buffer (values unchanged).
+    pub fn new(mut params: Vec<Param>, cfg: &OptimConfig) -> Self {
+        let n = params.len();
+        let flat = Flat::new(&mut params);
+        let (m, v) = match &flat {
+            Some(f) => (
+                params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| f.view(&f.m, i, &p.var))
+                    .collect(),
+                params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| f.view(&f.v, i, &p.var))
+                    .collect(),
+            ),
+            None => (
+                params.iter().map(|p| p.var.zeros_like()).collect(),
+                params.iter().map(|p| p.var.zeros_like()).collect(),
+            ),
+        };
         Self {
             params,
             m,
             v,
+            flat,
             t: 0,
+            steps: vec![0; n],
             beta1: cfg.betas[0],
             beta2: cfg.betas[1],
             eps: cfg.eps,
@@ -70,8 +200,47 @@ impl AdamW {
         &self.params
     }
 
+    /// The flat parameter buffer (every parameter is a view into it), when there is one.
+    pub fn flat_params(&self) -> Option<&Tensor> {
+        self.flat.as_ref().map(|f| &f.p)
+    }
+
+    /// Per-parameter views (in [`Self::params`] order) into `buf`, a buffer laid out like
+    /// [`Self::flat_params`]; `None` without a flat buffer or when `buf` has another length.
+    pub fn views_into(&self, buf: &Tensor) -> Option<Vec<Tensor>> {
+        let f = self.flat.as_ref()?;
+        (buf.size() == f.p.size()).then(|| {
+            self.params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| f.view(buf, i, &p.var))
+                .collect()
+        })
+    }
+
+    /// Whether the last [`Self::step`] ran on the flat buffers (all gradients bound, one step
+    /// count).
+    pub fn flat_active(&self) -> bool {
+        self.flat_grad().is_some() && self.steps.windows(2).all(|w| w[0] == w[1])
+    }
+
+    /// The flat gradient buffer, when every gradient is currently a view into it.
+    fn flat_grad(&self) -> Option<&Tensor> {
+        let f = self.flat.as_ref()?;
+        if f.grads_bound(&self.params) {
+            f.g.as_ref()
+        } else {
+            None
+        }
+    }
+
     /// Set every gradient to zero (gradients are accumulated by backward).
     pub fn zero_grad(&mut self) {
+        let _g = tch::no_grad_guard();
+        if let Some(g) = self.flat_grad() {
+            let _ = g.shallow_clone().zero_();
+            return;
+        }
         for p in &mut self.params {
             let mut g = p.var.grad();
             if g.defined() {
@@ -82,10 +251,22 @@ impl AdamW {
     }
 
     /// Global L2 norm of the gradients (parameters without a gradient count as zero).
-    pub fn grad_norm(&self) -> f64 {
-        // Summed on the device, read back once: one host sync per step instead of one per tensor.
-        // Same f64 additions in the same order as a host-side sum, so CPU results are unchanged.
+    pub fn grad_norm(&mut self) -> f64 {
+        self.grad_norm_sq().double_value(&[]).sqrt()
+    }
+
+    /// The squared global gradient norm as a 0-d f64 tensor on the parameters' device (no host
+    /// sync: the trainer reads it back together with the losses).
+    pub fn grad_norm_sq(&mut self) -> Tensor {
         let _g = tch::no_grad_guard();
+        if let Some(f) = self.flat.as_mut() {
+            if !f.grads_bound(&self.params) {
+                f.bind_grads(&self.params);
+            }
+        }
+        if let Some(g) = self.flat_grad() {
+            return g.square().sum(Kind::Double);
+        }
         let mut total: Option<Tensor> = None;
         for p in &self.params {
             let g = p.var.grad();
@@ -97,16 +278,19 @@ impl AdamW {
                 });
             }
         }
-        total.map_or(0.0, |t| t.double_value(&[])).sqrt()
+        total.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, tch::Device::Cpu)))
     }
 
-    /// Scale gradients so their global norm is at most `max_norm` (like
-    /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let norm = self.grad_norm();
+    /// Scale gradients so their global norm `norm` (from [`Self::grad_norm_sq`]) is at most
+    /// `max_norm`, as `torch.nn.utils.clip_grad_norm_` does (`max_norm / (norm + 1e-6)`).
+    pub fn clip_to(&mut self, norm: f64, max_norm: f64) {
         if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
             let _g = tch::no_grad_guard();
+            if let Some(g) = self.flat_grad() {
+                let _ = g.shallow_clone().g_mul_scalar_(scale);
+                return;
+            }
             for p in &self.params {
                 let mut g = p.var.grad();
                 if g.defined() {
@@ -114,6 +298,12 @@ impl AdamW {
                 }
             }
         }
+    }
+
+    /// [`Self::grad_norm`] then [`Self::clip_to`]; returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        let norm = self.grad_norm();
+        self.clip_to(norm, max_norm);
         norm
     }
 
@@ -122,24 +312,47 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         let _g = tch::no_grad_guard();
         self.t += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        let hp = (self.beta1, self.beta2, self.eps, self.weight_decay);
+        let bc = |t: u64| {
+            (
+                1.0 - self.beta1.powi(t as i32),
+                1.0 - self.beta2.powi(t as i32),
+            )
+        };
+        if let Some(f) = self.flat.as_mut() {
+            if !f.grads_bound(&self.params) {
+                f.bind_grads(&self.params);
+            }
+        }
+        let uniform = self.steps.windows(2).all(|w| w[0] == w[1]);
+        if let (true, Some(f), Some(g)) = (uniform, self.flat.as_ref(), self.flat_grad()) {
+            let t = self.steps.first().copied().unwrap_or(0) + 1;
+            let (mut p, mut m, mut v) = (
+                f.p.shallow_clone(),
+                f.m.shallow_clone(),
+                f.v.shallow_clone(),
+            );
+            adamw_update((&mut p, &mut m, &mut v, g), f.n_decay, lr, hp, bc(t));
+            self.steps.iter_mut().for_each(|s| *s = t);
+            return;
+        }
         for (i, p) in self.params.iter_mut().enumerate() {
             let g = p.var.grad();
             if !g.defined() {
                 continue;
             }
-            let g = g.to_kind(self.m[i].kind());
-            let _ = self.m[i].g_mul_scalar_(self.beta1);
-            let _ = self.m[i].g_add_(&(&g * (1.0 - self.beta1)));
-            let _ = self.v[i].g_mul_scalar_(self.beta2);
-            let _ = self.v[i].g_add_(&(&g * &g * (1.0 - self.beta2)));
-            if p.decay && self.weight_decay > 0.0 {
-                let _ = p.var.g_mul_scalar_(1.0 - lr * self.weight_decay);
-            }
-            let denom = (&self.v[i] / bc2).sqrt() + self.eps;
-            let upd = (&self.m[i] / &denom) * (lr / bc1);
-            let _ = p.var.g_sub_(&upd);
+            self.steps[i] += 1;
+            let g = g.to_kind(self.m[i].kind()).reshape([-1]);
+            let n_decay = if p.decay { p.var.numel() as i64 } else { 0 };
+            let (mut var, mut m, mut v) =
+                (p.var.view([-1]), self.m[i].view([-1]), self.v[i].view([-1]));
+            adamw_update(
+                (&mut var, &mut m, &mut v, &g),
+                n_decay,
+                lr,
+                hp,
+                bc(self.steps[i]),
+            );
         }
     }
 
@@ -150,6 +363,8 @@ impl AdamW {
             out.push((format!("{prefix}.m.{}", p.name), self.m[i].shallow_clone()));
             out.push((format!("{prefix}.v.{}", p.name), self.v[i].shallow_clone()));
         }
+        let steps: Vec<i64> = self.steps.iter().map(|&s| s as i64).collect();
+        out.push((format!("{prefix}.steps"), Tensor::from_slice(&steps)));
         out
     }
 
@@ -178,8 +393,46 @@ impl AdamW {
             }
         }
         self.t = t;
+        // Per-parameter update counts (checkpoints without them: every parameter saw `t`).
+        let key = format!("{prefix}.steps");
+        self.steps = match tensors.get(&key) {
+            None => vec![t; self.params.len()],
+            Some(s) => {
+                let v = Vec::<i64>::try_from(s.to_kind(Kind::Int64).reshape([-1]))
+                    .map_err(|e| format!("optimizer tensor `{key}`: {e}"))?;
+                if v.len() != self.params.len() {
+                    return Err(format!(
+                        "optimizer tensor `{key}`: {} counts for {} parameters",
+                        v.len(),
+                        self.params.len()
+                    ));
+                }
+                v.into_iter().map(|s| s.max(0) as u64).collect()
+            }
+        };
         Ok(())
     }
+}
+
+/// The AdamW update of `torch.optim.AdamW` (non-fused) on 1-D buffers `(p, m, v, g)`, where
+/// weight decay applies to `p[..n_decay]`:
+/// `m = lerp(m, g, 1 - b1)`, `v = lerp(v, g^2, 1 - b2)`, `p *= 1 - lr wd`,
+/// `p -= lr / bc1 * m / (sqrt(v / bc2) + eps)`.
+fn adamw_update(
+    (p, m, v, g): (&mut Tensor, &mut Tensor, &mut Tensor, &Tensor),
+    n_decay: i64,
+    lr: f64,
+    (beta1, beta2, eps, wd): (f64, f64, f64, f64),
+    (bc1, bc2): (f64, f64),
+) {
+    let _ = m.lerp_(g, 1.0 - beta1);
+    let _ = v.lerp_(&g.square(), 1.0 - beta2);
+    if wd > 0.0 && n_decay > 0 {
+        let _ = p.narrow(0, 0, n_decay).g_mul_scalar_(1.0 - lr * wd);
+    }
+    let mut denom = v.g_mul_scalar(1.0 / bc2);
+    let _ = denom.sqrt_().g_add_scalar_(eps);
+    let _ = p.addcdiv_(&m.g_mul_scalar(-lr / bc1), &denom);
 }
 
 /// Learning rate at optimizer step `step` (0-based): linear warmup from 0 over `warmup` steps,
@@ -200,6 +453,9 @@ pub struct Ema {
     pub decay: f64,
     /// (name, shadow copy, live variable)
     pub entries: Vec<(String, Tensor, Tensor)>,
+    /// (flat shadow, flat live) when the shadows are views of one buffer laid out like the
+    /// optimizer's flat parameters: one kernel per update.
+    flat: Option<(Tensor, Tensor)>,
 }
 
 impl Ema {
@@ -213,15 +469,51 @@ impl Ema {
                 (n, shadow, v)
             })
             .collect();
-        Self { decay, entries }
+        Self {
+            decay,
+            entries,
+            flat: None,
+        }
+    }
+
+    /// Shadow copies of the optimizer's parameters, in one flat buffer when the optimizer has one.
+    pub fn for_optimizer(decay: f64, opt: &AdamW) -> Self {
+        let _g = tch::no_grad_guard();
+        let named = |shadows: Vec<Tensor>| {
+            opt.params()
+                .iter()
+                .zip(shadows)
+                .map(|(p, s)| (p.name.clone(), s, p.var.shallow_clone()))
+                .collect()
+        };
+        if let Some(live) = opt.flat_params() {
+            let shadow = live.detach().copy();
+            if let Some(views) = opt.views_into(&shadow) {
+                return Self {
+                    decay,
+                    entries: named(views),
+                    flat: Some((shadow, live.shallow_clone())),
+                };
+            }
+        }
+        Self::new(
+            decay,
+            opt.params()
+                .iter()
+                .map(|p| (p.name.clone(), p.var.shallow_clone()))
+                .collect(),
+        )
     }
 
     /// Blend the live weights into the shadow copies.
     pub fn update(&mut self) {
         let _g = tch::no_grad_guard();
+        if let Some((shadow, live)) = &self.flat {
+            let _ = shadow.shallow_clone().lerp_(live, 1.0 - self.decay);
+            return;
+        }
         for (_, shadow, live) in &mut self.entries {
-            let _ = shadow.g_mul_scalar_(self.decay);
-            let _ = shadow.g_add_(&(live.detach() * (1.0 - self.decay)));
+            let _ = shadow.lerp_(&live.detach(), 1.0 - self.decay);
         }
     }
 

@@ -17,6 +17,7 @@ const EFFNET_WEIGHTS: &str = ".assets/weights/efficientnet_lite0.safetensors";
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{DataKind, PerceptualKind, RecLoss, Stage, TeacherKind, TrainConfig};
 use crate::error::{Error, Result};
+use crate::gan::Gan;
 use crate::optim::{decays, Param};
 use crate::synthetic::SyntheticBatches;
 use crate::trainer::{train, Batches, LossOut, Task, TrainOptions, TrainReport};
@@ -282,6 +283,8 @@ pub struct PixelTask {
     perceptual: Option<(EffNetPerceptual, f64)>,
     pending_sghc: Option<CodeStats>,
     pending_spc: Option<CodeStats>,
+    /// PatchGAN and its losses (`[disc]`, `None` when disabled).
+    gan: Option<Gan>,
 }
 
 impl std::fmt::Debug for PixelTask {
@@ -296,13 +299,20 @@ impl Task for PixelTask {
     fn params(&self) -> Vec<Param> {
         params_of(&self.model, &self.trained)
     }
-    fn state(&self) -> BTreeMap<String, Tensor> {
-        state_of(&self.model, &Part::ALL)
+    fn disc_params(&self) -> Vec<Param> {
+        self.gan.as_ref().map(Gan::params).unwrap_or_default()
     }
-    fn loss(&mut self, images: &Tensor, _step: u64) -> Result<LossOut> {
+    fn state(&self) -> BTreeMap<String, Tensor> {
+        let mut s = state_of(&self.model, &Part::ALL);
+        if let Some(g) = &self.gan {
+            s.extend(g.state());
+        }
+        s
+    }
+    fn loss(&mut self, images: &Tensor, step: u64) -> Result<LossOut> {
         let feats = self.teacher.features(images)?;
         let mut parts = vec![];
-        let (recon, mut total) = if self.stage == Stage::Joint {
+        let (recon, total) = if self.stage == Stage::Joint {
             // One codebook, semantic + pixel losses together (MUSE-VL-style texture incorporation).
             let out = self.model.spc().forward_t(&feats, true)?;
             merge_stats(&mut self.pending_spc, out.stats)?;
@@ -321,17 +331,32 @@ impl Task for PixelTask {
         };
         let rec = self.rec.compute(&recon, images)?;
         parts.push(("rec", rec.detach()));
-        total = total + rec * self.rec_weight;
+        // taming's `nll_loss`: what the adaptive GAN weight balances against.
+        let mut nll = rec * self.rec_weight;
         if let Some((net, w)) = &self.perceptual {
             let p = net.forward(&recon, images)?.mean(tch::Kind::Float);
             parts.push(("perceptual", p.detach()));
-            total = total + p * *w;
+            nll = nll + p * *w;
+        }
+        let mut disc_inputs = None;
+        if let Some(gan) = self.gan.as_ref().filter(|g| g.active(step)) {
+            let g = gan.generator(&recon, &nll, self.model.decoder().last_layer_weight())?;
+            parts.push(("gan_g", g.g_loss));
+            parts.push(("gan_w", g.weight));
+            nll = nll + g.loss;
+            disc_inputs = Some((images.detach(), recon.detach()));
         }
         Ok(LossOut {
-            total,
+            total: total + nll,
             parts,
-            disc_inputs: None,
+            disc_inputs,
         })
+    }
+    fn disc_loss(&mut self, real: &Tensor, fake: &Tensor, step: u64) -> Result<Option<Tensor>> {
+        match self.gan.as_mut() {
+            Some(g) if g.active(step) => Ok(Some(g.discriminator(real, fake)?)),
+            _ => Ok(None),
+        }
     }
     fn after_step(&mut self, _step: u64) -> Result<()> {
         if let Some(s) = self.pending_sghc.take() {
@@ -404,12 +429,19 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
     let stage = cfg.run.stage;
     let trained = match stage {
         Stage::Spc => {
+            if cfg.disc.enabled {
+                return Err(Error::Config {
+                    file: PathBuf::from("config"),
+                    key: "disc.enabled".into(),
+                    msg: "stage `spc` reconstructs teacher features, not pixels: the discriminator only applies to `pre`, `decoder-ft` and `joint`".into(),
+                });
+            }
             return Ok(Box::new(SpcTask {
                 model,
                 teacher,
                 semantic_weight: cfg.loss.semantic_weight,
                 pending: None,
-            }))
+            }));
         }
         Stage::Pre => {
             if load_init {
@@ -466,6 +498,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
             })
         }
     };
+    let gan = Gan::new(&cfg.disc, device)?;
     Ok(Box::new(PixelTask {
         model,
         teacher,
@@ -477,6 +510,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         trained,
         pending_sghc: None,
         pending_spc: None,
+        gan,
     }))
 }
 
@@ -495,8 +529,8 @@ pub fn run_stage(
     let opts = TrainOptions {
         resume,
         command_line,
-        stop_after: None,
         quiet,
+        ..Default::default()
     };
     train(cfg, task.as_mut(), data.as_mut(), &opts)
 }

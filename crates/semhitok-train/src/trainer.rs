@@ -75,6 +75,10 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// No progress bar.
     pub quiet: bool,
+    /// Time the phases of every step (data, forward, backward, clip, optimizer, discriminator,
+    /// after-step), synchronising CUDA at each boundary; totals in [`TrainReport::phases`]. Slows
+    /// the run down (no overlap across phases): for `semhitok bench --profile`, not for training.
+    pub profile: bool,
 }
 
 /// What a `train` call did.
@@ -90,6 +94,39 @@ pub struct TrainReport {
     /// Step the call started from (0, or the resumed checkpoint's step).
     pub start_step: u64,
     pub run_dir: PathBuf,
+    /// Seconds per step phase summed over the run (only with [`TrainOptions::profile`]).
+    pub phases: BTreeMap<&'static str, f64>,
+}
+
+/// Phase timer of [`TrainOptions::profile`]: `lap(name)` waits for the device and charges the
+/// time since the previous lap to `name`. Does nothing when off.
+struct Phases {
+    on: bool,
+    device: Device,
+    last: Instant,
+    acc: BTreeMap<&'static str, f64>,
+}
+
+impl Phases {
+    fn new(on: bool, device: Device) -> Self {
+        Self {
+            on,
+            device,
+            last: Instant::now(),
+            acc: BTreeMap::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        if !self.on {
+            return;
+        }
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        *self.acc.entry(name).or_insert(0.0) += self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+    }
 }
 
 fn step_seed(seed: u64, step: u64) -> i64 {
@@ -141,15 +178,7 @@ pub fn train(
         oc.betas = cfg.disc.betas;
         Some(AdamW::new(dparams, &oc))
     };
-    let mut ema = cfg.optim.ema_decay.map(|d| {
-        Ema::new(
-            d,
-            opt.params()
-                .iter()
-                .map(|p| (p.name.clone(), p.var.shallow_clone()))
-                .collect(),
-        )
-    });
+    let mut ema = cfg.optim.ema_decay.map(|d| Ema::for_optimizer(d, &opt));
 
     let mut start_step = 0u64;
     let mut last_checkpoint = None;
@@ -200,7 +229,9 @@ pub fn train(
     let mut imgs_since = 0f64;
     let mut img_per_s = 0f64;
 
+    let mut ph = Phases::new(opts.profile, device);
     for step in start_step..end {
+        ph.lap("other");
         tch::manual_seed(step_seed(cfg.run.seed, step));
         let lr = lr_at(
             step,
@@ -213,26 +244,52 @@ pub fn train(
         let mut loss_sum = 0f64;
         let mut parts_sum: BTreeMap<&'static str, f64> = BTreeMap::new();
         let mut disc_pairs = vec![];
+        // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
+        let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
         for _ in 0..accum {
             let images = data.next_batch(device)?;
+            ph.lap("data");
             let out = with_autocast(device, amp, || task.loss(&images, step))?;
-            let l = scalar(&out.total);
-            let mut parts = BTreeMap::new();
-            for (n, t) in &out.parts {
-                let v = scalar(t);
-                parts.insert(*n, v);
-                *parts_sum.entry(n).or_insert(0.0) += v / accum as f64;
-            }
-            if !l.is_finite() {
-                return Err(nan_stop(&run, step, l, &parts, last_checkpoint.as_deref()));
-            }
-            loss_sum += l / accum as f64;
+            ph.lap("forward");
+            // Backward first; the losses are read back after the last micro-batch together
+            // with the gradient norm (one device-to-host sync per step). A non-finite value
+            // still stops the run before any optimizer step.
+            let total = out.total.detach();
             (out.total / accum as f64).backward();
+            ph.lap("backward");
+            let vals: Vec<Tensor> = std::iter::once(&total)
+                .chain(out.parts.iter().map(|(_, t)| t))
+                .map(|t| t.detach().to_kind(tch::Kind::Double).reshape([1]))
+                .collect();
+            pending.push((out.parts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vals));
             if let Some(p) = out.disc_inputs {
                 disc_pairs.push(p);
             }
         }
-        let grad_norm = opt.clip_grad_norm(cfg.optim.grad_clip);
+        let norm_sq = opt.grad_norm_sq();
+        let flat: Vec<Tensor> = pending
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|t| t.to_device(norm_sq.device())))
+            .chain(std::iter::once(norm_sq.reshape([1])))
+            .collect();
+        let host = Vec::<f64>::try_from(Tensor::f_cat(&flat, 0)?.f_to_device(Device::Cpu)?)?;
+        let grad_norm = host[host.len() - 1].sqrt();
+        let mut at = 0;
+        for (names, v) in &pending {
+            let l = host[at];
+            let mut parts = BTreeMap::new();
+            for (n, &x) in names.iter().zip(&host[at + 1..at + v.len()]) {
+                parts.insert(*n, x);
+                *parts_sum.entry(n).or_insert(0.0) += x / accum as f64;
+            }
+            at += v.len();
+            if !l.is_finite() {
+                return Err(nan_stop(&run, step, l, &parts, last_checkpoint.as_deref()));
+            }
+            loss_sum += l / accum as f64;
+        }
+        opt.clip_to(grad_norm, cfg.optim.grad_clip);
+        ph.lap("clip");
         if !grad_norm.is_finite() {
             let mut parts = BTreeMap::new();
             parts.insert("grad_norm", grad_norm);
@@ -248,6 +305,7 @@ pub fn train(
         if let Some(e) = ema.as_mut() {
             e.update();
         }
+        ph.lap("optimizer");
         // Discriminator: its own optimizer on detached (real, fake) pairs.
         let mut d_loss = None;
         if let Some(d) = dopt.as_mut() {
@@ -282,7 +340,9 @@ pub fn train(
             }
             d.zero_grad();
         }
+        ph.lap("discriminator");
         task.after_step(step)?;
+        ph.lap("after_step");
         losses.push((step, loss_sum));
         let done = step + 1;
 
@@ -355,6 +415,7 @@ pub fn train(
         last_checkpoint,
         start_step,
         run_dir: run.path.clone(),
+        phases: ph.acc,
     })
 }
 

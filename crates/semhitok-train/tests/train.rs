@@ -1,8 +1,10 @@
 //! semhitok-train integration tests (one binary; topics in `tests/train/`).
 
 mod train {
+    mod codec;
     pub mod common;
     mod config;
     mod machinery;
+    mod optim;
     mod stages;
 }

@@ -5,6 +5,7 @@
 use super::common::serial;
 use semhitok_nn::model::{Part, SemHiTokConfig};
 use semhitok_train::config::TrainConfig;
+use semhitok_train::rundir::read_metrics;
 use semhitok_train::stages::{build_batches, build_task, f32_bits, load_model};
 use semhitok_train::synthetic::SyntheticBatches;
 use semhitok_train::trainer::{train, Batches, TrainOptions, TrainReport};
@@ -22,7 +23,7 @@ fn assets() -> PathBuf {
     p
 }
 
-fn cfg(dir: &Path, stage: &str, steps: u64, sets: &[String]) -> TrainConfig {
+pub(super) fn cfg(dir: &Path, stage: &str, steps: u64, sets: &[String]) -> TrainConfig {
     let base = format!(
         r#"
 [run]
@@ -89,7 +90,7 @@ impl Batches for Fixed {
     }
 }
 
-fn run(c: &TrainConfig) -> TrainReport {
+pub(super) fn run(c: &TrainConfig) -> TrainReport {
     let mut task = build_task(c).unwrap_or_else(|e| panic!("{e}"));
     let mut data = Fixed(
         SyntheticBatches::new(5, 4, 32)
@@ -104,7 +105,7 @@ fn mean(r: &TrainReport, range: std::ops::Range<usize>) -> f64 {
     r.losses[range].iter().map(|(_, l)| l).sum::<f64>() / n
 }
 
-fn spc_run(root: &Path, steps: u64) -> PathBuf {
+pub(super) fn spc_run(root: &Path, steps: u64) -> PathBuf {
     let d = root.join("spc");
     run(&cfg(&d, "spc", steps, &[]));
     d
@@ -225,43 +226,52 @@ fn lr_zero_moves_no_trainable_parameter_in_any_stage() {
         format!("init.pre=\"{}\"", pre_dir.display()),
         "optim.lr=0.0".to_string(),
     ];
+    let gan = ["disc.enabled=true", "disc.ndf=8", "disc.lr=0.0"];
     for stage in ["spc", "pre", "decoder-ft", "joint"] {
-        let c = cfg(&tmp.path().join(format!("z-{stage}")), stage, 3, &init);
+        let mut sets = init.to_vec();
+        if stage != "spc" {
+            // pixel stages: the discriminator (its own lr) must not move either
+            sets.extend(gan.iter().map(|s| s.to_string()));
+        }
+        let c = cfg(&tmp.path().join(format!("z-{stage}")), stage, 3, &sets);
         let mut task = build_task(&c).unwrap();
-        let before: Vec<(String, Vec<u32>)> = task
-            .params()
-            .iter()
-            .map(|p| (p.name.clone(), f32_bits(&p.var)))
-            .collect();
+        let all = |t: &dyn semhitok_train::trainer::Task| -> Vec<(String, Vec<u32>)> {
+            t.params()
+                .iter()
+                .chain(t.disc_params().iter())
+                .map(|p| (p.name.clone(), f32_bits(&p.var)))
+                .collect()
+        };
+        let before = all(task.as_ref());
         assert!(!before.is_empty(), "{stage}: no trainable parameters");
+        if stage != "spc" {
+            assert!(!task.disc_params().is_empty(), "{stage}: no discriminator");
+        }
         let mut data = build_batches(&c).unwrap();
         let r = train(&c, task.as_mut(), data.as_mut(), &quiet()).unwrap();
         assert!(r.losses.iter().all(|(_, l)| l.is_finite()));
-        let after: Vec<(String, Vec<u32>)> = task
-            .params()
-            .iter()
-            .map(|p| (p.name.clone(), f32_bits(&p.var)))
-            .collect();
-        assert_eq!(before, after, "{stage}: a parameter moved at lr = 0");
+        assert_eq!(
+            before,
+            all(task.as_ref()),
+            "{stage}: a parameter moved at lr = 0"
+        );
     }
 }
 
-#[test]
-fn pre_resume_is_bit_exact() {
-    let _g = serial();
+/// Stop a `pre` run at step 6 (checkpoint at 4), resume it, and compare every loss with the
+/// uninterrupted run's, bit for bit. `sets` adds config overrides (e.g. the GAN).
+fn pre_resume_is_bit_exact_with(sets: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let spc = spc_run(tmp.path(), 5);
-    let init = [format!("init.spc=\"{}\"", spc.display())];
+    let mut init = vec![format!("init.spc=\"{}\"", spc.display())];
+    init.extend(sets.iter().map(|s| s.to_string()));
     let a = cfg(&tmp.path().join("a"), "pre", 8, &init);
     let mut task = build_task(&a).unwrap();
     let mut data = build_batches(&a).unwrap();
     let full = train(&a, task.as_mut(), data.as_mut(), &quiet()).unwrap();
-    let c = cfg(
-        &tmp.path().join("b"),
-        "pre",
-        8,
-        &[init[0].clone(), "schedule.ckpt_every=4".into()],
-    );
+    let mut sets_b = init.clone();
+    sets_b.push("schedule.ckpt_every=4".into());
+    let c = cfg(&tmp.path().join("b"), "pre", 8, &sets_b);
     let mut task = build_task(&c).unwrap();
     let mut data = build_batches(&c).unwrap();
     train(
@@ -287,6 +297,7 @@ fn pre_resume_is_bit_exact() {
     )
     .unwrap();
     assert_eq!(r.start_step, 4);
+    assert_eq!(r.losses.len(), 4);
     for ((s1, l1), (s2, l2)) in full.losses[4..].iter().zip(&r.losses) {
         assert_eq!(
             (s1, l1.to_bits()),
@@ -294,4 +305,127 @@ fn pre_resume_is_bit_exact() {
             "step {s1}: {l1} vs {l2}"
         );
     }
+    // The discriminator losses (logged at steps 5 and 8) agree as well.
+    let d = |dir: &Path| -> Vec<Option<u64>> {
+        read_metrics(dir)
+            .iter()
+            .map(|r| r["disc_loss"].as_f64().map(f64::to_bits))
+            .collect()
+    };
+    assert_eq!(d(&tmp.path().join("a")), d(&tmp.path().join("b")));
+}
+
+#[test]
+fn pre_resume_is_bit_exact() {
+    let _g = serial();
+    pre_resume_is_bit_exact_with(&[]);
+}
+
+/// The GAN's state (PatchGAN weights and BatchNorm buffers, its AdamW moments, the LeCam EMAs)
+/// is checkpointed: a resume across the discriminator's start continues exactly.
+#[test]
+fn pre_resume_with_gan_is_bit_exact() {
+    let _g = serial();
+    pre_resume_is_bit_exact_with(&GAN);
+}
+
+/// A small PatchGAN for 32 px images, switched on at step 2, adaptive weight and LeCam on.
+const GAN: [&str; 6] = [
+    "disc.enabled=true",
+    "disc.start_step=2",
+    "disc.ndf=8",
+    "disc.adaptive_weight=true",
+    "disc.lecam_weight=0.1",
+    "disc.lecam_decay=0.9",
+];
+
+/// Before `disc.start_step` neither the discriminator nor the generator's adversarial term
+/// exists (the PatchGAN keeps its initial weights); from it on both are logged, and the
+/// discriminator learns to tell the real images from the reconstructions (its hinge loss falls
+/// from ~1, the value of an uninformed critic).
+#[test]
+fn gan_switches_on_at_start_step_and_discriminator_learns() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let spc = spc_run(tmp.path(), 5);
+    let mut sets = vec![
+        format!("init.spc=\"{}\"", spc.display()),
+        "disc.enabled=true".to_string(),
+        "disc.start_step=10".to_string(),
+        "disc.ndf=8".to_string(),
+        "disc.lr=2e-3".to_string(),
+        "disc.weight=0.1".to_string(),
+        "schedule.log_every=1".to_string(),
+    ];
+    let dir = tmp.path().join("gan");
+    let c = cfg(&dir, "pre", 40, &sets);
+    let fresh: Vec<(String, Vec<u32>)> = build_task(&c)
+        .unwrap()
+        .disc_params()
+        .iter()
+        .map(|p| (p.name.clone(), f32_bits(&p.var)))
+        .collect();
+    assert!(!fresh.is_empty(), "no discriminator parameters");
+
+    // Up to the start step: the PatchGAN is untouched and nothing adversarial is logged.
+    sets.push("schedule.ckpt_every=10".into());
+    let c = cfg(&dir, "pre", 40, &sets);
+    let mut task = build_task(&c).unwrap();
+    let mut data = Fixed(
+        SyntheticBatches::new(5, 4, 32)
+            .next_batch(Device::Cpu)
+            .unwrap(),
+    );
+    let opts = TrainOptions {
+        stop_after: Some(10),
+        ..quiet()
+    };
+    train(&c, task.as_mut(), &mut data, &opts).unwrap();
+    let at_start: Vec<(String, Vec<u32>)> = task
+        .disc_params()
+        .iter()
+        .map(|p| (p.name.clone(), f32_bits(&p.var)))
+        .collect();
+    assert_eq!(
+        fresh, at_start,
+        "the discriminator moved before disc.start_step"
+    );
+    let recs = read_metrics(&dir);
+    assert_eq!(recs.len(), 10);
+    assert!(recs
+        .iter()
+        .all(|r| r.get("disc_loss").is_none() && r.get("gan_g").is_none()));
+
+    // From the start step on: both terms logged, and the critic learns.
+    let r = train(
+        &c,
+        task.as_mut(),
+        &mut data,
+        &TrainOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(r.losses.iter().all(|(_, l)| l.is_finite()));
+    let recs = read_metrics(&dir);
+    let d: Vec<f64> = recs
+        .iter()
+        .filter_map(|r| r["disc_loss"].as_f64())
+        .collect();
+    assert_eq!(d.len(), 30, "disc_loss missing from steps 11..40");
+    assert!(recs[10..].iter().all(|r| r["gan_g"].as_f64().is_some()));
+    let (first, last) = (d[0], d[25..].iter().sum::<f64>() / 5.0);
+    assert!((0.8..1.2).contains(&first), "initial hinge D loss {first}");
+    assert!(last < 0.7 * first, "discriminator loss {first} -> {last}");
+}
+
+#[test]
+fn discriminator_in_spc_stage_is_a_config_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path(), "spc", 1, &["disc.enabled=true".into()]);
+    let e = build_task(&c)
+        .err()
+        .expect("spc with a discriminator must fail");
+    assert!(e.to_string().contains("disc.enabled"), "{e}");
 }

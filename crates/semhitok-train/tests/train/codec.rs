@@ -1,0 +1,182 @@
+//! `encode` / `decode` (issue 6 §5): images -> semantic, pixel, unified ids -> PNG round trip on
+//! a tiny trained `pre` checkpoint, a batch with bad files, and the errors for wrong inputs.
+
+use super::common::serial;
+use super::stages::{cfg, run, spc_run};
+use semhitok_data::{photos::load_file, transform::write_chw_f32, DecodeLimits, Transform};
+use semhitok_train::codec::{decode_cmd, encode_cmd, DecodeArgs, EncodeArgs};
+use semhitok_train::report::save_png;
+use semhitok_train::stages::load_model;
+use semhitok_train::synthetic::SyntheticBatches;
+use semhitok_train::trainer::Batches;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// An image file as `encode` sees it: decoded, ADM center crop at `size`, [1, 3, S, S] in [-1, 1].
+fn load(p: &Path, size: u32) -> Tensor {
+    let im = load_file(p, &DecodeLimits::default()).unwrap_or_else(|e| panic!("{p:?}: {e:?}"));
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let im = Transform::center_crop(size).apply(&im, &mut rng).unwrap();
+    let mut buf = vec![0f32; 3 * (size * size) as usize];
+    write_chw_f32(&im, &mut buf);
+    Tensor::from_slice(&buf).view([1, 3, size as i64, size as i64])
+}
+
+fn trained(root: &Path) -> (PathBuf, PathBuf) {
+    let spc = spc_run(root, 5);
+    let pre = root.join("pre");
+    run(&cfg(
+        &pre,
+        "pre",
+        5,
+        &[format!("init.spc=\"{}\"", spc.display())],
+    ));
+    (spc, pre)
+}
+
+#[test]
+fn encode_then_decode_round_trips_and_reports_bad_files() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (spc, pre) = trained(tmp.path());
+    // Three good PNGs, an undecodable file and a missing one.
+    let imgs = SyntheticBatches::new(11, 3, 32)
+        .next_batch(Device::Cpu)
+        .unwrap();
+    let mut files = vec![];
+    for i in 0..3 {
+        let p = tmp.path().join(format!("in{i}.png"));
+        save_png(&imgs.get(i), &p).unwrap();
+        files.push(p);
+    }
+    let bad = tmp.path().join("broken.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff\xe0 definitely not a jpeg").unwrap();
+    let missing = tmp.path().join("missing.png");
+    let mut all = files.clone();
+    all.insert(1, bad.clone());
+    all.push(missing.clone());
+
+    let out = tmp.path().join("ids/batch");
+    let rep = encode_cmd(&EncodeArgs {
+        checkpoint: pre.clone(),
+        out: out.clone(),
+        images: all,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rep.encoded.len(), 3);
+    let failed: Vec<&str> = rep.failed.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        failed,
+        [bad.display().to_string(), missing.display().to_string()]
+    );
+    assert!(rep.failed.iter().all(|(_, why)| !why.is_empty()));
+    assert_eq!(
+        rep.unified_vocab_size,
+        rep.semantic_codebook_size * rep.sub_codebook_size
+    );
+
+    // The ids file: unified = semantic * m + pixel, every id in range, grid 4x4 (32 px / 8).
+    let t: std::collections::BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(out.with_extension("safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let (sem, pix, uni) = (&t["semantic"], &t["pixel"], &t["unified"]);
+    assert_eq!(uni.size(), [3, 4, 4]);
+    assert!(uni.equal(&(sem * rep.sub_codebook_size + pix)));
+    let (lo, hi) = (uni.min().int64_value(&[]), uni.max().int64_value(&[]));
+    assert!(
+        lo >= 0 && hi < rep.unified_vocab_size,
+        "ids in [{lo}, {hi}]"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(json["images"].as_array().unwrap().len(), 3);
+    assert_eq!(json["summary"]["failed"].as_array().unwrap().len(), 2);
+
+    // The semantic ids are the SPC's (stage 2 leaves them alone).
+    let spc_model = load_model(&spc, Device::Cpu, true).unwrap();
+    let m = load_model(&pre, Device::Cpu, false).unwrap();
+    let x = Tensor::cat(&files.iter().map(|p| load(p, 32)).collect::<Vec<_>>(), 0);
+    assert!(spc_model
+        .semantic_ids(&x)
+        .unwrap()
+        .view([3, 4, 4])
+        .equal(sem));
+
+    // decode(ids) is the model's reconstruction of the same images, up to PNG rounding.
+    let dec_dir = tmp.path().join("decoded");
+    let pngs = decode_cmd(&DecodeArgs {
+        checkpoint: pre.clone(),
+        ids: out.with_extension("safetensors"),
+        out: dec_dir.clone(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pngs.len(), 3);
+    let recon = m.reconstruct(&x).unwrap().clamp(-1.0, 1.0);
+    for (i, p) in pngs.iter().enumerate() {
+        let got = load(p, 32);
+        let err = (&got - recon.get(i as i64).unsqueeze(0))
+            .abs()
+            .max()
+            .double_value(&[]);
+        // one 8-bit level is 2/255 in [-1, 1]
+        assert!(
+            err <= 1.01 * 2.0 / 255.0,
+            "{}: max abs err {err}",
+            p.display()
+        );
+    }
+    // and an image the model reconstructs is not just any image: it is close to the input
+    let d = (&recon - &x).abs().mean(Kind::Float).double_value(&[]);
+    assert!(d < 1.0, "mean abs reconstruction error {d}");
+}
+
+#[test]
+fn decode_rejects_out_of_range_ids_and_wrong_checkpoints() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (spc, pre) = trained(tmp.path());
+    let m = load_model(&pre, Device::Cpu, false).unwrap();
+    let vocab = m.cfg.model.sghc.vocab_size();
+
+    let ids = tmp.path().join("bad.safetensors");
+    let bad = Tensor::zeros([1, 4, 4], (Kind::Int64, Device::Cpu));
+    let _ = bad.get(0).get(2).get(3).fill_(vocab);
+    Tensor::write_safetensors(&[("unified", &bad)], &ids).unwrap();
+    let e = decode_cmd(&DecodeArgs {
+        checkpoint: pre.clone(),
+        ids: ids.clone(),
+        out: tmp.path().join("o"),
+    })
+    .expect_err("an id >= vocab must be an error");
+    let msg = e.to_string();
+    assert!(msg.contains("bad.safetensors"), "{msg}");
+    assert!(msg.contains(&vocab.to_string()), "{msg}");
+
+    let e = decode_cmd(&DecodeArgs {
+        checkpoint: pre.clone(),
+        ids: tmp.path().join("nope.safetensors"),
+        out: tmp.path().join("o"),
+    })
+    .expect_err("a missing ids file must be an error");
+    assert!(e.to_string().contains("nope.safetensors"), "{e}");
+
+    Tensor::write_safetensors(&[("ids", &bad)], &ids).unwrap();
+    let e = decode_cmd(&DecodeArgs {
+        checkpoint: pre.clone(),
+        ids: ids.clone(),
+        out: tmp.path().join("o"),
+    })
+    .expect_err("no `unified` tensor must be an error");
+    assert!(e.to_string().contains("unified"), "{e}");
+
+    let e = encode_cmd(&EncodeArgs {
+        checkpoint: spc.clone(),
+        out: tmp.path().join("x"),
+        images: vec![tmp.path().join("whatever.png")],
+    })
+    .expect_err("an spc checkpoint has no pixel decoder");
+    assert!(e.to_string().contains("`spc` checkpoint"), "{e}");
+}
