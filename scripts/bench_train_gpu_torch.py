@@ -139,6 +139,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16")
+    ap.add_argument("--cuda-profiler-step", action="store_true",
+                    help="then one step between cudaProfilerStart/Stop (for ncu --profile-from-start off)")
     ap.add_argument("--profile", action="store_true",
                     help="after the timed run, time each phase with a sync at its end (phases_ms)")
     a = ap.parse_args()
@@ -182,6 +184,12 @@ def main():
     torch.cuda.synchronize()
     dt = time.perf_counter() - t
     ips = a.steps * a.batch / dt
+    if a.cuda_profiler_step:
+        torch.cuda.synchronize()
+        torch.cuda.profiler.start()
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.profiler.stop()
     if a.profile:
         for _ in range(a.steps):
             step(True)

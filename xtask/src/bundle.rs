@@ -73,35 +73,37 @@ fn build_artifacts(root: &Path, args: &[&str]) -> Result<Vec<Artifact>> {
     ]);
     cmd.stderr(Stdio::inherit());
     let out = util::output(&mut cmd)?;
-    let mut arts = vec![];
-    for line in out.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if v["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let Some(exe) = v["executable"].as_str() else {
-            continue;
-        };
-        let name = v["target"]["name"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string();
-        let kind = v["target"]["kind"][0].as_str().unwrap_or("bin").to_string();
-        let is_test = v["profile"]["test"].as_bool().unwrap_or(false);
-        let kind = if is_test && kind == "lib" {
-            "unittest".to_string()
-        } else {
-            kind
-        };
-        arts.push(Artifact {
-            name,
-            kind,
-            path: PathBuf::from(exe),
-        });
+    Ok(out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| artifact(&v))
+        .collect())
+}
+
+/// The executable of one `cargo --message-format=json` line, if it names one. A test harness
+/// built from a lib or a bin target is a `unittest`: it must not take the bin's place in `bin/`
+/// (`cargo test --no-run` builds a harness named like the `semhitok` binary).
+fn artifact(v: &serde_json::Value) -> Option<Artifact> {
+    if v["reason"] != "compiler-artifact" {
+        return None;
     }
-    Ok(arts)
+    let exe = v["executable"].as_str()?;
+    let name = v["target"]["name"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    let kind = v["target"]["kind"][0].as_str().unwrap_or("bin").to_string();
+    let is_test = v["profile"]["test"].as_bool().unwrap_or(false);
+    let kind = if is_test && (kind == "lib" || kind == "bin") {
+        "unittest".to_string()
+    } else {
+        kind
+    };
+    Some(Artifact {
+        name,
+        kind,
+        path: PathBuf::from(exe),
+    })
 }
 
 /// The DT_NEEDED entries of an ELF file (via `readelf -d`).
@@ -189,4 +191,29 @@ pub fn bundle(root: &Path, args: &BundleArgs) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::artifact;
+
+    fn line(kind: &str, test: bool) -> serde_json::Value {
+        serde_json::json!({
+            "reason": "compiler-artifact",
+            "target": {"name": "semhitok", "kind": [kind]},
+            "profile": {"test": test},
+            "executable": "/t/semhitok-0123",
+        })
+    }
+
+    #[test]
+    fn a_bin_targets_test_harness_is_not_the_binary() {
+        assert_eq!(artifact(&line("bin", false)).unwrap().kind, "bin");
+        assert_eq!(artifact(&line("bin", true)).unwrap().kind, "unittest");
+        assert_eq!(artifact(&line("lib", true)).unwrap().kind, "unittest");
+        assert_eq!(artifact(&line("test", true)).unwrap().kind, "test");
+        let mut no_exe = line("lib", false);
+        no_exe["executable"] = serde_json::Value::Null;
+        assert!(artifact(&no_exe).is_none());
+    }
 }

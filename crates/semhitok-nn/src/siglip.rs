@@ -565,4 +565,8 @@ impl Teacher for SiglipTeacher {
     fn name(&self) -> &str {
         "siglip"
     }
+
+    fn bf16_weights(&mut self) -> Result<()> {
+        crate::teacher::vars_to_bf16(&self._vs)
+    }
 }

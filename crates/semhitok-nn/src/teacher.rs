@@ -20,6 +20,26 @@ pub trait Teacher: Send {
     fn grid(&self, h: i64, w: i64) -> (i64, i64);
     /// A short name for logs ("siglip", "efficientnet_lite0").
     fn name(&self) -> &str;
+    /// Store the frozen weights in bf16 (norm parameters stay f32), for bf16-autocast training:
+    /// autocast would otherwise cast every weight to bf16 again at every step. Features change
+    /// only by bf16 rounding of the inputs autocast already rounds. Default: no-op.
+    fn bf16_weights(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Convert the variables of a frozen `vs` to bf16, except norm parameters (autocast runs layer
+/// norm in f32 and would cast them back).
+pub fn vars_to_bf16(vs: &tch::nn::VarStore) -> Result<()> {
+    let _g = tch::no_grad_guard();
+    for (name, mut v) in vs.variables() {
+        if name.contains("norm") || !v.is_floating_point() {
+            continue;
+        }
+        let b = v.f_to_kind(tch::Kind::BFloat16)?;
+        v.set_data(&b);
+    }
+    Ok(())
 }
 
 /// Check `images` is `[B, 3, H, W]` floating point; returns (B, H, W).

@@ -143,7 +143,12 @@ impl Attention {
             .forward(xs)
             .f_reshape([b, n, 3, self.num_heads, hd])?
             .f_permute([2, 0, 3, 1, 4])?; // [3, B, h, N, hd]
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+                                          // unbind (not three selects): its backward is one stack instead of three zero-filled
+                                          // scatters and two adds.
+        let [q, k, v]: [Tensor; 3] = qkv
+            .f_unbind(0)?
+            .try_into()
+            .map_err(|_| Error::Config("qkv unbind".into()))?;
         let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
             &q, &k, &v, None, 0.0, false, None, false,
         )?; // [B, h, N, hd]
@@ -359,10 +364,18 @@ impl VitEncoder {
                 ))
             }
         }
-        let x = images
-            .apply(&self.patch_embed)
-            .f_flatten(2, 3)?
-            .f_transpose(1, 2)?; // [B, N, C]
+        // The stride-P patchify conv as one matmul over flattened patches (identical result; the
+        // conv's weight-gradient kernel is much slower than a GEMM's on the GPU).
+        let (b, p, g) = (images.size()[0], c.patch_size, c.grid());
+        let patches = images
+            .f_reshape([b, c.in_channels, g, p, g, p])?
+            .f_permute([0, 2, 4, 1, 3, 5])? // [B, g, g, C_in, P, P]
+            .f_reshape([b, g * g, c.in_channels * p * p])?;
+        let w = self
+            .patch_embed
+            .ws
+            .f_reshape([self.cfg.vit.hidden_size, -1])?;
+        let x = patches.f_linear(&w, self.patch_embed.bs.as_ref())?; // [B, N, C]
         let x = self.trunk.forward(&x)?;
         Ok(self.proj.forward(&x))
     }

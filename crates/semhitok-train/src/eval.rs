@@ -41,6 +41,8 @@ pub struct EvalArgs {
 pub struct ModelMetrics {
     pub name: String,
     pub checkpoint: String,
+    /// Whether the run's EMA weights were evaluated (`optim.ema_decay`).
+    pub ema_weights: bool,
     pub psnr: f64,
     pub ssim: f64,
     pub rfid: f64,
@@ -161,6 +163,7 @@ pub fn evaluate(
         results.push(ModelMetrics {
             name: name.to_string(),
             checkpoint: m.checkpoint.display().to_string(),
+            ema_weights: m.ema_used,
             psnr: psnr / n as f64,
             ssim: ssim / n as f64,
             rfid,

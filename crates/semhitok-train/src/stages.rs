@@ -60,6 +60,9 @@ impl Teacher for RandomSiglipTeacher {
     fn name(&self) -> &str {
         "siglip-random-init"
     }
+    fn bf16_weights(&mut self) -> semhitok_nn::Result<()> {
+        semhitok_nn::teacher::vars_to_bf16(&self._vs)
+    }
 }
 
 /// The frozen teacher of `cfg` on `device`. Relative weight paths are resolved against the
@@ -212,9 +215,32 @@ fn state_of(model: &SemHiTok, parts: &[Part]) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// Copy the variables of `parts` from a checkpoint (keys `model.{part}.…`).
-pub fn load_parts(model: &SemHiTok, ck: &Checkpoint, parts: &[Part]) -> Result<()> {
-    checkpoint::restore_vars(ck, "model.", &state_of(model, parts))
+/// Copy the variables of `parts` from a checkpoint (keys `model.{part}.…`); where the run kept
+/// an EMA of its weights (`optim.ema_decay`: keys `ema.{part}.…`), the EMA values replace them.
+/// So a model "as trained" is its EMA everywhere: in evaluation, encode/decode, and as the frozen
+/// SPC or pixel encoder that a later stage starts from (the semantic ids stay consistent).
+/// Returns whether any EMA tensor was used.
+pub fn load_parts(model: &SemHiTok, ck: &Checkpoint, parts: &[Part]) -> Result<bool> {
+    checkpoint::restore_vars(ck, "model.", &state_of(model, parts))?;
+    let _g = tch::no_grad_guard();
+    let mut used = false;
+    for (k, mut v) in state_of(model, parts) {
+        if let Some(t) = ck.tensors.get(&format!("ema.{k}")) {
+            if t.size() != v.size() {
+                return Err(Error::ckpt(
+                    &ck.dir,
+                    format!(
+                        "EMA tensor `ema.{k}`: shape {:?}, model expects {:?}",
+                        t.size(),
+                        v.size()
+                    ),
+                ));
+            }
+            v.copy_(t);
+            used = true;
+        }
+    }
+    Ok(used)
 }
 
 fn merge_stats(acc: &mut Option<CodeStats>, s: Option<CodeStats>) -> Result<()> {
@@ -419,8 +445,11 @@ pub fn build_task_uninit(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
 fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> {
     let device = cfg.run.device.device();
     tch::manual_seed(cfg.run.seed as i64);
-    let teacher = build_teacher(cfg, device)?;
+    let mut teacher = build_teacher(cfg, device)?;
     check_teacher_fits(cfg, teacher.as_ref())?;
+    if cfg.run.precision == crate::config::Precision::Bf16 && device.is_cuda() {
+        teacher.bf16_weights()?;
+    }
     let mut model = SemHiTok::new(&cfg.model, device)?;
     let rec = match cfg.loss.rec {
         RecLoss::L1 => PixelLoss::L1,
@@ -542,6 +571,8 @@ pub struct Loaded {
     pub teacher: Box<dyn Teacher>,
     pub checkpoint: PathBuf,
     pub stage: String,
+    /// Whether the checkpoint's EMA weights were loaded (runs with `optim.ema_decay`).
+    pub ema_used: bool,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -581,7 +612,7 @@ pub fn load_model(path: &Path, device: Device, allow_spc: bool) -> Result<Loaded
     };
     let teacher = build_teacher(&cfg, device)?;
     let mut model = SemHiTok::new(&cfg.model, device)?;
-    load_parts(&model, &ck, parts)?;
+    let ema_used = load_parts(&model, &ck, parts)?;
     for p in Part::ALL {
         model.freeze(p);
     }
@@ -591,6 +622,7 @@ pub fn load_model(path: &Path, device: Device, allow_spc: bool) -> Result<Loaded
         teacher,
         checkpoint: ck.dir.clone(),
         stage,
+        ema_used,
     })
 }
 
