@@ -92,14 +92,7 @@ pub fn build_teacher(cfg: &TrainConfig, device: Device) -> Result<Box<dyn Teache
             )?))
         }
         TeacherKind::SiglipLargeP16_256 | TeacherKind::SiglipSo400mP14_384 => {
-            let (vcfg, resize) = if t.kind == TeacherKind::SiglipLargeP16_256 {
-                (SiglipVisionConfig::siglip_large_patch16_256(), None)
-            } else {
-                (
-                    SiglipVisionConfig::siglip_so400m_patch14_384(),
-                    Some((384, 384)),
-                )
-            };
+            let (vcfg, resize) = siglip_spec(t.kind).unwrap_or_default();
             match &t.weights {
                 Some(w) => Ok(Box::new(SiglipTeacher::load(
                     &vcfg,
@@ -121,6 +114,22 @@ pub fn build_teacher(cfg: &TrainConfig, device: Device) -> Result<Box<dyn Teache
                 }
             }
         }
+    }
+}
+
+/// The SigLIP vision config of a SigLIP teacher kind and the size its inputs are resized to
+/// (`None`: used at the data size). `None` for other kinds.
+pub fn siglip_spec(kind: TeacherKind) -> Option<(SiglipVisionConfig, Option<(i64, i64)>)> {
+    match kind {
+        TeacherKind::SiglipLargeP16_256 => {
+            Some((SiglipVisionConfig::siglip_large_patch16_256(), None))
+        }
+        // so400m's native 384 px: 27x27 tokens of 14 px (the pixel ViTs use 378 px = 27 x 14).
+        TeacherKind::SiglipSo400mP14_384 => Some((
+            SiglipVisionConfig::siglip_so400m_patch14_384(),
+            Some((384, 384)),
+        )),
+        TeacherKind::EfficientnetLite0 => None,
     }
 }
 

@@ -58,7 +58,24 @@ fn every_preset_in_configs_parses() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
-            TrainConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+            let c = TrainConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+            c.model
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            // A SigLIP teacher's token grid (after its resize) is the SPC's and the pixel ViTs'.
+            if let Some((v, resize)) = semhitok_train::stages::siglip_spec(c.teacher.kind) {
+                let (h, w) = resize.unwrap_or((c.data.image_size, c.data.image_size));
+                let (gh, gw) = (h / v.patch_size, w / v.patch_size);
+                let g = c.model.encoder.grid();
+                assert_eq!(
+                    (gh * gw, gh, v.hidden_size),
+                    (c.model.spc.num_tokens, g, c.model.spc.teacher_dim),
+                    "{}: teacher grid {gh}x{gw} of width {} vs SPC / pixel ViT",
+                    p.display(),
+                    v.hidden_size
+                );
+                assert_eq!(c.model.decoder.grid(), g, "{}", p.display());
+            }
             n += 1;
         }
     }
