@@ -62,6 +62,21 @@ pub struct ImageFolder {
     files: Vec<(PathBuf, usize)>,
 }
 
+/// Display names of `classes` (wnids): from the labels file (`wnid name` lines) where given,
+/// else the wnid itself.
+fn class_names(classes: &[String], labels_file: Option<&Path>) -> Result<Vec<String>> {
+    let labels = labels_file.map(read_labels_file).transpose()?;
+    Ok(classes
+        .iter()
+        .map(|c| {
+            labels
+                .as_ref()
+                .and_then(|m| m.get(c).cloned())
+                .unwrap_or_else(|| c.clone())
+        })
+        .collect())
+}
+
 /// Reads a `LOC_synset_mapping.txt`-style file into class -> first name.
 pub fn read_labels_file(path: &Path) -> Result<HashMap<String, String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -100,20 +115,7 @@ impl ImageFolder {
                 detail: "no class sub-directories".into(),
             });
         }
-        let labels = cfg
-            .labels_file
-            .as_deref()
-            .map(read_labels_file)
-            .transpose()?;
-        let names = classes
-            .iter()
-            .map(|c| {
-                labels
-                    .as_ref()
-                    .and_then(|m| m.get(c).cloned())
-                    .unwrap_or_else(|| c.clone())
-            })
-            .collect();
+        let names = class_names(&classes, cfg.labels_file.as_deref())?;
         let mut files = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let dir = root.join(class);
@@ -212,20 +214,7 @@ impl ImageFolder {
             ));
         }
         files.sort();
-        let labels = cfg
-            .labels_file
-            .as_deref()
-            .map(read_labels_file)
-            .transpose()?;
-        let names = classes
-            .iter()
-            .map(|c| {
-                labels
-                    .as_ref()
-                    .and_then(|m| m.get(c).cloned())
-                    .unwrap_or_else(|| c.clone())
-            })
-            .collect();
+        let names = class_names(&classes, cfg.labels_file.as_deref())?;
         Ok(Self {
             root,
             cfg,

@@ -105,8 +105,9 @@ fn ids_u32(t: &Tensor) -> Vec<u32> {
     v.into_iter().map(|x| x as u32).collect()
 }
 
-/// Evaluate `models` (name, loaded) on `images` `[N, 3, S, S]`; writes `out/grid.png` with the
-/// first `grid` images (original | model 1 | model 2 ...).
+/// Evaluate `models` (name, loaded) on `images` `[N, 3, S, S]`; writes `out/grid.png` with `grid`
+/// images spread evenly over the set (rows; columns original | model 1 | model 2 ...), so a set
+/// made of many crops per photo shows several photos.
 pub fn evaluate(
     models: &[(&str, &Loaded)],
     images: &Tensor,
@@ -120,7 +121,10 @@ pub fn evaluate(
     let bs = 16i64;
     let mut ref_stats = FidStats::new(FID_DIM);
     let mut results = vec![];
-    let mut grid_cols = vec![images.narrow(0, 0, (grid as i64).min(n))];
+    let g = (grid as i64).min(n);
+    let pick: Vec<i64> = (0..g).map(|i| i * n / g.max(1)).collect();
+    let pick_t = Tensor::from_slice(&pick).to_device(images.device());
+    let mut grid_cols = vec![images.index_select(0, &pick_t)];
     let mut ref_done = false;
     for (name, m) in models {
         let dev = m.model.device();
@@ -151,15 +155,21 @@ pub fn evaluate(
                 })?;
                 usage.record_unified(&ids_u32(&enc.unified_ids))?;
             }
-            if (start as usize) < grid {
-                recons.push(r.to_device(Device::Cpu));
+            // keep only the grid's rows (a paper-size eval set would not fit in memory)
+            let rows: Vec<i64> = pick
+                .iter()
+                .filter(|&&i| i >= start && i < start + len)
+                .map(|&i| i - start)
+                .collect();
+            if !rows.is_empty() {
+                let rows = Tensor::from_slice(&rows).to_device(r.device());
+                recons.push(r.index_select(0, &rows).to_device(Device::Cpu));
             }
             start += len;
         }
         ref_done = true;
         let rfid = ref_stats.frechet_distance(&stats)?;
-        let rec_all = Tensor::cat(&recons, 0);
-        grid_cols.push(rec_all.narrow(0, 0, (grid as i64).min(rec_all.size()[0])));
+        grid_cols.push(Tensor::cat(&recons, 0));
         results.push(ModelMetrics {
             name: name.to_string(),
             checkpoint: m.checkpoint.display().to_string(),

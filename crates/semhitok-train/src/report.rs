@@ -146,6 +146,8 @@ pub fn plot_curves(curves: &[Curve], title: &str, path: &Path, text: bool) -> Re
             .configure_mesh()
             .x_desc("step")
             .y_desc("loss")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.3}"))
             .draw()
             .map_err(|e| err(e.to_string()))?;
     } else {
