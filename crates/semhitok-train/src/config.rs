@@ -262,7 +262,9 @@ pub enum RecLoss {
 #[serde(rename_all = "kebab-case")]
 pub enum PerceptualKind {
     None,
-    /// LPIPS with VGG16 trunk (needs `.assets/weights/vgg16.safetensors` + lin heads).
+    /// LPIPS v0.1 with the VGG16 trunk: the trunk from `loss.lpips_vgg16` (a torchvision `vgg16`
+    /// state dict as safetensors; not shipped offline), the heads from
+    /// `.assets/weights/lpips_vgg.safetensors`.
     LpipsVgg,
     /// Feature-matching on the EfficientNet-Lite0 trunk (embedded default).
     Effnet,
@@ -280,6 +282,12 @@ pub struct LossConfig {
     pub perceptual: PerceptualKind,
     #[serde(default)]
     pub perceptual_weight: f64,
+    /// VGG16 trunk for `perceptual = "lpips-vgg"` (torchvision `vgg16` state dict, safetensors).
+    #[serde(default)]
+    pub lpips_vgg16: Option<PathBuf>,
+    /// LPIPS v0.1 linear heads (relative paths: from the current directory).
+    #[serde(default = "default_lpips_heads")]
+    pub lpips_heads: PathBuf,
     /// Commitment weight of the quantizers (beta).
     #[serde(default = "default_commit")]
     pub commit_weight: f64,
@@ -297,6 +305,9 @@ fn one_f() -> f64 {
 fn default_perc() -> PerceptualKind {
     PerceptualKind::None
 }
+fn default_lpips_heads() -> PathBuf {
+    PathBuf::from(".assets/weights/lpips_vgg.safetensors")
+}
 fn default_commit() -> f64 {
     0.25
 }
@@ -308,6 +319,8 @@ impl Default for LossConfig {
             rec_weight: 1.0,
             perceptual: default_perc(),
             perceptual_weight: 0.0,
+            lpips_vgg16: None,
+            lpips_heads: default_lpips_heads(),
             commit_weight: default_commit(),
             semantic_weight: 1.0,
         }

@@ -128,6 +128,7 @@ pub fn run(a: &DemoArgs, argv: &[String]) -> Result<serde_json::Value> {
         &a.out,
         spc_cfg.eval.grid_images,
         proto,
+        None, // LPIPS needs VGG16 weights, which no package ships
     )?;
     let t_eval = t.elapsed().as_secs_f64();
 

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{psnr_per_image, ssim_per_image};
 use crate::stages::{batch_tensor, load_model, photo_config, Loaded};
 use semhitok_nn::fid::{FidInception, FidStats, FID_DIM};
+use semhitok_nn::lpips::Lpips;
 use semhitok_quant::{SghcUsage, UnifiedIndex};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -34,6 +35,13 @@ pub struct EvalArgs {
     /// cpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// VGG16 trunk for LPIPS (torchvision `vgg16` state dict as safetensors; not shipped offline).
+    /// Without it LPIPS is not computed (`lpips: null` in the JSON).
+    #[arg(long)]
+    pub lpips_vgg16: Option<PathBuf>,
+    /// LPIPS v0.1 heads.
+    #[arg(long, default_value = crate::stages::LPIPS_HEADS)]
+    pub lpips_heads: PathBuf,
 }
 
 /// Metrics of one model.
@@ -46,6 +54,8 @@ pub struct ModelMetrics {
     pub psnr: f64,
     pub ssim: f64,
     pub rfid: f64,
+    /// Mean LPIPS-VGG v0.1 (`None`: no VGG16 trunk given).
+    pub lpips: Option<f64>,
     pub teacher_cosine: f64,
     /// Exact usage over the evaluated images (semantic, unified, per-group histogram).
     pub usage: serde_json::Value,
@@ -115,6 +125,7 @@ pub fn evaluate(
     out: &Path,
     grid: usize,
     protocol: serde_json::Value,
+    lpips: Option<&Lpips>,
 ) -> Result<EvalReport> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let n = images.size()[0];
@@ -129,7 +140,7 @@ pub fn evaluate(
     for (name, m) in models {
         let dev = m.model.device();
         let mut stats = FidStats::new(FID_DIM);
-        let (mut psnr, mut ssim, mut cos) = (0f64, 0f64, 0f64);
+        let (mut psnr, mut ssim, mut cos, mut lp) = (0f64, 0f64, 0f64, 0f64);
         let idx = UnifiedIndex::new(m.cfg.model.sghc.k_sem as usize, m.cfg.model.sghc.m as usize)?;
         let mut usage = SghcUsage::new(idx);
         let mut recons = vec![];
@@ -140,6 +151,10 @@ pub fn evaluate(
             let r = m.reconstruct(&x)?.clamp(-1.0, 1.0);
             psnr += psnr_per_image(&x, &r).sum(Kind::Float).double_value(&[]);
             ssim += ssim_per_image(&x, &r).sum(Kind::Float).double_value(&[]);
+            if let Some(l) = lpips {
+                let d = tch::no_grad(|| l.forward(&r, &x))?;
+                lp += d.sum(Kind::Float).double_value(&[]);
+            }
             cos += m.teacher_cosine(&x)? * len as f64;
             stats.update(&fid.features(&r)?)?;
             if !ref_done {
@@ -177,6 +192,7 @@ pub fn evaluate(
             psnr: psnr / n as f64,
             ssim: ssim / n as f64,
             rfid,
+            lpips: lpips.map(|_| lp / n as f64),
             teacher_cosine: cos / n as f64,
             usage: usage_json(&usage),
         });
@@ -207,6 +223,7 @@ pub fn protocol(root: &Path, n: usize, size: i64, keys: &[String]) -> serde_json
         "psnr": "dB, images mapped to [0,1], per-image mean",
         "ssim": "Gaussian 11x11 sigma 1.5, data range 1, per-image mean over channels",
         "teacher_cosine": "mean cosine of the SPC's decoded semantic features to the teacher's",
+        "lpips": "LPIPS v0.1 VGG (lpips 0.1.4 heads), per-image mean; null when no VGG16 trunk was given (none ships offline)",
         "image_keys": keys,
     })
 }
@@ -235,6 +252,11 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
         models.push(("baseline", b));
     }
     let proto = protocol(&root, keys.len(), main.cfg.data.image_size, &keys);
+    let lpips = a
+        .lpips_vgg16
+        .as_ref()
+        .map(|v| Lpips::load(v, &a.lpips_heads, device))
+        .transpose()?;
     let r = evaluate(
         &models,
         &images,
@@ -242,6 +264,7 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
         &a.out,
         main.cfg.eval.grid_images,
         proto,
+        lpips.as_ref(),
     )?;
     println!(
         "{}",

@@ -11,9 +11,29 @@
 //! `pre` with `model.fusion = "semantic_only"` is the semantic-only decoder baseline; with
 //! `pixel_only` / `length_concat` and `model.sghc.m` it gives the paper's Tab. 5 ablations.
 
+use semhitok_nn::lpips::Lpips;
 use semhitok_nn::perceptual::EffNetPerceptual;
 /// EfficientNet-Lite0 weights of the embedded perceptual loss (fetched by `cargo xtask assets`).
 const EFFNET_WEIGHTS: &str = ".assets/weights/efficientnet_lite0.safetensors";
+/// LPIPS v0.1 linear heads (fetched by `cargo xtask assets`).
+pub const LPIPS_HEADS: &str = ".assets/weights/lpips_vgg.safetensors";
+
+/// The perceptual loss network of a pixel stage (`loss.perceptual`).
+#[derive(Debug)]
+pub enum Perceptual {
+    Effnet(Box<EffNetPerceptual>),
+    Lpips(Box<Lpips>),
+}
+
+impl Perceptual {
+    /// recon, target: [B, 3, H, W] in [-1, 1] -> per-image distance [B].
+    pub fn forward(&self, recon: &Tensor, target: &Tensor) -> semhitok_nn::Result<Tensor> {
+        match self {
+            Perceptual::Effnet(n) => n.forward(recon, target),
+            Perceptual::Lpips(n) => n.forward(recon, target),
+        }
+    }
+}
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{DataKind, PerceptualKind, RecLoss, Stage, TeacherKind, TrainConfig};
 use crate::error::{Error, Result};
@@ -315,7 +335,7 @@ pub struct PixelTask {
     semantic_weight: f64,
     trained: Vec<Part>,
     /// Perceptual loss network and its weight (`loss.perceptual`, `loss.perceptual_weight`).
-    perceptual: Option<(EffNetPerceptual, f64)>,
+    perceptual: Option<(Perceptual, f64)>,
     pending_sghc: Option<CodeStats>,
     pending_spc: Option<CodeStats>,
     /// PatchGAN and its losses (`[disc]`, `None` when disabled).
@@ -371,14 +391,14 @@ impl Task for PixelTask {
         if let Some((net, w)) = &self.perceptual {
             let p = net.forward(&recon, images)?.mean(tch::Kind::Float);
             parts.push(("perceptual", p.detach()));
-            nll = nll + p * *w;
+            nll += p * *w;
         }
         let mut disc_inputs = None;
         if let Some(gan) = self.gan.as_ref().filter(|g| g.active(step)) {
             let g = gan.generator(&recon, &nll, self.model.decoder().last_layer_weight())?;
             parts.push(("gan_g", g.g_loss));
             parts.push(("gan_w", g.weight));
-            nll = nll + g.loss;
+            nll += g.loss;
             disc_inputs = Some((images.detach(), recon.detach()));
         }
         Ok(LossOut {
@@ -525,15 +545,22 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         _ if cfg.loss.perceptual_weight == 0.0 => None,
         PerceptualKind::None => None,
         PerceptualKind::Effnet => Some((
-            EffNetPerceptual::load(Path::new(EFFNET_WEIGHTS), device)?,
+            Perceptual::Effnet(Box::new(EffNetPerceptual::load(
+                Path::new(EFFNET_WEIGHTS),
+                device,
+            )?)),
             cfg.loss.perceptual_weight,
         )),
         PerceptualKind::LpipsVgg => {
-            return Err(Error::Config {
+            let vgg = cfg.loss.lpips_vgg16.as_deref().ok_or_else(|| Error::Config {
                 file: PathBuf::from("config"),
-                key: "loss.perceptual".into(),
-                msg: "lpips-vgg is not wired into the trainer yet (no VGG16 weights ship offline); use \"effnet\"".into(),
-            })
+                key: "loss.lpips_vgg16".into(),
+                msg: "perceptual = \"lpips-vgg\" needs the VGG16 trunk: a torchvision vgg16 state dict saved as safetensors (not shipped offline; or use \"effnet\")".into(),
+            })?;
+            Some((
+                Perceptual::Lpips(Box::new(Lpips::load(vgg, &cfg.loss.lpips_heads, device)?)),
+                cfg.loss.perceptual_weight,
+            ))
         }
     };
     let gan = Gan::new(&cfg.disc, device)?;

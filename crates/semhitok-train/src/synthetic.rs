@@ -39,7 +39,7 @@ pub fn image(seed: u64, i: u64, size: i64) -> Vec<f32> {
             [
                 rng.gen_range(0.5..3.0),
                 rng.gen_range(0.5..3.0),
-                rng.gen_range(0.0..6.28),
+                rng.gen_range(0.0..std::f32::consts::TAU),
                 rng.gen_range(0.2..0.5),
                 rng.gen_range(-0.3..0.3),
             ]
@@ -61,7 +61,7 @@ pub fn image(seed: u64, i: u64, size: i64) -> Vec<f32> {
             for x in 0..s {
                 let u = x as f32 / s as f32;
                 let v = y as f32 / s as f32;
-                let mut val = off + amp * (6.2832 * (fx * u + fy * v) + ph).sin();
+                let mut val = off + amp * (std::f32::consts::TAU * (fx * u + fy * v) + ph).sin();
                 if (u - cx).powi(2) + (v - cy).powi(2) < r * r {
                     val = 0.5 * val + 0.5 * disc[c];
                 }

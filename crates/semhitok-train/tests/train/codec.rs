@@ -180,3 +180,90 @@ fn decode_rejects_out_of_range_ids_and_wrong_checkpoints() {
     .expect_err("an spc checkpoint has no pixel decoder");
     assert!(e.to_string().contains("`spc` checkpoint"), "{e}");
 }
+
+/// LPIPS-VGG as the trainer's perceptual loss and as an eval metric. No VGG16 weights ship offline,
+/// so the trunk here is a randomly initialised VGG16 saved under torchvision's names: this checks
+/// the wiring (loading by name, the loss term, the metric), not LPIPS's values (the nn crate's
+/// golden test does that).
+#[test]
+fn lpips_vgg_trains_and_evaluates_with_a_given_trunk() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let heads =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.assets/weights/lpips_vgg.safetensors");
+    assert!(
+        heads.exists(),
+        "{}: run `cargo xtask assets`",
+        heads.display()
+    );
+    let vgg = tmp.path().join("vgg16.safetensors");
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let _net = semhitok_nn::lpips::Vgg16Features::new(vs.root());
+    vs.save(&vgg).unwrap();
+
+    let spc = spc_run(tmp.path(), 3);
+    let pre = tmp.path().join("pre");
+    // Without the trunk: a config error naming the key.
+    let c = cfg(
+        &pre,
+        "pre",
+        3,
+        &[
+            format!("init.spc=\"{}\"", spc.display()),
+            "loss.perceptual=\"lpips-vgg\"".into(),
+            "loss.perceptual_weight=1.0".into(),
+        ],
+    );
+    let e = semhitok_train::stages::build_task(&c)
+        .err()
+        .expect("no trunk must fail");
+    assert!(e.to_string().contains("loss.lpips_vgg16"), "{e}");
+    // With it: the term is trained on and logged.
+    let mut sets = vec![
+        format!("init.spc=\"{}\"", spc.display()),
+        "loss.perceptual=\"lpips-vgg\"".into(),
+        "loss.perceptual_weight=1.0".into(),
+        format!("loss.lpips_vgg16=\"{}\"", vgg.display()),
+        format!("loss.lpips_heads=\"{}\"", heads.display()),
+        "schedule.log_every=1".into(),
+    ];
+    let r = run(&cfg(&pre, "pre", 3, &sets));
+    assert!(r.losses.iter().all(|(_, l)| l.is_finite()));
+    let recs = semhitok_train::rundir::read_metrics(&pre);
+    assert!(recs.iter().all(|r| r["perceptual"]
+        .as_f64()
+        .is_some_and(|p| p.is_finite() && p > 0.0)));
+    sets.clear();
+
+    // Eval with and without LPIPS: the metric is there only when the trunk is given.
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let imgs = SyntheticBatches::new(3, 12, 96)
+        .next_batch(Device::Cpu)
+        .unwrap();
+    for i in 0..12 {
+        save_png(&imgs.get(i), &photos.join(format!("p{i:02}.png"))).unwrap();
+    }
+    let fid =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.assets/weights/fid_inception_v3.pt");
+    let args = |lp: Option<PathBuf>, out: &str| semhitok_train::eval::EvalArgs {
+        checkpoint: pre.clone(),
+        baseline: None,
+        data: Some(photos.clone()),
+        out: tmp.path().join(out),
+        n_images: 16,
+        fid_weights: fid.clone(),
+        device: "cpu".into(),
+        lpips_vgg16: lp,
+        lpips_heads: heads.clone(),
+    };
+    let with = semhitok_train::eval::run(&args(Some(vgg.clone()), "e1"), &[]).unwrap();
+    let l = with.models[0].lpips.expect("lpips computed");
+    assert!(l.is_finite() && l > 0.0, "lpips {l}");
+    let without = semhitok_train::eval::run(&args(None, "e2"), &[]).unwrap();
+    assert!(without.models[0].lpips.is_none());
+    assert_eq!(
+        with.models[0].psnr.to_bits(),
+        without.models[0].psnr.to_bits()
+    );
+}

@@ -126,7 +126,7 @@ impl Task for ToyTask {
         let rec = self.dec.forward(&z).tanh();
         let mut l = (rec - images).square().mean(Kind::Float);
         if self.nan_at.is_some_and(|s| step >= s) {
-            l = l * f64::NAN;
+            l *= f64::NAN;
         }
         Ok(LossOut {
             parts: vec![("rec", l.detach())],

@@ -62,7 +62,7 @@ fn check(run: &str, flat_from_step: Option<i64>) {
         let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
         for p in opt.params() {
             if let Some(g) = fx.get(&format!("{run}.grad.{k}.{}", p.name)) {
-                loss = loss + (&p.var * g).sum(Kind::Float);
+                loss += (&p.var * g).sum(Kind::Float);
             }
         }
         loss.backward();
@@ -115,6 +115,7 @@ fn adamw_skips_parameters_without_gradient_like_torch() {
 /// accumulation), and the modules see the updated weights (they hold the same tensors).
 #[test]
 fn flat_buffers_accumulate_gradients_and_update_the_modules_weights() {
+    let _g = super::common::serial(); // random init: LibTorch's global generator
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let lin = tch::nn::linear(vs.root() / "lin", 3, 2, Default::default());
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

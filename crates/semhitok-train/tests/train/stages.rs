@@ -422,6 +422,7 @@ fn gan_switches_on_at_start_step_and_discriminator_learns() {
 
 #[test]
 fn discriminator_in_spc_stage_is_a_config_error() {
+    let _g = serial(); // builds a model: uses LibTorch's global generator
     let tmp = tempfile::tempdir().unwrap();
     let c = cfg(tmp.path(), "spc", 1, &["disc.enabled=true".into()]);
     let e = build_task(&c)
