@@ -138,13 +138,13 @@ impl Attention {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, c) = xs.size3()?;
         let hd = c / self.num_heads;
+        // q, k, v by unbind (not three selects): its backward is one stack instead of three
+        // zero-filled scatters and two adds.
         let qkv = self
             .qkv
             .forward(xs)
             .f_reshape([b, n, 3, self.num_heads, hd])?
             .f_permute([2, 0, 3, 1, 4])?; // [3, B, h, N, hd]
-                                          // unbind (not three selects): its backward is one stack instead of three zero-filled
-                                          // scatters and two adds.
         let [q, k, v]: [Tensor; 3] = qkv
             .f_unbind(0)?
             .try_into()

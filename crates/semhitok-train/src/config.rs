@@ -306,7 +306,7 @@ fn default_perc() -> PerceptualKind {
     PerceptualKind::None
 }
 fn default_lpips_heads() -> PathBuf {
-    PathBuf::from(".assets/weights/lpips_vgg.safetensors")
+    PathBuf::from(crate::stages::LPIPS_HEADS)
 }
 fn default_commit() -> f64 {
     0.25

@@ -218,10 +218,26 @@ impl AdamW {
         })
     }
 
-    /// Whether the last [`Self::step`] ran on the flat buffers (all gradients bound, one step
-    /// count).
+    /// Whether a [`Self::step`] now would run on the flat buffers (all gradients bound, every
+    /// parameter at the same step count).
     pub fn flat_active(&self) -> bool {
-        self.flat_grad().is_some() && self.steps.windows(2).all(|w| w[0] == w[1])
+        self.flat_grad().is_some() && self.uniform_steps()
+    }
+
+    /// Every parameter has received the same number of updates (one bias correction for all).
+    fn uniform_steps(&self) -> bool {
+        self.steps.windows(2).all(|w| w[0] == w[1])
+    }
+
+    /// Re-point the gradients into the flat gradient buffer unless they are there already (first
+    /// step, or something re-allocated them); a no-op without a flat buffer or while some
+    /// parameter has no gradient.
+    fn bind_flat_grads(&mut self) {
+        if let Some(f) = self.flat.as_mut() {
+            if !f.grads_bound(&self.params) {
+                f.bind_grads(&self.params);
+            }
+        }
     }
 
     /// The flat gradient buffer, when every gradient is currently a view into it.
@@ -259,11 +275,7 @@ impl AdamW {
     /// sync: the trainer reads it back together with the losses).
     pub fn grad_norm_sq(&mut self) -> Tensor {
         let _g = tch::no_grad_guard();
-        if let Some(f) = self.flat.as_mut() {
-            if !f.grads_bound(&self.params) {
-                f.bind_grads(&self.params);
-            }
-        }
+        self.bind_flat_grads();
         if let Some(g) = self.flat_grad() {
             return g.square().sum(Kind::Double);
         }
@@ -312,6 +324,7 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         let _g = tch::no_grad_guard();
         self.t += 1;
+        self.bind_flat_grads();
         let hp = (self.beta1, self.beta2, self.eps, self.weight_decay);
         let bc = |t: u64| {
             (
@@ -319,13 +332,9 @@ impl AdamW {
                 1.0 - self.beta2.powi(t as i32),
             )
         };
-        if let Some(f) = self.flat.as_mut() {
-            if !f.grads_bound(&self.params) {
-                f.bind_grads(&self.params);
-            }
-        }
-        let uniform = self.steps.windows(2).all(|w| w[0] == w[1]);
-        if let (true, Some(f), Some(g)) = (uniform, self.flat.as_ref(), self.flat_grad()) {
+        if let (true, Some(f), Some(g)) =
+            (self.uniform_steps(), self.flat.as_ref(), self.flat_grad())
+        {
             let t = self.steps.first().copied().unwrap_or(0) + 1;
             let (mut p, mut m, mut v) = (
                 f.p.shallow_clone(),

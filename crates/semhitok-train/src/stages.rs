@@ -11,8 +11,25 @@
 //! `pre` with `model.fusion = "semantic_only"` is the semantic-only decoder baseline; with
 //! `pixel_only` / `length_concat` and `model.sghc.m` it gives the paper's Tab. 5 ablations.
 
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{DataKind, PerceptualKind, RecLoss, Stage, TeacherKind, TrainConfig};
+use crate::error::{Error, Result};
+use crate::gan::Gan;
+use crate::optim::{decays, Param};
+use crate::synthetic::SyntheticBatches;
+use crate::trainer::{train, Batches, LossOut, Task, TrainOptions, TrainReport};
+use semhitok_nn::efficientnet::{EffNetFeatures, EfficientNetTeacher};
+use semhitok_nn::losses::PixelLoss;
 use semhitok_nn::lpips::Lpips;
+use semhitok_nn::model::{Part, SemHiTok};
 use semhitok_nn::perceptual::EffNetPerceptual;
+use semhitok_nn::quantizer::CodeStats;
+use semhitok_nn::siglip::{SiglipTeacher, SiglipVisionConfig, SiglipVisionModel};
+use semhitok_nn::teacher::Teacher;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
 /// EfficientNet-Lite0 weights of the embedded perceptual loss (fetched by `cargo xtask assets`).
 const EFFNET_WEIGHTS: &str = ".assets/weights/efficientnet_lite0.safetensors";
 /// LPIPS v0.1 linear heads (fetched by `cargo xtask assets`).
@@ -34,22 +51,6 @@ impl Perceptual {
         }
     }
 }
-use crate::checkpoint::{self, Checkpoint};
-use crate::config::{DataKind, PerceptualKind, RecLoss, Stage, TeacherKind, TrainConfig};
-use crate::error::{Error, Result};
-use crate::gan::Gan;
-use crate::optim::{decays, Param};
-use crate::synthetic::SyntheticBatches;
-use crate::trainer::{train, Batches, LossOut, Task, TrainOptions, TrainReport};
-use semhitok_nn::efficientnet::{EffNetFeatures, EfficientNetTeacher};
-use semhitok_nn::losses::PixelLoss;
-use semhitok_nn::model::{Part, SemHiTok};
-use semhitok_nn::quantizer::CodeStats;
-use semhitok_nn::siglip::{SiglipTeacher, SiglipVisionConfig, SiglipVisionModel};
-use semhitok_nn::teacher::Teacher;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
 
 /// A SigLIP vision tower with random weights, frozen: for benchmarks only (no real weights
 /// are reachable offline). Same shapes and FLOPs as the real teacher.
@@ -250,10 +251,11 @@ fn state_of(model: &SemHiTok, parts: &[Part]) -> BTreeMap<String, Tensor> {
 /// SPC or pixel encoder that a later stage starts from (the semantic ids stay consistent).
 /// Returns whether any EMA tensor was used.
 pub fn load_parts(model: &SemHiTok, ck: &Checkpoint, parts: &[Part]) -> Result<bool> {
-    checkpoint::restore_vars(ck, "model.", &state_of(model, parts))?;
+    let vars = state_of(model, parts);
+    checkpoint::restore_vars(ck, "model.", &vars)?;
     let _g = tch::no_grad_guard();
     let mut used = false;
-    for (k, mut v) in state_of(model, parts) {
+    for (k, mut v) in vars {
         if let Some(t) = ck.tensors.get(&format!("ema.{k}")) {
             if t.size() != v.size() {
                 return Err(Error::ckpt(
