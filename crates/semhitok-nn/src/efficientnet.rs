@@ -141,6 +141,7 @@ struct Block {
     bn1: BatchNorm2d,
     project: nn::Conv2D,
     bn2: BatchNorm2d,
+    stride: i64,
     skip: bool,
 }
 
@@ -170,6 +171,7 @@ impl Block {
             bn1: bn("_bn1", mid),
             project: conv(&vs / "_project_conv", mid, st.out, 1, 1, 1),
             bn2: bn("_bn2", st.out),
+            stride,
             skip: stride == 1 && cin == st.out,
         }
     }
@@ -288,15 +290,7 @@ impl EfficientNetLite {
     /// z: [B, 3, H, W] ImageNet-normalized -> the outputs of blocks `taps` (sorted ascending, each
     /// [B, C_i, H / s_i, W / s_i]); runs only as many blocks as the last tap needs.
     pub fn block_outputs(&self, z: &Tensor, taps: &[usize]) -> Result<Vec<Tensor>> {
-        let last = match taps.last() {
-            Some(&l) if l < self.blocks.len() && taps.windows(2).all(|w| w[0] < w[1]) => l,
-            _ => {
-                return Err(Error::Config(format!(
-                    "efficientnet taps {taps:?} must be ascending block indices below {}",
-                    self.blocks.len()
-                )))
-            }
-        };
+        let last = check_taps(taps, self.blocks.len())?;
         let mut h = self
             .bn0
             .forward_t(&self.conv_stem.forward(z), false)?
@@ -321,6 +315,153 @@ impl EfficientNetLite {
             .f_relu6()?;
         let h = h.f_mean_dim(&[2i64, 3][..], false, Kind::Float)?;
         Ok(self.fc.forward(&h))
+    }
+}
+
+/// `t` ([N, C, H, W]) with channels-last strides (same shape and values; NHWC in memory).
+pub(crate) fn to_channels_last(t: &Tensor) -> Result<Tensor> {
+    Ok(t.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])?)
+}
+
+/// A convolution whose batch norm is folded in: `conv(x, w * s) + (beta - mean * s)` with
+/// `s = gamma / sqrt(var + eps)` (exact in real arithmetic; float results differ by rounding).
+#[derive(Debug)]
+struct FoldedConv {
+    w: Tensor,
+    b: Tensor,
+    stride: i64,
+    groups: i64,
+}
+
+impl FoldedConv {
+    fn new(
+        c: &nn::Conv2D,
+        bn: &BatchNorm2d,
+        stride: i64,
+        groups: i64,
+        channels_last: bool,
+    ) -> Result<Self> {
+        tch::no_grad(|| -> Result<Self> {
+            let s = bn
+                .weight
+                .f_div(&bn.running_var.f_add_scalar(bn.eps)?.f_sqrt()?)?;
+            let w = c.ws.f_mul(&s.f_view([-1, 1, 1, 1])?)?;
+            let w = if channels_last {
+                to_channels_last(&w)?
+            } else {
+                w.f_contiguous()?
+            };
+            Ok(Self {
+                w,
+                b: bn.bias.f_sub(&bn.running_mean.f_mul(&s)?)?,
+                stride,
+                groups,
+            })
+        })
+    }
+
+    /// xs: [B, Cin, H, W] -> [B, Cout, ceil(H / stride), ceil(W / stride)]
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let k = self.w.size()[2];
+        Ok(xs.f_conv2d(
+            &self.w,
+            Some(&self.b),
+            [self.stride, self.stride],
+            [k / 2, k / 2],
+            [1, 1],
+            self.groups,
+        )?)
+    }
+}
+
+#[derive(Debug)]
+struct FoldedBlock {
+    expand: Option<FoldedConv>,
+    depthwise: FoldedConv,
+    project: FoldedConv,
+    skip: bool,
+}
+
+/// EfficientNet-Lite for frozen use (teacher features, perceptual loss): every batch norm folded
+/// into its convolution, optionally with channels-last weights (on CPU, LibTorch's depthwise and
+/// pointwise convolutions run faster in NHWC; inputs are converted by [`Self::block_outputs`]).
+/// Built by [`EfficientNetLite::fold`]; the same results as the unfolded network up to rounding
+/// (tested).
+#[derive(Debug)]
+pub struct FoldedEfficientNet {
+    stem: FoldedConv,
+    blocks: Vec<FoldedBlock>,
+    channels_last: bool,
+}
+
+impl EfficientNetLite {
+    /// The folded inference form of this network (weights copied; `self` may be dropped).
+    pub fn fold(&self, channels_last: bool) -> Result<FoldedEfficientNet> {
+        let f = |c: &nn::Conv2D, bn: &BatchNorm2d, stride, groups| {
+            FoldedConv::new(c, bn, stride, groups, channels_last)
+        };
+        Ok(FoldedEfficientNet {
+            stem: f(&self.conv_stem, &self.bn0, 2, 1)?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| {
+                    Ok(FoldedBlock {
+                        expand: b
+                            .expand
+                            .as_ref()
+                            .map(|(c, bn)| f(c, bn, 1, 1))
+                            .transpose()?,
+                        depthwise: f(&b.depthwise, &b.bn1, b.stride, b.depthwise.ws.size()[0])?,
+                        project: f(&b.project, &b.bn2, 1, 1)?,
+                        skip: b.skip,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            channels_last,
+        })
+    }
+}
+
+impl FoldedEfficientNet {
+    /// As [`EfficientNetLite::block_outputs`]: z: [B, 3, H, W] ImageNet-normalized -> the outputs
+    /// of blocks `taps` (ascending), each [B, C_i, H / s_i, W / s_i] (channels-last strides when
+    /// folded with `channels_last`).
+    pub fn block_outputs(&self, z: &Tensor, taps: &[usize]) -> Result<Vec<Tensor>> {
+        let last = check_taps(taps, self.blocks.len())?;
+        let z = if self.channels_last {
+            to_channels_last(z)?
+        } else {
+            z.shallow_clone()
+        };
+        let mut h = self.stem.forward(&z)?.f_relu6()?;
+        let mut out = Vec::with_capacity(taps.len());
+        for (i, b) in self.blocks[..=last].iter().enumerate() {
+            let x = h.shallow_clone();
+            if let Some(e) = &b.expand {
+                h = e.forward(&h)?.f_relu6()?;
+            }
+            h = b.project.forward(&b.depthwise.forward(&h)?.f_relu6()?)?;
+            if b.skip {
+                h = h.f_add(&x)?;
+            }
+            if taps.contains(&i) {
+                out.push(h.shallow_clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The last of `taps` when they are ascending block indices below `n`.
+fn check_taps(taps: &[usize], n: usize) -> Result<usize> {
+    match taps.last() {
+        Some(&l) if l < n && taps.windows(2).all(|w| w[0] < w[1]) => Ok(l),
+        _ => Err(Error::Config(format!(
+            "efficientnet taps {taps:?} must be ascending block indices below {n}"
+        ))),
     }
 }
 
@@ -361,6 +502,8 @@ impl EffNetFeatures {
 pub struct EfficientNetTeacher {
     _vs: nn::VarStore,
     net: EfficientNetLite,
+    /// `net` with folded batch norms (channels-last on CPU): what `feature_map` runs.
+    folded: FoldedEfficientNet,
     tap: usize,
     features: EffNetFeatures,
 }
@@ -378,9 +521,11 @@ impl EfficientNetTeacher {
                     features.stride()
                 ))
             })?;
+        let folded = net.fold(device == Device::Cpu)?;
         Ok(Self {
             _vs: vs,
             net,
+            folded,
             tap,
             features,
         })
@@ -402,7 +547,7 @@ impl EfficientNetTeacher {
         check_images("efficientnet", images)?;
         tch::no_grad(|| {
             let z = EfficientNetLite::normalize(images)?;
-            Ok(self.net.block_outputs(&z, &[self.tap])?.remove(0))
+            Ok(self.folded.block_outputs(&z, &[self.tap])?.remove(0))
         })
     }
 }

@@ -211,6 +211,9 @@ struct Attention {
     v_proj: nn::Linear,
     out_proj: nn::Linear,
     heads: i64,
+    /// `q_proj`, `k_proj`, `v_proj` stacked into one [3 D, D] weight and [3 D] bias, for frozen
+    /// use (see [`SiglipVisionModel::fuse_qkv`]): one GEMM instead of three.
+    fused: Option<(Tensor, Tensor)>,
 }
 
 impl Attention {
@@ -222,14 +225,45 @@ impl Attention {
             v_proj: nn::linear(&vs / "v_proj", d, d, c),
             out_proj: nn::linear(&vs / "out_proj", d, d, c),
             heads: cfg.num_attention_heads,
+            fused: None,
         }
+    }
+
+    /// Stack the current q/k/v weights into `fused` (copies: later changes to them are not seen).
+    fn fuse(&mut self) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        let bias = |l: &nn::Linear| {
+            l.bs.as_ref()
+                .map(|b| b.shallow_clone())
+                .ok_or_else(|| Error::Config("siglip attention projections have biases".into()))
+        };
+        let w = Tensor::f_cat(&[&self.q_proj.ws, &self.k_proj.ws, &self.v_proj.ws], 0)?;
+        let b = Tensor::f_cat(
+            &[bias(&self.q_proj)?, bias(&self.k_proj)?, bias(&self.v_proj)?],
+            0,
+        )?;
+        self.fused = Some((w, b));
+        Ok(())
     }
 
     /// xs: [B, N, D] -> [B, N, D]
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(xs), self.heads)?;
-        let k = split_heads(&self.k_proj.forward(xs), self.heads)?;
-        let v = split_heads(&self.v_proj.forward(xs), self.heads)?;
+        let (q, k, v) = match &self.fused {
+            Some((w, b)) => {
+                let (bs, n, d) = xs.size3()?;
+                // [B, N, 3 D] -> [3, B, heads, N, D / heads]
+                let qkv = xs
+                    .f_linear(w, Some(b))?
+                    .f_view([bs, n, 3, self.heads, d / self.heads])?
+                    .f_permute([2, 0, 3, 1, 4])?;
+                (qkv.get(0), qkv.get(1), qkv.get(2))
+            }
+            None => (
+                split_heads(&self.q_proj.forward(xs), self.heads)?,
+                split_heads(&self.k_proj.forward(xs), self.heads)?,
+                split_heads(&self.v_proj.forward(xs), self.heads)?,
+            ),
+        };
         let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
             &q, &k, &v, None, 0.0, false, None, false,
         )?;
@@ -353,6 +387,13 @@ pub struct SiglipVisionOutput {
 }
 
 impl SiglipVisionModel {
+    /// For frozen use: run each layer's q/k/v projections as one GEMM over stacked copies of their
+    /// weights (same result up to rounding; tested). Call again after changing the weights (e.g.
+    /// after converting them to bf16): the stacked copies do not follow them.
+    pub fn fuse_qkv(&mut self) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|l| l.self_attn.fuse())
+    }
+
     fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Result<Self> {
         cfg.validate()?;
         let emb = &vs / "embeddings";
@@ -523,9 +564,10 @@ impl SiglipTeacher {
         resize: Option<(i64, i64)>,
     ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
-        let model = cfg.init(vs.root())?;
+        let mut model = cfg.init(vs.root())?;
         load_siglip_weights(&mut vs, weights)?;
         vs.freeze();
+        model.fuse_qkv()?;
         Ok(Self {
             _vs: vs,
             model,
@@ -567,6 +609,7 @@ impl Teacher for SiglipTeacher {
     }
 
     fn bf16_weights(&mut self) -> Result<()> {
-        crate::teacher::vars_to_bf16(&self._vs)
+        crate::teacher::vars_to_bf16(&self._vs)?;
+        self.model.fuse_qkv()
     }
 }

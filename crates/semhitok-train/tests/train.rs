@@ -4,6 +4,7 @@ mod train {
     mod codec;
     pub mod common;
     mod config;
+    mod demo;
     mod machinery;
     mod optim;
     mod stages;

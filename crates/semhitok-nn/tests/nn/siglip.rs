@@ -22,25 +22,30 @@ fn siglip_matches_hf(dev: tch::Device) -> anyhow::Result<()> {
         (32, 3, 8)
     );
     let mut vs = VarStore::new(dev);
-    let model = cfg.init(vs.root())?;
+    let mut model = cfg.init(vs.root())?;
     // The fixture is a full checkpoint: `vision_model.` prefix plus a text-tower tensor to ignore.
     load_siglip_weights(&mut vs, &fixture("siglip.safetensors"))?;
     let fx = load_fixture("siglip.safetensors", dev)?;
-    for case in ["square", "nonsquare"] {
-        let x = get(&fx, &format!("golden.{case}.input"))?;
+    // Separate q/k/v projections as HF, then the stacked one-GEMM form the frozen teacher uses.
+    for (fused, key) in [(false, "square"), (false, "nonsquare"), (true, "square"), (true, "nonsquare")] {
+        if fused && key == "square" {
+            model.fuse_qkv()?;
+        }
+        let case = format!("{key}{}", if fused { " (fused qkv)" } else { "" });
+        let x = get(&fx, &format!("golden.{key}.input"))?;
         let out = tch::no_grad(|| model.forward(x))?;
         let tol = rtol(dev, 1e-5);
         assert_close(
             &format!("{case} last"),
             &out.last_hidden_state,
-            get(&fx, &format!("golden.{case}.last"))?,
+            get(&fx, &format!("golden.{key}.last"))?,
             tol,
             1e-6,
         )?;
         assert_close(
             &format!("{case} penultimate"),
             &out.penultimate,
-            get(&fx, &format!("golden.{case}.penultimate"))?,
+            get(&fx, &format!("golden.{key}.penultimate"))?,
             tol,
             1e-6,
         )?;
@@ -50,7 +55,7 @@ fn siglip_matches_hf(dev: tch::Device) -> anyhow::Result<()> {
         assert_close(
             &format!("{case} pooled"),
             &pooled,
-            get(&fx, &format!("golden.{case}.pooled"))?,
+            get(&fx, &format!("golden.{key}.pooled"))?,
             tol,
             1e-6,
         )?;
