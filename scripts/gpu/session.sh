@@ -27,11 +27,12 @@ on nn && for impl in tch torch; do
 done
 
 # semhitok-train: `pre` stage steps at paper size (same model, batch, precision on both sides),
-# alternating twice; each then re-runs its steps with a sync per phase (phases_ms, untimed part).
+# alternating ROUNDS times (default 2) of STEPS timed steps (default 20); each then re-runs its steps with a sync per phase
+# (phases_ms, untimed part).
 if on train && [ -x "$B/bin/semhitok" ]; then
-  for round in 1 2; do
-    run "$B/run.sh" semhitok bench --config configs/paper-pre-vitb-256.toml --steps 20 --warmup 5 --profile >> "$OUT/train_pre.jsonl" 2>> "$OUT/log.txt"
-    run python3 scripts/bench_train_gpu_torch.py --batch 32 --steps 20 --warmup 5 --profile >> "$OUT/train_pre.jsonl" 2>> "$OUT/log.txt"
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    run "$B/run.sh" semhitok bench --config configs/paper-pre-vitb-256.toml --steps "${STEPS:-20}" --warmup 5 --profile >> "$OUT/train_pre.jsonl" 2>> "$OUT/log.txt"
+    run python3 scripts/bench_train_gpu_torch.py --batch 32 --steps "${STEPS:-20}" --warmup 5 --profile >> "$OUT/train_pre.jsonl" 2>> "$OUT/log.txt"
   done
 fi
 

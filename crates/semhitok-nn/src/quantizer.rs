@@ -210,9 +210,12 @@ pub fn nearest_l2(z: &Tensor, codes: &Tensor) -> Result<Tensor> {
         let cc =
             c.f_pow_tensor_scalar(2)?
                 .f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?;
+        // One GEMM with the |c|^2 row as its addend (addmm: cc + (-2 z) c^T), not a matmul
+        // followed by two full-size [M, K] elementwise passes. Scaling by -2 is exact (a power of
+        // two), so the values (and ties) are those of `cc - 2 * (z c^T)`.
         let d = cc
             .f_unsqueeze(0)?
-            .f_sub(&z.f_matmul(&c.f_tr()?)?.f_mul_scalar(2.0)?)?;
+            .f_addmm(&z.f_mul_scalar(-2.0)?, &c.f_tr()?)?;
         Ok(d.f_argmin(-1, false)?)
     })
 }

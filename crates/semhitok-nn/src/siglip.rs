@@ -239,7 +239,11 @@ impl Attention {
         };
         let w = Tensor::f_cat(&[&self.q_proj.ws, &self.k_proj.ws, &self.v_proj.ws], 0)?;
         let b = Tensor::f_cat(
-            &[bias(&self.q_proj)?, bias(&self.k_proj)?, bias(&self.v_proj)?],
+            &[
+                bias(&self.q_proj)?,
+                bias(&self.k_proj)?,
+                bias(&self.v_proj)?,
+            ],
             0,
         )?;
         self.fused = Some((w, b));
@@ -481,13 +485,14 @@ impl SiglipVisionModel {
             });
         }
         let (_, _, h, w) = pixel_values.size4()?;
-        let xs = self
-            .patch_embedding
-            .forward(&pixel_values.f_to_kind(self.position_embedding.kind())?);
-        let mut xs = xs
-            .f_flatten(2, 3)?
-            .f_transpose(1, 2)?
-            .f_add(&self.positions(h / p, w / p)?)?;
+        // The patch conv as a GEMM: [B, N, D], contiguous, so the residual stream is too.
+        let xs = crate::vit::patch_embed_gemm(
+            &pixel_values.f_to_kind(self.position_embedding.kind())?,
+            &self.patch_embedding.ws,
+            self.patch_embedding.bs.as_ref(),
+            p,
+        )?;
+        let mut xs = xs.f_add(&self.positions(h / p, w / p)?)?;
         for layer in &self.layers[..layers] {
             xs = layer.forward(&xs)?;
         }
@@ -551,6 +556,8 @@ pub struct SiglipTeacher {
     model: SiglipVisionModel,
     layer: SiglipLayer,
     resize: Option<(i64, i64)>,
+    /// Built by [`SiglipTeacher::random_init`] (no checkpoint).
+    random: bool,
 }
 
 impl SiglipTeacher {
@@ -563,9 +570,32 @@ impl SiglipTeacher {
         layer: SiglipLayer,
         resize: Option<(i64, i64)>,
     ) -> Result<Self> {
+        Self::build(cfg, Some(weights), device, layer, resize)
+    }
+
+    /// The same tower with random weights (frozen): for benchmarks, where only shapes and FLOPs
+    /// matter and no real checkpoint is reachable offline.
+    pub fn random_init(
+        cfg: &SiglipVisionConfig,
+        device: Device,
+        layer: SiglipLayer,
+        resize: Option<(i64, i64)>,
+    ) -> Result<Self> {
+        Self::build(cfg, None, device, layer, resize)
+    }
+
+    fn build(
+        cfg: &SiglipVisionConfig,
+        weights: Option<&Path>,
+        device: Device,
+        layer: SiglipLayer,
+        resize: Option<(i64, i64)>,
+    ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let mut model = cfg.init(vs.root())?;
-        load_siglip_weights(&mut vs, weights)?;
+        if let Some(w) = weights {
+            load_siglip_weights(&mut vs, w)?;
+        }
         vs.freeze();
         model.fuse_qkv()?;
         Ok(Self {
@@ -573,6 +603,7 @@ impl SiglipTeacher {
             model,
             layer,
             resize,
+            random: weights.is_none(),
         })
     }
 
@@ -605,7 +636,11 @@ impl Teacher for SiglipTeacher {
     }
 
     fn name(&self) -> &str {
-        "siglip"
+        if self.random {
+            "siglip-random-init"
+        } else {
+            "siglip"
+        }
     }
 
     fn bf16_weights(&mut self) -> Result<()> {

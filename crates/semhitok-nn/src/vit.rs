@@ -364,21 +364,36 @@ impl VitEncoder {
                 ))
             }
         }
-        // The stride-P patchify conv as one matmul over flattened patches (identical result; the
-        // conv's weight-gradient kernel is much slower than a GEMM's on the GPU).
-        let (b, p, g) = (images.size()[0], c.patch_size, c.grid());
-        let patches = images
-            .f_reshape([b, c.in_channels, g, p, g, p])?
-            .f_permute([0, 2, 4, 1, 3, 5])? // [B, g, g, C_in, P, P]
-            .f_reshape([b, g * g, c.in_channels * p * p])?;
-        let w = self
-            .patch_embed
-            .ws
-            .f_reshape([self.cfg.vit.hidden_size, -1])?;
-        let x = patches.f_linear(&w, self.patch_embed.bs.as_ref())?; // [B, N, C]
+        let x = patch_embed_gemm(
+            images,
+            &self.patch_embed.ws,
+            self.patch_embed.bs.as_ref(),
+            c.patch_size,
+        )?; // [B, N, C]
         let x = self.trunk.forward(&x)?;
         Ok(self.proj.forward(&x))
     }
+}
+
+/// A stride-P, P x P patchify convolution computed as one matmul over flattened patches: the
+/// same result as the conv followed by `flatten(2).transpose(1, 2)`, but contiguous (a transposed
+/// residual stream makes every later add and layer norm strided) and without cuDNN's slow
+/// weight-gradient kernel for this shape on the GPU.
+/// images: [B, C, H, W] (H, W multiples of P), weight: [D, C, P, P], bias: [D]
+/// -> [B, (H / P) * (W / P), D], patches in row-major order.
+pub(crate) fn patch_embed_gemm(
+    images: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    p: i64,
+) -> Result<Tensor> {
+    let (b, c, h, w) = images.size4()?;
+    let (gh, gw) = (h / p, w / p);
+    let patches = images
+        .f_reshape([b, c, gh, p, gw, p])?
+        .f_permute([0, 2, 4, 1, 3, 5])? // [B, gh, gw, C, P, P]
+        .f_reshape([b, gh * gw, c * p * p])?;
+    Ok(patches.f_linear(&weight.f_reshape([weight.size()[0], -1])?, bias)?)
 }
 
 /// Pixel decoder configuration: tokens [B, T*N, in_dim] -> images [B, 3, S, S], N = (S/P)^2.

@@ -24,7 +24,7 @@ use semhitok_nn::lpips::Lpips;
 use semhitok_nn::model::{Part, SemHiTok};
 use semhitok_nn::perceptual::EffNetPerceptual;
 use semhitok_nn::quantizer::CodeStats;
-use semhitok_nn::siglip::{SiglipTeacher, SiglipVisionConfig, SiglipVisionModel};
+use semhitok_nn::siglip::{SiglipTeacher, SiglipVisionConfig};
 use semhitok_nn::teacher::Teacher;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,40 +49,6 @@ impl Perceptual {
             Perceptual::Effnet(n) => n.forward(recon, target),
             Perceptual::Lpips(n) => n.forward(recon, target),
         }
-    }
-}
-
-/// A SigLIP vision tower with random weights, frozen: for benchmarks only (no real weights
-/// are reachable offline). Same shapes and FLOPs as the real teacher.
-#[derive(Debug)]
-pub struct RandomSiglipTeacher {
-    _vs: tch::nn::VarStore,
-    model: SiglipVisionModel,
-    layer: semhitok_nn::siglip::SiglipLayer,
-    resize: Option<(i64, i64)>,
-}
-
-impl Teacher for RandomSiglipTeacher {
-    fn features(&self, images: &Tensor) -> semhitok_nn::Result<Tensor> {
-        tch::no_grad(|| {
-            let x = match self.resize {
-                Some((h, w)) => images.f_upsample_bilinear2d([h, w], false, None, None)?,
-                None => images.shallow_clone(),
-            };
-            self.model.hidden_state(&x, self.layer)
-        })
-    }
-    fn dim(&self) -> i64 {
-        self.model.config().hidden_size
-    }
-    fn grid(&self, h: i64, w: i64) -> (i64, i64) {
-        self.model.grid(h, w)
-    }
-    fn name(&self) -> &str {
-        "siglip-random-init"
-    }
-    fn bf16_weights(&mut self) -> semhitok_nn::Result<()> {
-        semhitok_nn::teacher::vars_to_bf16(&self._vs)
     }
 }
 
@@ -122,17 +88,12 @@ pub fn build_teacher(cfg: &TrainConfig, device: Device) -> Result<Box<dyn Teache
                     t.siglip_layer,
                     resize,
                 )?)),
-                None => {
-                    let mut vs = tch::nn::VarStore::new(device);
-                    let model = vcfg.init(vs.root())?;
-                    vs.freeze();
-                    Ok(Box::new(RandomSiglipTeacher {
-                        _vs: vs,
-                        model,
-                        layer: t.siglip_layer,
-                        resize,
-                    }))
-                }
+                None => Ok(Box::new(SiglipTeacher::random_init(
+                    &vcfg,
+                    device,
+                    t.siglip_layer,
+                    resize,
+                )?)),
             }
         }
     }

@@ -150,9 +150,12 @@ fn folded_matches_unfolded(dev: tch::Device) -> anyhow::Result<()> {
     // Gradients pass ReLU6 masks: a pre-activation within rounding of 0 or 6 flips its mask, and a
     // flip deep in the network changes the input gradient over its whole receptive field. So the
     // gradient is compared tightly through the stem and first block (few activations, no flips
-    // here) and in relative L2 norm through all 16 blocks (measured: ~2e-3, from a few flips).
+    // here; on CUDA, TF32 convolutions: `rtol`) and in relative L2 norm through all 16 blocks
+    // (measured: ~2e-3 on the CPU from a few flips; 4.8e-2 on an H200, where TF32 convolutions
+    // leave ~1.5e-3 relative error in every block output and so flip many more masks).
     let all: Vec<usize> = (0..net.num_blocks()).collect();
-    for (taps, grad_tol) in [(&all[..1], 1e-5), (&all[..], 1e-2)] {
+    let deep_tol = if dev.is_cuda() { 1e-1 } else { 1e-2 };
+    for (taps, grad_tol) in [(&all[..1], rtol(dev, 1e-5)), (&all[..], deep_tol)] {
         let (want, want_grad) = probe(&|x| net.block_outputs(x, taps))?;
         for channels_last in [false, true] {
             let folded = net.fold(channels_last)?;

@@ -27,7 +27,12 @@ fn siglip_matches_hf(dev: tch::Device) -> anyhow::Result<()> {
     load_siglip_weights(&mut vs, &fixture("siglip.safetensors"))?;
     let fx = load_fixture("siglip.safetensors", dev)?;
     // Separate q/k/v projections as HF, then the stacked one-GEMM form the frozen teacher uses.
-    for (fused, key) in [(false, "square"), (false, "nonsquare"), (true, "square"), (true, "nonsquare")] {
+    for (fused, key) in [
+        (false, "square"),
+        (false, "nonsquare"),
+        (true, "square"),
+        (true, "nonsquare"),
+    ] {
         if fused && key == "square" {
             model.fuse_qkv()?;
         }
