@@ -59,8 +59,14 @@ fn spc_bits(m: &Loaded) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
-/// Run the demo; returns the metrics JSON written to `out/metrics.json`.
-pub fn run(a: &DemoArgs, argv: &[String]) -> Result<serde_json::Value> {
+/// Run the demo; returns the metrics JSON written to `out/metrics.json`. With `launcher` (and
+/// without `--sequential`), the two stage-2 runs go to it, each with `run.threads=1`; otherwise
+/// they train one after the other in this process.
+pub fn run(
+    a: &DemoArgs,
+    argv: &[String],
+    launcher: Option<Stage2Launcher<'_>>,
+) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let (spc_dir, pre_dir, sem_dir) = (
@@ -98,7 +104,40 @@ pub fn run(a: &DemoArgs, argv: &[String]) -> Result<serde_json::Value> {
     let spc_weights = spc_bits(&spc_model);
     drop(spc_model);
 
-    let (t_pre, t_sem) = if a.sequential {
+    let parallel = launcher.filter(|_| !a.sequential);
+    let (t_pre, t_sem) = if let Some(launch) = parallel {
+        eprintln!(
+            "[demo] 2-3/4 stage pre: SGHC and the semantic-only baseline ({} steps each, in parallel)",
+            pre_cfg.schedule.steps
+        );
+        let jobs = [
+            ("sghc", "embedded-pre.toml", &pre_dir),
+            ("semantic-only", "embedded-sem-only.toml", &sem_dir),
+        ];
+        let runs: Vec<Stage2Run> = jobs
+            .iter()
+            .map(|(name, file, dir)| {
+                let mut sets = vec![
+                    format!("run.out_dir=\"{}\"", dir.display()),
+                    init[0].clone(),
+                    "run.threads=1".to_string(),
+                ];
+                sets.extend(a.set.iter().cloned());
+                Stage2Run {
+                    name: name.to_string(),
+                    config: a.configs.join(file),
+                    out_dir: dir.to_path_buf(),
+                    sets,
+                    steps: pre_cfg.schedule.steps,
+                }
+            })
+            .collect();
+        let secs = launch(&runs, a.quiet)?;
+        match secs.as_slice() {
+            [p, s] => (*p, *s),
+            _ => return Err(Error::Input("stage-2 launcher returned no times".into())),
+        }
+    } else {
         eprintln!(
             "[demo] 2/4 stage pre: SGHC ({} steps)",
             pre_cfg.schedule.steps
@@ -113,28 +152,6 @@ pub fn run(a: &DemoArgs, argv: &[String]) -> Result<serde_json::Value> {
         let t = Instant::now();
         run_stage(&sem_cfg, false, argv.to_vec(), a.quiet)?;
         (t_pre, t.elapsed().as_secs_f64())
-    } else {
-        eprintln!(
-            "[demo] 2-3/4 stage pre: SGHC and the semantic-only baseline ({} steps each, in parallel)",
-            pre_cfg.schedule.steps
-        );
-        let jobs = [
-            ("sghc", "embedded-pre.toml", &pre_dir),
-            ("semantic-only", "embedded-sem-only.toml", &sem_dir),
-        ];
-        let extra = [init[0].clone(), "run.threads=1".to_string()];
-        let specs: Vec<ChildRun<'_>> = jobs
-            .iter()
-            .map(|(name, file, dir)| ChildRun {
-                name,
-                config: a.configs.join(file),
-                out_dir: dir.to_path_buf(),
-                sets: extra.iter().chain(&a.set).cloned().collect(),
-                steps: pre_cfg.schedule.steps,
-            })
-            .collect();
-        let secs = train_children(&specs, a.quiet)?;
-        (secs[0], secs[1])
     };
 
     eprintln!(
@@ -216,90 +233,25 @@ pub fn run(a: &DemoArgs, argv: &[String]) -> Result<serde_json::Value> {
     Ok(metrics)
 }
 
-/// One `semhitok train` child process of the demo.
-struct ChildRun<'a> {
-    name: &'a str,
-    config: PathBuf,
-    out_dir: PathBuf,
-    sets: Vec<String>,
-    steps: u64,
+/// One of the demo's two stage-2 runs, as a [`Stage2Launcher`] receives it: train
+/// `config` with the `sets` overrides (the out dir first) for `steps` steps.
+#[derive(Debug, Clone)]
+pub struct Stage2Run {
+    /// `sghc` or `semantic-only`.
+    pub name: String,
+    /// The preset file.
+    pub config: PathBuf,
+    /// Where the run writes (also set through `sets`).
+    pub out_dir: PathBuf,
+    /// `key=value` overrides, in order.
+    pub sets: Vec<String>,
+    /// Optimizer steps of the run.
+    pub steps: u64,
 }
 
-/// The newest logged step of a run (its `metrics.jsonl`), 0 before the first log line.
-fn logged_step(dir: &Path) -> u64 {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
-    text.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["step"].as_u64())
-        .unwrap_or(0)
-}
-
-/// Run `specs` as concurrent `semhitok train` children of this executable (output to
-/// `OUT_DIR.log` beside each run folder), with one progress bar each fed from the runs'
-/// `metrics.jsonl`. Returns each child's wall seconds; a failed child is an error naming its log.
-fn train_children(specs: &[ChildRun<'_>], quiet: bool) -> Result<Vec<f64>> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
-    let bars = indicatif::MultiProgress::new();
-    if quiet {
-        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix:>13} [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    let t0 = Instant::now();
-    let mut running = vec![];
-    for s in specs {
-        let log = s.out_dir.with_extension("log");
-        let file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
-        let err = file.try_clone().map_err(|e| Error::io(&log, e))?;
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("train")
-            .arg("--config")
-            .arg(&s.config)
-            .arg("--quiet")
-            .arg("--set")
-            .arg(format!("run.out_dir=\"{}\"", s.out_dir.display()));
-        for kv in &s.sets {
-            cmd.arg("--set").arg(kv);
-        }
-        let child = cmd
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| Error::io(&exe, e))?;
-        let pb = bars.add(indicatif::ProgressBar::new(s.steps));
-        pb.set_style(style.clone());
-        pb.set_prefix(s.name.to_string());
-        running.push((s, child, pb, log, None::<f64>));
-    }
-    let mut failed = vec![];
-    while running.iter().any(|r| r.4.is_none()) {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        for (s, child, pb, log, done) in running.iter_mut().filter(|r| r.4.is_none()) {
-            pb.set_position(logged_step(&s.out_dir));
-            match child.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => {
-                    *done = Some(t0.elapsed().as_secs_f64());
-                    pb.finish();
-                    if !status.success() {
-                        failed.push(format!("{} ({status}; log {})", s.name, log.display()));
-                    }
-                }
-                Err(e) => return Err(Error::io(log.as_path(), e)),
-            }
-        }
-    }
-    if !failed.is_empty() {
-        return Err(Error::Input(format!(
-            "stage-2 training failed: {}",
-            failed.join(", ")
-        )));
-    }
-    Ok(running.iter().map(|r| r.4.unwrap_or(0.0)).collect())
-}
+/// Trains the demo's stage-2 runs side by side (the `semhitok` binary runs them as child
+/// processes; library crates never spawn any) and returns each run's wall seconds.
+pub type Stage2Launcher<'a> = &'a dyn Fn(&[Stage2Run], bool) -> Result<Vec<f64>>;
 
 fn write_report(
     out: &Path,

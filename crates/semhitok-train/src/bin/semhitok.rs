@@ -112,7 +112,7 @@ fn main() -> Result<()> {
         Cmd::Eval(a) => semhitok_train::eval::run(&a, &argv)
             .map(|_| ())
             .map_err(Into::into),
-        Cmd::Demo(a) => semhitok_train::demo::run(&a, &argv)
+        Cmd::Demo(a) => semhitok_train::demo::run(&a, &argv, Some(&train_children))
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Encode(a) => semhitok_train::codec::encode_cmd(&a)
@@ -136,4 +136,83 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The newest logged step of a run (its `metrics.jsonl`), 0 before the first log line.
+fn logged_step(dir: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["step"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The demo's stage-2 launcher: each run as a concurrent `semhitok train --quiet` child of this
+/// executable (output in `OUT_DIR.log` beside its run folder), with one progress bar each fed
+/// from the runs' `metrics.jsonl`. Returns each child's wall seconds; a failed child is an error
+/// naming its log.
+fn train_children(
+    runs: &[semhitok_train::demo::Stage2Run],
+    quiet: bool,
+) -> semhitok_train::Result<Vec<f64>> {
+    use semhitok_train::Error;
+    let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
+    let bars = indicatif::MultiProgress::new();
+    if quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>13} [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let t0 = std::time::Instant::now();
+    let mut running = vec![];
+    for r in runs {
+        let log = r.out_dir.with_extension("log");
+        let file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
+        let err = file.try_clone().map_err(|e| Error::io(&log, e))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("train")
+            .arg("--config")
+            .arg(&r.config)
+            .arg("--quiet");
+        for kv in &r.sets {
+            cmd.arg("--set").arg(kv);
+        }
+        let child = cmd
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::io(&exe, e))?;
+        let pb = bars.add(indicatif::ProgressBar::new(r.steps));
+        pb.set_style(style.clone());
+        pb.set_prefix(r.name.clone());
+        running.push((r, child, pb, log, None::<f64>));
+    }
+    let mut failed = vec![];
+    while running.iter().any(|r| r.4.is_none()) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for (r, child, pb, log, done) in running.iter_mut().filter(|r| r.4.is_none()) {
+            pb.set_position(logged_step(&r.out_dir));
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    *done = Some(t0.elapsed().as_secs_f64());
+                    pb.finish();
+                    if !status.success() {
+                        failed.push(format!("{} ({status}; log {})", r.name, log.display()));
+                    }
+                }
+                Err(e) => return Err(Error::io(log.as_path(), e)),
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Error::Input(format!(
+            "stage-2 training failed: {}",
+            failed.join(", ")
+        )));
+    }
+    Ok(running.iter().map(|r| r.4.unwrap_or(0.0)).collect())
 }
