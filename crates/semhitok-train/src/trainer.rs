@@ -222,6 +222,9 @@ pub fn train(
     let total = cfg.schedule.steps;
     let end = opts.stop_after.map_or(total, |s| s.min(total));
     let pb = progress_bar(start_step, total, opts.quiet);
+    // The bar draws only on a terminal; into a log (CI, `> file`), a plain line every 30 s instead.
+    let plain_lines = !opts.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (t_run, mut t_line) = (Instant::now(), Instant::now());
     let accum = cfg.optim.accum_steps;
     let bs = cfg.data.batch_size as f64;
     let mut losses = vec![];
@@ -357,6 +360,14 @@ pub fn train(
         pb.set_message(format!(
             "loss {loss_sum:.4} lr {lr:.2e} {img_per_s:.1} img/s"
         ));
+        if plain_lines && (t_line.elapsed().as_secs() >= 30 || done == end) {
+            t_line = Instant::now();
+            let per_step = t_run.elapsed().as_secs_f64() / (done - start_step).max(1) as f64;
+            eprintln!(
+                "step {done}/{total} loss {loss_sum:.4} lr {lr:.2e} {img_per_s:.1} img/s ETA {:.0} s",
+                per_step * end.saturating_sub(done) as f64
+            );
+        }
         if done % cfg.schedule.log_every == 0 || done == total || done == end {
             let mut rec = serde_json::json!({
                 "step": done,

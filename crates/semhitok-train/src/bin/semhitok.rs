@@ -190,9 +190,24 @@ fn train_children(
         pb.set_prefix(r.name.clone());
         running.push((r, child, pb, log, None::<f64>));
     }
+    // Progress bars draw only on a terminal; into a log (CI, `> file`), a status line every 30 s.
+    let lines = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = std::time::Instant::now();
     let mut failed = vec![];
     while running.iter().any(|r| r.4.is_none()) {
         std::thread::sleep(std::time::Duration::from_millis(500));
+        if lines && last_line.elapsed().as_secs() >= 30 {
+            last_line = std::time::Instant::now();
+            let status: Vec<String> = running
+                .iter()
+                .map(|(r, ..)| format!("{} {}/{}", r.name, logged_step(&r.out_dir), r.steps))
+                .collect();
+            eprintln!(
+                "[demo] {:.0} s: {}",
+                t0.elapsed().as_secs_f64(),
+                status.join(", ")
+            );
+        }
         for (r, child, pb, log, done) in running.iter_mut().filter(|r| r.4.is_none()) {
             pb.set_position(logged_step(&r.out_dir));
             match child.try_wait() {
