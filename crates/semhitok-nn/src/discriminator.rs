@@ -148,7 +148,13 @@ impl PatchGan {
                 got: xs.size(),
             });
         }
-        let mut h = xs.shallow_clone();
+        // On the CPU the convolutions run faster channels-last (the weights follow the input's
+        // layout); the output is [B, 1, H', W'] either way.
+        let mut h = if xs.device() == tch::Device::Cpu {
+            crate::efficientnet::to_channels_last(xs)?
+        } else {
+            xs.shallow_clone()
+        };
         for l in &self.layers {
             h = l.conv.forward(&h);
             if let Some(bn) = &l.bn {
