@@ -151,7 +151,7 @@ impl PatchGan {
         // On the CPU the convolutions run faster channels-last (the weights follow the input's
         // layout); the output is [B, 1, H', W'] either way.
         let mut h = if xs.device() == tch::Device::Cpu {
-            crate::efficientnet::to_channels_last(xs)?
+            crate::device::to_channels_last(xs)?
         } else {
             xs.shallow_clone()
         };

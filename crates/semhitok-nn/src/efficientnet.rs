@@ -8,6 +8,7 @@
 //! `_conv_head`, `_bn1`, `_fc`). BatchNorm eps is 1e-3 like the TF original and lukemelas (timm's
 //! default would be 1e-5). Golden test vs timm: `tests/nn/efficientnet.rs`.
 
+use crate::device::to_channels_last;
 use crate::error::{Error, Result};
 use crate::teacher::{check_images, map_to_tokens, Teacher};
 use crate::weights::{load_strict, LoadOptions};
@@ -316,13 +317,6 @@ impl EfficientNetLite {
         let h = h.f_mean_dim(&[2i64, 3][..], false, Kind::Float)?;
         Ok(self.fc.forward(&h))
     }
-}
-
-/// `t` ([N, C, H, W]) with channels-last strides (same shape and values; NHWC in memory).
-pub(crate) fn to_channels_last(t: &Tensor) -> Result<Tensor> {
-    Ok(t.f_permute([0, 2, 3, 1])?
-        .f_contiguous()?
-        .f_permute([0, 3, 1, 2])?)
 }
 
 /// A convolution whose batch norm is folded in: `conv(x, w * s) + (beta - mean * s)` with

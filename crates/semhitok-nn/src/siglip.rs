@@ -252,21 +252,13 @@ impl Attention {
 
     /// xs: [B, N, D] -> [B, N, D]
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = match &self.fused {
-            Some((w, b)) => {
-                let (bs, n, d) = xs.size3()?;
-                // [B, N, 3 D] -> [3, B, heads, N, D / heads]
-                let qkv = xs
-                    .f_linear(w, Some(b))?
-                    .f_view([bs, n, 3, self.heads, d / self.heads])?
-                    .f_permute([2, 0, 3, 1, 4])?;
-                (qkv.get(0), qkv.get(1), qkv.get(2))
-            }
-            None => (
+        let [q, k, v] = match &self.fused {
+            Some((w, b)) => crate::vit::split_qkv(&xs.f_linear(w, Some(b))?, self.heads)?,
+            None => [
                 split_heads(&self.q_proj.forward(xs), self.heads)?,
                 split_heads(&self.k_proj.forward(xs), self.heads)?,
                 split_heads(&self.v_proj.forward(xs), self.heads)?,
-            ),
+            ],
         };
         let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
             &q, &k, &v, None, 0.0, false, None, false,

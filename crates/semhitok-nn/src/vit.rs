@@ -137,24 +137,25 @@ impl Attention {
     /// xs: [B, N, C] -> [B, N, C]
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, c) = xs.size3()?;
-        let hd = c / self.num_heads;
-        // q, k, v by unbind (not three selects): its backward is one stack instead of three
-        // zero-filled scatters and two adds.
-        let qkv = self
-            .qkv
-            .forward(xs)
-            .f_reshape([b, n, 3, self.num_heads, hd])?
-            .f_permute([2, 0, 3, 1, 4])?; // [3, B, h, N, hd]
-        let [q, k, v]: [Tensor; 3] = qkv
-            .f_unbind(0)?
-            .try_into()
-            .map_err(|_| Error::Config("qkv unbind".into()))?;
+        let [q, k, v] = split_qkv(&self.qkv.forward(xs), self.num_heads)?;
         let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
             &q, &k, &v, None, 0.0, false, None, false,
         )?; // [B, h, N, hd]
         let o = o.f_transpose(1, 2)?.f_reshape([b, n, c])?;
         Ok(self.proj.forward(&o))
     }
+}
+
+/// qkv: [B, N, 3 C] (q, k, v stacked along channels, as timm's `qkv` and SigLIP's fused
+/// projections) -> [q, k, v], each [B, heads, N, C / heads] (views). By `unbind`, not three
+/// selects: its backward is one stack instead of three zero-filled scatters and two adds.
+pub(crate) fn split_qkv(qkv: &Tensor, heads: i64) -> Result<[Tensor; 3]> {
+    let (b, n, c3) = qkv.size3()?;
+    qkv.f_reshape([b, n, 3, heads, c3 / (3 * heads)])?
+        .f_permute([2, 0, 3, 1, 4])? // [3, B, heads, N, hd]
+        .f_unbind(0)?
+        .try_into()
+        .map_err(|_| Error::Config("qkv unbind".into()))
 }
 
 /// timm `Mlp`: `fc1`, GELU (erf), `fc2`.

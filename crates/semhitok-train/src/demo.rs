@@ -44,11 +44,16 @@ pub struct DemoArgs {
     pub sequential: bool,
 }
 
-fn stage_cfg(a: &DemoArgs, file: &str, out: &Path, extra: &[String]) -> Result<TrainConfig> {
+/// The `key=value` overrides of one demo stage: its out dir, `extra`, then the user's `--set`s.
+fn stage_sets(a: &DemoArgs, out: &Path, extra: &[String]) -> Vec<String> {
     let mut set = vec![format!("run.out_dir=\"{}\"", out.display())];
     set.extend(extra.iter().cloned());
     set.extend(a.set.iter().cloned());
-    TrainConfig::load(&a.configs.join(file), &set)
+    set
+}
+
+fn stage_cfg(a: &DemoArgs, file: &str, out: &Path, extra: &[String]) -> Result<TrainConfig> {
+    TrainConfig::load(&a.configs.join(file), &stage_sets(a, out, extra))
 }
 
 fn spc_bits(m: &Loaded) -> Vec<(String, Vec<u32>)> {
@@ -111,25 +116,23 @@ pub fn run(
             pre_cfg.schedule.steps
         );
         let jobs = [
-            ("sghc", "embedded-pre.toml", &pre_dir),
-            ("semantic-only", "embedded-sem-only.toml", &sem_dir),
+            ("sghc", "embedded-pre.toml", &pre_dir, &pre_cfg),
+            (
+                "semantic-only",
+                "embedded-sem-only.toml",
+                &sem_dir,
+                &sem_cfg,
+            ),
         ];
+        let extra = [init[0].clone(), "run.threads=1".to_string()];
         let runs: Vec<Stage2Run> = jobs
             .iter()
-            .map(|(name, file, dir)| {
-                let mut sets = vec![
-                    format!("run.out_dir=\"{}\"", dir.display()),
-                    init[0].clone(),
-                    "run.threads=1".to_string(),
-                ];
-                sets.extend(a.set.iter().cloned());
-                Stage2Run {
-                    name: name.to_string(),
-                    config: a.configs.join(file),
-                    out_dir: dir.to_path_buf(),
-                    sets,
-                    steps: pre_cfg.schedule.steps,
-                }
+            .map(|(name, file, dir, cfg)| Stage2Run {
+                name: name.to_string(),
+                config: a.configs.join(file),
+                out_dir: dir.to_path_buf(),
+                sets: stage_sets(a, dir, &extra),
+                steps: cfg.schedule.steps,
             })
             .collect();
         let secs = launch(&runs, a.quiet)?;

@@ -196,11 +196,16 @@ fn train_children(
     let mut failed = vec![];
     while running.iter().any(|r| r.4.is_none()) {
         std::thread::sleep(std::time::Duration::from_millis(500));
+        for (r, _, pb, _, done) in running.iter() {
+            if done.is_none() {
+                pb.set_position(logged_step(&r.out_dir));
+            }
+        }
         if lines && last_line.elapsed().as_secs() >= 30 {
             last_line = std::time::Instant::now();
             let status: Vec<String> = running
                 .iter()
-                .map(|(r, ..)| format!("{} {}/{}", r.name, logged_step(&r.out_dir), r.steps))
+                .map(|(r, _, pb, ..)| format!("{} {}/{}", r.name, pb.position(), r.steps))
                 .collect();
             eprintln!(
                 "[demo] {:.0} s: {}",
@@ -209,7 +214,6 @@ fn train_children(
             );
         }
         for (r, child, pb, log, done) in running.iter_mut().filter(|r| r.4.is_none()) {
-            pb.set_position(logged_step(&r.out_dir));
             match child.try_wait() {
                 Ok(None) => {}
                 Ok(Some(status)) => {
