@@ -28,11 +28,16 @@ done
 
 # semhitok-train: `pre` stage steps at paper size (same model, batch, precision on both sides),
 # alternating ROUNDS times (default 2) of STEPS timed steps (default 20); each then re-runs its steps with a sync per phase
-# (phases_ms, untimed part).
+# (phases_ms, untimed part). NO_COPY=1 adds a third run per round: the Rust trainer under plain autocast
+# (`run.bf16_weight_copy=false`), to measure the flat bf16 weight copy itself.
 if on train && [ -x "$B/bin/semhitok" ]; then
   for round in $(seq 1 "${ROUNDS:-2}"); do
     run "$B/run.sh" semhitok bench --config configs/paper-pre-vitb-256.toml --steps "${STEPS:-20}" --warmup 5 --profile >> "$OUT/train_pre.jsonl" 2>> "$OUT/log.txt"
     run python3 scripts/bench_train_gpu_torch.py --batch 32 --steps "${STEPS:-20}" --warmup 5 --profile >> "$OUT/train_pre.jsonl" 2>> "$OUT/log.txt"
+    if [ "${NO_COPY:-0}" = 1 ]; then
+      run "$B/run.sh" semhitok bench --config configs/paper-pre-vitb-256.toml --steps "${STEPS:-20}" --warmup 5 --profile \
+        --set run.bf16_weight_copy=false >> "$OUT/train_pre.jsonl" 2>> "$OUT/log.txt"
+    fi
   done
 fi
 

@@ -37,8 +37,9 @@ pub struct BenchArgs {
     /// step: no overlap).
     #[arg(long)]
     pub profile: bool,
-    /// Then run one more optimizer step between `cudaProfilerStart` and `cudaProfilerStop`, for
-    /// `ncu --profile-from-start off` (per-kernel times of exactly one step).
+    /// Then run two more optimizer steps, the second between `cudaProfilerStart` and
+    /// `cudaProfilerStop`, for `ncu --profile-from-start off` (per-kernel times of exactly one
+    /// steady-state step).
     #[arg(long)]
     pub cuda_profiler_step: bool,
     /// `key=value` config overrides.
@@ -94,28 +95,6 @@ pub fn pre_flops_per_image(
         + 2.0 * dec_n as f64 * (m.decoder.in_dim * m.decoder.vit.hidden_size) as f64
         + 2.0 * n as f64 * m.decoder.vit.hidden_size as f64 * patch_in;
     t + spc + 3.0 * (enc + dec)
-}
-
-/// Call the CUDA runtime's `cudaProfilerStart` / `cudaProfilerStop` (looked up in the process:
-/// LibTorch's CUDA library loads the runtime), so `ncu --profile-from-start off` profiles a range.
-fn cuda_profiler(sym: &str) -> Result<()> {
-    let name = std::ffi::CString::new(sym).map_err(|e| Error::Input(e.to_string()))?;
-    // SAFETY: dlsym on the global scope with a valid C string; the symbol, when found, is the
-    // CUDA runtime's `cudaError_t f(void)`, called with no arguments.
-    unsafe {
-        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
-        if f.is_null() {
-            return Err(Error::Input(format!(
-                "{sym} not found: the CUDA runtime is not loaded in this process"
-            )));
-        }
-        let f: extern "C" fn() -> i32 = std::mem::transmute(f);
-        let rc = f();
-        if rc != 0 {
-            return Err(Error::Input(format!("{sym} returned CUDA error {rc}")));
-        }
-    }
-    Ok(())
 }
 
 /// Run the benchmark; prints and returns a JSON record.
@@ -196,17 +175,15 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         serde_json::Value::Null
     };
     if a.cuda_profiler_step && device.is_cuda() {
+        // Two steps of a fresh run; the second (steady state, as the PyTorch side's) is profiled.
         let mut c4 = c2.clone();
         c4.run.out_dir = tmp.join("cuda-profiler");
-        let one = TrainOptions {
-            stop_after: Some(1),
+        let two = TrainOptions {
+            stop_after: Some(2),
+            cuda_profile_step: Some(1),
             ..quiet.clone()
         };
-        sync();
-        cuda_profiler("cudaProfilerStart")?;
-        train(&c4, task.as_mut(), &mut data, &one)?;
-        sync();
-        cuda_profiler("cudaProfilerStop")?;
+        train(&c4, task.as_mut(), &mut data, &two)?;
     }
     let fpi = pre_flops_per_image(&cfg, &tv, tt, tp);
     let mfu = ips * fpi / (a.peak_tflops * 1e12);
@@ -215,6 +192,9 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         "config": a.config.display().to_string(),
         "device": format!("{device:?}"),
         "precision": format!("{:?}", cfg.run.precision),
+        "bf16_weight_copy": cfg.run.bf16_weight_copy
+            && cfg.run.precision == crate::config::Precision::Bf16
+            && device.is_cuda(),
         "batch": cfg.data.batch_size,
         "steps": a.steps,
         "seconds": dt,

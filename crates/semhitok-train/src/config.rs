@@ -120,9 +120,18 @@ pub struct RunConfig {
     pub device: DeviceKind,
     #[serde(default = "default_precision")]
     pub precision: Precision,
+    /// With `precision = "bf16"` on CUDA: keep one flat bf16 copy of the trained matrices,
+    /// refreshed once per forward, instead of letting autocast cast each weight forward and each
+    /// gradient back (same values; see `optim::Bf16Copy`). `false`: plain autocast.
+    #[serde(default = "default_true")]
+    pub bf16_weight_copy: bool,
     /// Intra-op CPU threads (0: LibTorch's default).
     #[serde(default)]
     pub threads: usize,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_device() -> DeviceKind {

@@ -48,8 +48,10 @@ pub struct AdamW {
     pub weight_decay: f64,
 }
 
-/// The flat buffers: parameter `i` occupies `[offset[i], offset[i] + numel)`; the parameters with
-/// weight decay come first, so decay applies to `[0, n_decay)`.
+/// The flat buffers: parameter `i` occupies `[offset[i], offset[i] + numel)`. Layout, in four
+/// groups: decayed parameters without a bf16 copy, decayed ones with, undecayed ones with,
+/// undecayed ones without; so decay applies to `[0, n_decay)` and the bf16 copy covers one
+/// contiguous range (empty without [`Bf16Copy`]: then the layout is decayed first, by name).
 #[derive(Debug)]
 struct Flat {
     p: Tensor,
@@ -59,11 +61,58 @@ struct Flat {
     g: Option<Tensor>,
     offset: Vec<i64>,
     n_decay: i64,
+    bf16: Option<Bf16Copy>,
+}
+
+/// bf16 working copies of the matrices autocast would cast (see [`bf16_members`]), in one flat
+/// buffer refreshed by one kernel per forward, instead of autocast casting each matrix forward
+/// (~170 kernels at ViT-B/ViT-B) and each gradient back in backward (as many again).
+///
+/// While [`AdamW::enter_bf16`] is in effect, each member variable's data is its bf16 view (the
+/// modules hold the same variable, so they compute with it; autocast sees bf16 and casts
+/// nothing); its `.grad` stays the f32 view of the flat gradient buffer, and autograd's
+/// accumulation `grad += new_grad` converts the bf16 gradient to f32 in that same kernel. Values
+/// are those of autocast: the same bf16 rounding of the weights, the same bf16 gradients summed
+/// in bf16 across uses and then converted. [`AdamW::exit_bf16`] points the variables back at the
+/// f32 masters, which the optimizer, checkpoints and the EMA always see.
+#[derive(Debug)]
+struct Bf16Copy {
+    /// The members' range of the flat buffers.
+    start: i64,
+    len: i64,
+    /// `[len]` bf16.
+    p16: Tensor,
+    /// Member parameter indices.
+    members: Vec<usize>,
+    active: bool,
+}
+
+/// Which parameters get a bf16 working copy: the weights that autocast runs in bf16 (matrices
+/// and convolution kernels named `…weight` that also take weight decay, see [`decays`]) and the
+/// `…bias` of the same layer. Norm scales, position embeddings, codebooks and embeddings stay f32
+/// (autocast runs them in f32 or they are used outside autocast).
+pub fn bf16_members(params: &[Param]) -> Vec<bool> {
+    let is_matrix = |p: &Param| p.name.ends_with("weight") && p.decay && p.var.dim() >= 2;
+    let matrices: std::collections::BTreeSet<&str> = params
+        .iter()
+        .filter(|p| is_matrix(p))
+        .filter_map(|p| p.name.strip_suffix("weight"))
+        .collect();
+    params
+        .iter()
+        .map(|p| {
+            is_matrix(p)
+                || p.name
+                    .strip_suffix("bias")
+                    .is_some_and(|layer| matrices.contains(layer))
+        })
+        .collect()
 }
 
 impl Flat {
-    /// Move the parameters into one flat buffer (values unchanged) and create zeroed moments.
-    fn new(params: &mut [Param]) -> Option<Self> {
+    /// Move the parameters into one flat buffer (values unchanged) and create zeroed moments;
+    /// with `bf16_copy`, also lay out a bf16 working copy of the [`bf16_members`].
+    fn new(params: &mut [Param], bf16_copy: bool) -> Option<Self> {
         let first = params.first()?;
         let (kind, device) = (first.var.kind(), first.var.device());
         if params
@@ -73,15 +122,33 @@ impl Flat {
             return None;
         }
         let _g = tch::no_grad_guard();
+        let member = if bf16_copy {
+            bf16_members(params)
+        } else {
+            vec![false; params.len()]
+        };
+        let group = |i: usize| match (params[i].decay, member[i]) {
+            (true, false) => 0,
+            (true, true) => 1,
+            (false, true) => 2,
+            (false, false) => 3,
+        };
         let mut order: Vec<usize> = (0..params.len()).collect();
-        order.sort_by_key(|&i| !params[i].decay); // stable: decay first, then by name
+        order.sort_by_key(|&i| group(i)); // stable: by name within a group
         let mut offset = vec![0i64; params.len()];
         let (mut n, mut n_decay) = (0i64, 0i64);
+        let (mut start, mut end) = (None, 0i64);
         for &i in &order {
             offset[i] = n;
+            if member[i] {
+                start.get_or_insert(n);
+            }
             n += params[i].var.numel() as i64;
             if params[i].decay {
                 n_decay = n;
+            }
+            if member[i] {
+                end = n;
             }
         }
         let p = Tensor::zeros([n], (kind, device));
@@ -94,6 +161,13 @@ impl Flat {
                 .var
                 .set_source_tensor_storage_offset_(&p, offset[i], size, stride);
         }
+        let bf16 = start.map(|start| Bf16Copy {
+            start,
+            len: end - start,
+            p16: Tensor::zeros([end - start], (Kind::BFloat16, device)),
+            members: (0..params.len()).filter(|&i| member[i]).collect(),
+            active: false,
+        });
         Some(Self {
             m: Tensor::zeros([n], (kind, device)),
             v: Tensor::zeros([n], (kind, device)),
@@ -101,6 +175,7 @@ impl Flat {
             g: None,
             offset,
             n_decay,
+            bf16,
         })
     }
 
@@ -160,9 +235,19 @@ pub fn decays(name: &str, t: &Tensor) -> bool {
 impl AdamW {
     /// `params` sorted by name by the caller (determinism of the update order and of the file).
     /// The parameters' storage moves into the optimizer's flat buffer (values unchanged).
-    pub fn new(mut params: Vec<Param>, cfg: &OptimConfig) -> Self {
+    pub fn new(params: Vec<Param>, cfg: &OptimConfig) -> Self {
+        Self::build(params, cfg, false)
+    }
+
+    /// [`AdamW::new`] plus a flat bf16 working copy of the matrices for bf16-autocast training
+    /// (see [`AdamW::enter_bf16`]); without a flat buffer or without members, same as `new`.
+    pub fn with_bf16_copy(params: Vec<Param>, cfg: &OptimConfig) -> Self {
+        Self::build(params, cfg, true)
+    }
+
+    fn build(mut params: Vec<Param>, cfg: &OptimConfig, bf16_copy: bool) -> Self {
         let n = params.len();
-        let flat = Flat::new(&mut params);
+        let flat = Flat::new(&mut params, bf16_copy);
         let (m, v) = match &flat {
             Some(f) => (
                 params
@@ -216,6 +301,97 @@ impl AdamW {
                 .map(|(i, p)| f.view(buf, i, &p.var))
                 .collect()
         })
+    }
+
+    /// Make the modules compute with the bf16 working copy until [`Self::exit_bf16`]: refresh it
+    /// from the f32 masters (one kernel) and point each member variable at its bf16 view. Call it
+    /// right before a forward whose backward follows; returns whether it is in effect (false
+    /// without a copy). The gradients must live in the flat gradient buffer first: at the first
+    /// call, a parameter without a gradient gets a zero one (so, unlike a plain first step, it is
+    /// updated by weight decay and the moments' decay; `zero_grad` zeroes, it never unsets).
+    pub fn enter_bf16(&mut self) -> Result<bool, tch::TchError> {
+        if self.flat.as_ref().is_none_or(|f| f.bf16.is_none()) {
+            return Ok(false);
+        }
+        if self.flat_grad().is_none() {
+            self.define_grads()?;
+            self.bind_flat_grads();
+            if self.flat_grad().is_none() {
+                return Ok(false);
+            }
+        }
+        let Some(f) = self.flat.as_mut() else {
+            return Ok(false);
+        };
+        let Some(c) = f.bf16.as_mut() else {
+            return Ok(false);
+        };
+        if c.active {
+            return Ok(true);
+        }
+        let _g = tch::no_grad_guard();
+        c.p16.f_copy_(&f.p.f_narrow(0, c.start, c.len)?)?;
+        for &i in &c.members {
+            let var = &self.params[i].var;
+            let view = c
+                .p16
+                .f_narrow(0, f.offset[i] - c.start, var.numel() as i64)?
+                .f_view(var.size().as_slice())?;
+            self.params[i].var.f_set_data(&view)?;
+        }
+        c.active = true;
+        Ok(true)
+    }
+
+    /// Point the member variables back at their f32 masters (after backward; a no-op unless
+    /// [`Self::enter_bf16`] is in effect). Their gradients never moved.
+    pub fn exit_bf16(&mut self) -> Result<(), tch::TchError> {
+        let Some(f) = self.flat.as_mut() else {
+            return Ok(());
+        };
+        let Some(c) = f.bf16.as_mut() else {
+            return Ok(());
+        };
+        if !c.active {
+            return Ok(());
+        }
+        let _g = tch::no_grad_guard();
+        for &i in &c.members {
+            let var = &self.params[i].var;
+            let view =
+                f.p.f_narrow(0, f.offset[i], var.numel() as i64)?
+                    .f_view(var.size().as_slice())?;
+            self.params[i].var.f_set_data(&view)?;
+        }
+        c.active = false;
+        Ok(())
+    }
+
+    /// Give every parameter without a gradient a zero one (one backward of `0 * sum(p.sum())`;
+    /// existing gradients are unchanged).
+    fn define_grads(&self) -> Result<(), tch::TchError> {
+        if self.params.iter().all(|p| p.var.grad().defined()) {
+            return Ok(());
+        }
+        tch::with_grad(|| -> Result<(), tch::TchError> {
+            let sums = self
+                .params
+                .iter()
+                .map(|p| p.var.f_sum(Kind::Float))
+                .collect::<Result<Vec<_>, _>>()?;
+            Tensor::f_stack(&sums, 0)?
+                .f_sum(Kind::Float)?
+                .f_mul_scalar(0.0)?
+                .f_backward()
+        })
+    }
+
+    /// Number of parameters with a bf16 working copy (0 without one).
+    pub fn bf16_members(&self) -> usize {
+        self.flat
+            .as_ref()
+            .and_then(|f| f.bf16.as_ref())
+            .map_or(0, |c| c.members.len())
     }
 
     /// Whether a [`Self::step`] now would run on the flat buffers (all gradients bound, every

@@ -79,6 +79,10 @@ pub struct TrainOptions {
     /// after-step), synchronising CUDA at each boundary; totals in [`TrainReport::phases`]. Slows
     /// the run down (no overlap across phases): for `semhitok bench --profile`, not for training.
     pub profile: bool,
+    /// On CUDA, run this step of the call (0 = the first one it runs) between `cudaProfilerStart` and
+    /// `cudaProfilerStop`, synchronised, for `ncu --profile-from-start off` (per-kernel times of
+    /// one steady-state step: pick 1 or later to leave out the optimizer's one-off set-up).
+    pub cuda_profile_step: Option<u64>,
 }
 
 /// What a `train` call did.
@@ -149,6 +153,28 @@ pub fn with_autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) ->
     tch::autocast(true, f)
 }
 
+/// Call the CUDA runtime's `cudaProfilerStart` / `cudaProfilerStop` (looked up in the process:
+/// LibTorch's CUDA library loads the runtime), so `ncu --profile-from-start off` profiles a range.
+fn cuda_profiler(sym: &str) -> Result<()> {
+    let name = std::ffi::CString::new(sym).map_err(|e| Error::Input(e.to_string()))?;
+    // SAFETY: dlsym on the global scope with a valid C string; the symbol, when found, is the
+    // CUDA runtime's `cudaError_t f(void)`, called with no arguments.
+    unsafe {
+        let f = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        if f.is_null() {
+            return Err(Error::Input(format!(
+                "{sym} not found: the CUDA runtime is not loaded in this process"
+            )));
+        }
+        let f: extern "C" fn() -> i32 = std::mem::transmute(f);
+        let rc = f();
+        if rc != 0 {
+            return Err(Error::Input(format!("{sym} returned CUDA error {rc}")));
+        }
+    }
+    Ok(())
+}
+
 fn scalar(t: &Tensor) -> f64 {
     t.detach().to_device(Device::Cpu).double_value(&[])
 }
@@ -168,7 +194,11 @@ pub fn train(
     }
     let amp = cfg.run.precision == Precision::Bf16 && device.is_cuda();
     let mut run = RunDir::create(cfg, &opts.command_line, opts.resume)?;
-    let mut opt = AdamW::new(task.params(), &cfg.optim);
+    let mut opt = if amp && cfg.run.bf16_weight_copy {
+        AdamW::with_bf16_copy(task.params(), &cfg.optim)
+    } else {
+        AdamW::new(task.params(), &cfg.optim)
+    };
     let dparams = task.disc_params();
     let mut dopt = if dparams.is_empty() {
         None
@@ -233,7 +263,17 @@ pub fn train(
     let mut img_per_s = 0f64;
 
     let mut ph = Phases::new(opts.profile, device);
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
     for step in start_step..end {
+        let profiled = device.is_cuda() && opts.cuda_profile_step == Some(step - start_step);
+        if profiled {
+            sync();
+            cuda_profiler("cudaProfilerStart")?;
+        }
         ph.lap("other");
         tch::manual_seed(step_seed(cfg.run.seed, step));
         let lr = lr_at(
@@ -252,14 +292,22 @@ pub fn train(
         for _ in 0..accum {
             let images = data.next_batch(device)?;
             ph.lap("data");
-            let out = with_autocast(device, amp, || task.loss(&images, step))?;
-            ph.lap("forward");
-            // Backward first; the losses are read back after the last micro-batch together
-            // with the gradient norm (one device-to-host sync per step). A non-finite value
-            // still stops the run before any optimizer step.
+            // Forward and backward with the bf16 working copy of the weights when there is one;
+            // the variables point back at the f32 masters afterwards, also on an error.
+            opt.enter_bf16()?;
+            let fwd_bwd = (|| -> Result<LossOut> {
+                let out = with_autocast(device, amp, || task.loss(&images, step))?;
+                ph.lap("forward");
+                // Backward first; the losses are read back after the last micro-batch together
+                // with the gradient norm (one device-to-host sync per step). A non-finite value
+                // still stops the run before any optimizer step.
+                (&out.total / accum as f64).backward();
+                ph.lap("backward");
+                Ok(out)
+            })();
+            opt.exit_bf16()?;
+            let out = fwd_bwd?;
             let total = out.total.detach();
-            (out.total / accum as f64).backward();
-            ph.lap("backward");
             let vals: Vec<Tensor> = std::iter::once(&total)
                 .chain(out.parts.iter().map(|(_, t)| t))
                 .map(|t| t.detach().to_kind(tch::Kind::Double).reshape([1]))
@@ -346,6 +394,10 @@ pub fn train(
         ph.lap("discriminator");
         task.after_step(step)?;
         ph.lap("after_step");
+        if profiled {
+            sync();
+            cuda_profiler("cudaProfilerStop")?;
+        }
         losses.push((step, loss_sum));
         let done = step + 1;
 

@@ -158,3 +158,97 @@ fn flat_buffers_accumulate_gradients_and_update_the_modules_weights() {
     );
     assert_eq!(opt.flat_params().unwrap().size(), [3 * 2 + 2]);
 }
+
+/// The bf16 working copy (`AdamW::with_bf16_copy`) gives exactly what casting each weight at its
+/// use gives (autocast's way), step for step: the same gradients and the same f32 masters. On CPU
+/// with explicit casts standing in for CUDA autocast: `to_kind(BFloat16)` casts an f32 weight and
+/// is a no-op on the bf16 copy. The linear layer is the module: it must see the copy while entered
+/// and its f32 master after `exit_bf16`; the 1-D norm scale is no member and stays f32.
+#[test]
+fn bf16_copy_equals_casting_at_use() {
+    let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 0.3, 0.1, -0.7, 0.9, 0.2, -0.4]).view([3, 3]);
+    let build = |copy: bool| {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(7);
+        let lin = tch::nn::linear(vs.root() / "lin", 3, 4, Default::default());
+        let norm = (vs.root() / "norm").var("weight", &[3], tch::nn::Init::Const(1.5));
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let params: Vec<Param> = named
+            .into_iter()
+            .map(|(name, var)| Param {
+                decay: semhitok_train::optim::decays(&name, &var),
+                name,
+                var,
+            })
+            .collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tiny_config(tmp.path(), 1, 1, &[]).optim;
+        let opt = if copy {
+            AdamW::with_bf16_copy(params, &cfg)
+        } else {
+            AdamW::new(params, &cfg)
+        };
+        (vs, lin, norm, opt)
+    };
+    let loss = |lin: &tch::nn::Linear, norm: &Tensor| {
+        let h = (&x * norm).to_kind(Kind::BFloat16);
+        let bs = lin.bs.as_ref().unwrap().to_kind(Kind::BFloat16);
+        h.linear(&lin.ws.to_kind(Kind::BFloat16), Some(&bs))
+            .to_kind(Kind::Float)
+            .square()
+            .sum(Kind::Float)
+    };
+    let (_vs_r, lin_r, norm_r, mut opt_r) = build(false);
+    let (_vs_c, lin_c, norm_c, mut opt_c) = build(true);
+    assert_eq!(opt_c.bf16_members(), 2, "lin.weight and lin.bias");
+    assert_eq!(opt_r.bf16_members(), 0);
+    for k in 0..5 {
+        opt_r.zero_grad();
+        opt_c.zero_grad();
+        // From the first step on (it gives the parameters zero gradients to bind first).
+        assert!(opt_c.enter_bf16().unwrap(), "step {k}: not entered");
+        assert_eq!(
+            lin_c.ws.kind(),
+            Kind::BFloat16,
+            "step {k}: the layer's weight"
+        );
+        assert_eq!(lin_c.bs.as_ref().unwrap().kind(), Kind::BFloat16);
+        assert_eq!(norm_c.kind(), Kind::Float, "the norm scale is no member");
+        loss(&lin_r, &norm_r).backward();
+        loss(&lin_c, &norm_c).backward();
+        opt_c.exit_bf16().unwrap();
+        assert_eq!(
+            lin_c.ws.kind(),
+            Kind::Float,
+            "step {k}: back on the f32 master"
+        );
+        for (pr, pc) in opt_r.params().iter().zip(opt_c.params()) {
+            assert_eq!(pr.name, pc.name);
+            assert_eq!(pc.var.grad().kind(), Kind::Float, "{}: grad kind", pc.name);
+            assert!(
+                pr.var.grad().equal(&pc.var.grad()),
+                "step {k}: {} gradient differs",
+                pc.name
+            );
+        }
+        opt_r.clip_grad_norm(1.0);
+        opt_c.clip_grad_norm(1.0);
+        opt_r.step(1e-2);
+        opt_c.step(1e-2);
+        assert!(opt_c.flat_active());
+        for (pr, pc) in opt_r.params().iter().zip(opt_c.params()) {
+            assert!(pr.var.equal(&pc.var), "step {k}: {} differs", pc.name);
+        }
+    }
+    // The layer's weight is the optimizer's f32 master again (a view into the flat buffer).
+    let flat = opt_c.flat_params().unwrap();
+    let base = flat.data_ptr() as usize;
+    let end = base + flat.numel() * 4;
+    let at = lin_c.ws.data_ptr() as usize;
+    assert!(
+        at >= base && at < end,
+        "lin.weight is not in the flat buffer"
+    );
+    assert!(lin_c.ws.requires_grad());
+}

@@ -430,3 +430,54 @@ fn discriminator_in_spc_stage_is_a_config_error() {
         .expect("spc with a discriminator must fail");
     assert!(e.to_string().contains("disc.enabled"), "{e}");
 }
+
+/// On CUDA with bf16: training `pre` (GAN on from step 4) with the flat bf16 working copy of the
+/// weights gives the losses of plain autocast (same bf16 values by construction; only CUDA's
+/// non-deterministic reductions may differ in the last bits), and the checkpoint holds the f32
+/// masters. Skipped without a CUDA device (runs in the GPU bundle).
+#[test]
+fn pre_bf16_weight_copy_matches_autocast_on_cuda() {
+    let _g = serial();
+    if !tch::Cuda::is_available() {
+        eprintln!("pre_bf16_weight_copy_matches_autocast_on_cuda: no CUDA device, skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let spc = spc_run(tmp.path(), 5);
+    let go = |name: &str, copy: bool| {
+        let dir = tmp.path().join(name);
+        let c = cfg(
+            &dir,
+            "pre",
+            12,
+            &[
+                format!("init.spc=\"{}\"", spc.display()),
+                "run.device=\"cuda\"".into(),
+                "run.precision=\"bf16\"".into(),
+                format!("run.bf16_weight_copy={copy}"),
+                "disc.enabled=true".into(),
+                "disc.start_step=4".into(),
+            ],
+        );
+        (run(&c), dir)
+    };
+    let (plain, _) = go("plain", false);
+    let (copy, dir) = go("copy", true);
+    assert_eq!(plain.losses.len(), 12);
+    for ((s, a), (_, b)) in plain.losses.iter().zip(&copy.losses) {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs().max(1e-3),
+            "step {s}: autocast {a} vs bf16 copy {b}"
+        );
+    }
+    let ck = dir.join("checkpoints/step-00000012/tensors.safetensors");
+    let tensors = tch::Tensor::read_safetensors(&ck).unwrap_or_else(|e| panic!("{ck:?}: {e}"));
+    let model: Vec<_> = tensors
+        .iter()
+        .filter(|(k, t)| k.starts_with("model.") && t.is_floating_point())
+        .collect();
+    assert!(!model.is_empty());
+    for (k, t) in model {
+        assert_eq!(t.kind(), tch::Kind::Float, "{k} saved as {:?}", t.kind());
+    }
+}
