@@ -98,6 +98,16 @@ pub fn read_labels_file(path: &Path) -> Result<HashMap<String, String>> {
     Ok(map)
 }
 
+/// The image files (by extension) directly inside `dir`, in directory order.
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| has_image_ext(p))
+        .collect())
+}
+
 impl ImageFolder {
     /// Lists `root/<class>/*` (one level; class directories sorted by name).
     pub fn open(root: impl AsRef<Path>, cfg: ImageFolderConfig) -> Result<Self> {
@@ -118,12 +128,8 @@ impl ImageFolder {
         let names = class_names(&classes, cfg.labels_file.as_deref())?;
         let mut files = Vec::new();
         for (label, class) in classes.iter().enumerate() {
-            let dir = root.join(class);
-            let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-            let mut fs: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| has_image_ext(p))
+            let mut fs: Vec<PathBuf> = image_files(&root.join(class))?
+                .into_iter()
                 .map(|p| PathBuf::from(class).join(p.file_name().unwrap_or_default()))
                 .collect();
             fs.sort();
@@ -182,13 +188,8 @@ impl ImageFolder {
                 detail: "no rows".into(),
             });
         }
-        let rd = std::fs::read_dir(&root).map_err(|e| Error::io(&root, e))?;
         let mut by_stem = HashMap::new();
-        for p in rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| has_image_ext(p))
-        {
+        for p in image_files(&root)? {
             if let (Some(stem), Some(name)) = (p.file_stem(), p.file_name()) {
                 by_stem.insert(stem.to_string_lossy().into_owned(), PathBuf::from(name));
             }
