@@ -252,3 +252,34 @@ fn bf16_copy_equals_casting_at_use() {
     );
     assert!(lin_c.ws.requires_grad());
 }
+
+/// Which parameters get the bf16 copy: the matrices and conv kernels autocast casts and the biases
+/// of those layers; never norms, position embeddings or codebooks.
+#[test]
+fn bf16_members_are_the_matrices_and_their_biases() {
+    let spec: [(&str, &[i64], bool); 8] = [
+        ("enc.fc.bias", &[8], true),
+        ("enc.fc.weight", &[8, 8], true),
+        ("enc.norm.bias", &[8], false),
+        ("enc.norm.weight", &[8], false),
+        ("enc.patch_embed.proj.bias", &[8], true),
+        ("enc.patch_embed.proj.weight", &[8, 3, 2, 2], true),
+        ("enc.pos_embed", &[1, 4, 8], false),
+        ("quantize.codebook", &[16, 8], false),
+    ];
+    let params: Vec<Param> = spec
+        .iter()
+        .map(|(name, shape, _)| {
+            let var = Tensor::zeros(*shape, (Kind::Float, Device::Cpu));
+            Param {
+                decay: semhitok_train::optim::decays(name, &var),
+                name: name.to_string(),
+                var,
+            }
+        })
+        .collect();
+    let got = semhitok_train::optim::bf16_members(&params);
+    for ((name, _, want), got) in spec.iter().zip(got) {
+        assert_eq!(got, *want, "{name}");
+    }
+}
