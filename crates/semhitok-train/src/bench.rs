@@ -121,11 +121,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         quiet: true,
         ..Default::default()
     };
-    let sync = || {
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
-        }
-    };
+    let sync = || crate::trainer::cuda_sync(device);
     // Warm-up, then timed steps (each step ends with a host read of the loss: a sync).
     let mut c1 = cfg.clone();
     c1.schedule.steps = a.warmup.max(1);
@@ -192,9 +188,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         "config": a.config.display().to_string(),
         "device": format!("{device:?}"),
         "precision": format!("{:?}", cfg.run.precision),
-        "bf16_weight_copy": cfg.run.bf16_weight_copy
-            && cfg.run.precision == crate::config::Precision::Bf16
-            && device.is_cuda(),
+        "bf16_weight_copy": cfg.run.bf16_copy(),
         "batch": cfg.data.batch_size,
         "steps": a.steps,
         "seconds": dt,

@@ -130,6 +130,19 @@ pub struct RunConfig {
     pub threads: usize,
 }
 
+impl RunConfig {
+    /// Forward passes run under bf16 autocast (`precision = "bf16"` on CUDA; CPU runs f32).
+    pub fn bf16_autocast(&self) -> bool {
+        self.precision == Precision::Bf16 && self.device == DeviceKind::Cuda
+    }
+
+    /// The trainer computes from the flat bf16 weight copy ([`Self::bf16_autocast`] and
+    /// `bf16_weight_copy`).
+    pub fn bf16_copy(&self) -> bool {
+        self.bf16_autocast() && self.bf16_weight_copy
+    }
+}
+
 fn default_true() -> bool {
     true
 }

@@ -179,6 +179,39 @@ impl Flat {
         })
     }
 
+    /// Point the bf16-copy members' variables at their views of the copy (`to_copy`, refreshing
+    /// it from the f32 masters first) or of the f32 masters; a no-op when already there. Returns
+    /// whether the variables are on the copy now (false without one).
+    fn point_members(&mut self, params: &[Param], to_copy: bool) -> Result<bool, tch::TchError> {
+        let Some(c) = &self.bf16 else {
+            return Ok(false);
+        };
+        if c.active == to_copy {
+            return Ok(to_copy);
+        }
+        let _g = tch::no_grad_guard();
+        if to_copy {
+            c.p16
+                .shallow_clone()
+                .f_copy_(&self.p.f_narrow(0, c.start, c.len)?)?;
+        }
+        for &i in &c.members {
+            let mut var = params[i].var.shallow_clone(); // same variable the modules hold
+            let view = if to_copy {
+                c.p16
+                    .f_narrow(0, self.offset[i] - c.start, var.numel() as i64)?
+                    .f_view(var.size().as_slice())?
+            } else {
+                self.view(&self.p, i, &var)
+            };
+            var.f_set_data(&view)?;
+        }
+        if let Some(c) = self.bf16.as_mut() {
+            c.active = to_copy;
+        }
+        Ok(to_copy)
+    }
+
     fn view(&self, buf: &Tensor, i: usize, like: &Tensor) -> Tensor {
         buf.narrow(0, self.offset[i], like.numel() as i64)
             .view(like.size().as_slice())
@@ -310,7 +343,7 @@ impl AdamW {
     /// call, a parameter without a gradient gets a zero one (so, unlike a plain first step, it is
     /// updated by weight decay and the moments' decay; `zero_grad` zeroes, it never unsets).
     pub fn enter_bf16(&mut self) -> Result<bool, tch::TchError> {
-        if self.flat.as_ref().is_none_or(|f| f.bf16.is_none()) {
+        if self.bf16_members() == 0 {
             return Ok(false);
         }
         if self.flat_grad().is_none() {
@@ -320,50 +353,18 @@ impl AdamW {
                 return Ok(false);
             }
         }
-        let Some(f) = self.flat.as_mut() else {
-            return Ok(false);
-        };
-        let Some(c) = f.bf16.as_mut() else {
-            return Ok(false);
-        };
-        if c.active {
-            return Ok(true);
+        match self.flat.as_mut() {
+            Some(f) => f.point_members(&self.params, true),
+            None => Ok(false),
         }
-        let _g = tch::no_grad_guard();
-        c.p16.f_copy_(&f.p.f_narrow(0, c.start, c.len)?)?;
-        for &i in &c.members {
-            let var = &self.params[i].var;
-            let view = c
-                .p16
-                .f_narrow(0, f.offset[i] - c.start, var.numel() as i64)?
-                .f_view(var.size().as_slice())?;
-            self.params[i].var.f_set_data(&view)?;
-        }
-        c.active = true;
-        Ok(true)
     }
 
     /// Point the member variables back at their f32 masters (after backward; a no-op unless
     /// [`Self::enter_bf16`] is in effect). Their gradients never moved.
     pub fn exit_bf16(&mut self) -> Result<(), tch::TchError> {
-        let Some(f) = self.flat.as_mut() else {
-            return Ok(());
-        };
-        let Some(c) = f.bf16.as_mut() else {
-            return Ok(());
-        };
-        if !c.active {
-            return Ok(());
+        if let Some(f) = self.flat.as_mut() {
+            f.point_members(&self.params, false)?;
         }
-        let _g = tch::no_grad_guard();
-        for &i in &c.members {
-            let var = &self.params[i].var;
-            let view =
-                f.p.f_narrow(0, f.offset[i], var.numel() as i64)?
-                    .f_view(var.size().as_slice())?;
-            self.params[i].var.f_set_data(&view)?;
-        }
-        c.active = false;
         Ok(())
     }
 

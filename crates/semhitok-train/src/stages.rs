@@ -439,7 +439,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
     tch::manual_seed(cfg.run.seed as i64);
     let mut teacher = build_teacher(cfg, device)?;
     check_teacher_fits(cfg, teacher.as_ref())?;
-    if cfg.run.precision == crate::config::Precision::Bf16 && device.is_cuda() {
+    if cfg.run.bf16_autocast() {
         teacher.bf16_weights()?;
     }
     let mut model = SemHiTok::new(&cfg.model, device)?;

@@ -11,7 +11,7 @@
 //! bit for bit, a resumed CPU run recomputes exactly the losses of the uninterrupted run.
 
 use crate::checkpoint::{self, CkptState};
-use crate::config::{DeviceKind, Precision, TrainConfig};
+use crate::config::{DeviceKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::optim::{lr_at, AdamW, Ema, Param};
 use crate::rundir::RunDir;
@@ -125,9 +125,7 @@ impl Phases {
         if !self.on {
             return;
         }
-        if let Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
+        cuda_sync(self.device);
         *self.acc.entry(name).or_insert(0.0) += self.last.elapsed().as_secs_f64();
         self.last = Instant::now();
     }
@@ -151,6 +149,13 @@ pub fn with_autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) ->
     }
     crate::amp::set_cuda_autocast_bf16();
     tch::autocast(true, f)
+}
+
+/// Wait for the work queued on `device` (no-op on CPU).
+pub(crate) fn cuda_sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
 }
 
 /// Call the CUDA runtime's `cudaProfilerStart` / `cudaProfilerStop` (looked up in the process:
@@ -192,9 +197,9 @@ pub fn train(
             "run.device = \"cuda\" but LibTorch sees no CUDA device".into(),
         ));
     }
-    let amp = cfg.run.precision == Precision::Bf16 && device.is_cuda();
+    let amp = cfg.run.bf16_autocast();
     let mut run = RunDir::create(cfg, &opts.command_line, opts.resume)?;
-    let mut opt = if amp && cfg.run.bf16_weight_copy {
+    let mut opt = if cfg.run.bf16_copy() {
         AdamW::with_bf16_copy(task.params(), &cfg.optim)
     } else {
         AdamW::new(task.params(), &cfg.optim)
@@ -263,15 +268,10 @@ pub fn train(
     let mut img_per_s = 0f64;
 
     let mut ph = Phases::new(opts.profile, device);
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
     for step in start_step..end {
         let profiled = device.is_cuda() && opts.cuda_profile_step == Some(step - start_step);
         if profiled {
-            sync();
+            cuda_sync(device);
             cuda_profiler("cudaProfilerStart")?;
         }
         ph.lap("other");
@@ -395,7 +395,7 @@ pub fn train(
         task.after_step(step)?;
         ph.lap("after_step");
         if profiled {
-            sync();
+            cuda_sync(device);
             cuda_profiler("cudaProfilerStop")?;
         }
         losses.push((step, loss_sum));
