@@ -1,0 +1,45 @@
+//! The trainer's optimizer state: AdamW with savable state over one flat buffer (`adamw`, with
+//! the flat layout and its bf16 working copy in `flat`), the warmup + cosine schedule
+//! (`schedule`) and the EMA of weights (`ema`).
+//!
+//! tch's `nn::Optimizer` keeps its moments inside LibTorch with no way to read them back, so a
+//! checkpoint could not hold them and `--resume` could not be exact. This AdamW keeps `m`, `v`
+//! and the step count as plain named tensors, and follows `torch.optim.AdamW` (decoupled weight
+//! decay, bias-corrected moments, `eps` added after the square root) operation for operation.
+
+mod adamw;
+mod ema;
+mod flat;
+mod schedule;
+
+pub use adamw::AdamW;
+pub use ema::Ema;
+pub use flat::bf16_members;
+pub use schedule::lr_at;
+
+use tch::Tensor;
+
+/// One named parameter the optimizer updates.
+#[derive(Debug)]
+pub struct Param {
+    /// Full VarStore name (also the key of its moments in a checkpoint).
+    pub name: String,
+    /// The variable (shares storage with the VarStore's).
+    pub var: Tensor,
+    /// Weight decay applies (false for biases, norms, embeddings of positions).
+    pub decay: bool,
+}
+
+/// Whether a parameter name gets weight decay: matrices and conv kernels do; biases, norm
+/// scales, position embeddings, class tokens and codebooks do not (the usual ViT/VQGAN recipe).
+pub fn decays(name: &str, t: &Tensor) -> bool {
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    t.dim() >= 2
+        && !leaf.contains("bias")
+        && !name.contains("norm")
+        && !name.contains("pos_emb")
+        && !name.contains("position")
+        && !name.contains("cls_token")
+        && !name.contains("codebook")
+        && !name.contains("embedding")
+}

@@ -1,0 +1,173 @@
+//! The four training stages as [`Task`]s over semhitok-nn's [`SemHiTok`], built by [`build_task`]
+//! from a config; the factories of their parts are in `build` (teacher, perceptual network),
+//! `data` (training batches), `tasks` (the `Task`s), `model_io` (models from checkpoints).
+//!
+//! | stage | trains | frozen | loss |
+//! |---|---|---|---|
+//! | `spc` | SPC head + semantic decoder (codebook by EMA) | teacher | `w_sem (1 - cos) + beta commit` |
+//! | `pre` | pixel encoder, SGHC codebook, pixel decoder | teacher, SPC | `w_rec L_rec + codebook + commit (+ w_p L_p + GAN)` |
+//! | `decoder-ft` | pixel decoder (optionally re-initialised larger) | all else | as `pre` |
+//! | `joint` | SPC head + semantic decoder + pixel decoder on semantic codes | teacher | `spc` + `pre` pixel terms |
+//!
+//! `pre` with `model.fusion = "semantic_only"` is the semantic-only decoder baseline; with
+//! `pixel_only` / `length_concat` and `model.sghc.m` it gives the paper's Tab. 5 ablations.
+
+mod build;
+mod data;
+mod model_io;
+mod tasks;
+
+pub use build::{build_teacher, check_teacher_fits, siglip_spec, Perceptual, LPIPS_HEADS};
+pub use data::{batch_tensor, build_batches, photo_config, PhotoBatches};
+pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, Loaded};
+pub use tasks::{PixelTask, SpcTask};
+
+use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
+use crate::error::{Error, Result};
+use crate::gan::Gan;
+use crate::trainer::{train, Task, TrainOptions, TrainReport};
+use build::EFFNET_WEIGHTS;
+use semhitok_nn::losses::PixelLoss;
+use semhitok_nn::lpips::Lpips;
+use semhitok_nn::model::{Part, SemHiTok};
+use semhitok_nn::perceptual::EffNetPerceptual;
+use std::path::{Path, PathBuf};
+
+/// Build the task of `cfg.run.stage` (fresh weights, then `init.*` checkpoints loaded).
+pub fn build_task(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
+    build_task_opts(cfg, true)
+}
+
+/// As [`build_task`] but without loading `init.*` (benchmarks: random SPC, same cost).
+pub fn build_task_uninit(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
+    build_task_opts(cfg, false)
+}
+
+fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> {
+    let device = cfg.run.device.device();
+    tch::manual_seed(cfg.run.seed as i64);
+    let mut teacher = build_teacher(cfg, device)?;
+    check_teacher_fits(cfg, teacher.as_ref())?;
+    if cfg.run.bf16_autocast() {
+        teacher.bf16_weights()?;
+    }
+    let mut model = SemHiTok::new(&cfg.model, device)?;
+    let rec = match cfg.loss.rec {
+        RecLoss::L1 => PixelLoss::L1,
+        RecLoss::L2 => PixelLoss::L2,
+    };
+    let stage = cfg.run.stage;
+    let trained = match stage {
+        Stage::Spc => {
+            if cfg.disc.enabled {
+                return Err(Error::Config {
+                    file: PathBuf::from("config"),
+                    key: "disc.enabled".into(),
+                    msg: "stage `spc` reconstructs teacher features, not pixels: the discriminator only applies to `pre`, `decoder-ft` and `joint`".into(),
+                });
+            }
+            return Ok(Box::new(SpcTask {
+                model,
+                teacher,
+                semantic_weight: cfg.loss.semantic_weight,
+                pending: None,
+            }));
+        }
+        Stage::Pre => {
+            if load_init {
+                let ck =
+                    init_checkpoint(cfg.init.spc.as_deref().unwrap_or(Path::new("")), &["spc"])?;
+                load_parts(&model, &ck, &[Part::Spc])?;
+            }
+            model.freeze(Part::Spc);
+            vec![Part::Pixel, Part::Decoder]
+        }
+        Stage::DecoderFt => {
+            let ck = init_checkpoint(cfg.init.pre.as_deref().unwrap_or(Path::new("")), &["pre"])?;
+            load_parts(&model, &ck, &[Part::Spc, Part::Pixel])?;
+            // The decoder comes from `pre` unless the config asks for a different one (e.g.
+            // ViT-L), which then starts from fresh weights.
+            if let Err(e) = load_parts(&model, &ck, &[Part::Decoder]) {
+                eprintln!(
+                    "decoder-ft: decoder not loaded from {} ({e}); training a fresh decoder",
+                    ck.dir.display()
+                );
+            }
+            model.freeze(Part::Spc);
+            model.freeze(Part::Pixel);
+            vec![Part::Decoder]
+        }
+        Stage::Joint => {
+            if cfg.model.fusion != semhitok_nn::fusion::Fusion::SemanticOnly {
+                return Err(Error::Config {
+                    file: PathBuf::from("config"),
+                    key: "model.fusion".into(),
+                    msg: "stage `joint` decodes pixels from the one (semantic) codebook: set model.fusion = \"semantic_only\"".into(),
+                });
+            }
+            if let Some(p) = &cfg.init.spc {
+                let ck = init_checkpoint(p, &["spc"])?;
+                load_parts(&model, &ck, &[Part::Spc])?;
+            }
+            model.freeze(Part::Pixel);
+            vec![Part::Spc, Part::Decoder]
+        }
+    };
+    let perceptual = match cfg.loss.perceptual {
+        _ if cfg.loss.perceptual_weight == 0.0 => None,
+        PerceptualKind::None => None,
+        PerceptualKind::Effnet => Some((
+            Perceptual::Effnet(Box::new(EffNetPerceptual::load(
+                Path::new(EFFNET_WEIGHTS),
+                device,
+            )?)),
+            cfg.loss.perceptual_weight,
+        )),
+        PerceptualKind::LpipsVgg => {
+            let vgg = cfg.loss.lpips_vgg16.as_deref().ok_or_else(|| Error::Config {
+                file: PathBuf::from("config"),
+                key: "loss.lpips_vgg16".into(),
+                msg: "perceptual = \"lpips-vgg\" needs the VGG16 trunk: a torchvision vgg16 state dict saved as safetensors (not shipped offline; or use \"effnet\")".into(),
+            })?;
+            Some((
+                Perceptual::Lpips(Box::new(Lpips::load(vgg, &cfg.loss.lpips_heads, device)?)),
+                cfg.loss.perceptual_weight,
+            ))
+        }
+    };
+    let gan = Gan::new(&cfg.disc, device)?;
+    Ok(Box::new(PixelTask {
+        model,
+        teacher,
+        stage,
+        perceptual,
+        rec,
+        rec_weight: cfg.loss.rec_weight,
+        semantic_weight: cfg.loss.semantic_weight,
+        trained,
+        pending_sghc: None,
+        pending_spc: None,
+        gan,
+    }))
+}
+
+/// Build task + data and train (the `semhitok train` command).
+pub fn run_stage(
+    cfg: &TrainConfig,
+    resume: bool,
+    command_line: Vec<String>,
+    quiet: bool,
+) -> Result<TrainReport> {
+    if cfg.run.threads > 0 {
+        tch::set_num_threads(cfg.run.threads as i32);
+    }
+    let mut task = build_task(cfg)?;
+    let mut data = build_batches(cfg)?;
+    let opts = TrainOptions {
+        resume,
+        command_line,
+        quiet,
+        ..Default::default()
+    };
+    train(cfg, task.as_mut(), data.as_mut(), &opts)
+}

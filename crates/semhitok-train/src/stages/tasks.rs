@@ -1,0 +1,182 @@
+//! The stages as [`Task`]s: [`SpcTask`] (stage 1) and [`PixelTask`] (`pre`, `decoder-ft`,
+//! `joint`).
+
+use super::build::Perceptual;
+use super::model_io::state_of;
+use crate::config::Stage;
+use crate::error::Result;
+use crate::gan::Gan;
+use crate::optim::{decays, Param};
+use crate::trainer::{LossOut, Task};
+use semhitok_nn::losses::PixelLoss;
+use semhitok_nn::model::{Part, SemHiTok};
+use semhitok_nn::quantizer::CodeStats;
+use semhitok_nn::teacher::Teacher;
+use std::collections::BTreeMap;
+use tch::Tensor;
+
+fn params_of(model: &SemHiTok, parts: &[Part]) -> Vec<Param> {
+    let mut v: Vec<Param> = parts
+        .iter()
+        .flat_map(|p| model.trainable_variables(*p))
+        .map(|(name, var)| Param {
+            decay: decays(&name, &var),
+            name,
+            var,
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+fn merge_stats(acc: &mut Option<CodeStats>, s: Option<CodeStats>) -> Result<()> {
+    if let Some(s) = s {
+        match acc {
+            Some(a) => a.merge(&s)?,
+            None => *acc = Some(s),
+        }
+    }
+    Ok(())
+}
+
+/// Stage 1: SPC.
+pub struct SpcTask {
+    pub model: SemHiTok,
+    pub teacher: Box<dyn Teacher>,
+    pub(super) semantic_weight: f64,
+    pub(super) pending: Option<CodeStats>,
+}
+
+impl std::fmt::Debug for SpcTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpcTask").finish()
+    }
+}
+
+impl Task for SpcTask {
+    fn params(&self) -> Vec<Param> {
+        params_of(&self.model, &[Part::Spc])
+    }
+    fn state(&self) -> BTreeMap<String, Tensor> {
+        state_of(&self.model, &[Part::Spc])
+    }
+    fn loss(&mut self, images: &Tensor, _step: u64) -> Result<LossOut> {
+        let feats = self.teacher.features(images)?;
+        let out = self.model.spc().forward_t(&feats, true)?;
+        merge_stats(&mut self.pending, out.stats)?;
+        let total = &out.loss_cos * self.semantic_weight + &out.loss_commit;
+        Ok(LossOut {
+            parts: vec![
+                ("cos", out.loss_cos.detach()),
+                ("commit", out.loss_commit.detach()),
+            ],
+            total,
+            disc_inputs: None,
+        })
+    }
+    fn after_step(&mut self, _step: u64) -> Result<()> {
+        if let Some(s) = self.pending.take() {
+            self.model.spc().ema_update(&s)?;
+        }
+        Ok(())
+    }
+}
+
+/// Stages 2 (`pre`), `decoder-ft` and `joint`: pixel reconstruction.
+pub struct PixelTask {
+    pub model: SemHiTok,
+    pub teacher: Box<dyn Teacher>,
+    pub(super) stage: Stage,
+    pub(super) rec: PixelLoss,
+    pub(super) rec_weight: f64,
+    pub(super) semantic_weight: f64,
+    pub(super) trained: Vec<Part>,
+    /// Perceptual loss network and its weight (`loss.perceptual`, `loss.perceptual_weight`).
+    pub(super) perceptual: Option<(Perceptual, f64)>,
+    pub(super) pending_sghc: Option<CodeStats>,
+    pub(super) pending_spc: Option<CodeStats>,
+    /// PatchGAN and its losses (`[disc]`, `None` when disabled).
+    pub(super) gan: Option<Gan>,
+}
+
+impl std::fmt::Debug for PixelTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PixelTask")
+            .field("stage", &self.stage)
+            .finish()
+    }
+}
+
+impl Task for PixelTask {
+    fn params(&self) -> Vec<Param> {
+        params_of(&self.model, &self.trained)
+    }
+    fn disc_params(&self) -> Vec<Param> {
+        self.gan.as_ref().map(Gan::params).unwrap_or_default()
+    }
+    fn state(&self) -> BTreeMap<String, Tensor> {
+        let mut s = state_of(&self.model, &Part::ALL);
+        if let Some(g) = &self.gan {
+            s.extend(g.state());
+        }
+        s
+    }
+    fn loss(&mut self, images: &Tensor, step: u64) -> Result<LossOut> {
+        let feats = self.teacher.features(images)?;
+        let mut parts = vec![];
+        let (recon, total) = if self.stage == Stage::Joint {
+            // One codebook, semantic + pixel losses together (MUSE-VL-style texture incorporation).
+            let out = self.model.spc().forward_t(&feats, true)?;
+            merge_stats(&mut self.pending_spc, out.stats)?;
+            let recon = self.model.decoder().forward(&out.quantized)?;
+            parts.push(("cos", out.loss_cos.detach()));
+            parts.push(("commit", out.loss_commit.detach()));
+            let t = &out.loss_cos * self.semantic_weight + &out.loss_commit;
+            (recon, t)
+        } else {
+            let out = self.model.forward_t(images, &feats, true)?;
+            merge_stats(&mut self.pending_sghc, out.pixel.stats)?;
+            parts.push(("codebook", out.pixel.loss_codebook.detach()));
+            parts.push(("commit", out.pixel.loss_commit.detach()));
+            let t = &out.pixel.loss_codebook + &out.pixel.loss_commit;
+            (out.recon, t)
+        };
+        let rec = self.rec.compute(&recon, images)?;
+        parts.push(("rec", rec.detach()));
+        // taming's `nll_loss`: what the adaptive GAN weight balances against.
+        let mut nll = rec * self.rec_weight;
+        if let Some((net, w)) = &self.perceptual {
+            let p = net.forward(&recon, images)?.mean(tch::Kind::Float);
+            parts.push(("perceptual", p.detach()));
+            nll += p * *w;
+        }
+        let mut disc_inputs = None;
+        if let Some(gan) = self.gan.as_ref().filter(|g| g.active(step)) {
+            let g = gan.generator(&recon, &nll, self.model.decoder().last_layer_weight())?;
+            parts.push(("gan_g", g.g_loss));
+            parts.push(("gan_w", g.weight));
+            nll += g.loss;
+            disc_inputs = Some((images.detach(), recon.detach()));
+        }
+        Ok(LossOut {
+            total: total + nll,
+            parts,
+            disc_inputs,
+        })
+    }
+    fn disc_loss(&mut self, real: &Tensor, fake: &Tensor, step: u64) -> Result<Option<Tensor>> {
+        match self.gan.as_mut() {
+            Some(g) if g.active(step) => Ok(Some(g.discriminator(real, fake)?)),
+            _ => Ok(None),
+        }
+    }
+    fn after_step(&mut self, _step: u64) -> Result<()> {
+        if let Some(s) = self.pending_sghc.take() {
+            self.model.sghc().ema_update(&s)?;
+        }
+        if let Some(s) = self.pending_spc.take() {
+            self.model.spc().ema_update(&s)?;
+        }
+        Ok(())
+    }
+}

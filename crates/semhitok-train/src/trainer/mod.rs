@@ -1,0 +1,489 @@
+//! The stage-independent training loop, as the [`Trainer`] struct.
+//!
+//! A stage is a [`Task`]: it names its trainable parameters, its checkpointed state and
+//! computes losses. The trainer owns everything else, one method per phase:
+//! [`Trainer::new`] (run directory, optimizers, resume), `gen_step` (micro-batches, gradient
+//! accumulation, the one device-to-host read-back, the NaN stop, clipping, AdamW + EMA),
+//! `disc_step` (the discriminator's own optimizer), `log` (metrics.jsonl), `checkpoint`
+//! (atomic checkpoints) and [`Trainer::run`], which strings them together with the progress
+//! display and the profiler range.
+//!
+//! Exact resume: the only randomness inside a step comes from LibTorch's global generator,
+//! which is re-seeded from `(seed, step)` at the start of every step, and from the data
+//! iterator, whose state is checkpointed. With the model, EMA and optimizer tensors restored
+//! bit for bit, a resumed CPU run recomputes exactly the losses of the uninterrupted run.
+
+mod device;
+mod guard;
+mod progress;
+mod task;
+
+pub(crate) use device::cuda_sync;
+pub use device::with_autocast;
+pub use task::{Batches, LossOut, Task};
+
+use crate::checkpoint::{self, CkptState};
+use crate::config::{DeviceKind, TrainConfig};
+use crate::error::{Error, Result};
+use crate::optim::{lr_at, AdamW, Ema};
+use crate::rundir::RunDir;
+use device::cuda_profiler;
+use guard::nan_stop;
+use progress::{Phases, Progress};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::{Device, Tensor};
+
+/// Options of one `train` call that are not part of the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the newest readable checkpoint of `run.out_dir`.
+    pub resume: bool,
+    /// The command line (written into run.json).
+    pub command_line: Vec<String>,
+    /// Stop (as if interrupted) once this many optimizer steps are done (tests).
+    pub stop_after: Option<u64>,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Time the phases of every step (data, forward, backward, clip, optimizer, discriminator,
+    /// after-step), synchronising CUDA at each boundary; totals in [`TrainReport::phases`]. Slows
+    /// the run down (no overlap across phases): for `semhitok bench --profile`, not for training.
+    pub profile: bool,
+    /// On CUDA, run this step of the call (0 = the first one it runs) between `cudaProfilerStart` and
+    /// `cudaProfilerStop`, synchronised, for `ncu --profile-from-start off` (per-kernel times of
+    /// one steady-state step: pick 1 or later to leave out the optimizer's one-off set-up).
+    pub cuda_profile_step: Option<u64>,
+}
+
+/// What a `train` call did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// Step index and total loss (summed over micro-batches, averaged) of every step run by
+    /// this call.
+    pub losses: Vec<(u64, f64)>,
+    /// Optimizer steps completed in total (including those before a resume).
+    pub steps_done: u64,
+    /// The newest checkpoint written or resumed from.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Step the call started from (0, or the resumed checkpoint's step).
+    pub start_step: u64,
+    pub run_dir: PathBuf,
+    /// Seconds per step phase summed over the run (only with [`TrainOptions::profile`]).
+    pub phases: BTreeMap<&'static str, f64>,
+}
+
+/// What one generator step produced.
+struct StepOut {
+    /// Total loss averaged over the micro-batches.
+    loss: f64,
+    /// Loss components averaged over the micro-batches.
+    parts: BTreeMap<&'static str, f64>,
+    /// Gradient norm before clipping.
+    grad_norm: f64,
+    lr: f64,
+    /// (real, fake) pairs of the micro-batches, for the discriminator.
+    disc_pairs: Vec<(Tensor, Tensor)>,
+}
+
+/// One training run of one stage: the task, its data, the optimizers and the run directory.
+pub struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    task: &'a mut dyn Task,
+    data: &'a mut dyn Batches,
+    opts: &'a TrainOptions,
+    device: Device,
+    /// bf16 autocast of the forward passes (CUDA with `precision = "bf16"`).
+    amp: bool,
+    run: RunDir,
+    opt: AdamW,
+    /// The discriminator's optimizer (`None`: the task has no discriminator).
+    dopt: Option<AdamW>,
+    ema: Option<Ema>,
+    start_step: u64,
+    last_checkpoint: Option<PathBuf>,
+    phases: Phases,
+    losses: Vec<(u64, f64)>,
+}
+
+impl std::fmt::Debug for Trainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("run", &self.run.path)
+            .field("start_step", &self.start_step)
+            .finish()
+    }
+}
+
+/// Run (or resume) the training described by `cfg` on `task` with batches from `data`.
+pub fn train(
+    cfg: &TrainConfig,
+    task: &mut dyn Task,
+    data: &mut dyn Batches,
+    opts: &TrainOptions,
+) -> Result<TrainReport> {
+    Trainer::new(cfg, task, data, opts)?.run()
+}
+
+fn step_seed(seed: u64, step: u64) -> i64 {
+    // splitmix64 of (seed, step): decorrelated per-step seeds, stable across runs.
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(step.wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as i64 & i64::MAX
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.detach().to_device(Device::Cpu).double_value(&[])
+}
+
+impl<'a> Trainer<'a> {
+    /// Open the run directory, build the optimizers (and the weight EMA) over the task's
+    /// parameters, and resume from the newest checkpoint when `opts.resume` is set.
+    pub fn new(
+        cfg: &'a TrainConfig,
+        task: &'a mut dyn Task,
+        data: &'a mut dyn Batches,
+        opts: &'a TrainOptions,
+    ) -> Result<Self> {
+        let device = cfg.run.device.device();
+        if cfg.run.device == DeviceKind::Cuda && !tch::Cuda::is_available() {
+            return Err(Error::Input(
+                "run.device = \"cuda\" but LibTorch sees no CUDA device".into(),
+            ));
+        }
+        let run = RunDir::create(cfg, &opts.command_line, opts.resume)?;
+        let opt = if cfg.run.bf16_copy() {
+            AdamW::with_bf16_copy(task.params(), &cfg.optim)
+        } else {
+            AdamW::new(task.params(), &cfg.optim)
+        };
+        let dparams = task.disc_params();
+        let dopt = if dparams.is_empty() {
+            None
+        } else {
+            let mut oc = cfg.optim.clone();
+            oc.lr = cfg.disc.lr;
+            oc.betas = cfg.disc.betas;
+            Some(AdamW::new(dparams, &oc))
+        };
+        let ema = cfg.optim.ema_decay.map(|d| Ema::for_optimizer(d, &opt));
+        let mut t = Self {
+            cfg,
+            task,
+            data,
+            opts,
+            device,
+            amp: cfg.run.bf16_autocast(),
+            run,
+            opt,
+            dopt,
+            ema,
+            start_step: 0,
+            last_checkpoint: None,
+            phases: Phases::new(opts.profile, device),
+            losses: vec![],
+        };
+        if opts.resume {
+            t.resume()?;
+        }
+        Ok(t)
+    }
+
+    /// Restore model, optimizers, EMA and data position from the newest readable checkpoint
+    /// of the run directory (none: start fresh).
+    fn resume(&mut self) -> Result<()> {
+        let cfg = self.cfg;
+        let Some(ck) = checkpoint::load_latest(&self.run.path)? else {
+            eprintln!(
+                "--resume: no checkpoint in {}, starting fresh",
+                self.run.path.display()
+            );
+            return Ok(());
+        };
+        if ck.state.stage != cfg.run.stage.as_str() {
+            return Err(Error::ckpt(
+                &ck.dir,
+                format!(
+                    "written by stage `{}`, cannot resume stage `{}`",
+                    ck.state.stage,
+                    cfg.run.stage.as_str()
+                ),
+            ));
+        }
+        checkpoint::restore_vars(&ck, "model.", &self.task.state())?;
+        let t = |k: &str| ck.state.optim_t.get(k).copied().unwrap_or(0);
+        self.opt
+            .load_state("optim.gen", t("gen"), &ck.tensors)
+            .map_err(|m| Error::ckpt(&ck.dir, m))?;
+        if let Some(d) = self.dopt.as_mut() {
+            d.load_state("optim.disc", t("disc"), &ck.tensors)
+                .map_err(|m| Error::ckpt(&ck.dir, m))?;
+        }
+        if let Some(e) = self.ema.as_mut() {
+            e.load_state(&ck.tensors)
+                .map_err(|m| Error::ckpt(&ck.dir, m))?;
+        }
+        self.data.restore(&ck.state.data_state)?;
+        self.start_step = ck.state.step;
+        self.run.truncate_metrics_after(self.start_step)?;
+        eprintln!(
+            "resumed from {} (step {})",
+            ck.dir.display(),
+            self.start_step
+        );
+        self.last_checkpoint = Some(ck.dir.clone());
+        Ok(())
+    }
+
+    /// Train from the start (or resumed) step to the end of the schedule (or `stop_after`).
+    pub fn run(mut self) -> Result<TrainReport> {
+        let total = self.cfg.schedule.steps;
+        let end = self.opts.stop_after.map_or(total, |s| s.min(total));
+        let mut progress = Progress::new(self.start_step, total, self.opts.quiet);
+        let images_per_step = self.cfg.data.batch_size as f64 * self.cfg.optim.accum_steps as f64;
+        for step in self.start_step..end {
+            let profiled = self.device.is_cuda()
+                && self.opts.cuda_profile_step == Some(step - self.start_step);
+            if profiled {
+                cuda_sync(self.device);
+                cuda_profiler("cudaProfilerStart")?;
+            }
+            self.phases.lap("other");
+            tch::manual_seed(step_seed(self.cfg.run.seed, step));
+            let out = self.gen_step(step)?;
+            let d_loss = self.disc_step(step, &out.disc_pairs)?;
+            self.task.after_step(step)?;
+            self.phases.lap("after_step");
+            if profiled {
+                cuda_sync(self.device);
+                cuda_profiler("cudaProfilerStop")?;
+            }
+            self.losses.push((step, out.loss));
+            let done = step + 1;
+            progress.step_done(done, end, images_per_step, out.loss, out.lr);
+            let s = &self.cfg.schedule;
+            if done % s.log_every == 0 || done == total || done == end {
+                self.log(done, &out, d_loss, progress.img_per_s)?;
+            }
+            if done % s.ckpt_every == 0 || done == total {
+                self.checkpoint(done)?;
+            }
+        }
+        progress.finish();
+        Ok(TrainReport {
+            losses: self.losses,
+            steps_done: end.max(self.start_step),
+            last_checkpoint: self.last_checkpoint,
+            start_step: self.start_step,
+            run_dir: self.run.path.clone(),
+            phases: self.phases.acc,
+        })
+    }
+
+    /// One generator-side optimizer step: `accum` micro-batches of forward + backward, one
+    /// device-to-host read-back of the losses and the gradient norm, the NaN stop, clipping,
+    /// AdamW and the weight EMA.
+    fn gen_step(&mut self, step: u64) -> Result<StepOut> {
+        let cfg = self.cfg;
+        let (device, amp) = (self.device, self.amp);
+        let lr = lr_at(
+            step,
+            cfg.optim.lr,
+            cfg.optim.warmup_steps,
+            cfg.schedule.steps,
+            cfg.optim.min_lr_ratio,
+        );
+        let accum = cfg.optim.accum_steps;
+        self.opt.zero_grad();
+        let mut disc_pairs = vec![];
+        // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
+        let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
+        for _ in 0..accum {
+            let images = self.data.next_batch(device)?;
+            self.phases.lap("data");
+            // Forward and backward with the bf16 working copy of the weights when there is one;
+            // the variables point back at the f32 masters afterwards, also on an error.
+            self.opt.enter_bf16()?;
+            let (task, phases) = (&mut *self.task, &mut self.phases);
+            let fwd_bwd = (|| -> Result<LossOut> {
+                let out = with_autocast(device, amp, || task.loss(&images, step))?;
+                phases.lap("forward");
+                // Backward first; the losses are read back after the last micro-batch together
+                // with the gradient norm (one device-to-host sync per step). A non-finite value
+                // still stops the run before any optimizer step.
+                (&out.total / accum as f64).backward();
+                phases.lap("backward");
+                Ok(out)
+            })();
+            self.opt.exit_bf16()?;
+            let out = fwd_bwd?;
+            let total = out.total.detach();
+            let vals: Vec<Tensor> = std::iter::once(&total)
+                .chain(out.parts.iter().map(|(_, t)| t))
+                .map(|t| t.detach().to_kind(tch::Kind::Double).reshape([1]))
+                .collect();
+            pending.push((out.parts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vals));
+            if let Some(p) = out.disc_inputs {
+                disc_pairs.push(p);
+            }
+        }
+        let norm_sq = self.opt.grad_norm_sq();
+        let flat: Vec<Tensor> = pending
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|t| t.to_device(norm_sq.device())))
+            .chain(std::iter::once(norm_sq.reshape([1])))
+            .collect();
+        let host = Vec::<f64>::try_from(Tensor::f_cat(&flat, 0)?.f_to_device(Device::Cpu)?)?;
+        let grad_norm = host[host.len() - 1].sqrt();
+        let (mut loss, mut parts_sum) = (0f64, BTreeMap::new());
+        let mut at = 0;
+        for (names, v) in &pending {
+            let l = host[at];
+            let mut parts = BTreeMap::new();
+            for (n, &x) in names.iter().zip(&host[at + 1..at + v.len()]) {
+                parts.insert(*n, x);
+                *parts_sum.entry(*n).or_insert(0.0) += x / accum as f64;
+            }
+            at += v.len();
+            if !l.is_finite() {
+                return Err(self.nan_stop(step, l, &parts));
+            }
+            loss += l / accum as f64;
+        }
+        self.opt.clip_to(grad_norm, cfg.optim.grad_clip);
+        self.phases.lap("clip");
+        if !grad_norm.is_finite() {
+            let parts = BTreeMap::from([("grad_norm", grad_norm)]);
+            return Err(self.nan_stop(step, loss, &parts));
+        }
+        self.opt.step(lr);
+        if let Some(e) = self.ema.as_mut() {
+            e.update();
+        }
+        self.phases.lap("optimizer");
+        Ok(StepOut {
+            loss,
+            parts: parts_sum,
+            grad_norm,
+            lr,
+            disc_pairs,
+        })
+    }
+
+    /// The discriminator's step on the detached (real, fake) pairs of this step's micro-batches.
+    /// Returns its mean loss, or `None` when it did not update (no discriminator, or not active
+    /// yet at `step`).
+    fn disc_step(&mut self, step: u64, pairs: &[(Tensor, Tensor)]) -> Result<Option<f64>> {
+        let cfg = self.cfg;
+        let (device, amp) = (self.device, self.amp);
+        let Some(d) = self.dopt.as_mut() else {
+            self.phases.lap("discriminator");
+            return Ok(None);
+        };
+        d.zero_grad();
+        let mut d_loss = None;
+        let mut dl_sum = 0f64;
+        for (real, fake) in pairs {
+            let dl = with_autocast(device, amp, || self.task.disc_loss(real, fake, step))?;
+            if let Some(dl) = dl {
+                let v = scalar(&dl);
+                if !v.is_finite() {
+                    let parts = BTreeMap::from([("disc_loss", v)]);
+                    let run = &self.run;
+                    return Err(nan_stop(
+                        run,
+                        step,
+                        v,
+                        &parts,
+                        self.last_checkpoint.as_deref(),
+                    ));
+                }
+                dl_sum += v / pairs.len() as f64;
+                (dl / pairs.len() as f64).backward();
+                d_loss = Some(dl_sum);
+            }
+        }
+        if d_loss.is_some() {
+            d.clip_grad_norm(cfg.optim.grad_clip);
+            let dlr = lr_at(
+                step,
+                cfg.disc.lr,
+                cfg.optim.warmup_steps,
+                cfg.schedule.steps,
+                cfg.optim.min_lr_ratio,
+            );
+            d.step(dlr);
+        }
+        d.zero_grad();
+        self.phases.lap("discriminator");
+        Ok(d_loss)
+    }
+
+    /// One metrics.jsonl record for step `done` (1-based).
+    fn log(&mut self, done: u64, out: &StepOut, d_loss: Option<f64>, img_per_s: f64) -> Result<()> {
+        let mut rec = serde_json::json!({
+            "step": done,
+            "loss": out.loss,
+            "lr": out.lr,
+            "grad_norm": out.grad_norm,
+            "img_per_s": img_per_s,
+        });
+        for (k, v) in &out.parts {
+            rec[*k] = serde_json::json!(v);
+        }
+        if let Some(d) = d_loss {
+            rec["disc_loss"] = serde_json::json!(d);
+        }
+        self.run.log(&rec)
+    }
+
+    /// Write the checkpoint of step `done` (atomically; older ones pruned to `keep_last`).
+    fn checkpoint(&mut self, done: u64) -> Result<()> {
+        let cfg = self.cfg;
+        let mut tensors: Vec<(String, Tensor)> = self
+            .task
+            .state()
+            .into_iter()
+            .map(|(k, v)| (format!("model.{k}"), v))
+            .collect();
+        tensors.extend(self.opt.state_tensors("optim.gen"));
+        let mut optim_t = BTreeMap::from([("gen".to_string(), self.opt.t)]);
+        if let Some(d) = self.dopt.as_ref() {
+            tensors.extend(d.state_tensors("optim.disc"));
+            optim_t.insert("disc".to_string(), d.t);
+        }
+        if let Some(e) = self.ema.as_ref() {
+            tensors.extend(e.state_tensors());
+        }
+        let state = CkptState {
+            format: checkpoint::FORMAT.into(),
+            stage: cfg.run.stage.as_str().into(),
+            step: done,
+            seed: cfg.run.seed,
+            optim_t,
+            data_state: self.data.state(),
+            tensors_bytes: 0,
+            tensors_sha256: String::new(),
+            extra: BTreeMap::new(),
+        };
+        self.last_checkpoint = Some(checkpoint::save(
+            &self.run.path,
+            state,
+            &tensors,
+            cfg.schedule.keep_last,
+        )?);
+        Ok(())
+    }
+
+    fn nan_stop(&self, step: u64, loss: f64, parts: &BTreeMap<&'static str, f64>) -> Error {
+        nan_stop(
+            &self.run,
+            step,
+            loss,
+            parts,
+            self.last_checkpoint.as_deref(),
+        )
+    }
+}

@@ -1,0 +1,110 @@
+//! What a run shows while it trains: the progress bar on a terminal, a plain status line every
+//! 30 s into logs, images/s, and the phase timer of `semhitok bench --profile`.
+
+use super::device::cuda_sync;
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tch::Device;
+
+/// Progress bar (terminal) or periodic plain lines (CI logs, redirects), and the img/s figure.
+pub(super) struct Progress {
+    pb: indicatif::ProgressBar,
+    plain_lines: bool,
+    t_run: Instant,
+    t_line: Instant,
+    t_last: Instant,
+    imgs_since: f64,
+    /// Images per second over the last >= 0.5 s window.
+    pub img_per_s: f64,
+    start: u64,
+    total: u64,
+}
+
+impl Progress {
+    pub(super) fn new(start: u64, total: u64, quiet: bool) -> Self {
+        let pb = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let pb = indicatif::ProgressBar::new(total);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            pb.set_position(start);
+            pb
+        };
+        // The bar draws only on a terminal; into a log (CI, `> file`), a plain line every 30 s.
+        let plain_lines = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let now = Instant::now();
+        Self {
+            pb,
+            plain_lines,
+            t_run: now,
+            t_line: now,
+            t_last: now,
+            imgs_since: 0.0,
+            img_per_s: 0.0,
+            start,
+            total,
+        }
+    }
+
+    /// Step `done` (1-based) of a call that ends at `end` finished with `images` images.
+    pub(super) fn step_done(&mut self, done: u64, end: u64, images: f64, loss: f64, lr: f64) {
+        self.imgs_since += images;
+        let dt = self.t_last.elapsed().as_secs_f64();
+        if dt > 0.5 || done == end {
+            self.img_per_s = self.imgs_since / dt.max(1e-9);
+            self.imgs_since = 0.0;
+            self.t_last = Instant::now();
+        }
+        let img_per_s = self.img_per_s;
+        self.pb.set_position(done);
+        self.pb
+            .set_message(format!("loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s"));
+        if self.plain_lines && (self.t_line.elapsed().as_secs() >= 30 || done == end) {
+            self.t_line = Instant::now();
+            let per_step = self.t_run.elapsed().as_secs_f64() / (done - self.start).max(1) as f64;
+            eprintln!(
+                "step {done}/{} loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s ETA {:.0} s",
+                self.total,
+                per_step * end.saturating_sub(done) as f64
+            );
+        }
+    }
+
+    pub(super) fn finish(&self) {
+        self.pb.finish_and_clear();
+    }
+}
+
+/// Phase timer of `TrainOptions::profile`: `lap(name)` waits for the device and charges the
+/// time since the previous lap to `name`. Does nothing when off.
+pub(super) struct Phases {
+    on: bool,
+    device: Device,
+    last: Instant,
+    pub acc: BTreeMap<&'static str, f64>,
+}
+
+impl Phases {
+    pub(super) fn new(on: bool, device: Device) -> Self {
+        Self {
+            on,
+            device,
+            last: Instant::now(),
+            acc: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn lap(&mut self, name: &'static str) {
+        if !self.on {
+            return;
+        }
+        cuda_sync(self.device);
+        *self.acc.entry(name).or_insert(0.0) += self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+    }
+}

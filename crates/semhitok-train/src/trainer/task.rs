@@ -1,0 +1,51 @@
+//! What a stage plugs into the [`Trainer`](super::Trainer): a [`Task`] (parameters, state,
+//! losses) and a [`Batches`] source (training inputs with a resumable position).
+
+use crate::error::Result;
+use crate::optim::Param;
+use std::collections::BTreeMap;
+use tch::{Device, Tensor};
+
+/// Losses of one micro-batch.
+#[derive(Debug)]
+pub struct LossOut {
+    /// The scalar that is back-propagated.
+    pub total: Tensor,
+    /// Named components (detached scalars), logged to metrics.jsonl.
+    pub parts: Vec<(&'static str, Tensor)>,
+    /// (real, reconstruction) detached, for the discriminator step; `None` without a GAN.
+    pub disc_inputs: Option<(Tensor, Tensor)>,
+}
+
+/// A source of training batches with a serializable position.
+pub trait Batches {
+    /// Next batch of images `[B, 3, H, W]` in [-1, 1] on `device`.
+    fn next_batch(&mut self, device: Device) -> Result<Tensor>;
+    /// The iterator state (JSON) after the batches returned so far.
+    fn state(&self) -> serde_json::Value;
+    /// Continue from a state produced by [`Batches::state`].
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+}
+
+/// One training stage.
+pub trait Task {
+    /// Parameters of the generator-side optimizer (sorted by name, stable across runs).
+    fn params(&self) -> Vec<Param>;
+    /// Parameters of the discriminator optimizer (empty: no discriminator).
+    fn disc_params(&self) -> Vec<Param> {
+        vec![]
+    }
+    /// Every tensor that defines the model state (trainable, frozen and buffers such as EMA
+    /// codebooks and discriminator weights), by name. Checkpointed under `model.`.
+    fn state(&self) -> BTreeMap<String, Tensor>;
+    /// Forward + losses on one micro-batch at optimizer step `step`.
+    fn loss(&mut self, images: &Tensor, step: u64) -> Result<LossOut>;
+    /// Discriminator loss on one (real, fake) pair at `step` (`None`: no discriminator update).
+    fn disc_loss(&mut self, _real: &Tensor, _fake: &Tensor, _step: u64) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Called after each optimizer step (e.g. codebook EMA bookkeeping).
+    fn after_step(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
+}
