@@ -118,6 +118,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         .clamp(-1.0, 1.0);
     let mut data = FixedBatch(x);
     let quiet = TrainOptions {
+        overwrite: true,
         quiet: true,
         ..Default::default()
     };
@@ -133,6 +134,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     c2.schedule.steps = a.steps * 1000;
     c2.run.out_dir = tmp.join("timed");
     let timed = TrainOptions {
+        overwrite: true,
         stop_after: Some(a.steps),
         ..quiet.clone()
     };
@@ -157,6 +159,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         let mut c3 = c2.clone();
         c3.run.out_dir = tmp.join("profile");
         let prof = TrainOptions {
+            overwrite: true,
             profile: true,
             ..timed.clone()
         };
@@ -175,6 +178,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         let mut c4 = c2.clone();
         c4.run.out_dir = tmp.join("cuda-profiler");
         let two = TrainOptions {
+            overwrite: true,
             stop_after: Some(2),
             cuda_profile_step: Some(1),
             ..quiet.clone()

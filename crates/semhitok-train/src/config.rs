@@ -624,8 +624,48 @@ impl TrainConfig {
         if self.optim.accum_steps < 1 {
             return bad("optim.accum_steps", "must be >= 1".into());
         }
-        if self.optim.lr < 0.0 {
-            return bad("optim.lr", "must be >= 0".into());
+        // Every float hyperparameter: finite and in range (a NaN passes `x < 0.0` checks).
+        let o = &self.optim;
+        let in_range = |key: &str, v: f64, lo: f64, hi: f64, hi_open: bool| {
+            let ok = v.is_finite() && v >= lo && if hi_open { v < hi } else { v <= hi };
+            if ok {
+                Ok(())
+            } else {
+                let end = if hi_open { ")" } else { "]" };
+                bad(
+                    key,
+                    format!("{v} is not a finite value in [{lo}, {hi}{end}"),
+                )
+            }
+        };
+        in_range("optim.lr", o.lr, 0.0, f64::MAX, false)?;
+        in_range("optim.betas[0]", o.betas[0], 0.0, 1.0, true)?;
+        in_range("optim.betas[1]", o.betas[1], 0.0, 1.0, true)?;
+        in_range("optim.eps", o.eps, 0.0, f64::MAX, false)?;
+        in_range("optim.weight_decay", o.weight_decay, 0.0, f64::MAX, false)?;
+        in_range("optim.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0, false)?;
+        in_range("optim.grad_clip", o.grad_clip, 0.0, f64::MAX, false)?;
+        in_range("disc.lr", self.disc.lr, 0.0, f64::MAX, false)?;
+        in_range("disc.betas[0]", self.disc.betas[0], 0.0, 1.0, true)?;
+        in_range("disc.betas[1]", self.disc.betas[1], 0.0, 1.0, true)?;
+        in_range(
+            "data.heldout_fraction",
+            self.data.heldout_fraction,
+            0.0,
+            1.0,
+            true,
+        )?;
+        if !(self.data.max_crop_frac.is_finite() && self.data.max_crop_frac > 0.0) {
+            return bad(
+                "data.max_crop_frac",
+                format!("{} must be finite and > 0", self.data.max_crop_frac),
+            );
+        }
+        if self.schedule.log_every == 0 {
+            return bad("schedule.log_every", "must be >= 1".into());
+        }
+        if self.schedule.steps == 0 {
+            return bad("schedule.steps", "must be >= 1".into());
         }
         if let Some(d) = self.optim.ema_decay {
             if !(0.0..1.0).contains(&d) {

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, heldout_images, protocol, EvalReport};
 use crate::report::{curve_from_metrics, plot_curves_robust};
 use crate::rundir::read_metrics;
+use crate::rundir::RunStart;
 use crate::stages::{load_model, run_stage, Loaded};
 use semhitok_nn::fid::FidInception;
 use semhitok_nn::model::Part;
@@ -94,7 +95,7 @@ pub fn run(
 
     eprintln!("[demo] 1/4 stage spc ({} steps)", spc_cfg.schedule.steps);
     let t = Instant::now();
-    run_stage(&spc_cfg, false, argv.to_vec(), a.quiet)?;
+    run_stage(&spc_cfg, RunStart::Fresh, argv.to_vec(), a.quiet)?;
     let t_spc = t.elapsed().as_secs_f64();
 
     // Semantic ids of the held-out images straight after stage 1.
@@ -146,14 +147,14 @@ pub fn run(
             pre_cfg.schedule.steps
         );
         let t = Instant::now();
-        run_stage(&pre_cfg, false, argv.to_vec(), a.quiet)?;
+        run_stage(&pre_cfg, RunStart::Fresh, argv.to_vec(), a.quiet)?;
         let t_pre = t.elapsed().as_secs_f64();
         eprintln!(
             "[demo] 3/4 stage pre: semantic-only baseline ({} steps)",
             sem_cfg.schedule.steps
         );
         let t = Instant::now();
-        run_stage(&sem_cfg, false, argv.to_vec(), a.quiet)?;
+        run_stage(&sem_cfg, RunStart::Fresh, argv.to_vec(), a.quiet)?;
         (t_pre, t.elapsed().as_secs_f64())
     };
 

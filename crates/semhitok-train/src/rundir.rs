@@ -3,6 +3,14 @@
 //! Before the first step [`RunDir::create`] writes `config.toml` (the config after `--set`
 //! overrides) and `run.json` (git revision, command line, stage, start time). Metrics are
 //! appended to `metrics.jsonl`, one JSON object per logged step.
+//!
+//! Ownership: a run holds an exclusive advisory lock (`flock`) on `RUN/.lock` for its lifetime,
+//! with its pid in the file; a second process on the same directory fails at once naming the
+//! directory and the holder's pid. The kernel drops the lock when its process dies, so a stale
+//! lock of a killed run is taken over without any clean-up. A fresh run ([`RunStart::Fresh`])
+//! into a directory that already holds a run (metrics or checkpoints) is an error unless
+//! [`RunStart::Overwrite`] is asked for, which deletes the old run's files first (stated on
+//! stderr); [`RunStart::Resume`] continues it, or starts it when there is nothing to resume.
 
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
@@ -14,6 +22,58 @@ use std::path::{Path, PathBuf};
 pub struct RunDir {
     pub path: PathBuf,
     metrics: std::fs::File,
+    /// The open `.lock` file; its `flock` is held until this is dropped.
+    _lock: std::fs::File,
+}
+
+/// How a run treats what its directory already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunStart {
+    /// Start a new run; an existing run in the directory is an error.
+    #[default]
+    Fresh,
+    /// Continue the run from its newest checkpoint, or start it when there is none
+    /// (`--resume`, `--resume auto`: what requeued cluster jobs need).
+    Resume,
+    /// Start a new run, deleting the files of the one the directory holds.
+    Overwrite,
+}
+
+/// Take the exclusive lock on `dir/.lock` (non-blocking) and write our pid into it.
+fn lock(dir: &Path) -> Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let p = dir.join(".lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    // SAFETY: flock on a file descriptor we own and keep open for the lock's lifetime.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let holder = std::fs::read_to_string(&p).unwrap_or_default();
+        return Err(Error::Input(format!(
+            "run directory {} is in use by another process (pid {}); wait for it or pick another run.out_dir",
+            dir.display(),
+            holder.trim()
+        )));
+    }
+    use std::io::Seek;
+    f.set_len(0).map_err(|e| Error::io(&p, e))?;
+    f.rewind().map_err(|e| Error::io(&p, e))?;
+    write!(f, "{}", std::process::id()).map_err(|e| Error::io(&p, e))?;
+    f.flush().map_err(|e| Error::io(&p, e))?;
+    Ok(f)
+}
+
+/// Whether `dir` holds (part of) a run: logged metrics or a checkpoint folder with entries.
+fn holds_run(dir: &Path) -> bool {
+    let metrics = std::fs::metadata(dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
+    let ckpts = std::fs::read_dir(dir.join(crate::checkpoint::CKPT_DIR))
+        .is_ok_and(|mut d| d.next().is_some());
+    metrics || ckpts
 }
 
 /// The git revision of the checkout containing `start` (read from `.git` directly: this crate
@@ -50,10 +110,39 @@ fn read_head(git: &Path) -> Option<String> {
 }
 
 impl RunDir {
-    /// Create (or reopen, when resuming) `cfg.run.out_dir`, write `config.toml` and `run.json`.
-    pub fn create(cfg: &TrainConfig, command_line: &[String], resuming: bool) -> Result<Self> {
+    /// Create (or reopen, when resuming) `cfg.run.out_dir`, take its lock, apply the
+    /// [`RunStart`] rule, and write `config.toml` and `run.json`.
+    pub fn create(cfg: &TrainConfig, command_line: &[String], start: RunStart) -> Result<Self> {
         let path = cfg.run.out_dir.clone();
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        let lock = lock(&path)?;
+        let resuming = start == RunStart::Resume;
+        if !resuming && holds_run(&path) {
+            if start == RunStart::Fresh {
+                return Err(Error::Input(format!(
+                    "{} already holds a run (metrics.jsonl / checkpoints): continue it with \
+                     --resume auto, replace it with --overwrite, or set another run.out_dir",
+                    path.display()
+                )));
+            }
+            eprintln!(
+                "--overwrite: deleting the previous run in {}",
+                path.display()
+            );
+            for e in std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))? {
+                let e = e.map_err(|e| Error::io(&path, e))?;
+                let p = e.path();
+                if p.file_name().is_some_and(|n| n == ".lock") {
+                    continue;
+                }
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                r.map_err(|e| Error::io(&p, e))?;
+            }
+        }
         let cfg_path = path.join("config.toml");
         let text = format!(
             "# resolved config of run `{}` (stage {}), written before the first step\n{}",
@@ -91,7 +180,11 @@ impl RunDir {
             .append(true)
             .open(&mpath)
             .map_err(|e| Error::io(&mpath, e))?;
-        Ok(Self { path, metrics })
+        Ok(Self {
+            path,
+            metrics,
+            _lock: lock,
+        })
     }
 
     /// Append one metrics record.

@@ -7,5 +7,6 @@ mod train {
     mod demo;
     mod machinery;
     mod optim;
+    mod reliability;
     mod stages;
 }

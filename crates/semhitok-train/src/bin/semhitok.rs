@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use semhitok_train::config::{DeviceKind, Stage, TrainConfig};
+use semhitok_train::rundir::RunStart;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -27,9 +28,13 @@ enum Cmd {
         /// spc | pre | decoder-ft | joint; must agree with `run.stage`.
         #[arg(long)]
         stage: Option<Stage>,
-        /// Continue the run in RUN_DIR from its newest readable checkpoint.
-        #[arg(long, value_name = "RUN_DIR")]
+        /// Continue the run in RUN_DIR from its newest readable checkpoint; `auto`: continue the
+        /// config's run (`run.out_dir`) if it holds one, start it otherwise (requeued jobs).
+        #[arg(long, value_name = "RUN_DIR|auto")]
         resume: Option<PathBuf>,
+        /// Start fresh even if `run.out_dir` holds a run: its files are deleted first.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
         /// cpu | cuda (overrides `run.device`).
         #[arg(long)]
         device: Option<String>,
@@ -66,10 +71,25 @@ fn main() -> Result<()> {
             config,
             stage,
             resume,
+            overwrite,
             device,
             set,
             quiet,
         } => {
+            // `--resume auto` resumes the config's own run directory.
+            let auto = resume.as_deref() == Some(std::path::Path::new("auto"));
+            let resume_dir = resume.filter(|_| !auto);
+            if auto && config.is_none() {
+                bail!("--resume auto needs --config FILE (the run is the config's run.out_dir)");
+            }
+            let start = if auto || resume_dir.is_some() {
+                RunStart::Resume
+            } else if overwrite {
+                RunStart::Overwrite
+            } else {
+                RunStart::Fresh
+            };
+            let resume = resume_dir;
             let path = match (&config, &resume) {
                 (Some(c), _) => c.clone(),
                 (None, Some(r)) => r.join("config.toml"),
@@ -98,7 +118,7 @@ fn main() -> Result<()> {
                     );
                 }
             }
-            let report = semhitok_train::stages::run_stage(&cfg, resume.is_some(), argv, quiet)?;
+            let report = semhitok_train::stages::run_stage(&cfg, start, argv, quiet)?;
             eprintln!(
                 "done: {} steps, last checkpoint {}",
                 report.steps_done,

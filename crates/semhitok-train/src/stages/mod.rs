@@ -25,6 +25,7 @@ pub use tasks::{PixelTask, SpcTask};
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
 use crate::error::{Error, Result};
 use crate::gan::Gan;
+use crate::rundir::RunStart;
 use crate::trainer::{train, Task, TrainOptions, TrainReport};
 use build::EFFNET_WEIGHTS;
 use semhitok_nn::losses::PixelLoss;
@@ -154,7 +155,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
 /// Build task + data and train (the `semhitok train` command).
 pub fn run_stage(
     cfg: &TrainConfig,
-    resume: bool,
+    start: RunStart,
     command_line: Vec<String>,
     quiet: bool,
 ) -> Result<TrainReport> {
@@ -164,7 +165,8 @@ pub fn run_stage(
     let mut task = build_task(cfg)?;
     let mut data = build_batches(cfg)?;
     let opts = TrainOptions {
-        resume,
+        resume: start == RunStart::Resume,
+        overwrite: start == RunStart::Overwrite,
         command_line,
         quiet,
         ..Default::default()

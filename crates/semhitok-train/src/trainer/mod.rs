@@ -26,7 +26,7 @@ use crate::checkpoint::{self, CkptState};
 use crate::config::{DeviceKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::optim::{lr_at, AdamW, Ema};
-use crate::rundir::RunDir;
+use crate::rundir::{RunDir, RunStart};
 use device::cuda_profiler;
 use guard::nan_stop;
 use progress::{Phases, Progress};
@@ -37,8 +37,10 @@ use tch::{Device, Tensor};
 /// Options of one `train` call that are not part of the config.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
-    /// Continue from the newest readable checkpoint of `run.out_dir`.
+    /// Continue from the newest readable checkpoint of `run.out_dir` (none there: start fresh).
     pub resume: bool,
+    /// Without `resume`: delete a run that `run.out_dir` already holds instead of refusing.
+    pub overwrite: bool,
     /// The command line (written into run.json).
     pub command_line: Vec<String>,
     /// Stop (as if interrupted) once this many optimizer steps are done (tests).
@@ -153,7 +155,12 @@ impl<'a> Trainer<'a> {
                 "run.device = \"cuda\" but LibTorch sees no CUDA device".into(),
             ));
         }
-        let run = RunDir::create(cfg, &opts.command_line, opts.resume)?;
+        let start = match (opts.resume, opts.overwrite) {
+            (true, _) => RunStart::Resume,
+            (false, true) => RunStart::Overwrite,
+            (false, false) => RunStart::Fresh,
+        };
+        let run = RunDir::create(cfg, &opts.command_line, start)?;
         let opt = if cfg.run.bf16_copy() {
             AdamW::with_bf16_copy(task.params(), &cfg.optim)
         } else {
@@ -200,6 +207,9 @@ impl<'a> Trainer<'a> {
                 "--resume: no checkpoint in {}, starting fresh",
                 self.run.path.display()
             );
+            // A run that died before its first checkpoint left metrics of steps that will be
+            // run again: drop them.
+            self.run.truncate_metrics_after(0)?;
             return Ok(());
         };
         if ck.state.stage != cfg.run.stage.as_str() {
