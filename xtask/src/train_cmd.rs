@@ -16,9 +16,13 @@ pub struct TrainArgs {
     /// The TOML config (configs/*.toml). With `--resume` alone, RUN_DIR/config.toml is used.
     #[arg(long)]
     pub config: Option<String>,
-    /// Continue the run in RUN_DIR from its newest readable checkpoint.
-    #[arg(long, value_name = "RUN_DIR")]
+    /// Continue the run in RUN_DIR from its newest readable checkpoint (`auto`: the config's
+    /// run if it holds one, else start it).
+    #[arg(long, value_name = "RUN_DIR|auto")]
     pub resume: Option<String>,
+    /// Start fresh even if the run directory holds a run (its files are deleted first).
+    #[arg(long)]
+    pub overwrite: bool,
     /// cpu | cuda (overrides `run.device`).
     #[arg(long)]
     pub device: Option<String>,
@@ -64,6 +68,9 @@ pub fn train(root: &Path, a: &TrainArgs) -> Result<()> {
     push("--config", &a.config);
     push("--resume", &a.resume);
     push("--device", &a.device);
+    if a.overwrite {
+        args.push("--overwrite".into());
+    }
     for s in &a.set {
         args.push("--set".into());
         args.push(s.clone());
