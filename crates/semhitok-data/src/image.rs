@@ -46,14 +46,53 @@ pub struct DecodeLimits {
     /// Largest accepted width x height. The default, 178 956 970, is Pillow's
     /// `DecompressionBombError` threshold (2 x `Image.MAX_IMAGE_PIXELS`).
     pub max_pixels: u64,
+    /// Largest accepted encoded file, in bytes (default 256 MiB, far above any real photo): a
+    /// file is never read past it, so a link to `/dev/zero` cannot exhaust memory.
+    pub max_file_bytes: u64,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_pixels: 178_956_970,
+            max_file_bytes: 256 << 20,
         }
     }
+}
+
+/// Reads an image file within `limits.max_file_bytes`. Only regular files are opened (links are
+/// followed first): a FIFO, device or directory named `*.jpg` is a skip, never a hang.
+pub fn read_image_file(
+    path: &std::path::Path,
+    limits: &DecodeLimits,
+) -> Result<Vec<u8>, SkipReason> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(SkipReason::Unreadable(format!(
+            "not a regular file ({:?})",
+            meta.file_type()
+        )));
+    }
+    if meta.len() > limits.max_file_bytes {
+        return Err(SkipReason::Unreadable(format!(
+            "{} bytes, over the {}-byte limit per image",
+            meta.len(),
+            limits.max_file_bytes
+        )));
+    }
+    let f = std::fs::File::open(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(limits.max_file_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(SkipReason::Unreadable(format!(
+            "grew past the {}-byte limit per image while read",
+            limits.max_file_bytes
+        )));
+    }
+    Ok(bytes)
 }
 
 fn is_jpeg(bytes: &[u8]) -> bool {

@@ -42,7 +42,7 @@ pub mod wds;
 pub use error::{Error, Result, SkipReason};
 pub use fashion_mnist::{FashionMnist, Split, FASHION_MNIST_CLASSES};
 pub use folder::{ImageFolder, ImageFolderConfig};
-pub use image::{decode_rgb8, DecodeLimits, Rgb8Image};
+pub use image::{decode_rgb8, read_image_file, DecodeLimits, Rgb8Image};
 pub use llava::{load_llava, LlavaRecord, Role, Turn};
 pub use loader::{
     Batch, IndexedSource, Item, Loader, LoaderConfig, LoaderState, PixelFormat, Pixels, SkipStats,

@@ -108,7 +108,7 @@ pub(crate) fn has_image_ext(p: &Path) -> bool {
 
 /// Reads and decodes one file, mapping I/O problems to [`SkipReason::Unreadable`].
 pub fn load_file(path: &Path, limits: &DecodeLimits) -> std::result::Result<Rgb8Image, SkipReason> {
-    let bytes = std::fs::read(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    let bytes = crate::image::read_image_file(path, limits)?;
     decode_rgb8(&bytes, limits)
 }
 

@@ -76,6 +76,14 @@ pub fn for_each_sample(
     path: &Path,
     mut f: impl FnMut(RawSample) -> ControlFlow<()>,
 ) -> std::result::Result<(), SkipReason> {
+    // Only regular files: a FIFO named `*.tar` would block the reader forever.
+    let meta = std::fs::metadata(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(SkipReason::Unreadable(format!(
+            "not a regular file ({:?})",
+            meta.file_type()
+        )));
+    }
     let file = std::fs::File::open(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
     let name = path.to_string_lossy();
     let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {

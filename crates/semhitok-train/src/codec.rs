@@ -165,6 +165,17 @@ pub fn decode_cmd(a: &DecodeArgs) -> Result<Vec<PathBuf>> {
                 a.ids.display()
             ))
         })?;
+    // Ids are integers: a float tensor would be truncated (5.7 -> 5, NaN -> i64::MIN).
+    if !matches!(
+        unified.kind(),
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
+    ) {
+        return Err(Error::Input(format!(
+            "{}: tensor `unified` has dtype {:?}; ids must be an integer dtype (int64/int32)",
+            a.ids.display(),
+            unified.kind()
+        )));
+    }
     let unified = if unified.dim() == 2 {
         unified.unsqueeze(0)
     } else {

@@ -83,9 +83,23 @@ fn pixel_formats_become_8bit_rgb() {
 #[test]
 fn pixel_limit_is_configurable() {
     let b = jpeg_bytes(&pattern(100, 100, 1), 90);
-    assert!(decode_rgb8(&b, &DecodeLimits { max_pixels: 10_000 }).is_ok());
+    assert!(decode_rgb8(
+        &b,
+        &DecodeLimits {
+            max_pixels: 10_000,
+            ..Default::default()
+        }
+    )
+    .is_ok());
     assert_eq!(
-        decode_rgb8(&b, &DecodeLimits { max_pixels: 9_999 }).unwrap_err(),
+        decode_rgb8(
+            &b,
+            &DecodeLimits {
+                max_pixels: 9_999,
+                ..Default::default()
+            }
+        )
+        .unwrap_err(),
         SkipReason::TooLarge {
             width: 100,
             height: 100
@@ -93,7 +107,13 @@ fn pixel_limit_is_configurable() {
     );
     let p = png_bytes(&image::DynamicImage::ImageRgb8(pattern(100, 100, 1)));
     assert!(matches!(
-        decode_rgb8(&p, &DecodeLimits { max_pixels: 5_000 }),
+        decode_rgb8(
+            &p,
+            &DecodeLimits {
+                max_pixels: 5_000,
+                ..Default::default()
+            }
+        ),
         Err(SkipReason::TooLarge { .. })
     ));
 }
@@ -123,8 +143,40 @@ proptest! {
         }
         let n = b.len();
         b.truncate(1 + cut % n);
-        if let Ok(img) = decode_rgb8(&b, &DecodeLimits { max_pixels: 1 << 22 }) {
+        if let Ok(img) = decode_rgb8(&b, &DecodeLimits { max_pixels: 1 << 22, ..Default::default() }) {
             prop_assert_eq!(img.data.len(), img.width as usize * img.height as usize * 3);
         }
     }
+}
+
+/// Issue 13 item 7: a FIFO named `*.jpg` is skipped, never opened (it would block forever), and a
+/// link to `/dev/zero` is never read (not a regular file); an oversized file is refused unread.
+#[test]
+fn non_regular_and_oversized_files_are_skips_not_hangs() {
+    use semhitok_data::read_image_file;
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("pipe.jpg");
+    let st = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if st.is_ok_and(|s| s.success()) {
+        let e = read_image_file(&fifo, &DecodeLimits::default()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+    let zero = tmp.path().join("zero.jpg");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let e = read_image_file(&zero, &DecodeLimits::default()).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let big = tmp.path().join("big.jpg");
+    std::fs::write(&big, vec![0u8; 1000]).unwrap();
+    let small = DecodeLimits {
+        max_file_bytes: 999,
+        ..Default::default()
+    };
+    let e = read_image_file(&big, &small).unwrap_err();
+    assert!(e.to_string().contains("over the 999-byte limit"), "{e}");
+    assert_eq!(
+        read_image_file(&big, &DecodeLimits::default())
+            .unwrap()
+            .len(),
+        1000
+    );
 }

@@ -172,6 +172,18 @@ fn decode_rejects_out_of_range_ids_and_wrong_checkpoints() {
     .expect_err("no `unified` tensor must be an error");
     assert!(e.to_string().contains("unified"), "{e}");
 
+    // Float ids (issue 13 item 8): refused naming the dtype, never truncated.
+    let floats = Tensor::full([1, 4, 4], 5.7, (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(&[("unified", &floats)], &ids).unwrap();
+    let e = decode_cmd(&DecodeArgs {
+        checkpoint: pre.clone(),
+        ids: ids.clone(),
+        out: tmp.path().join("o"),
+    })
+    .expect_err("float ids must be an error");
+    assert!(e.to_string().contains("Float"), "{e}");
+    assert!(e.to_string().contains("integer dtype"), "{e}");
+
     let e = encode_cmd(&EncodeArgs {
         checkpoint: spc.clone(),
         out: tmp.path().join("x"),
