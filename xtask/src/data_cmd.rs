@@ -69,6 +69,7 @@ fn scan_cmd(root: &Path, a: &ScanArgs) -> Result<()> {
     let opts = ScanOptions {
         limits: DecodeLimits {
             max_pixels: a.max_pixels,
+            ..Default::default()
         },
         image_root: a.image_root.clone(),
         require_caption: a.require_caption,
