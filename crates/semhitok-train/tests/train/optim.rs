@@ -5,7 +5,7 @@
 //! gradient for two steps, so torch skips it and counts its steps separately) through the
 //! per-tensor path.
 
-use super::common::tiny_config;
+use super::common::{serial, tiny_config};
 use semhitok_train::optim::{lr_at, AdamW, Ema, Param};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -166,6 +166,9 @@ fn flat_buffers_accumulate_gradients_and_update_the_modules_weights() {
 /// and its f32 master after `exit_bf16`; the 1-D norm scale is no member and stays f32.
 #[test]
 fn bf16_copy_equals_casting_at_use() {
+    // Both builds seed LibTorch's global generator: hold the lock every training test holds, or a
+    // trainer re-seeding it in parallel makes the two initial weights differ.
+    let _g = serial();
     let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 0.3, 0.1, -0.7, 0.9, 0.2, -0.4]).view([3, 3]);
     let build = |copy: bool| {
         let vs = tch::nn::VarStore::new(Device::Cpu);
