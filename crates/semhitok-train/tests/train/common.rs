@@ -158,3 +158,12 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Training options of the machinery tests: no progress bar, a fixed command line.
+pub fn quiet() -> semhitok_train::trainer::TrainOptions {
+    semhitok_train::trainer::TrainOptions {
+        quiet: true,
+        command_line: vec!["test".into()],
+        ..Default::default()
+    }
+}

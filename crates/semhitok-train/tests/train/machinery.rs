@@ -1,19 +1,11 @@
 //! The training loop on a toy task: exact resume, lr = 0, truncated checkpoints, NaN stop,
 //! checkpoint rotation, run-dir provenance.
 
-use super::common::{bit_equal, serial, snapshot, tiny_config, ToyTask};
+use super::common::{bit_equal, quiet, serial, snapshot, tiny_config, ToyTask};
 use semhitok_train::checkpoint;
 use semhitok_train::synthetic::SyntheticBatches;
 use semhitok_train::trainer::{train, TrainOptions};
 use semhitok_train::Error;
-
-fn quiet() -> TrainOptions {
-    TrainOptions {
-        quiet: true,
-        command_line: vec!["test".into()],
-        ..Default::default()
-    }
-}
 
 #[test]
 fn resume_is_bit_exact_on_cpu() {

@@ -1,19 +1,21 @@
 //! Issue 13: runs never mix (run-directory lock, fresh-into-existing, stale metrics) and
 //! non-finite or zero hyperparameters are config errors before anything is written.
 
-use super::common::{serial, tiny_config, tiny_config_text, ToyTask};
+use super::common::{quiet, serial, tiny_config, tiny_config_text, ToyTask};
 use semhitok_train::config::TrainConfig;
 use semhitok_train::rundir::{read_metrics, RunDir, RunStart};
 use semhitok_train::synthetic::SyntheticBatches;
 use semhitok_train::trainer::{train, TrainOptions};
 use std::path::Path;
 
-fn quiet() -> TrainOptions {
-    TrainOptions {
-        quiet: true,
-        command_line: vec!["test".into()],
-        ..Default::default()
-    }
+/// The toy task trained under `opts` (same init and data every call).
+fn toy_run(
+    cfg: &TrainConfig,
+    opts: TrainOptions,
+) -> semhitok_train::Result<semhitok_train::trainer::TrainReport> {
+    let mut task = ToyTask::new(1);
+    let mut data = SyntheticBatches::new(3, 4, 16);
+    train(cfg, &mut task, &mut data, &opts)
 }
 
 #[test]
@@ -68,11 +70,7 @@ fn fresh_run_into_an_existing_run_is_refused_unless_resume_or_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     let cfg = tiny_config(&dir, 4, 2, &[]);
-    let run = |opts: TrainOptions| {
-        let mut task = ToyTask::new(1);
-        let mut data = SyntheticBatches::new(3, 4, 16);
-        train(&cfg, &mut task, &mut data, &opts)
-    };
+    let run = |opts: TrainOptions| toy_run(&cfg, opts);
     run(quiet()).unwrap();
     let before = read_metrics(&dir).len();
     let err = run(quiet()).unwrap_err().to_string();
@@ -110,11 +108,7 @@ fn resume_before_the_first_checkpoint_drops_the_dead_runs_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     let cfg = tiny_config(&dir, 6, 5, &[]);
-    let run = |opts: TrainOptions| {
-        let mut task = ToyTask::new(1);
-        let mut data = SyntheticBatches::new(3, 4, 16);
-        train(&cfg, &mut task, &mut data, &opts)
-    };
+    let run = |opts: TrainOptions| toy_run(&cfg, opts);
     // Dies after 3 steps: metrics for steps 1..3, no checkpoint (the first is at 5).
     run(TrainOptions {
         stop_after: Some(3),
