@@ -18,6 +18,14 @@ fn toy_run(
     train(cfg, &mut task, &mut data, &opts)
 }
 
+/// The steps metrics.jsonl of `dir` holds, in file order.
+fn logged_steps(dir: &Path) -> Vec<u64> {
+    read_metrics(dir)
+        .iter()
+        .filter_map(|m| m["step"].as_u64())
+        .collect()
+}
+
 #[test]
 fn bad_hyperparameters_name_key_and_file() {
     let text = tiny_config_text(Path::new("/tmp/never-written"), 5, 5);
@@ -95,11 +103,7 @@ fn fresh_run_into_an_existing_run_is_refused_unless_resume_or_overwrite() {
     })
     .unwrap();
     assert_eq!(r.start_step, 0);
-    let steps: Vec<u64> = read_metrics(&dir)
-        .iter()
-        .filter_map(|m| m["step"].as_u64())
-        .collect();
-    assert_eq!(steps, vec![1, 2, 3, 4]);
+    assert_eq!(logged_steps(&dir), vec![1, 2, 3, 4]);
 }
 
 #[test]
@@ -122,9 +126,5 @@ fn resume_before_the_first_checkpoint_drops_the_dead_runs_metrics() {
     })
     .unwrap();
     assert_eq!(r.start_step, 0);
-    let steps: Vec<u64> = read_metrics(&dir)
-        .iter()
-        .filter_map(|m| m["step"].as_u64())
-        .collect();
-    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(logged_steps(&dir), vec![1, 2, 3, 4, 5, 6]);
 }
