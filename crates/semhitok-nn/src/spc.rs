@@ -359,6 +359,42 @@ impl Spc {
         ))
     }
 
+    /// The vectors collected so far for the k-means initialisation, `[M, D]` fp32 on the CPU
+    /// (`None` when none are pending: before the first training batch or once initialised).
+    /// A checkpoint taken while the initialisation spans several batches must hold them for an
+    /// exact resume.
+    pub fn kmeans_pending(&self) -> Result<Option<Tensor>> {
+        let buf = self.kmeans_buf.lock().map_err(|_| poisoned())?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::f_cat(&buf, 0)?))
+    }
+
+    /// Replace the pending k-means vectors by `vectors [M, D]` (from [`Spc::kmeans_pending`]).
+    pub fn set_kmeans_pending(&self, vectors: &Tensor) -> Result<()> {
+        let d = self.cfg.code_dim;
+        match vectors.size().as_slice() {
+            &[_, dd] if dd == d && vectors.is_floating_point() => {}
+            _ => {
+                return Err(Error::shape(
+                    "pending k-means vectors",
+                    format!("[M, {d}] float"),
+                    vectors,
+                ))
+            }
+        }
+        let mut buf = self.kmeans_buf.lock().map_err(|_| poisoned())?;
+        buf.clear();
+        buf.push(
+            vectors
+                .f_detach()?
+                .f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Float)?,
+        );
+        Ok(())
+    }
+
     fn collect_kmeans(&self, z: &Tensor) -> Result<()> {
         let d = self.cfg.code_dim;
         let mut buf = self.kmeans_buf.lock().map_err(|_| poisoned())?;

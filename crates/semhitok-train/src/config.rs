@@ -103,6 +103,12 @@ pub struct TrainConfig {
     pub init: InitConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub guard: GuardConfig,
+    /// Where it was read from (the file, plus the `--set` overrides), for error messages; empty
+    /// for configs built in code.
+    #[serde(skip)]
+    pub origin: PathBuf,
 }
 
 /// `[run]`: identity, stage, device.
@@ -449,6 +455,52 @@ fn default_keep() -> usize {
     3
 }
 
+/// `[guard]`: stops for runs that blow up without going non-finite (a NaN/Inf loss or gradient
+/// always stops the run). A stopped run never commits a checkpoint of the blown-up state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// A step spikes when its loss or gradient norm exceeds `spike_factor` x the median of the
+    /// last `spike_window` steps (0: off).
+    #[serde(default = "default_spike_factor")]
+    pub spike_factor: f64,
+    /// Steps in the running median (the guard waits until it holds `spike_window / 4` steps).
+    #[serde(default = "default_spike_window")]
+    pub spike_window: usize,
+    /// Consecutive spiking steps that stop the run. While a spike streak lasts, checkpoints are
+    /// held back (written once the streak ends, at the step it ends).
+    #[serde(default = "default_spike_patience")]
+    pub spike_patience: u32,
+    /// Stop when one optimizer step grows the parameters' l2 norm by more than this factor (0:
+    /// off). Catches an lr blow-up from the first step, before any history exists.
+    #[serde(default = "default_max_weight_growth")]
+    pub max_weight_growth: f64,
+}
+
+fn default_spike_factor() -> f64 {
+    10.0
+}
+fn default_spike_window() -> usize {
+    64
+}
+fn default_spike_patience() -> u32 {
+    3
+}
+fn default_max_weight_growth() -> f64 {
+    1.5
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            spike_factor: default_spike_factor(),
+            spike_window: default_spike_window(),
+            spike_patience: default_spike_patience(),
+            max_weight_growth: default_max_weight_growth(),
+        }
+    }
+}
+
 /// `[init]`: weights taken from earlier stages.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -550,6 +602,7 @@ impl TrainConfig {
         let mut cfg = Self::from_value(raw.clone(), file)?;
         cfg.resolve();
         if overrides.is_empty() {
+            cfg.origin = file.to_path_buf();
             cfg.validate(file)?;
             return Ok(cfg);
         }
@@ -566,7 +619,58 @@ impl TrainConfig {
         let mut cfg = Self::from_value(v, &origin)?;
         cfg.resolve();
         cfg.validate(&origin)?;
+        cfg.origin = origin;
         Ok(cfg)
+    }
+
+    /// The file (and overrides) this config came from, for error messages (`config` when it
+    /// was built in code).
+    pub fn origin(&self) -> PathBuf {
+        if self.origin.as_os_str().is_empty() {
+            PathBuf::from("config")
+        } else {
+            self.origin.clone()
+        }
+    }
+
+    /// A config error naming `key` and the file this config came from.
+    pub fn error(&self, key: &str, msg: impl Into<String>) -> Error {
+        Error::Config {
+            file: self.origin(),
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Every input path the run reads exists (teacher weights, data root, `init.*`, the LPIPS
+    /// trunk): checked before any model is built, each failure naming its key, the path and
+    /// the config file. Paths are relative to the current directory.
+    pub fn check_paths(&self) -> Result<()> {
+        let exists = |key: &str, p: &Path| -> Result<()> {
+            if p.exists() {
+                Ok(())
+            } else {
+                Err(self.error(key, format!("{} does not exist", p.display())))
+            }
+        };
+        if let Some(w) = &self.teacher.weights {
+            exists("teacher.weights", w)?;
+        }
+        match (self.data.kind, &self.data.root) {
+            (DataKind::Synthetic, _) => {}
+            (_, Some(r)) => exists("data.root", r)?,
+            (_, None) => return Err(self.error("data.root", "is required by this data kind")),
+        }
+        if let Some(p) = &self.init.spc {
+            exists("init.spc", p)?;
+        }
+        if let Some(p) = &self.init.pre {
+            exists("init.pre", p)?;
+        }
+        if let Some(p) = &self.loss.lpips_vgg16 {
+            exists("loss.lpips_vgg16", p)?;
+        }
+        Ok(())
     }
 
     fn from_value(v: toml::Value, file: &Path) -> Result<Self> {
@@ -659,6 +763,41 @@ impl TrainConfig {
             return bad(
                 "data.max_crop_frac",
                 format!("{} must be finite and > 0", self.data.max_crop_frac),
+            );
+        }
+        if self.teacher.kind == TeacherKind::EfficientnetLite0
+            && ![8, 16].contains(&self.teacher.stride)
+        {
+            return bad(
+                "teacher.stride",
+                format!(
+                    "{}: EfficientNet-Lite0 features have stride 8 or 16",
+                    self.teacher.stride
+                ),
+            );
+        }
+        let g = &self.guard;
+        if !(g.spike_factor == 0.0 || (g.spike_factor.is_finite() && g.spike_factor > 1.0)) {
+            return bad(
+                "guard.spike_factor",
+                format!("{} must be 0 (off) or a finite value > 1", g.spike_factor),
+            );
+        }
+        if g.spike_window < 4 {
+            return bad("guard.spike_window", "must be >= 4".into());
+        }
+        if g.spike_patience < 1 {
+            return bad("guard.spike_patience", "must be >= 1".into());
+        }
+        if !(g.max_weight_growth == 0.0
+            || (g.max_weight_growth.is_finite() && g.max_weight_growth > 1.0))
+        {
+            return bad(
+                "guard.max_weight_growth",
+                format!(
+                    "{} must be 0 (off) or a finite value > 1",
+                    g.max_weight_growth
+                ),
             );
         }
         if self.schedule.log_every == 0 {

@@ -239,6 +239,24 @@ impl AdamW {
         total.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, tch::Device::Cpu)))
     }
 
+    /// The squared global l2 norm of the parameters as a 0-d f64 tensor on their device (no host
+    /// sync), for the weight-growth guard.
+    pub fn param_norm_sq(&self) -> Tensor {
+        let _g = tch::no_grad_guard();
+        if let Some(f) = self.flat.as_ref() {
+            return f.p.square().sum(Kind::Double);
+        }
+        let mut total: Option<Tensor> = None;
+        for p in &self.params {
+            let s = p.var.to_kind(Kind::Double).square().sum(Kind::Double);
+            total = Some(match total {
+                None => s,
+                Some(t) => t + s,
+            });
+        }
+        total.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, tch::Device::Cpu)))
+    }
+
     /// Scale gradients so their global norm `norm` (from [`Self::grad_norm_sq`]) is at most
     /// `max_norm`, as `torch.nn.utils.clip_grad_norm_` does (`max_norm / (norm + 1e-6)`).
     pub fn clip_to(&mut self, norm: f64, max_norm: f64) {

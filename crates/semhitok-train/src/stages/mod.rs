@@ -23,7 +23,7 @@ pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, Loaded};
 pub use tasks::{PixelTask, SpcTask};
 
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gan::Gan;
 use crate::rundir::RunStart;
 use crate::trainer::{train, Task, TrainOptions, TrainReport};
@@ -32,7 +32,7 @@ use semhitok_nn::losses::PixelLoss;
 use semhitok_nn::lpips::Lpips;
 use semhitok_nn::model::{Part, SemHiTok};
 use semhitok_nn::perceptual::EffNetPerceptual;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Build the task of `cfg.run.stage` (fresh weights, then `init.*` checkpoints loaded).
 pub fn build_task(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
@@ -61,11 +61,10 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
     let trained = match stage {
         Stage::Spc => {
             if cfg.disc.enabled {
-                return Err(Error::Config {
-                    file: PathBuf::from("config"),
-                    key: "disc.enabled".into(),
-                    msg: "stage `spc` reconstructs teacher features, not pixels: the discriminator only applies to `pre`, `decoder-ft` and `joint`".into(),
-                });
+                return Err(cfg.error(
+                    "disc.enabled",
+                    "stage `spc` reconstructs teacher features, not pixels: the discriminator only applies to `pre`, `decoder-ft` and `joint`",
+                ));
             }
             return Ok(Box::new(SpcTask {
                 model,
@@ -100,11 +99,10 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         }
         Stage::Joint => {
             if cfg.model.fusion != semhitok_nn::fusion::Fusion::SemanticOnly {
-                return Err(Error::Config {
-                    file: PathBuf::from("config"),
-                    key: "model.fusion".into(),
-                    msg: "stage `joint` decodes pixels from the one (semantic) codebook: set model.fusion = \"semantic_only\"".into(),
-                });
+                return Err(cfg.error(
+                    "model.fusion",
+                    "stage `joint` decodes pixels from the one (semantic) codebook: set model.fusion = \"semantic_only\"",
+                ));
             }
             if let Some(p) = &cfg.init.spc {
                 let ck = init_checkpoint(p, &["spc"])?;
@@ -125,10 +123,11 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
             cfg.loss.perceptual_weight,
         )),
         PerceptualKind::LpipsVgg => {
-            let vgg = cfg.loss.lpips_vgg16.as_deref().ok_or_else(|| Error::Config {
-                file: PathBuf::from("config"),
-                key: "loss.lpips_vgg16".into(),
-                msg: "perceptual = \"lpips-vgg\" needs the VGG16 trunk: a torchvision vgg16 state dict saved as safetensors (not shipped offline; or use \"effnet\")".into(),
+            let vgg = cfg.loss.lpips_vgg16.as_deref().ok_or_else(|| {
+                cfg.error(
+                    "loss.lpips_vgg16",
+                    "perceptual = \"lpips-vgg\" needs the VGG16 trunk: a torchvision vgg16 state dict saved as safetensors (not shipped offline; or use \"effnet\")",
+                )
             })?;
             Some((
                 Perceptual::Lpips(Box::new(Lpips::load(vgg, &cfg.loss.lpips_heads, device)?)),
@@ -159,6 +158,7 @@ pub fn run_stage(
     command_line: Vec<String>,
     quiet: bool,
 ) -> Result<TrainReport> {
+    cfg.check_paths()?;
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }

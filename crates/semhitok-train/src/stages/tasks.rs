@@ -29,6 +29,25 @@ fn params_of(model: &SemHiTok, parts: &[Part]) -> Vec<Param> {
     v
 }
 
+/// Checkpoint name of the SPC's pending k-means vectors (see [`Task::extra_state`]).
+const KMEANS_PENDING: &str = "spc.kmeans_pending";
+
+fn spc_extra_state(model: &SemHiTok) -> Result<Vec<(String, Tensor)>> {
+    Ok(model
+        .spc()
+        .kmeans_pending()?
+        .map(|t| (KMEANS_PENDING.to_string(), t))
+        .into_iter()
+        .collect())
+}
+
+fn spc_restore_extra(model: &SemHiTok, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    if let Some(t) = tensors.get(KMEANS_PENDING) {
+        model.spc().set_kmeans_pending(t)?;
+    }
+    Ok(())
+}
+
 fn merge_stats(acc: &mut Option<CodeStats>, s: Option<CodeStats>) -> Result<()> {
     if let Some(s) = s {
         match acc {
@@ -73,6 +92,12 @@ impl Task for SpcTask {
             total,
             disc_inputs: None,
         })
+    }
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        spc_extra_state(&self.model)
+    }
+    fn restore_extra_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        spc_restore_extra(&self.model, tensors)
     }
     fn after_step(&mut self, _step: u64) -> Result<()> {
         if let Some(s) = self.pending.take() {
@@ -169,6 +194,16 @@ impl Task for PixelTask {
             Some(g) if g.active(step) => Ok(Some(g.discriminator(real, fake)?)),
             _ => Ok(None),
         }
+    }
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        if self.stage == Stage::Joint {
+            spc_extra_state(&self.model)
+        } else {
+            Ok(vec![])
+        }
+    }
+    fn restore_extra_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        spc_restore_extra(&self.model, tensors)
     }
     fn after_step(&mut self, _step: u64) -> Result<()> {
         if let Some(s) = self.pending_sghc.take() {

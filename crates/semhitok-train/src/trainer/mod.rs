@@ -28,9 +28,9 @@ use crate::error::{Error, Result};
 use crate::optim::{lr_at, AdamW, Ema};
 use crate::rundir::{RunDir, RunStart};
 use device::cuda_profiler;
-use guard::nan_stop;
+use guard::{nan_stop, nonfinite_state_stop, Guard, Verdict};
 use progress::{Phases, Progress};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
@@ -105,6 +105,10 @@ pub struct Trainer<'a> {
     last_checkpoint: Option<PathBuf>,
     phases: Phases,
     losses: Vec<(u64, f64)>,
+    /// The finite blow-up checks (`[guard]`).
+    guard: Guard,
+    /// A checkpoint was due during a spike streak and is written once the streak ends.
+    ckpt_held: bool,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -161,6 +165,10 @@ impl<'a> Trainer<'a> {
             (false, false) => RunStart::Fresh,
         };
         let run = RunDir::create(cfg, &opts.command_line, start)?;
+        // Under the run's lock: what a crash during a checkpoint write left behind goes first.
+        for p in checkpoint::remove_leftovers(&run.path)? {
+            eprintln!("removed an interrupted checkpoint write: {}", p.display());
+        }
         let opt = if cfg.run.bf16_copy() {
             AdamW::with_bf16_copy(task.params(), &cfg.optim)
         } else {
@@ -191,6 +199,8 @@ impl<'a> Trainer<'a> {
             last_checkpoint: None,
             phases: Phases::new(opts.profile, device),
             losses: vec![],
+            guard: Guard::new(&cfg.guard),
+            ckpt_held: false,
         };
         if opts.resume {
             t.resume()?;
@@ -235,6 +245,12 @@ impl<'a> Trainer<'a> {
             e.load_state(&ck.tensors)
                 .map_err(|m| Error::ckpt(&ck.dir, m))?;
         }
+        let extra: BTreeMap<String, Tensor> = ck
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("task.")?.to_string(), v.shallow_clone())))
+            .collect();
+        self.task.restore_extra_state(&extra)?;
         self.data.restore(&ck.state.data_state)?;
         self.start_step = ck.state.step;
         self.run.truncate_metrics_after(self.start_step)?;
@@ -277,8 +293,23 @@ impl<'a> Trainer<'a> {
             if done % s.log_every == 0 || done == total || done == end {
                 self.log(done, &out, d_loss, progress.img_per_s)?;
             }
-            if done % s.ckpt_every == 0 || done == total {
-                self.checkpoint(done)?;
+            if done % s.ckpt_every == 0 || done == total || self.ckpt_held {
+                if self.guard.spiking() && done != total {
+                    if !self.ckpt_held {
+                        eprintln!(
+                            "warning: step {done}: loss/gradient spike, checkpoint held back \
+                             until the spike ends (guard.spike_patience = {})",
+                            self.cfg.guard.spike_patience
+                        );
+                    }
+                    self.ckpt_held = true;
+                } else {
+                    if self.guard.spiking() {
+                        eprintln!("warning: step {done}: the schedule ends inside a spike streak");
+                    }
+                    self.checkpoint(done)?;
+                    self.ckpt_held = false;
+                }
             }
         }
         progress.finish();
@@ -340,13 +371,16 @@ impl<'a> Trainer<'a> {
             }
         }
         let norm_sq = self.opt.grad_norm_sq();
+        // ||theta||^2 before this step's update, for the weight-growth guard (same read-back).
+        let param_sq = self.opt.param_norm_sq().to_device(norm_sq.device());
         let flat: Vec<Tensor> = pending
             .iter()
             .flat_map(|(_, v)| v.iter().map(|t| t.to_device(norm_sq.device())))
-            .chain(std::iter::once(norm_sq.reshape([1])))
+            .chain([norm_sq.reshape([1]), param_sq.reshape([1])])
             .collect();
         let host = Vec::<f64>::try_from(Tensor::f_cat(&flat, 0)?.f_to_device(Device::Cpu)?)?;
-        let grad_norm = host[host.len() - 1].sqrt();
+        let grad_norm = host[host.len() - 2].sqrt();
+        let param_norm_sq = host[host.len() - 1];
         let (mut loss, mut parts_sum) = (0f64, BTreeMap::new());
         let mut at = 0;
         for (names, v) in &pending {
@@ -357,8 +391,8 @@ impl<'a> Trainer<'a> {
                 *parts_sum.entry(*n).or_insert(0.0) += x / accum as f64;
             }
             at += v.len();
-            if !l.is_finite() {
-                return Err(self.nan_stop(step, l, &parts));
+            if !l.is_finite() || parts.values().any(|x| !x.is_finite()) {
+                return Err(self.nan_stop(step + 1, l, &parts));
             }
             loss += l / accum as f64;
         }
@@ -366,7 +400,14 @@ impl<'a> Trainer<'a> {
         self.phases.lap("clip");
         if !grad_norm.is_finite() {
             let parts = BTreeMap::from([("grad_norm", grad_norm)]);
-            return Err(self.nan_stop(step, loss, &parts));
+            return Err(self.nan_stop(step + 1, loss, &parts));
+        }
+        let names: BTreeSet<&'static str> = parts_sum.keys().copied().collect();
+        if let Verdict::Stop(what, values) =
+            self.guard.observe(loss, grad_norm, names, param_norm_sq)
+        {
+            let last = self.last_checkpoint.as_deref();
+            return Err(Guard::stop(&self.run, step + 1, &what, &values, last));
         }
         self.opt.step(lr);
         if let Some(e) = self.ema.as_mut() {
@@ -404,7 +445,7 @@ impl<'a> Trainer<'a> {
                     let run = &self.run;
                     return Err(nan_stop(
                         run,
-                        step,
+                        step + 1,
                         v,
                         &parts,
                         self.last_checkpoint.as_deref(),
@@ -467,6 +508,13 @@ impl<'a> Trainer<'a> {
         if let Some(e) = self.ema.as_ref() {
             tensors.extend(e.state_tensors());
         }
+        tensors.extend(
+            self.task
+                .extra_state()?
+                .into_iter()
+                .map(|(k, v)| (format!("task.{k}"), v)),
+        );
+        self.check_state(done, &tensors)?;
         let state = CkptState {
             format: checkpoint::FORMAT.into(),
             stage: cfg.run.stage.as_str().into(),
@@ -484,6 +532,47 @@ impl<'a> Trainer<'a> {
             &tensors,
             cfg.schedule.keep_last,
         )?);
+        Ok(())
+    }
+
+    /// Before a checkpoint of step `done` is committed: every floating tensor finite, and the
+    /// step's update within `guard.max_weight_growth` (one device reduction, one read-back).
+    fn check_state(&self, done: u64, tensors: &[(String, Tensor)]) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        let after = self.opt.param_norm_sq();
+        let dev = after.device();
+        let floats: Vec<&(String, Tensor)> = tensors
+            .iter()
+            .filter(|(_, t)| t.is_floating_point())
+            .collect();
+        let mut flags: Vec<Tensor> = floats
+            .iter()
+            .map(|(_, t)| {
+                t.isfinite()
+                    .logical_not()
+                    .any()
+                    .to_kind(tch::Kind::Double)
+                    .to_device(dev)
+                    .reshape([1])
+            })
+            .collect();
+        flags.push(after.reshape([1]));
+        let host = Vec::<f64>::try_from(Tensor::f_cat(&flags, 0)?.f_to_device(Device::Cpu)?)?;
+        let bad: Vec<String> = floats
+            .iter()
+            .zip(&host)
+            .filter(|(_, &f)| f != 0.0)
+            .map(|((n, _), _)| n.clone())
+            .collect();
+        let last = self.last_checkpoint.as_deref();
+        if !bad.is_empty() {
+            return Err(nonfinite_state_stop(&self.run, done, &bad, last));
+        }
+        if let Some(before) = self.guard.norm_sq_before_last_step() {
+            if let Some((what, values)) = self.guard.growth(before, host[host.len() - 1]) {
+                return Err(Guard::stop(&self.run, done, &what, &values, last));
+            }
+        }
         Ok(())
     }
 
