@@ -52,7 +52,8 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
-    /// Dataset tools: `data scan --source imagenet|wds|photos|fashion-mnist|llava --path P`.
+    /// Dataset tools: `data scan --source imagenet|wds|photos|fashion-mnist|llava --path P`,
+    /// `data pack --src FOLDER --out DIR --shard-size N` (image folder -> webdataset shards).
     Data(data_cmd::DataArgs),
 }
 

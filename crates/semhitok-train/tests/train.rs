@@ -4,9 +4,10 @@ mod train {
     mod codec;
     pub mod common;
     mod config;
+    mod data;
     mod demo;
     mod machinery;
     mod optim;
     mod reliability;
-    mod stages;
+    pub mod stages;
 }

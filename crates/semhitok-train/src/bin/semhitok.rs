@@ -56,10 +56,31 @@ enum Cmd {
     Decode(semhitok_train::codec::DecodeArgs),
     /// Time N steps of stage `pre` (images/s, model FLOP utilisation); no checkpoints.
     Bench(semhitok_train::bench::BenchArgs),
+    /// Dataset tools: `data pack --src FOLDER --out DIR --shard-size N` writes an image folder
+    /// (ImageNet class folders or flat, optional `<stem>.txt` captions) as webdataset shards.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCmd {
+    /// Image folder -> webdataset tar shards (img2dataset layout: KEY.jpg, KEY.txt, KEY.cls,
+    /// KEY.json); undecodable files are skipped and counted.
+    Pack {
+        #[arg(long)]
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Samples per shard.
+        #[arg(long, default_value_t = 1000)]
+        shard_size: usize,
     },
 }
 
@@ -144,6 +165,33 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
             .map(|_| ())
             .map_err(Into::into),
+        Cmd::Data {
+            cmd:
+                DataCmd::Pack {
+                    src,
+                    out,
+                    shard_size,
+                },
+        } => {
+            let opts = semhitok_data::PackOptions {
+                shard_size,
+                limits: Default::default(),
+            };
+            let r = semhitok_data::pack(&src, &out, &opts)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "shards": r.shards.len(),
+                    "samples": r.samples,
+                    "with_caption": r.with_caption,
+                    "classes": r.classes.len(),
+                    "skipped": r.skipped.skipped,
+                    "reasons": r.skipped.reasons,
+                    "out": out.display().to_string(),
+                })
+            );
+            Ok(())
+        }
         Cmd::ModelPreset { name } => {
             let m = match name.as_str() {
                 "paper-256" => semhitok_nn::model::SemHiTokConfig::paper_256(),

@@ -18,7 +18,10 @@ mod model_io;
 mod tasks;
 
 pub use build::{build_teacher, check_teacher_fits, siglip_spec, Perceptual, LPIPS_HEADS};
-pub use data::{batch_tensor, build_batches, photo_config, PhotoBatches};
+pub use data::{
+    batch_tensor, build_batches, build_eval_stream, build_stream, photo_config, u8_batch_tensor,
+    StreamBatches,
+};
 pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, Loaded};
 pub use tasks::{PixelTask, SpcTask};
 
@@ -78,6 +81,12 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                 let ck =
                     init_checkpoint(cfg.init.spc.as_deref().unwrap_or(Path::new("")), &["spc"])?;
                 load_parts(&model, &ck, &[Part::Spc])?;
+                // Fine-tuning a `pre` run on other data (ImageNet -> COYO, as LlamaGen): its
+                // pixel encoder, sub-codebooks and decoder are the starting point.
+                if let Some(pre) = &cfg.init.pre {
+                    let ck = init_checkpoint(pre, &["pre"])?;
+                    load_parts(&model, &ck, &[Part::Pixel, Part::Decoder])?;
+                }
             }
             model.freeze(Part::Spc);
             vec![Part::Pixel, Part::Decoder]
@@ -162,8 +171,9 @@ pub fn run_stage(
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
-    let mut task = build_task(cfg)?;
+    // Data first: a missing dataset is reported before any model is built.
     let mut data = build_batches(cfg)?;
+    let mut task = build_task(cfg)?;
     let opts = TrainOptions {
         resume: start == RunStart::Resume,
         overwrite: start == RunStart::Overwrite,

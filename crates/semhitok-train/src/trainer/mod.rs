@@ -85,6 +85,8 @@ struct StepOut {
     lr: f64,
     /// (real, fake) pairs of the micro-batches, for the discriminator.
     disc_pairs: Vec<(Tensor, Tensor)>,
+    /// Seconds this step waited for its batches (loader + host-to-device copy).
+    data_s: f64,
 }
 
 /// One training run of one stage: the task, its data, the optimizers and the run directory.
@@ -288,7 +290,7 @@ impl<'a> Trainer<'a> {
             }
             self.losses.push((step, out.loss));
             let done = step + 1;
-            progress.step_done(done, end, images_per_step, out.loss, out.lr);
+            progress.step_done(done, end, images_per_step, out.loss, out.lr, out.data_s);
             let s = &self.cfg.schedule;
             if done % s.log_every == 0 || done == total || done == end {
                 self.log(done, &out, d_loss, progress.img_per_s)?;
@@ -341,8 +343,11 @@ impl<'a> Trainer<'a> {
         let mut disc_pairs = vec![];
         // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
         let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
+        let mut data_s = 0.0;
         for _ in 0..accum {
+            let t_data = std::time::Instant::now();
             let images = self.data.next_batch(device)?;
+            data_s += t_data.elapsed().as_secs_f64();
             self.phases.lap("data");
             // Forward and backward with the bf16 working copy of the weights when there is one;
             // the variables point back at the f32 masters afterwards, also on an error.
@@ -420,6 +425,7 @@ impl<'a> Trainer<'a> {
             grad_norm,
             lr,
             disc_pairs,
+            data_s,
         })
     }
 
@@ -480,6 +486,7 @@ impl<'a> Trainer<'a> {
             "lr": out.lr,
             "grad_norm": out.grad_norm,
             "img_per_s": img_per_s,
+            "data_s": out.data_s,
         });
         for (k, v) in &out.parts {
             rec[*k] = serde_json::json!(v);
