@@ -333,3 +333,72 @@ impl TextStream {
         Ok(new)
     }
 }
+
+/// Streams text while hiding stop strings: text that could be the start of a stop string is
+/// held back until it is known not to be one.
+#[derive(Debug, Default)]
+pub struct StopFilter {
+    stops: Vec<String>,
+    acc: String,
+    shown: usize,
+    stopped: bool,
+}
+
+impl StopFilter {
+    /// Filter for `stops` (empty: pass everything through).
+    pub fn new(stops: &[String]) -> Self {
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ..Default::default()
+        }
+    }
+    /// Add `piece`; returns the text that is now safe to show. After a stop string appeared,
+    /// returns the text before it once and then nothing.
+    pub fn push(&mut self, piece: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.acc.push_str(piece);
+        let safe = match self
+            .stops
+            .iter()
+            .filter_map(|s| self.acc.find(s.as_str()))
+            .min()
+        {
+            Some(cut) => {
+                self.stopped = true;
+                cut
+            }
+            None => {
+                let hold = self
+                    .stops
+                    .iter()
+                    .map(|s| {
+                        (1..s.len().min(self.acc.len()) + 1)
+                            .rev()
+                            .find(|&k| s.is_char_boundary(k) && self.acc.ends_with(&s[..k]))
+                            .unwrap_or(0)
+                    })
+                    .max()
+                    .unwrap_or(0);
+                self.acc.len() - hold
+            }
+        };
+        let out = self.acc[self.shown..safe.max(self.shown)].to_string();
+        self.shown = safe.max(self.shown);
+        out
+    }
+    /// Whether a stop string was seen.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+    /// The held-back rest at the end of generation (empty after a stop).
+    pub fn finish(&mut self) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let out = self.acc[self.shown..].to_string();
+        self.shown = self.acc.len();
+        out
+    }
+}

@@ -56,6 +56,9 @@ enum Cmd {
     Decode(semhitok_train::codec::DecodeArgs),
     /// Time N steps of stage `pre` (images/s, model FLOP utilisation); no checkpoints.
     Bench(semhitok_train::bench::BenchArgs),
+    /// Answer one prompt with a language model (GGUF file or HF folder; default: the embedded
+    /// SmolLM2-135M-Instruct), streaming the answer and printing tokens/s.
+    Chat(semhitok_train::chat::ChatArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -139,6 +142,9 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Decode(a) => semhitok_train::codec::decode_cmd(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::Chat(a) => semhitok_train::chat::run(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
