@@ -7,6 +7,10 @@
 //! `model.layers.{i}.self_attn.{q,k,v,o}_proj.{weight,bias}`, `model.layers.{i}.mlp.{gate,up,down}_proj.weight`,
 //! `model.norm.weight`, `lm_head.weight` (absent when tied).
 //!
+//! Frozen-network fusions (inference only): q/k/v and gate/up projections are stacked into one
+//! matrix each at load time (fewer, larger matmuls per decode step); the HF tensors are the
+//! source and are not kept separately.
+//!
 //! The model is immutable while decoding (`forward(&self, ..)`); all state lives in the caller's
 //! [`KvCache`].
 
@@ -57,6 +61,30 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.f_linear(&self.w, self.b.as_ref())?)
     }
+    /// One linear layer computing `parts` side by side (outputs concatenated in order): one
+    /// matmul instead of several per step (q/k/v, gate/up). The parts are consumed, so the
+    /// stacked copy is the only copy of these frozen weights.
+    fn stack(parts: Vec<Linear>) -> Result<Self> {
+        let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
+        let w = Tensor::f_cat(&ws, 0)?;
+        let b = if parts.iter().all(|l| l.b.is_some()) {
+            let bs: Vec<&Tensor> = parts.iter().filter_map(|l| l.b.as_ref()).collect();
+            Some(Tensor::f_cat(&bs, 0)?)
+        } else if parts.iter().any(|l| l.b.is_some()) {
+            // Some parts without bias: zeros for them.
+            let bs: Vec<Tensor> = parts
+                .iter()
+                .map(|l| match &l.b {
+                    Some(b) => Ok(b.shallow_clone()),
+                    None => Tensor::f_zeros([l.w.size()[0]], (l.w.kind(), l.w.device())),
+                })
+                .collect::<std::result::Result<_, tch::TchError>>()?;
+            Some(Tensor::f_cat(&bs, 0)?)
+        } else {
+            None
+        };
+        Ok(Self { w, b })
+    }
 }
 
 #[derive(Debug)]
@@ -72,23 +100,19 @@ impl RmsNorm {
             eps,
         })
     }
-    /// [.., D] -> [.., D]; the statistics in f32 as `LlamaRMSNorm` computes them.
+    /// [.., D] -> [.., D]: `w * x / sqrt(mean(x^2) + eps)` through LibTorch's `rms_norm`
+    /// (statistics in f32 as `LlamaRMSNorm`; for bf16 inputs the product with `w` is rounded
+    /// once where transformers rounds twice).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let kind = x.kind();
-        let xf = x.f_to_kind(Kind::Float)?;
-        let var = xf
-            .f_pow_tensor_scalar(2)?
-            .f_mean_dim(-1, true, Kind::Float)?;
-        let y = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
-        Ok(self.w.f_mul(&y.f_to_kind(kind)?)?)
+        let d = self.w.size()[0];
+        Ok(x.f_rms_norm([d], Some(&self.w), self.eps)?)
     }
 }
 
 #[derive(Debug)]
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q_proj, k_proj, v_proj stacked: [(Hq + 2 Hkv) * D, H].
+    qkv: Linear,
     o: Linear,
     heads: i64,
     kv_heads: i64,
@@ -101,9 +125,11 @@ impl Attention {
         let q = cfg.num_attention_heads * cfg.head_dim;
         let kv = cfg.num_key_value_heads * cfg.head_dim;
         Ok(Self {
-            q: Linear::new(&p.pp("q_proj"), q, h, cfg.qkv_bias)?,
-            k: Linear::new(&p.pp("k_proj"), kv, h, cfg.qkv_bias)?,
-            v: Linear::new(&p.pp("v_proj"), kv, h, cfg.qkv_bias)?,
+            qkv: Linear::stack(vec![
+                Linear::new(&p.pp("q_proj"), q, h, cfg.qkv_bias)?,
+                Linear::new(&p.pp("k_proj"), kv, h, cfg.qkv_bias)?,
+                Linear::new(&p.pp("v_proj"), kv, h, cfg.qkv_bias)?,
+            ])?,
             o: Linear::new(&p.pp("o_proj"), h, q, cfg.o_bias)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
@@ -128,9 +154,11 @@ impl Attention {
         let split = |t: Tensor, n: i64| -> Result<Tensor> {
             Ok(t.f_view([b, l, n, self.head_dim])?.f_transpose(1, 2)?)
         };
-        let q = split(self.q.forward(x)?, self.heads)?; // [B, Hq, L, D]
-        let k = split(self.k.forward(x)?, self.kv_heads)?; // [B, Hkv, L, D]
-        let v = split(self.v.forward(x)?, self.kv_heads)?;
+        let qkv = self.qkv.forward(x)?; // [B, L, (Hq + 2 Hkv) * D]
+        let (nq, nkv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let q = split(qkv.f_narrow(2, 0, nq)?, self.heads)?; // [B, Hq, L, D]
+        let k = split(qkv.f_narrow(2, nq, nkv)?, self.kv_heads)?; // [B, Hkv, L, D]
+        let v = split(qkv.f_narrow(2, nq + nkv, nkv)?, self.kv_heads)?;
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
         let (k, v) = cache.update(layer, &k, &v)?; // [B, Hkv, len, D]
@@ -153,24 +181,31 @@ impl Attention {
 
 #[derive(Debug)]
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    /// gate_proj, up_proj stacked: [2 F, H].
+    gate_up: Linear,
     down: Linear,
+    inner: i64,
 }
 
 impl Mlp {
     fn new(p: &WeightPath<'_>, cfg: &LlamaConfig) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate: Linear::new(&p.pp("gate_proj"), f, h, cfg.mlp_bias)?,
-            up: Linear::new(&p.pp("up_proj"), f, h, cfg.mlp_bias)?,
+            gate_up: Linear::stack(vec![
+                Linear::new(&p.pp("gate_proj"), f, h, cfg.mlp_bias)?,
+                Linear::new(&p.pp("up_proj"), f, h, cfg.mlp_bias)?,
+            ])?,
             down: Linear::new(&p.pp("down_proj"), h, f, cfg.mlp_bias)?,
+            inner: f,
         })
     }
     /// [.., H] -> [.., H]: down(silu(gate(x)) * up(x)).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate.forward(x)?.f_silu()?;
-        self.down.forward(&g.f_mul(&self.up.forward(x)?)?)
+        let gu = self.gate_up.forward(x)?; // [.., 2F]
+        let d = gu.dim() as i64 - 1;
+        let g = gu.f_narrow(d, 0, self.inner)?.f_silu()?;
+        self.down
+            .forward(&g.f_mul(&gu.f_narrow(d, self.inner, self.inner)?)?)
     }
 }
 

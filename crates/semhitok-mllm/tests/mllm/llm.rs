@@ -127,7 +127,23 @@ fn check_model(dir: &str, dev: Device) -> R {
 }
 
 fn llama_golden(dev: Device) -> R {
-    check_model("llama", dev)
+    check_model("llama", dev)?;
+    // Negative control: without its Llama-3 rope scaling the same weights miss the golden, so
+    // the comparison above does exercise the scaling.
+    let d = fixtures().join("llama");
+    let mut cfg = LlamaConfig::from_hf_file(&d.join("config.json"))?;
+    cfg.rope_scaling = semhitok_mllm::llm::RopeScaling::Default;
+    let m = LlamaModel::new(&cfg, &Weights::from_hf_dir(&d, Kind::Float, dev)?)?;
+    let g = golden("llama_golden.safetensors");
+    let l = m.forward(
+        Input::Ids(&g["ids"].to_device(dev)),
+        None,
+        &mut m.new_cache(1, 16)?,
+        LogitsAt::All,
+    )?;
+    let e = rel_err(&l, &g["logits"]);
+    assert!(e > 1e-3, "unscaled rope still matches (rel err {e})");
+    Ok(())
 }
 test_device!(llama_golden, llama_golden_cpu, llama_golden_cuda);
 
