@@ -114,6 +114,7 @@ fn tiny_gguf_matches_transformers() -> Result<(), Box<dyn std::error::Error>> {
         LogitsAt::All,
     )?;
     let e = rel_err(&l, &g["logits"]);
+    eprintln!("tiny gguf: logits rel err vs transformers {e:.2e}");
     assert!(e < 1e-5, "rel err {e}");
     // Without the un-permutation the logits would differ (position 0 has angle 0, so the
     // later positions carry the check).
@@ -221,6 +222,7 @@ fn smollm2_real_file() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let last = l.select(1, l.size()[1] - 1).squeeze();
     let e = rel_err(&last, &g["last_logits"]);
+    eprintln!("smollm2: last-position logits rel err vs transformers {e:.2e}");
     assert!(e < 1e-4, "last-position logits rel err {e}");
     assert_eq!(
         Vec::<i64>::try_from(l.argmax(-1, false).view([-1]))?,

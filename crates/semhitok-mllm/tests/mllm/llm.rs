@@ -57,6 +57,7 @@ fn check_model(dir: &str, dev: Device) -> R {
     let mut cache = m.new_cache(1, 64)?;
     let logits = m.forward(Input::Ids(&ids), None, &mut cache, LogitsAt::All)?;
     let e = rel_err(&logits, &g["logits"]);
+    eprintln!("{dir} on {dev:?}: logits rel err {e:.2e}");
     assert!(e < tol, "{dir}: logits rel err {e}");
 
     // Input embeddings give the same logits as ids.
@@ -104,6 +105,7 @@ fn check_model(dir: &str, dev: Device) -> R {
         &bl.to_device(Device::Cpu).masked_select(&keep),
         &g["batch_logits"].masked_select(&keep),
     );
+    eprintln!("{dir} on {dev:?}: left-padded batch logits rel err {e:.2e}");
     assert!(e < tol, "{dir}: batch logits rel err {e}");
     let mask_rows = rows(&g["batch_mask"]);
     let prompts: Vec<Vec<u32>> = rows(&g["batch_ids"])
