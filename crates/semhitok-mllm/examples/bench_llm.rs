@@ -5,6 +5,7 @@
 //!
 //! Args: `--model PATH.gguf | --random llama2-7b`, `--device cpu|cuda`, `--dtype f32|bf16|f16`,
 //! `--threads N`, `--batch B`, `--prompt-tokens P`, `--new-tokens N`, `--reps R` (best kept),
+//! `--sync-every K` (read sampled ids on the host every K steps; 1 = every token),
 //! `--accuracy` (also report the max relative error of the last-position logits against the f32
 //! model, for a smaller dtype).
 
@@ -71,6 +72,7 @@ fn main() -> anyhow::Result<()> {
     let prompts = vec![prompt.clone(); batch as usize];
     let cfg = GenerationConfig {
         max_new_tokens: n as usize,
+        sync_every: num("--sync-every", 1) as usize,
         ..Default::default()
     };
     let (mut best_pre, mut best_dec) = (0f64, 0f64);
@@ -115,7 +117,7 @@ fn main() -> anyhow::Result<()> {
             "impl": "semhitok-mllm (tch)",
             "model": arg(&args, "--model").or(arg(&args, "--random")),
             "device": format!("{dev:?}"), "dtype": format!("{kind:?}"), "threads": tch::get_num_threads(),
-            "batch": batch, "prompt_tokens": p, "new_tokens": n, "reps": reps,
+            "batch": batch, "prompt_tokens": p, "new_tokens": n, "reps": reps, "sync_every": cfg.sync_every,
             "load_s": load_s, "prefill_tok_s": best_pre, "decode_tok_s": best_dec,
             "params": m.config().n_params(), "first_tokens": &tokens[..tokens.len().min(8)],
             "accuracy": accuracy,

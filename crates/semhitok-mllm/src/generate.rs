@@ -45,6 +45,10 @@ pub struct GenerationConfig {
     pub stop_strings: Vec<String>,
     /// Seed of LibTorch's generator (sampling only).
     pub seed: i64,
+    /// Read the sampled ids on the host every this many steps (1 = every step). Larger values
+    /// let a GPU run ahead of the host (no sync per token); rows that end in between still get
+    /// exactly the tokens up to their eos / stop string, the extra steps are wasted work.
+    pub sync_every: usize,
 }
 
 impl Default for GenerationConfig {
@@ -56,6 +60,7 @@ impl Default for GenerationConfig {
             eos: vec![],
             stop_strings: vec![],
             seed: 0,
+            sync_every: 1,
         }
     }
 }
@@ -183,7 +188,7 @@ pub struct GenerationOutput {
     pub prefill_secs: f64,
     /// Seconds of the remaining decode steps.
     pub decode_secs: f64,
-    /// Decode steps run after the prefill (each produced one token per row).
+    /// Decode steps (forward passes) run after the prefill.
     pub decode_steps: usize,
 }
 
@@ -251,37 +256,62 @@ pub fn generate(
     let mut t1 = Instant::now();
     let mut steps = 0;
     let pad_t = Tensor::f_full([b], pad as i64, (Kind::Int64, device))?;
-    for step in 0..cfg.max_new_tokens {
+    let mut done_dev: Option<Tensor> = None;
+    // Ids sampled on the device but not yet read on the host (at most `sync_every`).
+    let mut pending: Vec<Tensor> = Vec::new();
+    let every = cfg.sync_every.max(1);
+    'steps: for step in 0..cfg.max_new_tokens {
         let mut next = sampler.sample(&logits.f_select(1, 0)?)?;
-        if done.iter().any(|&d| d) {
-            let d: Vec<bool> = done.clone();
-            let dm = Tensor::from_slice(&d).f_to_device(device)?;
-            next = pad_t.f_where_self(&dm, &next)?;
+        if let Some(dm) = &done_dev {
+            next = pad_t.f_where_self(dm, &next)?;
         }
-        let host: Vec<i64> = Vec::<i64>::try_from(next.f_to_device(tch::Device::Cpu)?)?;
-        let host: Vec<u32> = host.into_iter().map(|x| x as u32).collect();
-        if step == 0 {
-            prefill_secs = t0.elapsed().as_secs_f64();
-            t1 = Instant::now();
-        } else {
-            steps += 1;
-        }
-        for r in 0..n {
-            if done[r] {
-                continue;
+        pending.push(next.shallow_clone());
+        let last = step + 1 == cfg.max_new_tokens;
+        // The first token is always read at once (time to first token); later ones every
+        // `every` steps, so the device can run ahead of the host in between.
+        if step == 0 || pending.len() >= every || last {
+            let block = Tensor::f_stack(&pending, 1)?.f_to_device(tch::Device::Cpu)?; // [B, k]
+            let k = pending.len();
+            pending.clear();
+            let block: Vec<i64> = Vec::<i64>::try_from(block.f_reshape([-1])?)?;
+            if step == 0 {
+                prefill_secs = t0.elapsed().as_secs_f64();
+                t1 = Instant::now();
             }
-            out[r].push(host[r]);
-            if cfg.eos.contains(&host[r]) {
-                done[r] = true;
-            } else if let (Some(tk), false) = (tokenizer, cfg.stop_strings.is_empty()) {
-                let text = tk.decode_skip_special(&out[r])?;
-                if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
-                    done[r] = true;
+            for j in 0..k {
+                let host: Vec<u32> = (0..n)
+                    .map(|r| {
+                        if done[r] {
+                            pad
+                        } else {
+                            block[r * k + j] as u32
+                        }
+                    })
+                    .collect();
+                for r in 0..n {
+                    if done[r] {
+                        continue;
+                    }
+                    out[r].push(host[r]);
+                    if cfg.eos.contains(&host[r]) {
+                        done[r] = true;
+                    } else if let (Some(tk), false) = (tokenizer, cfg.stop_strings.is_empty()) {
+                        let text = tk.decode_skip_special(&out[r])?;
+                        if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                            done[r] = true;
+                        }
+                    }
+                }
+                let go_on = on_step(step + 1 - k + j, &host);
+                if !go_on || done.iter().all(|&d| d) {
+                    break 'steps;
                 }
             }
+            if done.iter().any(|&d| d) {
+                done_dev = Some(Tensor::from_slice(&done).f_to_device(device)?);
+            }
         }
-        let go_on = on_step(step, &host);
-        if !go_on || done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens {
+        if last {
             break;
         }
         logits = model.forward(
@@ -290,6 +320,7 @@ pub fn generate(
             &mut cache,
             LogitsAt::Last,
         )?;
+        steps += 1;
     }
     Ok(GenerationOutput {
         tokens: out,

@@ -142,6 +142,7 @@ pub fn run(a: &ChatArgs) -> Result<ChatReport> {
         eos: lm.eos.clone(),
         stop_strings: a.stop.clone(),
         seed: a.seed,
+        sync_every: 1,
     };
     let pad = lm.eos.first().copied().unwrap_or(0);
     let mut stream = TextStream::default();

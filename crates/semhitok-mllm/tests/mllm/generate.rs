@@ -160,6 +160,17 @@ fn generation_controls() -> Result<(), Box<dyn std::error::Error>> {
     let first = greedy.iter().position(|&t| t == greedy[4]).unwrap();
     let out = generate(&m, &[prompt.clone()], 0, &cfg, None, &mut |_, _| true)?;
     assert_eq!(out.tokens[0], greedy[..=first].to_vec());
+    // Reading ids 6 steps late gives the same tokens (also in a batch where rows end apart).
+    let late = GenerationConfig {
+        sync_every: 6,
+        ..cfg.clone()
+    };
+    let out6 = generate(&m, &[prompt.clone()], 0, &late, None, &mut |_, _| true)?;
+    assert_eq!(out6.tokens, out.tokens);
+    let batch = vec![prompt.clone(), prompt[3..].to_vec(), prompt[..4].to_vec()];
+    let a = generate(&m, &batch, 0, &cfg, None, &mut |_, _| true)?;
+    let b = generate(&m, &batch, 0, &late, None, &mut |_, _| true)?;
+    assert_eq!(a.tokens, b.tokens);
     // Streaming callback can stop early.
     let mut seen = 0;
     let cfg = GenerationConfig {
