@@ -1,4 +1,4 @@
-//! `cargo xtask train|eval|encode|decode|demo`: thin launchers of the `semhitok` binary
+//! `cargo xtask train|eval|encode|decode|demo|chat`: thin launchers of the `semhitok` binary
 //! (crates/semhitok-train). Each sets up LibTorch, then runs
 //! `cargo run --release -p semhitok-train --bin semhitok -- <subcommand> ...`.
 //! All logic lives in the library; this file only spawns.
@@ -88,4 +88,12 @@ pub fn demo(root: &Path, a: &PassArgs) -> Result<()> {
     libtorch::ensure(root)?;
     crate::assets::ensure(root)?;
     semhitok(root, "demo", &a.args)
+}
+
+/// `cargo xtask chat`: LibTorch + assets (the default model is the embedded SmolLM2), then
+/// `semhitok chat ...`.
+pub fn chat(root: &Path, a: &PassArgs) -> Result<()> {
+    libtorch::ensure(root)?;
+    crate::assets::ensure(root)?;
+    semhitok(root, "chat", &a.args)
 }

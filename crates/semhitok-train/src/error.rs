@@ -14,6 +14,9 @@ pub enum Error {
     /// An error of the data crate.
     #[error(transparent)]
     Data(#[from] semhitok_data::Error),
+    /// An error of the LLM crate (`semhitok chat`).
+    #[error(transparent)]
+    Mllm(#[from] semhitok_mllm::Error),
     /// An error of the codebook-math crate.
     #[error(transparent)]
     Quant(#[from] semhitok_quant::Error),

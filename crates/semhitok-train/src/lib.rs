@@ -7,6 +7,7 @@
 
 pub mod amp;
 pub mod bench;
+pub mod chat;
 pub mod checkpoint;
 pub mod codec;
 pub mod config;

@@ -62,6 +62,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+    /// Answer one prompt with a language model (GGUF file or HF folder; default: the embedded
+    /// SmolLM2-135M-Instruct), streaming the answer and printing tokens/s.
+    Chat(semhitok_train::chat::ChatArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -160,6 +163,9 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Decode(a) => semhitok_train::codec::decode_cmd(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::Chat(a) => semhitok_train::chat::run(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
