@@ -45,6 +45,10 @@ enum Cmd {
     Encode(train_cmd::PassArgs),
     /// Ids -> PNG images.
     Decode(train_cmd::PassArgs),
+    /// A trained run -> a portable model folder (config.json, model.safetensors, README.md).
+    Export(train_cmd::PassArgs),
+    /// A dataset -> resumable int32 unified-id shards.
+    Tokenize(train_cmd::PassArgs),
     /// The embedded-default demo: tiny SPC, SGHC and the semantic-only baseline on photo crops.
     Demo(train_cmd::PassArgs),
     /// Benchmarks, side by side with the alternative a user would pick, in one run.
@@ -82,6 +86,8 @@ fn main() -> Result<()> {
         Cmd::Eval(a) => train_cmd::pass(&root, "eval", &a),
         Cmd::Encode(a) => train_cmd::pass(&root, "encode", &a),
         Cmd::Decode(a) => train_cmd::pass(&root, "decode", &a),
+        Cmd::Export(a) => train_cmd::pass(&root, "export", &a),
+        Cmd::Tokenize(a) => train_cmd::pass(&root, "tokenize", &a),
         Cmd::Demo(a) => train_cmd::demo(&root, &a),
         Cmd::Bench { which } => match which {
             BenchCmd::Quant(a) => bench_quant::run(&root, &a),

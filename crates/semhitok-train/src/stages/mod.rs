@@ -17,9 +17,11 @@ mod data;
 mod model_io;
 mod tasks;
 
-pub use build::{build_teacher, check_teacher_fits, siglip_spec, Perceptual, LPIPS_HEADS};
+pub use build::{
+    build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, LPIPS_HEADS,
+};
 pub use data::{batch_tensor, build_batches, photo_config, PhotoBatches};
-pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, Loaded};
+pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, load_tokenizer, Loaded};
 pub use tasks::{PixelTask, SpcTask};
 
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
@@ -76,15 +78,20 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         }
         Stage::Pre => {
             if load_init {
-                let ck =
-                    init_checkpoint(cfg.init.spc.as_deref().unwrap_or(Path::new("")), &["spc"])?;
+                let ck = init_checkpoint(
+                    cfg.init.spc.as_deref().unwrap_or(Path::new("")),
+                    &[Stage::Spc],
+                )?;
                 load_parts(&model, &ck, &[Part::Spc])?;
             }
             model.freeze(Part::Spc);
             vec![Part::Pixel, Part::Decoder]
         }
         Stage::DecoderFt => {
-            let ck = init_checkpoint(cfg.init.pre.as_deref().unwrap_or(Path::new("")), &["pre"])?;
+            let ck = init_checkpoint(
+                cfg.init.pre.as_deref().unwrap_or(Path::new("")),
+                &[Stage::Pre],
+            )?;
             load_parts(&model, &ck, &[Part::Spc, Part::Pixel])?;
             // The decoder comes from `pre` unless the config asks for a different one (e.g.
             // ViT-L), which then starts from fresh weights.
@@ -107,7 +114,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                 });
             }
             if let Some(p) = &cfg.init.spc {
-                let ck = init_checkpoint(p, &["spc"])?;
+                let ck = init_checkpoint(p, &[Stage::Spc])?;
                 load_parts(&model, &ck, &[Part::Spc])?;
             }
             model.freeze(Part::Pixel);
