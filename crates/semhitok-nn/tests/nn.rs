@@ -24,6 +24,8 @@ mod fid;
 mod lpips;
 #[path = "nn/model.rs"]
 mod model;
+#[path = "nn/pretrained.rs"]
+mod pretrained;
 #[path = "nn/sghc.rs"]
 mod sghc;
 #[path = "nn/siglip.rs"]
