@@ -235,6 +235,18 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
         Err(_) => write_atomic(&meta_path, meta_text.as_bytes())?,
     }
     let mine: Vec<usize> = (0..shards).filter(|s| s % world == rank).collect();
+    // Temporary files of this rank's shards left by a killed run.
+    for e in std::fs::read_dir(&a.out).map_err(|e| Error::io(&a.out, e))? {
+        let p = e.map_err(|e| Error::io(&a.out, e))?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let stale = name.as_deref().and_then(|n| {
+            let s: usize = n.strip_prefix(".shard-")?.get(..5)?.parse().ok()?;
+            (n.contains(".tmp-") && s % world == rank).then_some(())
+        });
+        if stale.is_some() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
     let todo: Vec<usize> = mine
         .iter()
         .copied()

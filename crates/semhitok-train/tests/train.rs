@@ -1,6 +1,7 @@
 //! semhitok-train integration tests (one binary; topics in `tests/train/`).
 
 mod train {
+    mod artifact;
     mod codec;
     pub mod common;
     mod config;
@@ -9,4 +10,5 @@ mod train {
     mod optim;
     mod reliability;
     mod stages;
+    mod tokenize;
 }
