@@ -46,6 +46,10 @@ enum Cmd {
     Encode(train_cmd::PassArgs),
     /// Ids -> PNG images.
     Decode(train_cmd::PassArgs),
+    /// A trained run -> a portable model folder (config.json, model.safetensors, README.md).
+    Export(train_cmd::PassArgs),
+    /// A dataset -> resumable int32 unified-id shards.
+    Tokenize(train_cmd::PassArgs),
     /// The embedded-default demo: tiny SPC, SGHC and the semantic-only baseline on photo crops.
     Demo(train_cmd::PassArgs),
     /// Chat with a language model: `chat [--model PATH.gguf|HF_DIR] [--device cuda] "prompt"`
@@ -89,6 +93,8 @@ fn main() -> Result<()> {
         Cmd::Eval(a) => train_cmd::pass(&root, "eval", &a),
         Cmd::Encode(a) => train_cmd::pass(&root, "encode", &a),
         Cmd::Decode(a) => train_cmd::pass(&root, "decode", &a),
+        Cmd::Export(a) => train_cmd::pass(&root, "export", &a),
+        Cmd::Tokenize(a) => train_cmd::pass(&root, "tokenize", &a),
         Cmd::Demo(a) => train_cmd::demo(&root, &a),
         Cmd::Chat(a) => train_cmd::chat(&root, &a),
         Cmd::Bench { which } => match which {

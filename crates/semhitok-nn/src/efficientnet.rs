@@ -10,8 +10,8 @@
 
 use crate::device::to_channels_last;
 use crate::error::{Error, Result};
-use crate::teacher::{check_images, map_to_tokens, Teacher};
-use crate::weights::{load_strict, LoadOptions};
+use crate::teacher::{check_images, map_to_tokens, sorted_variables, Teacher};
+use crate::weights::{load_strict, load_strict_tensors, LoadOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::nn::{self, Module};
@@ -507,6 +507,30 @@ impl EfficientNetTeacher {
     pub fn load(path: &Path, device: Device, features: EffNetFeatures) -> Result<Self> {
         let (vs, net) =
             load_efficientnet(&EfficientNetLiteConfig::efficientnet_lite0(), path, device)?;
+        Self::from_loaded(vs, net, device, features)
+    }
+
+    /// Lite0 from tensors already read (names as in the weights file), strictly; `origin` names
+    /// them in errors (e.g. `model.safetensors [teacher.*]` of a model folder).
+    pub fn from_tensors(
+        tensors: Vec<(String, Tensor)>,
+        origin: &Path,
+        device: Device,
+        features: EffNetFeatures,
+    ) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let net = EfficientNetLiteConfig::efficientnet_lite0().init(vs.root())?;
+        load_strict_tensors(&mut vs, tensors, origin, &LoadOptions::default())?;
+        vs.freeze();
+        Self::from_loaded(vs, net, device, features)
+    }
+
+    fn from_loaded(
+        vs: nn::VarStore,
+        net: EfficientNetLite,
+        device: Device,
+        features: EffNetFeatures,
+    ) -> Result<Self> {
         let tap = net
             .last_block_with_stride(features.stride())
             .ok_or_else(|| {
@@ -562,5 +586,9 @@ impl Teacher for EfficientNetTeacher {
 
     fn name(&self) -> &str {
         "efficientnet_lite0"
+    }
+
+    fn variables(&self) -> Vec<(String, Tensor)> {
+        sorted_variables(&self._vs)
     }
 }

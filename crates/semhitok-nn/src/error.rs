@@ -40,6 +40,14 @@ pub enum Error {
         value: i64,
         bound: i64,
     },
+    /// A token id was out of range; `position` is the index of the first offending one.
+    #[error("{what}: id {value} at position {position:?} is out of range 0..{bound}")]
+    IdOutOfRange {
+        what: String,
+        position: Vec<i64>,
+        value: i64,
+        bound: i64,
+    },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -11,6 +11,7 @@ pub mod losses;
 pub mod lpips;
 pub mod model;
 pub mod perceptual;
+pub mod pretrained;
 pub mod quantizer;
 pub mod sghc;
 pub mod siglip;

@@ -163,6 +163,40 @@ impl SemHiTokConfig {
     pub fn init(&self, device: Device) -> Result<SemHiTok> {
         SemHiTok::new(self, device)
     }
+
+    /// What the pixel decoder reads (from the fusion): [`DecodeMode::SemanticOnly`] for the
+    /// semantic-only and joint baselines, [`DecodeMode::Hierarchical`] otherwise.
+    pub fn decode_mode(&self) -> DecodeMode {
+        match self.fusion {
+            Fusion::SemanticOnly => DecodeMode::SemanticOnly,
+            Fusion::ChannelConcat | Fusion::PixelOnly | Fusion::LengthConcat => {
+                DecodeMode::Hierarchical
+            }
+        }
+    }
+
+    /// Width of [`Encoded::features`] / [`SemHiTok::features_of`]: `D_sem + D_pix`
+    /// (hierarchical) or `D_sem` (semantic-only).
+    pub fn feature_dim(&self) -> i64 {
+        match self.decode_mode() {
+            DecodeMode::Hierarchical => self.spc.code_dim + self.sghc.dim,
+            DecodeMode::SemanticOnly => self.spc.code_dim,
+        }
+    }
+}
+
+/// Which codes a trained model's pixel decoder reads; chosen by the fusion, so a checkpoint or a
+/// model folder carries it in its model config. Encode, decode and reconstruct dispatch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeMode {
+    /// SGHC (and its fusion ablations): semantic and pixel sub-codes; unified ids `k * m + j`.
+    Hierarchical,
+    /// Semantic codes only (the semantic-only decoder baseline and the joint "texture
+    /// incorporation" baseline). The pixel branch never runs outside training: pixel ids are 0,
+    /// unified ids are `k * m` (still in `0..K * m`, and any `j` decodes to the same image),
+    /// features are the semantic codes `[B, N, D_sem]`.
+    SemanticOnly,
 }
 
 /// The three separately stored parts of the model.
@@ -442,6 +476,15 @@ impl SemHiTok {
         let g = self.cfg.encoder.grid();
         tch::no_grad(|| {
             let (sem_ids, sem_codes) = self.semantic_codes(teacher_feats)?;
+            if self.decode_mode() == DecodeMode::SemanticOnly {
+                let sem_ids = sem_ids.f_reshape([b, g, g])?;
+                return Ok(Encoded {
+                    pixel_ids: sem_ids.f_zeros_like()?,
+                    unified_ids: sem_ids.f_mul_scalar(self.cfg.sghc.m)?,
+                    semantic_ids: sem_ids,
+                    features: sem_codes.f_to_kind(Kind::Float)?,
+                });
+            }
             let z = self.encoder.forward(images)?;
             let pix = self.sghc.forward_t(&z, &sem_ids, false)?;
             let features = Tensor::f_cat(
@@ -460,13 +503,59 @@ impl SemHiTok {
         })
     }
 
-    /// Quantized features `[B, N, D_sem + D_pix]` of unified ids `[B, h, w]` (what [`Encoded::features`] holds).
-    pub fn features_of(&self, unified: &Tensor) -> Result<Tensor> {
-        let (sem, pix) = self.codes_of(unified)?;
-        Ok(Tensor::f_cat(&[sem, pix], -1)?)
+    /// [`Self::encode`] and [`Self::reconstruct`] from one forward (what evaluation needs): the
+    /// same ids, features and reconstructions, bit for bit, as the two calls. No gradient.
+    pub fn encode_reconstruct(
+        &self,
+        images: &Tensor,
+        teacher_feats: &Tensor,
+    ) -> Result<(Encoded, Tensor)> {
+        tch::no_grad(|| match self.decode_mode() {
+            DecodeMode::SemanticOnly => {
+                let enc = self.encode(images, teacher_feats)?;
+                let recon = self.decode_codes(&enc.features, None)?;
+                Ok((enc, recon))
+            }
+            DecodeMode::Hierarchical => {
+                let b = images.size()[0];
+                let g = self.cfg.encoder.grid();
+                let out = self.forward_t(images, teacher_feats, false)?;
+                let features = Tensor::f_cat(
+                    &[
+                        out.semantic_codes.f_to_kind(Kind::Float)?,
+                        out.pixel.quantized.f_detach()?.f_to_kind(Kind::Float)?,
+                    ],
+                    -1,
+                )?;
+                let enc = Encoded {
+                    semantic_ids: out.semantic_ids.f_reshape([b, g, g])?,
+                    pixel_ids: out.pixel.sub_ids.f_reshape([b, g, g])?,
+                    unified_ids: out.pixel.unified.f_reshape([b, g, g])?,
+                    features,
+                };
+                Ok((enc, out.recon))
+            }
+        })
     }
 
-    fn codes_of(&self, unified: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Quantized features `[B, N, D]` of unified ids `[B, h, w]` (what [`Encoded::features`] holds;
+    /// `D` = [`SemHiTokConfig::feature_dim`]).
+    pub fn features_of(&self, unified: &Tensor) -> Result<Tensor> {
+        let (sem, pix) = self.codes_of(unified)?;
+        match pix {
+            Some(pix) => Ok(Tensor::f_cat(&[sem, pix], -1)?),
+            None => Ok(sem),
+        }
+    }
+
+    /// The model's [`DecodeMode`].
+    pub fn decode_mode(&self) -> DecodeMode {
+        self.cfg.decode_mode()
+    }
+
+    /// Semantic codes `[B, N, D_sem]` and (hierarchical mode) pixel codes `[B, N, D_pix]` of
+    /// unified ids `[B, h, w]`.
+    fn codes_of(&self, unified: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let g = self.cfg.encoder.grid();
         let b = match unified.size().as_slice() {
             &[b, h, w] if h == g && w == g && !unified.is_floating_point() => b,
@@ -486,8 +575,19 @@ impl SemHiTok {
             .f_reshape([b, g * g])?;
         let sem_ids = u.f_div_scalar_mode(m, "floor")?;
         let sem = self.spc.lookup(&sem_ids)?.f_to_kind(Kind::Float)?;
-        let pix = self.sghc.lookup_unified(&u)?;
+        let pix = match self.decode_mode() {
+            DecodeMode::Hierarchical => Some(self.sghc.lookup_unified(&u)?),
+            DecodeMode::SemanticOnly => None,
+        };
         Ok((sem, pix))
+    }
+
+    /// The pixel decoder on semantic codes `[B, N, D_sem]` and (hierarchical) pixel codes.
+    fn decode_codes(&self, sem: &Tensor, pix: Option<&Tensor>) -> Result<Tensor> {
+        match pix {
+            Some(pix) => self.decoder.forward(&self.cfg.fusion.fuse(sem, pix)?),
+            None => self.decoder.forward(sem),
+        }
     }
 
     /// Detokenize: unified ids `[B, h, w]` (int64 in `0..K_sem * m`) -> images `[B, 3, S, S]`.
@@ -495,16 +595,23 @@ impl SemHiTok {
     pub fn decode(&self, unified: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
             let (sem, pix) = self.codes_of(unified)?;
-            let fused = self.cfg.fusion.fuse(&sem, &pix)?;
-            self.decoder.forward(&fused)
+            self.decode_codes(&sem, pix.as_ref())
         })
     }
 
-    /// `decode(encode(images))` without gradient: images `[B, 3, S, S]` -> `[B, 3, S, S]`.
+    /// `decode(encode(images))` without gradient: images `[B, 3, S, S]` -> `[B, 3, S, S]`. In
+    /// [`DecodeMode::SemanticOnly`] the pixel branch does not run.
     pub fn reconstruct(&self, images: &Tensor, teacher_feats: &Tensor) -> Result<Tensor> {
-        tch::no_grad(|| {
-            self.forward_t(images, teacher_feats, false)
-                .map(|o| o.recon)
+        tch::no_grad(|| match self.decode_mode() {
+            DecodeMode::Hierarchical => self
+                .forward_t(images, teacher_feats, false)
+                .map(|o| o.recon),
+            DecodeMode::SemanticOnly => {
+                let b = self.check_images(images)?;
+                self.check_teacher(b, teacher_feats)?;
+                let (_, sem) = self.semantic_codes(teacher_feats)?;
+                self.decode_codes(&sem, None)
+            }
         })
     }
 }

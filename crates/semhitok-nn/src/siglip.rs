@@ -7,8 +7,8 @@
 //! position table), so non-square images work. Golden test: `tests/nn/siglip.rs`.
 
 use crate::error::{Error, Result};
-use crate::teacher::{check_images, Teacher};
-use crate::weights::{load_strict, LoadOptions};
+use crate::teacher::{check_images, sorted_variables, Teacher};
+use crate::weights::{load_strict, load_strict_tensors, LoadOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::nn::{self, Module};
@@ -538,6 +538,12 @@ pub fn load_siglip_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
     }
 }
 
+/// Where [`SiglipTeacher`]'s weights come from.
+enum SiglipWeights<'a> {
+    File(&'a Path),
+    Tensors(Vec<(String, Tensor)>, &'a Path),
+}
+
 /// SigLIP as a frozen [`Teacher`]: [-1, 1] images are already SigLIP-normalized
 /// ((x01 - 0.5) / 0.5); an optional fixed `resize` (bilinear, no antialias) brings inputs to a size the
 /// patch grid divides (e.g. 384 for so400m-patch14).
@@ -562,7 +568,27 @@ impl SiglipTeacher {
         layer: SiglipLayer,
         resize: Option<(i64, i64)>,
     ) -> Result<Self> {
-        Self::build(cfg, Some(weights), device, layer, resize)
+        Self::build(
+            cfg,
+            Some(SiglipWeights::File(weights)),
+            device,
+            layer,
+            resize,
+        )
+    }
+
+    /// From tensors already read, named as the vision tower's VarStore (no `vision_model.`
+    /// prefix), strictly; `origin` names them in errors.
+    pub fn from_tensors(
+        cfg: &SiglipVisionConfig,
+        tensors: Vec<(String, Tensor)>,
+        origin: &Path,
+        device: Device,
+        layer: SiglipLayer,
+        resize: Option<(i64, i64)>,
+    ) -> Result<Self> {
+        let w = SiglipWeights::Tensors(tensors, origin);
+        Self::build(cfg, Some(w), device, layer, resize)
     }
 
     /// The same tower with random weights (frozen): for benchmarks, where only shapes and FLOPs
@@ -578,15 +604,20 @@ impl SiglipTeacher {
 
     fn build(
         cfg: &SiglipVisionConfig,
-        weights: Option<&Path>,
+        weights: Option<SiglipWeights<'_>>,
         device: Device,
         layer: SiglipLayer,
         resize: Option<(i64, i64)>,
     ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let mut model = cfg.init(vs.root())?;
-        if let Some(w) = weights {
-            load_siglip_weights(&mut vs, w)?;
+        let random = weights.is_none();
+        match weights {
+            Some(SiglipWeights::File(w)) => load_siglip_weights(&mut vs, w)?,
+            Some(SiglipWeights::Tensors(t, origin)) => {
+                load_strict_tensors(&mut vs, t, origin, &LoadOptions::default())?;
+            }
+            None => {}
         }
         vs.freeze();
         model.fuse_qkv()?;
@@ -595,7 +626,7 @@ impl SiglipTeacher {
             model,
             layer,
             resize,
-            random: weights.is_none(),
+            random,
         })
     }
 
@@ -625,6 +656,10 @@ impl Teacher for SiglipTeacher {
     fn grid(&self, h: i64, w: i64) -> (i64, i64) {
         let (h, w) = self.resize.unwrap_or((h, w));
         self.model.grid(h, w)
+    }
+
+    fn variables(&self) -> Vec<(String, Tensor)> {
+        sorted_variables(&self._vs)
     }
 
     fn name(&self) -> &str {

@@ -20,6 +20,9 @@ pub trait Teacher: Send {
     fn grid(&self, h: i64, w: i64) -> (i64, i64);
     /// A short name for logs ("siglip", "efficientnet_lite0").
     fn name(&self) -> &str;
+    /// The frozen weights by their reference names (what a model folder stores under
+    /// `teacher.`, and what [`crate::pretrained::TeacherSpec::build`] loads back strictly).
+    fn variables(&self) -> Vec<(String, Tensor)>;
     /// Store the frozen weights in bf16 (norm parameters stay f32), for bf16-autocast training:
     /// autocast would otherwise cast every weight to bf16 again at every step. Features change
     /// only by bf16 rounding of the inputs autocast already rounds. Default: no-op.
@@ -57,4 +60,11 @@ pub(crate) fn check_images(what: &str, images: &Tensor) -> Result<(i64, i64, i64
 /// [B, C, H, W] feature map -> [B, H * W, C] row-major tokens.
 pub(crate) fn map_to_tokens(x: &Tensor) -> Result<Tensor> {
     Ok(x.f_flatten(2, 3)?.f_transpose(1, 2)?.f_contiguous()?)
+}
+
+/// Every variable of `vs` by name, sorted (for [`Teacher::variables`]).
+pub(crate) fn sorted_variables(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }

@@ -34,6 +34,18 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// are all reported together in one [`Error::Checkpoint`]. Values are cast to each variable's kind.
 pub fn load_strict(vs: &mut VarStore, path: &Path, opts: &LoadOptions<'_>) -> Result<()> {
     let file = read_safetensors(path)?;
+    load_strict_tensors(vs, file, path, opts)
+}
+
+/// [`load_strict`] from tensors already read (e.g. one prefix of a model folder's
+/// `model.safetensors`); `origin` names them in errors.
+pub fn load_strict_tensors(
+    vs: &mut VarStore,
+    file: impl IntoIterator<Item = (String, Tensor)>,
+    origin: &Path,
+    opts: &LoadOptions<'_>,
+) -> Result<()> {
+    let path = origin;
     let mut from_file: BTreeMap<String, Tensor> = BTreeMap::new();
     for (k, t) in file {
         let k = match opts.strip_prefix {

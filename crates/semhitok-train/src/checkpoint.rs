@@ -23,8 +23,8 @@ const STATE: &str = "state.json";
 pub struct CkptState {
     /// Format tag (`semhitok-train-ckpt/1`).
     pub format: String,
-    /// Training stage that wrote it (`spc`, `pre`, ...).
-    pub stage: String,
+    /// Training stage that wrote it (stored as `spc`, `pre`, `decoder-ft`, `joint`).
+    pub stage: crate::config::Stage,
     /// Optimizer steps completed.
     pub step: u64,
     /// Run seed (the per-step RNG is re-seeded from `seed` and `step`, so together they are the
@@ -292,7 +292,7 @@ pub fn restore_vars(ck: &Checkpoint, prefix: &str, vars: &BTreeMap<String, Tenso
             &ck.dir,
             format!(
                 "{n} tensors missing (wrong kind of checkpoint, stage `{}`?), e.g. {missing:?}",
-                ck.state.stage
+                ck.state.stage.as_str()
             ),
         ));
     }

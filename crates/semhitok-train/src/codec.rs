@@ -1,24 +1,51 @@
 //! `semhitok encode` / `decode`: images -> semantic, pixel and unified ids
 //! (`OUT.safetensors` + `OUT.json`), and ids -> PNG.
 //!
-//! Encoding takes each image's ADM center crop at the model's size (semhitok-data decodes the
-//! files). Unreadable images do not stop the batch: the good ones are encoded and the bad ones
-//! are listed with their reason in `OUT.json` (`failed`) and on stderr.
+//! Both go through the inference API ([`Tokenizer`]) on a model folder (`semhitok export`) or a
+//! training run, on any device, in batches of `--batch` with a progress bar. Encoding takes each
+//! image's ADM center crop at the model's size (semhitok-data decodes the files). Unreadable
+//! images do not stop the batch: the good ones are encoded and the bad ones are listed with their
+//! reason in `OUT.json` (`failed`) and on stderr.
 
 use crate::error::{Error, Result};
-use crate::stages::load_model;
-use std::path::PathBuf;
+use crate::eval::progress;
+use crate::stages::load_tokenizer;
+use semhitok_nn::pretrained::Tokenizer;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => Ok(Device::Cuda(n)),
+            None => Err(Error::Input(format!(
+                "--device {s}: expected cpu, cuda or cuda:N"
+            ))),
+        },
+    }
+}
 
 /// `semhitok encode`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncodeArgs {
-    /// A `pre` / `decoder-ft` checkpoint or run dir.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// A model folder (`semhitok export`), or a `pre` / `decoder-ft` / `joint` checkpoint or run dir.
+    #[arg(long, alias = "checkpoint")]
+    pub model: PathBuf,
     /// Output prefix: writes PREFIX.safetensors and PREFIX.json.
     #[arg(long)]
     pub out: PathBuf,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images per forward.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -27,15 +54,21 @@ pub struct EncodeArgs {
 /// `semhitok decode`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecodeArgs {
-    /// The checkpoint the ids were encoded with.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// A `.safetensors` written by `encode` (tensor `unified`, int64 [B, h, w]).
+    /// The model folder or checkpoint the ids were encoded with.
+    #[arg(long, alias = "checkpoint")]
+    pub model: PathBuf,
+    /// A `.safetensors` written by `encode` (tensor `unified`, integer [B, h, w]).
     #[arg(long)]
     pub ids: PathBuf,
     /// Output folder for `00000.png`, ...
     #[arg(long)]
     pub out: PathBuf,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images per forward.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
 }
 
 /// What `encode` did.
@@ -49,28 +82,27 @@ pub struct EncodeReport {
     pub unified_vocab_size: i64,
 }
 
-/// Encode image files with a trained checkpoint.
-pub fn encode_cmd(a: &EncodeArgs) -> Result<EncodeReport> {
-    let m = load_model(&a.checkpoint, Device::Cpu, false)?;
-    if m.stage == "joint" {
-        return Err(Error::Input(format!(
-            "{}: a `joint` checkpoint has no pixel sub-codebooks; encode needs a `pre` or `decoder-ft` checkpoint",
-            m.checkpoint.display()
-        )));
-    }
-    let size = m.cfg.data.image_size as u32;
-    let tf = semhitok_data::Transform::center_crop(size);
+/// An image file as the model reads it: decoded by semhitok-data, ADM center crop at `size`,
+/// `[1, 3, S, S]` f32 in [-1, 1] (the evaluation crop of the trainer).
+pub fn load_image(p: &Path, size: u32) -> std::result::Result<Tensor, semhitok_data::SkipReason> {
     let limits = semhitok_data::DecodeLimits::default();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let im = semhitok_data::photos::load_file(p, &limits)
+        .and_then(|im| semhitok_data::Transform::center_crop(size).apply(&im, &mut rng))?;
+    let mut buf = vec![0f32; 3 * (size * size) as usize];
+    semhitok_data::transform::write_chw_f32(&im, &mut buf);
+    Ok(Tensor::from_slice(&buf).view([1, 3, size as i64, size as i64]))
+}
+
+/// Encode image files with a model folder or trained checkpoint.
+pub fn encode_cmd(a: &EncodeArgs) -> Result<EncodeReport> {
+    let tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
+    let size = tok.config().preprocessing.image_size as u32;
     let (mut good, mut names, mut failed) = (vec![], vec![], vec![]);
     for p in &a.images {
-        let img =
-            semhitok_data::photos::load_file(p, &limits).and_then(|im| tf.apply(&im, &mut rng));
-        match img {
-            Ok(im) => {
-                let mut buf = vec![0f32; 3 * (size * size) as usize];
-                semhitok_data::transform::write_chw_f32(&im, &mut buf);
-                good.push(Tensor::from_slice(&buf).view([1, 3, size as i64, size as i64]));
+        match load_image(p, size) {
+            Ok(t) => {
+                good.push(t);
                 names.push(p.display().to_string());
             }
             Err(reason) => {
@@ -85,34 +117,47 @@ pub fn encode_cmd(a: &EncodeArgs) -> Result<EncodeReport> {
             a.images.len()
         )));
     }
-    let x = Tensor::cat(&good, 0);
-    let enc = tch::no_grad(|| {
-        let feats = m.teacher.features(&x)?;
-        m.model.encode(&x, &feats).map_err(Error::from)
-    })?;
+    let bs = a.batch.max(1);
+    let bar = progress(good.len() as u64, "encode");
+    let (mut sem, mut pix, mut uni) = (vec![], vec![], vec![]);
+    for chunk in good.chunks(bs) {
+        let enc = tok.encode(&Tensor::cat(chunk, 0))?;
+        sem.push(enc.semantic_ids.to_device(Device::Cpu));
+        pix.push(enc.pixel_ids.to_device(Device::Cpu));
+        uni.push(enc.unified_ids.to_device(Device::Cpu));
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let (sem, pix, uni) = (
+        Tensor::cat(&sem, 0),
+        Tensor::cat(&pix, 0),
+        Tensor::cat(&uni, 0),
+    );
     if let Some(parent) = a.out.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
     }
     let st = a.out.with_extension("safetensors");
+    let tmp = a.out.with_extension("safetensors.tmp");
     Tensor::write_safetensors(
         &[
-            ("semantic", enc.semantic_ids.to_kind(Kind::Int64)),
-            ("pixel", enc.pixel_ids.to_kind(Kind::Int64)),
-            ("unified", enc.unified_ids.to_kind(Kind::Int64)),
+            ("semantic", sem.to_kind(Kind::Int64)),
+            ("pixel", pix.to_kind(Kind::Int64)),
+            ("unified", uni.to_kind(Kind::Int64)),
         ],
-        &st,
+        &tmp,
     )?;
-    let g = enc.unified_ids.size();
-    let sghc = &m.cfg.model.sghc;
+    std::fs::rename(&tmp, &st).map_err(|e| Error::io(&st, e))?;
+    let g = uni.size();
+    let v = &tok.config().vocab;
     let report = EncodeReport {
         encoded: names.clone(),
         failed,
         grid: [g[1], g[2]],
-        semantic_codebook_size: sghc.k_sem,
-        sub_codebook_size: sghc.m,
-        unified_vocab_size: sghc.vocab_size(),
+        semantic_codebook_size: v.semantic_codebook_size,
+        sub_codebook_size: v.sub_codebook_size,
+        unified_vocab_size: v.unified_vocab_size,
     };
     let as_vec = |t: &Tensor| -> Vec<i64> { Vec::try_from(t.flatten(0, -1)).unwrap_or_default() };
     let images: Vec<serde_json::Value> = names
@@ -121,21 +166,26 @@ pub fn encode_cmd(a: &EncodeArgs) -> Result<EncodeReport> {
         .map(|(i, n)| {
             serde_json::json!({
                 "path": n,
-                "semantic": as_vec(&enc.semantic_ids.get(i as i64)),
-                "pixel": as_vec(&enc.pixel_ids.get(i as i64)),
-                "unified": as_vec(&enc.unified_ids.get(i as i64)),
+                "semantic": as_vec(&sem.get(i as i64)),
+                "pixel": as_vec(&pix.get(i as i64)),
+                "unified": as_vec(&uni.get(i as i64)),
             })
         })
         .collect();
     let json = serde_json::json!({
-        "checkpoint": m.checkpoint.display().to_string(),
+        "model": a.model.display().to_string(),
+        "decode_mode": tok.config().decode_mode,
         "summary": report,
         "ids_layout": "row-major [h, w]; unified = semantic * m + pixel",
         "images": images,
     });
     let jp = a.out.with_extension("json");
-    std::fs::write(&jp, serde_json::to_string_pretty(&json).unwrap_or_default())
-        .map_err(|e| Error::io(&jp, e))?;
+    crate::atomic::write_atomic(
+        &jp,
+        serde_json::to_string_pretty(&json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     eprintln!(
         "encoded {} image(s) -> {} and {}{}",
         report.encoded.len(),
@@ -150,11 +200,11 @@ pub fn encode_cmd(a: &EncodeArgs) -> Result<EncodeReport> {
     Ok(report)
 }
 
-/// Decode ids written by [`encode_cmd`] into PNG files; returns their paths.
-pub fn decode_cmd(a: &DecodeArgs) -> Result<Vec<PathBuf>> {
-    let m = load_model(&a.checkpoint, Device::Cpu, false)?;
-    let tensors = Tensor::read_safetensors(&a.ids)
-        .map_err(|e| Error::Input(format!("{}: not a readable ids file: {e}", a.ids.display())))?;
+/// The `unified` tensor of an ids file written by [`encode_cmd`], checked against `tok` (integer
+/// dtype, grid, every id in `0..K*m`; errors name the file and the first bad position).
+pub fn read_ids(path: &Path, tok: &Tokenizer) -> Result<Tensor> {
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| Error::Input(format!("{}: not a readable ids file: {e}", path.display())))?;
     let unified = tensors
         .into_iter()
         .find(|(k, _)| k == "unified")
@@ -162,39 +212,42 @@ pub fn decode_cmd(a: &DecodeArgs) -> Result<Vec<PathBuf>> {
         .ok_or_else(|| {
             Error::Input(format!(
                 "{}: no tensor `unified` (write it with `semhitok encode`)",
-                a.ids.display()
+                path.display()
             ))
         })?;
-    // Ids are integers: a float tensor would be truncated (5.7 -> 5, NaN -> i64::MIN).
-    if !matches!(
-        unified.kind(),
-        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
-    ) {
-        return Err(Error::Input(format!(
-            "{}: tensor `unified` has dtype {:?}; ids must be an integer dtype (int64/int32)",
-            a.ids.display(),
-            unified.kind()
-        )));
-    }
-    let unified = if unified.dim() == 2 {
-        unified.unsqueeze(0)
-    } else {
-        unified
-    };
-    let images = m.model.decode(&unified.to_kind(Kind::Int64)).map_err(|e| {
-        Error::Input(format!(
-            "{}: cannot decode with {}: {e}",
-            a.ids.display(),
-            m.checkpoint.display()
-        ))
-    })?;
+    tok.check_ids(&unified)
+        .map_err(|e| Error::Input(format!("{}: tensor `unified`: {e}", path.display())))
+}
+
+/// Decode ids written by [`encode_cmd`] into PNG files; returns their paths.
+pub fn decode_cmd(a: &DecodeArgs) -> Result<Vec<PathBuf>> {
+    let tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
+    let unified = read_ids(&a.ids, &tok)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let n = unified.size()[0];
+    let bs = a.batch.max(1) as i64;
+    let bar = progress(n as u64, "decode");
     let mut out = vec![];
-    for i in 0..images.size()[0] {
-        let p = a.out.join(format!("{i:05}.png"));
-        crate::report::save_png(&images.get(i).clamp(-1.0, 1.0), &p)?;
-        out.push(p);
+    let mut start = 0;
+    while start < n {
+        let len = bs.min(n - start);
+        let images = tok.decode(&unified.narrow(0, start, len)).map_err(|e| {
+            Error::Input(format!(
+                "{}: cannot decode with {}: {e}",
+                a.ids.display(),
+                a.model.display()
+            ))
+        })?;
+        let images = images.to_device(Device::Cpu);
+        for i in 0..len {
+            let p = a.out.join(format!("{:05}.png", start + i));
+            crate::report::save_png(&images.get(i).clamp(-1.0, 1.0), &p)?;
+            out.push(p);
+        }
+        bar.inc(len as u64);
+        start += len;
     }
+    bar.finish_and_clear();
     eprintln!("decoded {} image(s) into {}", out.len(), a.out.display());
     Ok(out)
 }

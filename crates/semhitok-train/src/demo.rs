@@ -58,7 +58,7 @@ fn stage_cfg(a: &DemoArgs, file: &str, out: &Path, extra: &[String]) -> Result<T
 }
 
 fn spc_bits(m: &Loaded) -> Vec<(String, Vec<u32>)> {
-    m.model
+    m.model()
         .named_variables(Part::Spc)
         .into_iter()
         .map(|(k, t)| (k, crate::stages::f32_bits(&t)))

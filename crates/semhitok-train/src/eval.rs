@@ -122,6 +122,18 @@ pub fn stream_images(
     Ok((all.narrow(0, 0, k as i64), keys))
 }
 
+/// A progress bar on stderr (drawn only on a terminal).
+pub fn progress(len: u64, prefix: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>12} [{elapsed_precise}] {bar:30} {pos}/{len} ({per_sec}) ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_prefix(prefix.to_string());
+    pb
+}
+
 fn usage_json(u: &SghcUsage) -> serde_json::Value {
     let sem = u.semantic().summary();
     let uni = u.unified().summary();
@@ -162,38 +174,35 @@ pub fn evaluate(
     let mut grid_cols = vec![images.index_select(0, &pick_t)];
     let mut ref_done = false;
     for (name, m) in models {
-        let dev = m.model.device();
+        let dev = m.tok.device();
         let mut stats = FidStats::new(FID_DIM);
         let (mut psnr, mut ssim, mut cos, mut lp) = (0f64, 0f64, 0f64, 0f64);
         let idx = UnifiedIndex::new(m.cfg.model.sghc.k_sem as usize, m.cfg.model.sghc.m as usize)?;
         let mut usage = SghcUsage::new(idx);
         let mut recons = vec![];
         let mut start = 0;
+        let bar = progress(n as u64, &format!("eval {name}"));
         while start < n {
             let len = bs.min(n - start);
             let x = images.narrow(0, start, len).to_device(dev);
-            let r = m.reconstruct(&x)?.clamp(-1.0, 1.0);
+            // One teacher, encoder and decoder forward per batch for every metric.
+            let a = m.tok.analyze(&x)?;
+            let r = a.recon.clamp(-1.0, 1.0);
             psnr += psnr_per_image(&x, &r).sum(Kind::Float).double_value(&[]);
             ssim += ssim_per_image(&x, &r).sum(Kind::Float).double_value(&[]);
             if let Some(l) = lpips {
                 let d = tch::no_grad(|| l.forward(&r, &x))?;
                 lp += d.sum(Kind::Float).double_value(&[]);
             }
-            cos += m.teacher_cosine(&x)? * len as f64;
+            cos +=
+                crate::metrics::mean_cosine(&a.semantic_features, &a.teacher_features) * len as f64;
             stats.update(&fid.features(&r)?)?;
             if !ref_done {
                 ref_stats.update(&fid.features(&x)?)?;
             }
-            if m.stage == "joint" {
-                let sem = m.semantic_ids(&x)?;
-                usage.record(&ids_u32(&sem), &vec![0u32; sem.numel()])?;
-            } else {
-                let enc = tch::no_grad(|| {
-                    let feats = m.teacher.features(&x)?;
-                    m.model.encode(&x, &feats).map_err(Error::from)
-                })?;
-                usage.record_unified(&ids_u32(&enc.unified_ids))?;
-            }
+            // Semantic-only models give unified ids k * m (pixel id 0).
+            usage.record_unified(&ids_u32(&a.encoded.unified_ids))?;
+            bar.inc(len as u64);
             // keep only the grid's rows (a paper-size eval set would not fit in memory)
             let rows: Vec<i64> = pick
                 .iter()
@@ -206,6 +215,7 @@ pub fn evaluate(
             }
             start += len;
         }
+        bar.finish_and_clear();
         ref_done = true;
         let rfid = ref_stats.frechet_distance(&stats)?;
         grid_cols.push(Tensor::cat(&recons, 0));
@@ -267,10 +277,7 @@ pub fn protocol_for(reference: &str, crop: &str, n: usize, keys: &[String]) -> s
 
 /// `semhitok eval`.
 pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
-    let device = match a.device.as_str() {
-        "cuda" => Device::Cuda(0),
-        _ => Device::Cpu,
-    };
+    let device = crate::codec::parse_device(&a.device)?;
     let main = load_model(&a.checkpoint, device, false)?;
     let base = a
         .baseline

@@ -1,11 +1,12 @@
 //! SemHiTok two-stage trainer: configs, the training loop and its machinery (AdamW, schedule,
 //! EMA, checkpoints, exact resume), the stages `spc`, `pre`, `decoder-ft`, `joint`,
-//! evaluation, and encode/decode.
+//! evaluation, encode/decode, model-folder export and dataset tokenization.
 //!
 //! The `semhitok` binary (`src/bin/semhitok.rs`) is a thin CLI over this library;
 //! `cargo xtask train|eval|encode|decode|demo` launch it.
 
 pub mod amp;
+pub mod atomic;
 pub mod bench;
 pub mod chat;
 pub mod checkpoint;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod gan;
 pub mod metrics;
 pub mod optim;
@@ -21,6 +23,7 @@ pub mod report;
 pub mod rundir;
 pub mod stages;
 pub mod synthetic;
+pub mod tokenize;
 pub mod trainer;
 
 pub use error::{Error, Result};

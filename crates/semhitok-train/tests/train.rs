@@ -1,6 +1,7 @@
 //! semhitok-train integration tests (one binary; topics in `tests/train/`).
 
 mod train {
+    mod artifact;
     mod codec;
     pub mod common;
     mod config;
@@ -10,4 +11,5 @@ mod train {
     mod optim;
     mod reliability;
     pub mod stages;
+    mod tokenize;
 }

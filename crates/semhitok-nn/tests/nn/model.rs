@@ -333,6 +333,9 @@ impl semhitok_nn::teacher::Teacher for PatchTeacher {
     fn name(&self) -> &str {
         "patch-test"
     }
+    fn variables(&self) -> Vec<(String, Tensor)> {
+        vec![]
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "semhitok",
-    about = "SemHiTok trainer, evaluation and encode/decode"
+    about = "SemHiTok trainer, evaluation, export, encode/decode and dataset tokenization"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +54,10 @@ enum Cmd {
     Encode(semhitok_train::codec::EncodeArgs),
     /// Ids (`.safetensors` from `encode`) -> PNG images.
     Decode(semhitok_train::codec::DecodeArgs),
+    /// A trained run as a portable model folder (config.json, model.safetensors, README.md).
+    Export(semhitok_train::export::ExportArgs),
+    /// A dataset -> resumable int32 unified-id shards (+ keys, captions, labels).
+    Tokenize(semhitok_train::tokenize::TokenizeArgs),
     /// Time N steps of stage `pre` (images/s, model FLOP utilisation); no checkpoints.
     Bench(semhitok_train::bench::BenchArgs),
     /// Dataset tools: `data pack --src FOLDER --out DIR --shard-size N` writes an image folder
@@ -166,6 +170,12 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Chat(a) => semhitok_train::chat::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::Export(a) => semhitok_train::export::export_cmd(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::Tokenize(a) => semhitok_train::tokenize::run(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Bench(a) => semhitok_train::bench::run(&a)

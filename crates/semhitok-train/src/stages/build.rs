@@ -5,6 +5,7 @@ use crate::error::Result;
 use semhitok_nn::efficientnet::{EffNetFeatures, EfficientNetTeacher};
 use semhitok_nn::lpips::Lpips;
 use semhitok_nn::perceptual::EffNetPerceptual;
+use semhitok_nn::pretrained::TeacherSpec;
 use semhitok_nn::siglip::{SiglipTeacher, SiglipVisionConfig};
 use semhitok_nn::teacher::Teacher;
 use tch::{Device, Tensor};
@@ -73,6 +74,25 @@ pub fn build_teacher(cfg: &TrainConfig, device: Device) -> Result<Box<dyn Teache
                 )?)),
             }
         }
+    }
+}
+
+/// The teacher of `cfg` as a model folder records it (`config.json` `teacher`).
+pub fn teacher_spec(cfg: &TrainConfig) -> TeacherSpec {
+    let t = &cfg.teacher;
+    match siglip_spec(t.kind) {
+        Some((vision, resize)) => TeacherSpec::Siglip {
+            vision,
+            layer: t.siglip_layer,
+            resize: resize.map(|(h, w)| [h, w]),
+        },
+        None => TeacherSpec::EfficientnetLite0 {
+            features: if t.stride == 8 {
+                EffNetFeatures::Stride8
+            } else {
+                EffNetFeatures::Stride16
+            },
+        },
     }
 }
 

@@ -17,12 +17,14 @@ mod data;
 mod model_io;
 mod tasks;
 
-pub use build::{build_teacher, check_teacher_fits, siglip_spec, Perceptual, LPIPS_HEADS};
+pub use build::{
+    build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, LPIPS_HEADS,
+};
 pub use data::{
     batch_tensor, build_batches, build_eval_stream, build_stream, photo_config, u8_batch_tensor,
     StreamBatches,
 };
-pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, Loaded};
+pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, load_tokenizer, Loaded};
 pub use tasks::{PixelTask, SpcTask};
 
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
@@ -78,8 +80,10 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         }
         Stage::Pre => {
             if load_init {
-                let ck =
-                    init_checkpoint(cfg.init.spc.as_deref().unwrap_or(Path::new("")), &["spc"])?;
+                let ck = init_checkpoint(
+                    cfg.init.spc.as_deref().unwrap_or(Path::new("")),
+                    &[Stage::Spc],
+                )?;
                 load_parts(&model, &ck, &[Part::Spc])?;
                 // Fine-tuning a `pre` run on other data (ImageNet -> COYO, as LlamaGen): its
                 // pixel encoder, sub-codebooks and decoder are the starting point.
@@ -92,7 +96,10 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
             vec![Part::Pixel, Part::Decoder]
         }
         Stage::DecoderFt => {
-            let ck = init_checkpoint(cfg.init.pre.as_deref().unwrap_or(Path::new("")), &["pre"])?;
+            let ck = init_checkpoint(
+                cfg.init.pre.as_deref().unwrap_or(Path::new("")),
+                &[Stage::Pre],
+            )?;
             load_parts(&model, &ck, &[Part::Spc, Part::Pixel])?;
             // The decoder comes from `pre` unless the config asks for a different one (e.g.
             // ViT-L), which then starts from fresh weights.
@@ -114,7 +121,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                 ));
             }
             if let Some(p) = &cfg.init.spc {
-                let ck = init_checkpoint(p, &["spc"])?;
+                let ck = init_checkpoint(p, &[Stage::Spc])?;
                 load_parts(&model, &ck, &[Part::Spc])?;
             }
             model.freeze(Part::Pixel);

@@ -1,11 +1,12 @@
 //! Models from checkpoints: the parts a later stage starts from (`init.*`) and a trained model
 //! with its teacher for evaluation and encode/decode.
 
-use super::build::build_teacher;
+use super::build::{build_teacher, teacher_spec};
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::TrainConfig;
+use crate::config::{Stage, TrainConfig};
 use crate::error::{Error, Result};
 use semhitok_nn::model::{Part, SemHiTok};
+use semhitok_nn::pretrained::{PretrainedConfig, Tokenizer};
 use semhitok_nn::teacher::Teacher;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,28 +49,32 @@ pub fn load_parts(model: &SemHiTok, ck: &Checkpoint, parts: &[Part]) -> Result<b
 }
 
 /// Resolve `init.spc` / `init.pre` (a run dir or a checkpoint dir).
-pub fn init_checkpoint(path: &Path, want_stage: &[&str]) -> Result<Checkpoint> {
+pub fn init_checkpoint(path: &Path, want_stage: &[Stage]) -> Result<Checkpoint> {
     let ck = checkpoint::resolve(path)?;
-    if !want_stage.contains(&ck.state.stage.as_str()) {
+    if !want_stage.contains(&ck.state.stage) {
+        let want: Vec<&str> = want_stage.iter().map(|s| s.as_str()).collect();
         return Err(Error::ckpt(
             &ck.dir,
             format!(
                 "is a `{}` checkpoint, expected {}",
-                ck.state.stage,
-                want_stage.join(" or ")
+                ck.state.stage.as_str(),
+                want.join(" or ")
             ),
         ));
     }
     Ok(ck)
 }
 
-/// A trained model with its teacher and config, loaded from a checkpoint (or run dir).
+/// A trained model with its teacher and config, loaded from a checkpoint (or run dir), as the
+/// inference API's [`Tokenizer`] (what `semhitok export` writes as a model folder).
 pub struct Loaded {
     pub cfg: TrainConfig,
-    pub model: SemHiTok,
-    pub teacher: Box<dyn Teacher>,
+    /// The model with its teacher and preprocessing.
+    pub tok: Tokenizer,
     pub checkpoint: PathBuf,
-    pub stage: String,
+    pub stage: Stage,
+    /// Optimizer steps of the checkpoint.
+    pub step: u64,
     /// Whether the checkpoint's EMA weights were loaded (runs with `optim.ema_decay`).
     pub ema_used: bool,
 }
@@ -98,14 +103,14 @@ pub fn load_model(path: &Path, device: Device, allow_spc: bool) -> Result<Loaded
     } else {
         crate::config::DeviceKind::Cpu
     };
-    let stage = ck.state.stage.clone();
-    let parts: &[Part] = match stage.as_str() {
-        "pre" | "decoder-ft" | "joint" => &Part::ALL,
-        "spc" if allow_spc => &[Part::Spc],
-        s => {
+    let stage = ck.state.stage;
+    let parts: &[Part] = match stage {
+        Stage::Pre | Stage::DecoderFt | Stage::Joint => &Part::ALL,
+        Stage::Spc if allow_spc => &[Part::Spc],
+        Stage::Spc => {
             return Err(Error::ckpt(
                 &ck.dir,
-                format!("is a `{s}` checkpoint; this command needs a `pre`, `decoder-ft` or `joint` checkpoint (pixel decoder)"),
+                "is a `spc` checkpoint; this command needs a `pre`, `decoder-ft` or `joint` checkpoint (pixel decoder)",
             ))
         }
     };
@@ -115,46 +120,69 @@ pub fn load_model(path: &Path, device: Device, allow_spc: bool) -> Result<Loaded
     for p in Part::ALL {
         model.freeze(p);
     }
+    let source = serde_json::json!({
+        "run": run_dir.display().to_string(),
+        "checkpoint": ck.dir.display().to_string(),
+        "stage": stage,
+        "step": ck.state.step,
+        "ema_weights": ema_used,
+        "data": cfg.data,
+        "teacher_weights": cfg.teacher.weights,
+    });
+    let pcfg = PretrainedConfig::new(cfg.model.clone(), teacher_spec(&cfg), source);
+    let tok = Tokenizer::new(model, teacher, pcfg)?;
     Ok(Loaded {
         cfg,
-        model,
-        teacher,
+        tok,
         checkpoint: ck.dir.clone(),
         stage,
+        step: ck.state.step,
         ema_used,
     })
 }
 
 impl Loaded {
+    /// The model.
+    pub fn model(&self) -> &SemHiTok {
+        self.tok.model()
+    }
+
+    /// The frozen teacher.
+    pub fn teacher(&self) -> &dyn Teacher {
+        self.tok.teacher()
+    }
+
     /// images `[B, 3, S, S]` in [-1, 1] -> reconstructions `[B, 3, S, S]` (no gradient).
     pub fn reconstruct(&self, images: &Tensor) -> Result<Tensor> {
-        tch::no_grad(|| {
-            let feats = self.teacher.features(images)?;
-            if self.stage == "joint" {
-                let (_, codes) = self.model.semantic_codes(&feats)?;
-                Ok(self.model.decoder().forward(&codes)?)
-            } else {
-                Ok(self.model.reconstruct(images, &feats)?)
-            }
-        })
+        Ok(self.tok.reconstruct(images)?)
     }
 
     /// Semantic ids `[B, N]` of images (no gradient).
     pub fn semantic_ids(&self, images: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
-            let feats = self.teacher.features(images)?;
-            Ok(self.model.semantic_codes(&feats)?.0)
+            let feats = self.teacher().features(images)?;
+            Ok(self.model().semantic_codes(&feats)?.0)
         })
     }
 
     /// Mean cosine similarity of the SPC's decoded semantic features to the teacher's.
     pub fn teacher_cosine(&self, images: &Tensor) -> Result<f64> {
         tch::no_grad(|| {
-            let feats = self.teacher.features(images)?;
-            let (_, codes) = self.model.semantic_codes(&feats)?;
-            let rec = self.model.spc().decode(&codes)?;
+            let feats = self.teacher().features(images)?;
+            let (_, codes) = self.model().semantic_codes(&feats)?;
+            let rec = self.model().spc().decode(&codes)?;
             Ok(crate::metrics::mean_cosine(&rec, &feats))
         })
+    }
+}
+
+/// A tokenizer from a model folder (`DIR/config.json`, written by `semhitok export`) or from a
+/// training run / checkpoint (converted in memory, as `export` would write it).
+pub fn load_tokenizer(path: &Path, device: Device) -> Result<Tokenizer> {
+    if path.join(semhitok_nn::pretrained::CONFIG_FILE).is_file() {
+        Ok(Tokenizer::from_pretrained(path, device)?)
+    } else {
+        Ok(load_model(path, device, false)?.tok)
     }
 }
 

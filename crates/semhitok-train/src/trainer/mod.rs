@@ -224,12 +224,12 @@ impl<'a> Trainer<'a> {
             self.run.truncate_metrics_after(0)?;
             return Ok(());
         };
-        if ck.state.stage != cfg.run.stage.as_str() {
+        if ck.state.stage != cfg.run.stage {
             return Err(Error::ckpt(
                 &ck.dir,
                 format!(
                     "written by stage `{}`, cannot resume stage `{}`",
-                    ck.state.stage,
+                    ck.state.stage.as_str(),
                     cfg.run.stage.as_str()
                 ),
             ));
@@ -524,7 +524,7 @@ impl<'a> Trainer<'a> {
         self.check_state(done, &tensors)?;
         let state = CkptState {
             format: checkpoint::FORMAT.into(),
-            stage: cfg.run.stage.as_str().into(),
+            stage: cfg.run.stage,
             step: done,
             seed: cfg.run.seed,
             optim_t,

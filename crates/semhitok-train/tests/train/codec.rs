@@ -58,8 +58,10 @@ fn encode_then_decode_round_trips_and_reports_bad_files() {
 
     let out = tmp.path().join("ids/batch");
     let rep = encode_cmd(&EncodeArgs {
-        checkpoint: pre.clone(),
+        model: pre.clone(),
         out: out.clone(),
+        device: "cpu".into(),
+        batch: 2,
         images: all,
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -108,9 +110,11 @@ fn encode_then_decode_round_trips_and_reports_bad_files() {
     // decode(ids) is the model's reconstruction of the same images, up to PNG rounding.
     let dec_dir = tmp.path().join("decoded");
     let pngs = decode_cmd(&DecodeArgs {
-        checkpoint: pre.clone(),
+        model: pre.clone(),
         ids: out.with_extension("safetensors"),
         out: dec_dir.clone(),
+        device: "cpu".into(),
+        batch: 2,
     })
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pngs.len(), 3);
@@ -146,9 +150,11 @@ fn decode_rejects_out_of_range_ids_and_wrong_checkpoints() {
     let _ = bad.get(0).get(2).get(3).fill_(vocab);
     Tensor::write_safetensors(&[("unified", &bad)], &ids).unwrap();
     let e = decode_cmd(&DecodeArgs {
-        checkpoint: pre.clone(),
+        model: pre.clone(),
         ids: ids.clone(),
         out: tmp.path().join("o"),
+        device: "cpu".into(),
+        batch: 2,
     })
     .expect_err("an id >= vocab must be an error");
     let msg = e.to_string();
@@ -156,18 +162,22 @@ fn decode_rejects_out_of_range_ids_and_wrong_checkpoints() {
     assert!(msg.contains(&vocab.to_string()), "{msg}");
 
     let e = decode_cmd(&DecodeArgs {
-        checkpoint: pre.clone(),
+        model: pre.clone(),
         ids: tmp.path().join("nope.safetensors"),
         out: tmp.path().join("o"),
+        device: "cpu".into(),
+        batch: 2,
     })
     .expect_err("a missing ids file must be an error");
     assert!(e.to_string().contains("nope.safetensors"), "{e}");
 
     Tensor::write_safetensors(&[("ids", &bad)], &ids).unwrap();
     let e = decode_cmd(&DecodeArgs {
-        checkpoint: pre.clone(),
+        model: pre.clone(),
         ids: ids.clone(),
         out: tmp.path().join("o"),
+        device: "cpu".into(),
+        batch: 2,
     })
     .expect_err("no `unified` tensor must be an error");
     assert!(e.to_string().contains("unified"), "{e}");
@@ -176,17 +186,21 @@ fn decode_rejects_out_of_range_ids_and_wrong_checkpoints() {
     let floats = Tensor::full([1, 4, 4], 5.7, (Kind::Float, Device::Cpu));
     Tensor::write_safetensors(&[("unified", &floats)], &ids).unwrap();
     let e = decode_cmd(&DecodeArgs {
-        checkpoint: pre.clone(),
+        model: pre.clone(),
         ids: ids.clone(),
         out: tmp.path().join("o"),
+        device: "cpu".into(),
+        batch: 2,
     })
     .expect_err("float ids must be an error");
     assert!(e.to_string().contains("Float"), "{e}");
     assert!(e.to_string().contains("integer dtype"), "{e}");
 
     let e = encode_cmd(&EncodeArgs {
-        checkpoint: spc.clone(),
+        model: spc.clone(),
         out: tmp.path().join("x"),
+        device: "cpu".into(),
+        batch: 2,
         images: vec![tmp.path().join("whatever.png")],
     })
     .expect_err("an spc checkpoint has no pixel decoder");

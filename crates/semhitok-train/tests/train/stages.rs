@@ -141,13 +141,13 @@ fn pre_loss_falls_and_spc_is_untouched() {
     let a = load_model(&spc, Device::Cpu, true).unwrap();
     let b = load_model(&pre_dir, Device::Cpu, false).unwrap();
     let wa: Vec<_> = a
-        .model
+        .model()
         .named_variables(Part::Spc)
         .iter()
         .map(|(k, t)| (k.clone(), f32_bits(t)))
         .collect();
     let wb: Vec<_> = b
-        .model
+        .model()
         .named_variables(Part::Spc)
         .iter()
         .map(|(k, t)| (k.clone(), f32_bits(t)))

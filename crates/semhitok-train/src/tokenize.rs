@@ -1,0 +1,410 @@
+//! `semhitok tokenize`: a whole dataset to unified-id shards for LLM training, resumable and
+//! splittable across processes. The layout (documented for Python readers in
+//! `docs/tokens-format.md`):
+//!
+//! ```text
+//! OUT/meta.json                  format, model, source, grid [h, w], K, m, K*m, shard_size, samples
+//! OUT/shard-00000.safetensors    `unified` int32 [n, h, w] (row-major grid, unified = k * m + j),
+//!                                `labels` int64 [n] (-1: none) when the source has labels
+//! OUT/shard-00000.json           keys, captions (null: none) and skipped [(key, reason)] of the shard
+//! OUT/complete.json              written once every shard exists: shard list and counts
+//! ```
+//!
+//! Shard `s` holds the source samples `s * shard_size .. (s + 1) * shard_size` in source order,
+//! minus the ones that could not be decoded (listed in its JSON, never fatal). Rank `r` of `W`
+//! writes the shards `s` with `s % W == r`, so the files do not depend on the split. A shard is
+//! committed by renaming its safetensors into place after its JSON, so a shard whose
+//! `.safetensors` exists is complete; a restart skips those and redoes the rest (the work of a
+//! killed shard is lost, nothing else), giving files byte-identical to one uninterrupted run.
+
+use crate::atomic::{tmp_path, write_atomic};
+use crate::codec::parse_device;
+use crate::error::{Error, Result};
+use crate::eval::progress;
+use crate::stages::load_tokenizer;
+use semhitok_data::{IndexedSource, Item, LoaderConfig, PixelFormat, SkipReason};
+use semhitok_nn::pretrained::Tokenizer;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// Format tag of `meta.json`.
+pub const FORMAT: &str = "semhitok-tokens/1";
+
+/// `semhitok tokenize`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenizeArgs {
+    /// A model folder (`semhitok export`) or a trained run / checkpoint.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// `KIND:PATH`: `imagenet:ROOT` (class folders), `fashion-mnist:DIR` (test split) or
+    /// `fashion-mnist-train:DIR`, `photos:DIR` (the held-out evaluation crops of a photo folder).
+    #[arg(long)]
+    pub data: String,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images per forward.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Source samples per shard.
+    #[arg(long, default_value_t = 4096)]
+    pub shard_size: usize,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// This process's rank (default: `$RANK`, else 0).
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// Number of processes (default: `$WORLD_SIZE`, else 1).
+    #[arg(long)]
+    pub world_size: Option<usize>,
+    /// Fault injection for the resume tests: after committing this many shards, write a partial
+    /// temporary file of the next one and abort the process.
+    #[arg(long, hide = true)]
+    pub crash_after_shards: Option<usize>,
+}
+
+/// What one `tokenize` call did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TokenizeReport {
+    pub shards_total: usize,
+    /// Shards this rank wrote now.
+    pub shards_written: usize,
+    /// Shards of this rank found complete (a resumed run).
+    pub shards_present: usize,
+    pub images: usize,
+    pub skipped: usize,
+    pub seconds: f64,
+    /// Whether every shard exists (then `complete.json` was written).
+    pub complete: bool,
+}
+
+/// `[data]` source of `tokenize`. The one place that maps a `--data` string to a source of
+/// semhitok-data (to be replaced by the unified `[data] kind` of the data crate).
+pub fn open_source(spec: &str, tok: &Tokenizer) -> Result<Arc<dyn IndexedSource>> {
+    let size = tok.config().preprocessing.image_size as u32;
+    let (kind, path) = spec.split_once(':').ok_or_else(|| {
+        Error::Input(format!(
+            "--data {spec}: expected KIND:PATH (imagenet, fashion-mnist, fashion-mnist-train, photos)"
+        ))
+    })?;
+    let path = PathBuf::from(path);
+    let tf = semhitok_data::Transform::center_crop(size);
+    Ok(match kind {
+        "imagenet" => Arc::new(semhitok_data::ImageFolder::open(
+            &path,
+            semhitok_data::ImageFolderConfig::eval(size),
+        )?),
+        "fashion-mnist" | "fashion-mnist-train" => {
+            let split = if kind == "fashion-mnist" {
+                semhitok_data::Split::Test
+            } else {
+                semhitok_data::Split::Train
+            };
+            Arc::new(semhitok_data::FashionMnist::open(&path, split, tf)?)
+        }
+        "photos" => {
+            // The split of the run the model was trained on, when the folder records it.
+            let mut cfg = semhitok_data::PhotoCropsConfig::demo(size);
+            let d = &tok.config().source["data"];
+            if let Some(f) = d["heldout_fraction"].as_f64() {
+                cfg.heldout = semhitok_data::Heldout::Fraction(f);
+            }
+            if let Some(s) = d["max_short_side"].as_u64() {
+                cfg.max_short_side = s as u32;
+            }
+            if let Some(k) = d["eval_crops_per_image"].as_u64() {
+                cfg.eval_crops_per_image = k as usize;
+            }
+            semhitok_data::PhotoCrops::open(&path, cfg)?.eval_source()
+        }
+        k => {
+            return Err(Error::Input(format!(
+                "--data {spec}: unknown kind `{k}` (imagenet, fashion-mnist, fashion-mnist-train, photos)"
+            )))
+        }
+    })
+}
+
+/// Samples `start .. start + len` of a source, as a source.
+struct Range {
+    inner: Arc<dyn IndexedSource>,
+    start: usize,
+    len: usize,
+}
+
+impl IndexedSource for Range {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn key(&self, index: usize) -> String {
+        self.inner.key(self.start + index)
+    }
+    fn output_size(&self) -> (u32, u32) {
+        self.inner.output_size()
+    }
+    fn get(
+        &self,
+        index: usize,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> std::result::Result<Item, SkipReason> {
+        self.inner.get(self.start + index, rng)
+    }
+}
+
+fn shard_name(s: usize) -> String {
+    format!("shard-{s:05}")
+}
+
+fn env_usize(name: &str) -> Result<Option<usize>> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Input(format!("${name} = `{v}` is not a non-negative integer"))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Tokenize `a.data` with `a.model` into `a.out` (see the module docs).
+pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
+    let t0 = std::time::Instant::now();
+    let rank = match a.rank {
+        Some(r) => r,
+        None => env_usize("RANK")?.unwrap_or(0),
+    };
+    let world = match a.world_size {
+        Some(w) => w,
+        None => env_usize("WORLD_SIZE")?.unwrap_or(1),
+    };
+    if world == 0 || rank >= world {
+        return Err(Error::Input(format!(
+            "--rank {rank} must be < --world-size {world} (>= 1)"
+        )));
+    }
+    if a.shard_size == 0 || a.batch == 0 {
+        return Err(Error::Input("--shard-size and --batch must be >= 1".into()));
+    }
+    let tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
+    let source = open_source(&a.data, &tok)?;
+    let n = source.len();
+    let shards = n.div_ceil(a.shard_size);
+    let c = tok.config();
+    let meta = serde_json::json!({
+        "format": FORMAT,
+        "model": a.model.display().to_string(),
+        "model_source": c.source,
+        "decode_mode": c.decode_mode,
+        "data": a.data,
+        "samples": n,
+        "shard_size": a.shard_size,
+        "shards": shards,
+        "grid": c.grid,
+        "semantic_codebook_size": c.vocab.semantic_codebook_size,
+        "sub_codebook_size": c.vocab.sub_codebook_size,
+        "unified_vocab_size": c.vocab.unified_vocab_size,
+        "ids_dtype": "int32",
+        "image_size": c.preprocessing.image_size,
+        "crop": c.preprocessing.crop,
+    });
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let meta_path = a.out.join("meta.json");
+    let meta_text = serde_json::to_string_pretty(&meta).unwrap_or_default();
+    match std::fs::read_to_string(&meta_path) {
+        Ok(old) if old == meta_text => {}
+        Ok(old) => {
+            let old: serde_json::Value = serde_json::from_str(&old).unwrap_or_default();
+            let keys: Vec<&str> = meta
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| old.get(k.as_str()) != Some(*v))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            return Err(Error::Input(format!(
+                "{} belongs to another tokenization (different {}): use a new --out",
+                meta_path.display(),
+                keys.join(", ")
+            )));
+        }
+        Err(_) => write_atomic(&meta_path, meta_text.as_bytes())?,
+    }
+    let mine: Vec<usize> = (0..shards).filter(|s| s % world == rank).collect();
+    // Temporary files of this rank's shards left by a killed run.
+    for e in std::fs::read_dir(&a.out).map_err(|e| Error::io(&a.out, e))? {
+        let p = e.map_err(|e| Error::io(&a.out, e))?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let stale = name.as_deref().and_then(|n| {
+            let s: usize = n.strip_prefix(".shard-")?.get(..5)?.parse().ok()?;
+            (n.contains(".tmp-") && s % world == rank).then_some(())
+        });
+        if stale.is_some() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    let todo: Vec<usize> = mine
+        .iter()
+        .copied()
+        .filter(|s| {
+            !a.out
+                .join(format!("{}.safetensors", shard_name(*s)))
+                .is_file()
+        })
+        .collect();
+    let mut report = TokenizeReport {
+        shards_total: shards,
+        shards_present: mine.len() - todo.len(),
+        ..Default::default()
+    };
+    let todo_samples: usize = todo
+        .iter()
+        .map(|s| a.shard_size.min(n - s * a.shard_size))
+        .sum();
+    let bar = progress(todo_samples as u64, "tokenize");
+    for (done, &s) in todo.iter().enumerate() {
+        if a.crash_after_shards == Some(done) {
+            let partial = tmp_path(&a.out.join(format!("{}.safetensors", shard_name(s))));
+            let _ = std::fs::write(&partial, b"partial shard of a killed run");
+            eprintln!("tokenize: --crash-after-shards {done}: aborting");
+            std::process::abort();
+        }
+        let (imgs, skipped) = tokenize_shard(&tok, &source, s, a, &bar)?;
+        report.images += imgs;
+        report.skipped += skipped;
+        report.shards_written += 1;
+    }
+    bar.finish_and_clear();
+    let all_present = (0..shards).all(|s| {
+        a.out
+            .join(format!("{}.safetensors", shard_name(s)))
+            .is_file()
+    });
+    if all_present {
+        write_complete(&a.out, shards)?;
+    }
+    report.complete = all_present;
+    report.seconds = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "tokenize: rank {rank}/{world}: {} shards written ({} images, {} skipped), {} already present, {:.1} s{}",
+        report.shards_written,
+        report.images,
+        report.skipped,
+        report.shards_present,
+        report.seconds,
+        if all_present { "; all shards complete" } else { "" }
+    );
+    Ok(report)
+}
+
+/// Tokenize shard `s`; returns (images, skipped).
+fn tokenize_shard(
+    tok: &Tokenizer,
+    source: &Arc<dyn IndexedSource>,
+    s: usize,
+    a: &TokenizeArgs,
+    bar: &indicatif::ProgressBar,
+) -> Result<(usize, usize)> {
+    let n = source.len();
+    let start = s * a.shard_size;
+    let len = a.shard_size.min(n - start);
+    let range = Arc::new(Range {
+        inner: source.clone(),
+        start,
+        len,
+    });
+    let mut lc = LoaderConfig::eval(a.batch);
+    lc.workers = a.workers;
+    lc.format = PixelFormat::U8;
+    let mut loader = semhitok_data::Loader::new(range, lc)?;
+    let (mut ids, mut keys, mut labels, mut captions) = (vec![], vec![], vec![], vec![]);
+    let mut seen = 0;
+    for b in loader.by_ref() {
+        let px = b
+            .as_u8()
+            .ok_or_else(|| Error::Input("loader returned f32 pixels, expected u8".into()))?;
+        let shape: Vec<i64> = b.shape.iter().map(|&v| v as i64).collect();
+        let x = Tensor::from_slice(px).view(shape.as_slice());
+        let enc = tok.encode(&x)?;
+        ids.push(enc.unified_ids.to_device(Device::Cpu).to_kind(Kind::Int));
+        keys.extend(b.keys.iter().cloned());
+        labels.extend(b.labels.iter().copied());
+        captions.extend(b.captions.iter().cloned());
+        bar.inc(b.len() as u64);
+        seen += b.len();
+    }
+    let stats = loader.skip_stats().clone();
+    bar.inc((len - seen) as u64);
+    let [gh, gw] = tok.config().grid;
+    let unified = if ids.is_empty() {
+        Tensor::zeros([0, gh, gw], (Kind::Int, Device::Cpu))
+    } else {
+        Tensor::cat(&ids, 0)
+    };
+    let mut tensors = vec![("unified".to_string(), unified)];
+    if labels.iter().any(Option::is_some) {
+        let l: Vec<i64> = labels.iter().map(|l| l.unwrap_or(-1)).collect();
+        tensors.push(("labels".to_string(), Tensor::from_slice(&l)));
+    }
+    let has_captions = captions.iter().any(Option::is_some);
+    let skipped: Vec<serde_json::Value> = stats
+        .examples
+        .iter()
+        .map(|(k, r)| serde_json::json!({"key": k, "reason": r}))
+        .collect();
+    let json = serde_json::json!({
+        "shard": s,
+        "first_sample": start,
+        "source_samples": len,
+        "count": keys.len(),
+        "keys": keys,
+        "captions": if has_captions { serde_json::json!(captions) } else { serde_json::Value::Null },
+        "skipped": skipped,
+        "skipped_count": stats.skipped,
+    });
+    let base = a.out.join(shard_name(s));
+    write_atomic(
+        &base.with_extension("json"),
+        serde_json::to_string_pretty(&json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    let st = base.with_extension("safetensors");
+    let tmp = tmp_path(&st);
+    Tensor::write_safetensors(&tensors, &tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    crate::atomic::rename_into_place(&tmp, &st)?;
+    for (k, r) in &stats.examples {
+        eprintln!("skipped {k}: {r}");
+    }
+    Ok((keys.len(), stats.skipped as usize))
+}
+
+/// `complete.json`: every shard with its image count (read from the shard JSONs).
+fn write_complete(out: &Path, shards: usize) -> Result<()> {
+    let mut list = vec![];
+    let (mut images, mut skipped) = (0u64, 0u64);
+    for s in 0..shards {
+        let p = out.join(format!("{}.json", shard_name(s)));
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Input(format!("{}: {e}", p.display())))?;
+        let count = v["count"].as_u64().unwrap_or(0);
+        images += count;
+        skipped += v["skipped_count"].as_u64().unwrap_or(0);
+        list.push(serde_json::json!({"name": shard_name(s), "count": count}));
+    }
+    let v = serde_json::json!({"shards": list, "images": images, "skipped": skipped});
+    write_atomic(
+        &out.join("complete.json"),
+        serde_json::to_string_pretty(&v)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}
