@@ -7,6 +7,7 @@ mod assets;
 mod bench_data;
 mod bench_quant;
 mod bundle;
+mod c10d_headers;
 mod data_cmd;
 mod libtorch;
 mod train_cmd;
