@@ -14,6 +14,9 @@ pub enum Error {
     /// An error of the data crate.
     #[error(transparent)]
     Data(#[from] semhitok_data::Error),
+    /// A collective or the process group of data-parallel training (semhitok-sys).
+    #[error(transparent)]
+    Dist(#[from] semhitok_sys::Error),
     /// An error of the codebook-math crate.
     #[error(transparent)]
     Quant(#[from] semhitok_quant::Error),

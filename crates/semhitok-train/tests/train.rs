@@ -5,6 +5,7 @@ mod train {
     pub mod common;
     mod config;
     mod demo;
+    mod dist;
     mod machinery;
     mod optim;
     mod reliability;

@@ -1,6 +1,7 @@
 //! The training batches of a config (`[data] kind`).
 
 use crate::config::{DataKind, TrainConfig};
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::synthetic::SyntheticBatches;
 use crate::trainer::Batches;
@@ -55,19 +56,30 @@ impl Batches for PhotoBatches {
     }
 }
 
-/// The training batches of `cfg`.
+/// The training batches of `cfg` (a single process).
 pub fn build_batches(cfg: &TrainConfig) -> Result<Box<dyn Batches>> {
+    build_batches_for(cfg, None)
+}
+
+/// The training batches of this rank of a data-parallel run (`data.batch_size` per rank).
+///
+/// Synthetic data is sharded exactly ([`crate::dist::shard_range`]): the ranks together read the
+/// images one process with batch `world x batch_size` reads, and the data position does not
+/// depend on the world size. Photo crops are random draws: each rank draws its own (seed offset
+/// by the rank), so the global batch is a sample of the same distribution, not the 1-process
+/// order.
+pub fn build_batches_for(cfg: &TrainConfig, dist: Option<&Dist>) -> Result<Box<dyn Batches>> {
     let d = &cfg.data;
+    let (rank, world) = dist.map_or((0, 1), |x| (x.rank(), x.world_size()));
     match d.kind {
-        DataKind::Synthetic => Ok(Box::new(SyntheticBatches::new(
-            cfg.run.seed,
-            d.batch_size,
-            d.image_size,
-        ))),
+        DataKind::Synthetic => Ok(Box::new(
+            SyntheticBatches::new(cfg.run.seed, d.batch_size, d.image_size).sharded(rank, world),
+        )),
         DataKind::Photos => {
             let root = d.root.clone().unwrap_or_default();
             let photos = semhitok_data::PhotoCrops::open(&root, photo_config(cfg))?;
-            let mut lc = semhitok_data::LoaderConfig::train(d.batch_size as usize, cfg.run.seed);
+            let seed = cfg.run.seed.wrapping_add(rank as u64);
+            let mut lc = semhitok_data::LoaderConfig::train(d.batch_size as usize, seed);
             lc.workers = d.workers;
             Ok(Box::new(PhotoBatches {
                 loader: photos.train(lc)?,

@@ -18,11 +18,12 @@ mod model_io;
 mod tasks;
 
 pub use build::{build_teacher, check_teacher_fits, siglip_spec, Perceptual, LPIPS_HEADS};
-pub use data::{batch_tensor, build_batches, photo_config, PhotoBatches};
+pub use data::{batch_tensor, build_batches, build_batches_for, photo_config, PhotoBatches};
 pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, Loaded};
 pub use tasks::{PixelTask, SpcTask};
 
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::gan::Gan;
 use crate::rundir::RunStart;
@@ -72,6 +73,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                 teacher,
                 semantic_weight: cfg.loss.semantic_weight,
                 pending: None,
+                dist: None,
             }));
         }
         Stage::Pre => {
@@ -149,10 +151,13 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         pending_sghc: None,
         pending_spc: None,
         gan,
+        dist: None,
     }))
 }
 
-/// Build task + data and train (the `semhitok train` command).
+/// Build task + data and train (the `semhitok train` command). Under a launcher (torchrun,
+/// srun, `cargo xtask train --gpus N`: `WORLD_SIZE` set) the run is data-parallel over a c10d
+/// process group (`[dist]`), each rank reading its shard of every global batch.
 pub fn run_stage(
     cfg: &TrainConfig,
     start: RunStart,
@@ -162,13 +167,17 @@ pub fn run_stage(
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
+    // Before the model is built: it sets this process's CUDA device to LOCAL_RANK.
+    let dist = Dist::from_env(&cfg.dist, cfg.run.device)?;
     let mut task = build_task(cfg)?;
-    let mut data = build_batches(cfg)?;
+    let mut data = build_batches_for(cfg, dist.as_ref())?;
     let opts = TrainOptions {
         resume: start == RunStart::Resume,
         overwrite: start == RunStart::Overwrite,
         command_line,
-        quiet,
+        // One progress bar (rank 0's).
+        quiet: quiet || dist.as_ref().is_some_and(|d| !d.is_main()),
+        dist,
         ..Default::default()
     };
     train(cfg, task.as_mut(), data.as_mut(), &opts)

@@ -2,13 +2,13 @@
 //! step, the loss and which part went bad, and the last good checkpoint, which is left untouched.
 
 use crate::error::Error;
-use crate::rundir::RunDir;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The error (and the diagnostic file in the run directory) for a non-finite value at `step`.
+/// The error (and the diagnostic file in the run directory, when this process owns it) for a
+/// non-finite value at `step`.
 pub(super) fn nan_stop(
-    run: &RunDir,
+    run_dir: Option<&Path>,
     step: u64,
     loss: f64,
     parts: &BTreeMap<&'static str, f64>,
@@ -27,7 +27,9 @@ pub(super) fn nan_stop(
         "parts": parts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         "last_good_checkpoint": last,
     });
-    let p = run.path.join("nan-diagnostic.json");
-    let _ = std::fs::write(&p, serde_json::to_string_pretty(&diag).unwrap_or_default());
+    if let Some(dir) = run_dir {
+        let p = dir.join("nan-diagnostic.json");
+        let _ = std::fs::write(&p, serde_json::to_string_pretty(&diag).unwrap_or_default());
+    }
     Error::NonFinite { step, detail }
 }
