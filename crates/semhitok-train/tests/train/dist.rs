@@ -138,9 +138,25 @@ fn two_halves_equal_one_whole(stage: &str, sets: &[String]) {
         d <= TOL,
         "{stage}: max |diff| {d} at {key} (tolerance {TOL})"
     );
-    // The rank that is not 0 wrote nothing: one metrics file, rank 0's.
-    let m = semhitok_train::rundir::read_metrics(&halves.run.out_dir);
-    assert_eq!(m.len(), 4, "{m:?}");
+    // Logged values are global: losses averaged over the ranks, the norm of the averaged
+    // gradient (AdamW is nearly blind to a gradient scale, these are not).
+    let (ma, mb) = (
+        semhitok_train::rundir::read_metrics(&whole.run.out_dir),
+        semhitok_train::rundir::read_metrics(&halves.run.out_dir),
+    );
+    assert_eq!(ma.len(), 4, "{ma:?}");
+    assert_eq!(mb.len(), 4, "only rank 0 logs: {mb:?}");
+    for (ra, rb) in ma.iter().zip(&mb) {
+        assert_eq!(ra["step"], rb["step"]);
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (ra[key].as_f64().unwrap(), rb[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= TOL * x.abs().max(1.0),
+                "{stage} step {}: {key} {x} (1 x 4) vs {y} (2 x 2)",
+                ra["step"]
+            );
+        }
+    }
 }
 
 #[test]
@@ -212,6 +228,8 @@ fn dist_a_killed_rank_stops_the_others_and_the_checkpoint_resumes() {
         let out = k.wait_with_output().unwrap();
         let took = killed_at.elapsed();
         let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().find(|l| l.contains("c10d")).unwrap_or("");
+        eprintln!("rank {r} exited after {took:?}: {line}");
         assert!(!out.status.success(), "rank {r} exited 0: {err}");
         assert!(took < Duration::from_secs(20), "rank {r} took {took:?}");
         assert!(
@@ -247,5 +265,93 @@ fn dist_a_killed_rank_stops_the_others_and_the_checkpoint_resumes() {
         until * 6,
         "{}",
         after.state.data_state
+    );
+}
+
+/// 2 ranks; rank 1 is frozen (SIGSTOP: alive, sockets open, never answering) once the step-2
+/// checkpoint exists. Rank 0 stops with the timeout error after about `dist.timeout_s` = 3 s,
+/// instead of waiting forever.
+#[test]
+fn dist_a_stuck_rank_makes_the_others_time_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = [
+        "schedule.ckpt_every=2".to_string(),
+        "dist.timeout_s=3".to_string(),
+    ];
+    let mut c = cfg(&tmp.path().join("run"), "spc", 2000, &sets);
+    c.data.batch_size = 2;
+    let config = write_cfg(&c, tmp.path(), "run");
+    let mut kids = spawn_ranks(&config, 2, &[]);
+    let ck = c.run.out_dir.join("checkpoints/step-00000002");
+    let t0 = Instant::now();
+    while !ck.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stuck = kids.pop().unwrap();
+    // SAFETY: signalling a child process we started and still own.
+    unsafe { libc::kill(stuck.id() as i32, libc::SIGSTOP) };
+    let stopped_at = Instant::now();
+    let out = kids.pop().unwrap().wait_with_output().unwrap();
+    let took = stopped_at.elapsed();
+    let mut stuck = stuck;
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("c10d")).unwrap_or("");
+    eprintln!("rank 0 exited after {took:?}: {line}");
+    assert!(!out.status.success(), "rank 0 exited 0: {err}");
+    assert!(
+        line.contains("rank 0 of 2") && line.contains("at step") && line.contains("timeout 3s"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "rank 0 stopped {took:?} after its peer froze (timeout 3 s)"
+    );
+    assert!(latest(&c.run.out_dir).state.step >= 2);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+/// 2 ranks for 6 steps, and 2 ranks resumed from the step-3 checkpoint of a copy of that run:
+/// the step-6 checkpoints are bit-identical (every rank restores the same state and data
+/// position, the per-step seeds depend only on the step and the rank).
+#[test]
+fn dist_resume_with_the_same_world_size_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = ["schedule.ckpt_every=3".to_string()];
+    let mut c = cfg(&tmp.path().join("full"), "spc", 6, &sets);
+    c.data.batch_size = 2;
+    c.schedule.keep_last = 2;
+    let config = write_cfg(&c, tmp.path(), "full");
+    run_ranks(&config, 2, &[]);
+    let full = latest(&c.run.out_dir);
+    assert_eq!(full.state.step, 6);
+    let copy = tmp.path().join("resumed");
+    copy_dir(&c.run.out_dir, &copy);
+    std::fs::remove_dir_all(copy.join("checkpoints/step-00000006")).unwrap();
+    let resume = copy.display().to_string();
+    run_ranks(&copy.join("config.toml"), 2, &["--resume", &resume]);
+    let again = latest(&copy);
+    assert_eq!(again.state.step, 6);
+    assert_eq!(again.state.data_state, full.state.data_state);
+    assert_eq!(
+        again.state.tensors_sha256, full.state.tensors_sha256,
+        "resumed 2-rank run differs from the uninterrupted one"
     );
 }
