@@ -6,4 +6,5 @@ mod sys {
     pub mod common;
     mod env;
     mod gloo;
+    mod nccl;
 }

@@ -139,26 +139,3 @@ fn rendezvous_without_peers_times_out_with_the_store_address() {
     assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
-
-#[test]
-fn nccl_without_a_gpu_is_a_clear_error() {
-    if tch::Cuda::is_available() {
-        return; // the GPU host runs the NCCL path for real (scripts/gpu/dist.sh)
-    }
-    let e = ProcessGroup::new(
-        &env(free_port(), 0, 1),
-        Backend::Nccl,
-        Duration::from_secs(5),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::Init {
-                backend: "nccl",
-                ..
-            }
-        ),
-        "{e}"
-    );
-}
