@@ -8,6 +8,7 @@ mod bench_data;
 mod bench_llm;
 mod bench_quant;
 mod bundle;
+mod c10d_headers;
 mod data_cmd;
 mod libtorch;
 mod train_cmd;

@@ -24,10 +24,10 @@ mod fid;
 mod lpips;
 #[path = "nn/model.rs"]
 mod model;
-#[path = "nn/search.rs"]
-mod search;
 #[path = "nn/pretrained.rs"]
 mod pretrained;
+#[path = "nn/search.rs"]
+mod search;
 #[path = "nn/sghc.rs"]
 mod sghc;
 #[path = "nn/siglip.rs"]

@@ -69,7 +69,8 @@ impl DeviceKind {
     pub fn device(self) -> tch::Device {
         match self {
             DeviceKind::Cpu => tch::Device::Cpu,
-            DeviceKind::Cuda => tch::Device::Cuda(0),
+            // LOCAL_RANK in a distributed run (crate::dist), else 0.
+            DeviceKind::Cuda => tch::Device::Cuda(crate::dist::cuda_index()),
         }
     }
 }
@@ -109,6 +110,8 @@ pub struct TrainConfig {
     /// for configs built in code.
     #[serde(skip)]
     pub origin: PathBuf,
+    #[serde(default)]
+    pub dist: DistConfig,
 }
 
 /// `[run]`: identity, stage, device.
@@ -159,6 +162,55 @@ fn default_device() -> DeviceKind {
 fn default_precision() -> Precision {
     Precision::F32
 }
+
+// --- [dist]: data-parallel training (crate::dist) -------------------------------------------
+
+/// c10d backend of a distributed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// NCCL on CUDA, Gloo on CPU.
+    #[default]
+    Auto,
+    Nccl,
+    Gloo,
+}
+
+/// `[dist]`: only read when a launcher (torchrun, srun, `cargo xtask train --gpus N`) set
+/// `WORLD_SIZE`; `data.batch_size` is then per rank, and the global batch is
+/// `batch_size x world size x optim.accum_steps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistConfig {
+    #[serde(default)]
+    pub backend: DistBackend,
+    /// Limit of the rendezvous and of each collective: a rank waiting longer on a dead or stuck
+    /// peer stops with an error naming the collective, its rank and the step.
+    #[serde(default = "default_dist_timeout")]
+    pub timeout_s: f64,
+    /// Limit of the barrier where the other ranks wait while rank 0 writes a checkpoint.
+    #[serde(default = "default_dist_ckpt_timeout")]
+    pub checkpoint_timeout_s: f64,
+}
+
+fn default_dist_timeout() -> f64 {
+    600.0
+}
+fn default_dist_ckpt_timeout() -> f64 {
+    1800.0
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        Self {
+            backend: DistBackend::Auto,
+            timeout_s: default_dist_timeout(),
+            checkpoint_timeout_s: default_dist_ckpt_timeout(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /// Which frozen teacher supplies the semantic targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -872,6 +924,14 @@ impl TrainConfig {
         in_range("disc.lr", self.disc.lr, 0.0, f64::MAX, false)?;
         in_range("disc.betas[0]", self.disc.betas[0], 0.0, 1.0, true)?;
         in_range("disc.betas[1]", self.disc.betas[1], 0.0, 1.0, true)?;
+        in_range("dist.timeout_s", self.dist.timeout_s, 0.001, 1e9, false)?;
+        in_range(
+            "dist.checkpoint_timeout_s",
+            self.dist.checkpoint_timeout_s,
+            0.001,
+            1e9,
+            false,
+        )?;
         in_range(
             "data.heldout_fraction",
             self.data.heldout_fraction,

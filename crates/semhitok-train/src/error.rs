@@ -17,6 +17,9 @@ pub enum Error {
     /// An error of the LLM crate (`semhitok chat`).
     #[error(transparent)]
     Mllm(#[from] semhitok_mllm::Error),
+    /// A collective or the process group of data-parallel training (semhitok-sys).
+    #[error(transparent)]
+    Dist(#[from] semhitok_sys::Error),
     /// An error of the codebook-math crate.
     #[error(transparent)]
     Quant(#[from] semhitok_quant::Error),

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -7,6 +7,7 @@ mod train {
     mod config;
     mod data;
     mod demo;
+    mod dist;
     mod machinery;
     mod optim;
     mod reliability;

@@ -164,8 +164,16 @@ impl Nvrtc {
         Ok((a, b))
     }
 
-    /// Compile CUDA C++ `source` for `sm_{arch}` into a cubin. The error holds NVRTC's log.
-    pub fn compile(&self, source: &str, name: &str, arch: u32, defines: &[String]) -> R<Vec<u8>> {
+    /// Compile CUDA C++ `source` for `sm_{arch}` into a cubin, with `-D` `defines` and `extra`
+    /// NVRTC options; returns the cubin and NVRTC's log. The error holds the log.
+    pub fn compile(
+        &self,
+        source: &str,
+        name: &str,
+        arch: u32,
+        defines: &[String],
+        extra: &[&str],
+    ) -> R<(Vec<u8>, String)> {
         let src = CString::new(source).map_err(|e| err(e.to_string()))?;
         let cname = CString::new(name).map_err(|e| err(e.to_string()))?;
         let mut opts: Vec<CString> = vec![
@@ -176,6 +184,9 @@ impl Nvrtc {
         ];
         for d in defines {
             opts.push(CString::new(format!("-D{d}")).map_err(|e| err(e.to_string()))?);
+        }
+        for o in extra {
+            opts.push(CString::new(*o).map_err(|e| err(e.to_string()))?);
         }
         let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
         let mut prog: NvrtcProgram = std::ptr::null_mut();
@@ -218,7 +229,7 @@ impl Nvrtc {
             if rc != 0 {
                 Err(err(format!("nvrtcGetCUBIN({name}) failed ({rc})")))
             } else {
-                Ok(buf)
+                Ok((buf, log))
             }
         };
         // SAFETY: destroys the program created above.

@@ -10,8 +10,9 @@
 // After each tile every thread folds its 8 x 8 scores into a running (best score, best index)
 // per row; at the end the 16 threads sharing a row reduce by warp shuffles.
 //
-// Inputs: z [n, DIM] f32 row-major, c [k, DIM] f32 row-major, cc [k] f32 (|c|^2). Output:
-// ids [n] int64.
+// Inputs are transposed (dimension-major), so that tile loads are coalesced and their
+// shared-memory stores conflict-free: zt [DIM, n] f32, ct [DIM, k] f32, cc [k] f32 (|c|^2).
+// Output: ids [n] int64. Indices are tracked as 32-bit (k < 2^31).
 
 #ifndef DIM
 #error "DIM must be defined"
@@ -20,14 +21,14 @@
 #define BM 128
 #define BN 128
 
-__device__ __forceinline__ bool better(float s, long long i, float bs, long long bi) {
+__device__ __forceinline__ bool better(float s, int i, float bs, int bi) {
   return s < bs || (s == bs && i < bi);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
-nearest_l2_f32(const float* __restrict__ z, const float* __restrict__ c,
+nearest_l2_f32(const float* __restrict__ zt, const float* __restrict__ ct,
                const float* __restrict__ cc, long long* __restrict__ ids,
-               long long n, long long k) {
+               long long n, int k) {
   __shared__ __align__(16) float zs[DIM][BM];
   __shared__ __align__(16) float cs[DIM][BN];
   __shared__ float ccs[BN];
@@ -37,30 +38,31 @@ nearest_l2_f32(const float* __restrict__ z, const float* __restrict__ c,
   const int tid = ty * 16 + tx;
   const long long row0 = (long long)blockIdx.x * BM;
 
-  // z tile, transposed into zs[d][row] (rows past n are zero and never written out).
+  // z tile into zs[d][row]: consecutive threads, consecutive rows (rows past n are zero and
+  // never written out).
   for (int e = tid; e < BM * DIM; e += 256) {
-    int r = e / DIM, d = e % DIM;
+    int d = e / BM, r = e % BM;
     long long gr = row0 + r;
-    zs[d][r] = gr < n ? z[gr * DIM + d] : 0.0f;
+    zs[d][r] = gr < n ? zt[(long long)d * n + gr] : 0.0f;
   }
 
   float best[8];
-  long long besti[8];
+  int besti[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     best[i] = __int_as_float(0x7f800000);  // +inf
-    besti[i] = 0x7fffffffffffffffLL;
+    besti[i] = 0x7fffffff;
   }
 
-  for (long long k0 = 0; k0 < k; k0 += BN) {
+  for (int k0 = 0; k0 < k; k0 += BN) {
     __syncthreads();  // the previous tile's readers are done (and zs is written, first time)
     for (int e = tid; e < BN * DIM; e += 256) {
-      int r = e / DIM, d = e % DIM;
-      long long gk = k0 + r;
-      cs[d][r] = gk < k ? c[gk * DIM + d] : 0.0f;
+      int d = e / BN, r = e % BN;
+      int gk = k0 + r;
+      cs[d][r] = gk < k ? ct[(long long)d * k + gk] : 0.0f;
     }
     if (tid < BN) {
-      long long gk = k0 + tid;
+      int gk = k0 + tid;
       ccs[tid] = gk < k ? cc[gk] : __int_as_float(0x7f800000);
     }
     __syncthreads();
@@ -88,7 +90,7 @@ nearest_l2_f32(const float* __restrict__ z, const float* __restrict__ c,
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       int col = (j < 4) ? (tx * 4 + j) : (64 + tx * 4 + (j - 4));
-      long long gk = k0 + col;
+      int gk = k0 + col;
       float ccj = ccs[col];
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
@@ -106,11 +108,11 @@ nearest_l2_f32(const float* __restrict__ z, const float* __restrict__ c,
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     float s = best[i];
-    long long bi = besti[i];
+    int bi = besti[i];
 #pragma unroll
     for (int off = 8; off > 0; off >>= 1) {
       float os = __shfl_xor_sync(0xffffffffu, s, off, 16);
-      long long oi = __shfl_xor_sync(0xffffffffu, bi, off, 16);
+      int oi = __shfl_xor_sync(0xffffffffu, bi, off, 16);
       if (better(os, oi, s, bi)) {
         s = os;
         bi = oi;
@@ -119,7 +121,7 @@ nearest_l2_f32(const float* __restrict__ z, const float* __restrict__ c,
     if (tx == 0) {
       int r = (i < 4) ? (ty * 4 + i) : (64 + ty * 4 + (i - 4));
       long long gr = row0 + r;
-      if (gr < n) ids[gr] = bi;
+      if (gr < n) ids[gr] = (long long)bi;
     }
   }
 }

@@ -18,9 +18,17 @@ pub const MAX_DIM: i64 = 44;
 const ROWS_PER_BLOCK: i64 = 128;
 
 /// Compile the kernel for code dimension `dim` and `sm_{arch}` (no GPU needed: used by the
-/// CPU-side test that the source compiles). Returns the cubin.
-pub fn compile(dim: i64, arch: u32) -> Result<Vec<u8>, CudaError> {
-    nvrtc()?.compile(SOURCE, "nearest.cu", arch, &[format!("DIM={dim}")])
+/// CPU-side test that the source compiles). Returns the cubin and ptxas's resource report
+/// (registers, spills).
+pub fn compile(dim: i64, arch: u32) -> Result<(Vec<u8>, String), CudaError> {
+    let defines = [format!("DIM={dim}")];
+    nvrtc()?.compile(
+        SOURCE,
+        "nearest.cu",
+        arch,
+        &defines,
+        &["--ptxas-options=-v"],
+    )
 }
 
 fn function(ordinal: i32, dim: i64) -> Result<Function, CudaError> {
@@ -35,7 +43,7 @@ fn function(ordinal: i32, dim: i64) -> Result<Function, CudaError> {
     let drv = driver()?;
     drv.ensure_context(ordinal)?;
     let arch = drv.compute_capability(ordinal)?;
-    let cubin = compile(dim, arch)?;
+    let (cubin, _) = compile(dim, arch)?;
     let f = drv.load(&cubin, NAME)?;
     map.insert((ordinal, dim), f);
     Ok(f)
@@ -63,19 +71,26 @@ pub fn nearest_l2_fused(z: &Tensor, codes: &Tensor) -> Result<Tensor, CudaError>
         )));
     }
     let f = function(ordinal as i32, d)?;
-    let z = z.to_kind(Kind::Float).contiguous();
-    let c = codes.to_kind(Kind::Float).contiguous();
+    if k > i32::MAX as i64 {
+        return Err(CudaError(format!(
+            "fused search: {k} codes (at most 2^31 - 1)"
+        )));
+    }
+    let c = codes.to_kind(Kind::Float);
     let cc = c
         .square()
         .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
         .contiguous();
+    // Dimension-major copies (8 MiB for 65,536 x 32): coalesced, conflict-free tile loads.
+    let z = z.to_kind(Kind::Float).tr().contiguous();
+    let c = c.tr().contiguous();
     let ids = Tensor::empty([m], (Kind::Int64, z.device()));
     if m == 0 {
         return Ok(ids);
     }
     let (mut pz, mut pc, mut pcc, mut pids) =
         (z.data_ptr(), c.data_ptr(), cc.data_ptr(), ids.data_ptr());
-    let (mut n, mut kk) = (m, k);
+    let (mut n, mut kk) = (m, k as i32);
     let mut args: [*mut c_void; 6] = [
         &mut pz as *mut _ as *mut c_void,
         &mut pc as *mut _ as *mut c_void,
@@ -86,8 +101,8 @@ pub fn nearest_l2_fused(z: &Tensor, codes: &Tensor) -> Result<Tensor, CudaError>
     ];
     let blocks = ((m + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK) as u32;
     // SAFETY: the six arguments are (const float*, const float*, const float*, long long*,
-    // long long, long long) as the kernel declares; z, c, cc are contiguous fp32 of [m, d],
-    // [k, d], [k] and ids int64 [m] on the device, all alive until the launch has been queued
+    // long long, int) as the kernel declares; z, c, cc are contiguous fp32 of [d, m],
+    // [d, k], [k] and ids int64 [m] on the device, all alive until the launch has been queued
     // on the stream that also runs LibTorch's kernels (later uses of them are ordered after).
     unsafe { driver()?.launch(f, (blocks, 1, 1), (16, 16, 1), &mut args)? };
     Ok(ids)

@@ -44,6 +44,11 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// c10d backend of a data-parallel run (launched by torchrun, srun or `cargo xtask
+        /// train --gpus N`): nccl | gloo | auto (nccl on CUDA, gloo on CPU). Overrides
+        /// `dist.backend`.
+        #[arg(long, value_name = "nccl|gloo|auto")]
+        dist_backend: Option<String>,
     },
     /// Evaluate a `pre`/`joint` checkpoint (and optionally a semantic-only baseline) on
     /// held-out images: rFID, PSNR, SSIM, teacher cosine, exact usage; JSON + PNG grid.
@@ -103,6 +108,7 @@ fn main() -> Result<()> {
             device,
             set,
             quiet,
+            dist_backend,
         } => {
             // `--resume auto` resumes the config's own run directory.
             let auto = resume.as_deref() == Some(std::path::Path::new("auto"));
@@ -134,6 +140,12 @@ fn main() -> Result<()> {
                     _ => bail!("--device {d}: expected cpu or cuda"),
                 };
                 set.push(format!("run.device=\"{d}\""));
+            }
+            if let Some(b) = &dist_backend {
+                if !matches!(b.as_str(), "nccl" | "gloo" | "auto") {
+                    bail!("--dist-backend {b}: expected nccl, gloo or auto");
+                }
+                set.push(format!("dist.backend=\"{b}\""));
             }
             let cfg = TrainConfig::load(&path, &set)?;
             if let Some(s) = stage {

@@ -196,6 +196,22 @@ impl AdamW {
         }
     }
 
+    /// The gradients as the tensors a data-parallel all-reduce averages in place: the flat
+    /// gradient buffer when every gradient lives in it (one tensor, bound first if needed), else
+    /// each defined per-parameter gradient. They share storage with the gradients the next
+    /// [`Self::grad_norm_sq`], [`Self::clip_to`] and [`Self::step`] read.
+    pub fn grads_for_reduce(&mut self) -> Vec<Tensor> {
+        self.bind_flat_grads();
+        if let Some(g) = self.flat_grad() {
+            return vec![g.shallow_clone()];
+        }
+        self.params
+            .iter()
+            .map(|p| p.var.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
     /// Set every gradient to zero (gradients are accumulated by backward).
     pub fn zero_grad(&mut self) {
         let _g = tch::no_grad_guard();

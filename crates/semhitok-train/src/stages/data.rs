@@ -7,6 +7,7 @@
 //! f32) and are normalised to [-1, 1] on the device ([`u8_batch_tensor`]).
 
 use crate::config::{DataKind, EvalDataConfig, TrainConfig, TrainTransform};
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::synthetic::SyntheticBatches;
 use crate::trainer::Batches;
@@ -233,14 +234,31 @@ pub fn build_stream(cfg: &TrainConfig) -> Result<Box<dyn BatchStream>> {
 
 /// The training batches of `cfg`.
 pub fn build_batches(cfg: &TrainConfig) -> Result<Box<dyn Batches>> {
+    build_batches_for(cfg, None)
+}
+
+/// The training batches of this rank of a data-parallel run (`data.batch_size` per rank).
+///
+/// Synthetic data is sharded exactly ([`crate::dist::shard_range`]): the ranks together read the
+/// images one process with batch `world x batch_size` reads, and the data position does not
+/// depend on the world size. Streams (photos, ImageNet, webdataset, Fashion-MNIST) read this
+/// rank's part of each epoch (semhitok-data's rank sharding, rank and world from the group).
+pub fn build_batches_for(cfg: &TrainConfig, dist: Option<&Dist>) -> Result<Box<dyn Batches>> {
     let d = &cfg.data;
+    let (rank, world) = dist.map_or((0, 1), |x| (x.rank(), x.world_size()));
     match d.kind {
-        DataKind::Synthetic => Ok(Box::new(SyntheticBatches::new(
-            cfg.run.seed,
-            d.batch_size,
-            d.image_size,
-        ))),
-        _ => Ok(Box::new(StreamBatches::new(build_stream(cfg)?))),
+        DataKind::Synthetic => Ok(Box::new(
+            SyntheticBatches::new(cfg.run.seed, d.batch_size, d.image_size).sharded(rank, world),
+        )),
+        _ => {
+            // The process group is authoritative for this rank's part of the data.
+            let mut c = cfg.clone();
+            if dist.is_some() {
+                c.data.rank = Some(rank);
+                c.data.world_size = Some(world);
+            }
+            Ok(Box::new(StreamBatches::new(build_stream(&c)?)))
+        }
     }
 }
 

@@ -21,13 +21,14 @@ pub use build::{
     build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, LPIPS_HEADS,
 };
 pub use data::{
-    batch_tensor, build_batches, build_eval_stream, build_stream, photo_config, u8_batch_tensor,
-    StreamBatches,
+    batch_tensor, build_batches, build_batches_for, build_eval_stream, build_stream, photo_config,
+    u8_batch_tensor, StreamBatches,
 };
 pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, load_tokenizer, Loaded};
 pub use tasks::{PixelTask, SpcTask};
 
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
+use crate::dist::Dist;
 use crate::error::Result;
 use crate::gan::Gan;
 use crate::rundir::RunStart;
@@ -76,6 +77,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                 teacher,
                 semantic_weight: cfg.loss.semantic_weight,
                 pending: None,
+                dist: None,
             }));
         }
         Stage::Pre => {
@@ -88,7 +90,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                 // Fine-tuning a `pre` run on other data (ImageNet -> COYO, as LlamaGen): its
                 // pixel encoder, sub-codebooks and decoder are the starting point.
                 if let Some(pre) = &cfg.init.pre {
-                    let ck = init_checkpoint(pre, &["pre"])?;
+                    let ck = init_checkpoint(pre, &[Stage::Pre])?;
                     load_parts(&model, &ck, &[Part::Pixel, Part::Decoder])?;
                 }
             }
@@ -164,10 +166,13 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         pending_sghc: None,
         pending_spc: None,
         gan,
+        dist: None,
     }))
 }
 
-/// Build task + data and train (the `semhitok train` command).
+/// Build task + data and train (the `semhitok train` command). Under a launcher (torchrun,
+/// srun, `cargo xtask train --gpus N`: `WORLD_SIZE` set) the run is data-parallel over a c10d
+/// process group (`[dist]`), each rank reading its shard of every global batch.
 pub fn run_stage(
     cfg: &TrainConfig,
     start: RunStart,
@@ -178,14 +183,18 @@ pub fn run_stage(
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
-    // Data first: a missing dataset is reported before any model is built.
-    let mut data = build_batches(cfg)?;
+    // Before the model is built: it sets this process's CUDA device to LOCAL_RANK. Data next:
+    // a missing dataset is reported before any model is built.
+    let dist = Dist::from_env(&cfg.dist, cfg.run.device)?;
+    let mut data = build_batches_for(cfg, dist.as_ref())?;
     let mut task = build_task(cfg)?;
     let opts = TrainOptions {
         resume: start == RunStart::Resume,
         overwrite: start == RunStart::Overwrite,
         command_line,
-        quiet,
+        // One progress bar (rank 0's).
+        quiet: quiet || dist.as_ref().is_some_and(|d| !d.is_main()),
+        dist,
         ..Default::default()
     };
     train(cfg, task.as_mut(), data.as_mut(), &opts)

@@ -14,13 +14,12 @@
 
 use crate::config::GuardConfig;
 use crate::error::Error;
-use crate::rundir::RunDir;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
 /// Writes the diagnostic file and returns the detail line of the error.
 fn diagnose(
-    run: &RunDir,
+    run_dir: Option<&Path>,
     step: u64,
     what: &str,
     values: &BTreeMap<String, String>,
@@ -39,14 +38,17 @@ fn diagnose(
         "values": values,
         "last_good_checkpoint": last,
     });
-    let p = run.path.join("nan-diagnostic.json");
-    let _ = std::fs::write(&p, serde_json::to_string_pretty(&diag).unwrap_or_default());
+    // Only the process that owns the run directory (rank 0) writes the file.
+    if let Some(dir) = run_dir {
+        let p = dir.join("nan-diagnostic.json");
+        let _ = std::fs::write(&p, serde_json::to_string_pretty(&diag).unwrap_or_default());
+    }
     detail
 }
 
 /// The error (and the diagnostic file) for a non-finite loss at metrics step `step`.
 pub(super) fn nan_stop(
-    run: &RunDir,
+    run_dir: Option<&Path>,
     step: u64,
     loss: f64,
     parts: &BTreeMap<&'static str, f64>,
@@ -63,13 +65,13 @@ pub(super) fn nan_stop(
         .map(|(k, _)| k)
         .collect();
     let what = format!("non-finite {bad:?}");
-    let detail = diagnose(run, step, &what, &values, last_good);
+    let detail = diagnose(run_dir, step, &what, &values, last_good);
     Error::NonFinite { step, detail }
 }
 
 /// The error for checkpoint tensors that are not finite (named, at most 8 listed).
 pub(super) fn nonfinite_state_stop(
-    run: &RunDir,
+    run_dir: Option<&Path>,
     step: u64,
     names: &[String],
     last_good: Option<&Path>,
@@ -79,7 +81,7 @@ pub(super) fn nonfinite_state_stop(
         "{} checkpoint tensors are not finite (the checkpoint was not written), e.g. {shown:?}",
         names.len()
     );
-    let detail = diagnose(run, step, &what, &BTreeMap::new(), last_good);
+    let detail = diagnose(run_dir, step, &what, &BTreeMap::new(), last_good);
     Error::NonFinite { step, detail }
 }
 
@@ -228,13 +230,13 @@ impl Guard {
 
     /// The error (and diagnostic file) of a [`Verdict::Stop`] at metrics step `step`.
     pub(super) fn stop(
-        run: &RunDir,
+        run_dir: Option<&Path>,
         step: u64,
         what: &str,
         values: &BTreeMap<String, String>,
         last_good: Option<&Path>,
     ) -> Error {
-        let detail = diagnose(run, step, what, values, last_good);
+        let detail = diagnose(run_dir, step, what, values, last_good);
         Error::Diverged { step, detail }
     }
 }

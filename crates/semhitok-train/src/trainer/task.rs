@@ -1,6 +1,7 @@
 //! What a stage plugs into the [`Trainer`](super::Trainer): a [`Task`] (parameters, state,
 //! losses) and a [`Batches`] source (training inputs with a resumable position).
 
+use crate::dist::Dist;
 use crate::error::Result;
 use crate::optim::Param;
 use std::collections::BTreeMap;
@@ -54,6 +55,9 @@ pub trait Task {
     fn restore_extra_state(&mut self, _tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         Ok(())
     }
+    /// Join a data-parallel run (called once by the trainer, before the first step): e.g.
+    /// all-reduce codebook statistics in `after_step` and all-gather the k-means vectors.
+    fn attach_dist(&mut self, _dist: &Dist) {}
     /// Called after each optimizer step (e.g. codebook EMA bookkeeping).
     fn after_step(&mut self, _step: u64) -> Result<()> {
         Ok(())
