@@ -22,11 +22,11 @@ run() { echo "+ $*" >&2; "$@"; }
 FX=$OUT/fx
 
 # Fixtures generated here from the photos (only small files travel to the host): ImageNet-like
-# JPEGs (shorter side 333-500, quality 90) as class folders, then packed into 100-sample shards.
+# JPEGs (shorter side 333-500, quality 90) as class folders, then packed into 50-sample shards (40 shards: enough for 15 streams).
 if [ ! -d "$FX/shards" ]; then
   run python3 scripts/data/imagenet_like.py --photos .assets/photos --out "$FX/imagenet" \
     --classes "${CLASSES:-20}" --per-class "${PER_CLASS:-100}" --captions 2>> "$OUT/log.txt"
-  run "$B/run.sh" semhitok data pack --src "$FX/imagenet" --out "$FX/shards" --shard-size 100 >> "$OUT/log.txt" 2>&1
+  run "$B/run.sh" semhitok data pack --src "$FX/imagenet" --out "$FX/shards" --shard-size 50 >> "$OUT/log.txt" 2>&1
 fi
 
 # (1) Loader alone, both sides, same shards, transform (LlamaGen random crop + flip), batch, workers.
