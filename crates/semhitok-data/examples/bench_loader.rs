@@ -8,7 +8,9 @@
 //!     --shards DIR_OR_PATTERN --size 256 --batch 64 --batches 40 --workers 1,2,4,8,15
 //! ```
 //! Prints one JSON object per worker count. Each count: a fresh loader, 3 untimed batches (the
-//! pipeline fills), then `--batches` timed batches.
+//! pipeline fills), then `--batches` timed batches. With `--step-ms T` the consumer sleeps T ms
+//! after each batch (a training step that leaves the cores to the decoders) and the figure of
+//! interest is `wait_ms_per_batch`: 0 when the prefetch keeps up.
 
 use std::time::Instant;
 
@@ -33,6 +35,7 @@ fn main() {
         .split(',')
         .map(|w| w.trim().parse().expect("--workers 1,2,4"))
         .collect();
+    let step_ms: u64 = arg("--step-ms").map_or(0, |v| v.parse().expect("--step-ms"));
     let shards = resolve_shards(&spec)
         .unwrap_or_else(|e| panic!("{e}"))
         .paths;
@@ -55,8 +58,12 @@ fn main() {
         }
         let t = Instant::now();
         let mut n = 0usize;
+        let mut wait = 0.0;
         for _ in 0..batches {
+            let tw = Instant::now();
             n += l.next_batch().expect("endless").len();
+            wait += tw.elapsed().as_secs_f64();
+            std::thread::sleep(std::time::Duration::from_millis(step_ms));
         }
         let s = t.elapsed().as_secs_f64();
         println!(
@@ -69,6 +76,8 @@ fn main() {
                 "images": n,
                 "seconds": s,
                 "img_per_s": n as f64 / s,
+                "step_ms": step_ms,
+                "wait_ms_per_batch": wait * 1e3 / batches as f64,
                 "skipped": l.skip_stats().skipped,
                 "shards": shards.len(),
             })
