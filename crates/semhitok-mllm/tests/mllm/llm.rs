@@ -345,7 +345,12 @@ fn cache_errors() -> R {
 fn pickle_converted_checkpoint() -> R {
     let m = load("qwen2_from_pickle", Device::Cpu);
     let g = golden("qwen2_golden.safetensors");
-    let l = m.forward(Input::Ids(&g["ids"]), None, &mut m.new_cache(1, 16)?, LogitsAt::All)?;
+    let l = m.forward(
+        Input::Ids(&g["ids"]),
+        None,
+        &mut m.new_cache(1, 16)?,
+        LogitsAt::All,
+    )?;
     let e = rel_err(&l, &g["logits"]);
     assert!(e < 1e-5, "rel err {e}");
     Ok(())
