@@ -338,3 +338,20 @@ fn cache_errors() -> R {
     assert!(e.contains("attention mask"), "{e}");
     Ok(())
 }
+
+/// A pickle-only checkpoint converted by scripts/convert_pickle_to_safetensors.py (two shards,
+/// tied head sharing storage) loads and gives the same logits as transformers.
+#[test]
+fn pickle_converted_checkpoint() -> R {
+    let m = load("qwen2_from_pickle", Device::Cpu);
+    let g = golden("qwen2_golden.safetensors");
+    let l = m.forward(
+        Input::Ids(&g["ids"]),
+        None,
+        &mut m.new_cache(1, 16)?,
+        LogitsAt::All,
+    )?;
+    let e = rel_err(&l, &g["logits"]);
+    assert!(e < 1e-5, "rel err {e}");
+    Ok(())
+}
