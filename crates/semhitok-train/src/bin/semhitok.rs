@@ -60,6 +60,8 @@ enum Cmd {
     Tokenize(semhitok_train::tokenize::TokenizeArgs),
     /// Time N steps of stage `pre` (images/s, model FLOP utilisation); no checkpoints.
     Bench(semhitok_train::bench::BenchArgs),
+    /// images/s of the encode path on one fixed batch (`scripts/bench_tokenize_torch.py`: PyTorch reference).
+    BenchTokenize(semhitok_train::bench_tokenize::BenchTokenizeArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -149,6 +151,9 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Tokenize(a) => semhitok_train::tokenize::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::BenchTokenize(a) => semhitok_train::bench_tokenize::run(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
