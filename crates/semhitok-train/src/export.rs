@@ -83,7 +83,7 @@ pub fn model_card(l: &Loaded, eval: Option<&serde_json::Value>) -> String {
         (
             "weights",
             if l.ema_used {
-                format!("EMA (decay {:?})", cfg.optim.ema_decay)
+                format!("EMA (decay {})", cfg.optim.ema_decay.unwrap_or(f64::NAN))
             } else {
                 "as trained (no EMA kept)".into()
             },
@@ -137,11 +137,18 @@ pub fn model_card(l: &Loaded, eval: Option<&serde_json::Value>) -> String {
     for (k, v) in rows {
         let _ = writeln!(md, "| {k} | {v} |");
     }
-    if let Some(last) = read_metrics(&run).last() {
+    // The last logged step at or before the exported checkpoint (a run may have gone on).
+    let recs = read_metrics(&run);
+    let logged = recs
+        .iter()
+        .rev()
+        .find(|r| r["step"].as_u64().is_some_and(|s| s <= l.step));
+    if let Some(rec) = logged {
         let _ = writeln!(
             md,
-            "\nLast logged training step (`metrics.jsonl`): `{}`",
-            serde_json::to_string(last).unwrap_or_default()
+            "\nTraining log at step {} (`metrics.jsonl`): `{}`",
+            rec["step"],
+            serde_json::to_string(rec).unwrap_or_default()
         );
     }
     match eval {

@@ -8,6 +8,7 @@
 pub mod amp;
 pub mod atomic;
 pub mod bench;
+pub mod bench_tokenize;
 pub mod chat;
 pub mod checkpoint;
 pub mod codec;

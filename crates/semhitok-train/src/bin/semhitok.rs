@@ -74,6 +74,8 @@ enum Cmd {
     /// Answer one prompt with a language model (GGUF file or HF folder; default: the embedded
     /// SmolLM2-135M-Instruct), streaming the answer and printing tokens/s.
     Chat(semhitok_train::chat::ChatArgs),
+    /// images/s of the encode path on one fixed batch (`scripts/bench_tokenize_torch.py`: PyTorch reference).
+    BenchTokenize(semhitok_train::bench_tokenize::BenchTokenizeArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -188,6 +190,9 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Tokenize(a) => semhitok_train::tokenize::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::BenchTokenize(a) => semhitok_train::bench_tokenize::run(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
