@@ -64,17 +64,24 @@ impl Dist {
                 "dist.backend = \"nccl\" needs run.device = \"cuda\" (use gloo on CPU)".into(),
             ));
         }
+        // The CUDA device: cuda:LOCAL_RANK when the process sees the host's GPUs, cuda:0 when it
+        // sees only its own (CUDA_VISIBLE_DEVICES per rank, `srun --gpus-per-task 1`).
+        let mut env = env.clone();
         if device == DeviceKind::Cuda {
             let n = tch::Cuda::device_count() as usize;
-            if env.local_rank >= n {
-                return Err(Error::Input(format!(
-                    "LOCAL_RANK {} but LibTorch sees {n} CUDA device(s)",
-                    env.local_rank
-                )));
-            }
+            env.local_rank = match n {
+                1 => 0,
+                _ if env.local_rank < n => env.local_rank,
+                _ => {
+                    return Err(Error::Input(format!(
+                        "LOCAL_RANK {} but LibTorch sees {n} CUDA device(s)",
+                        env.local_rank
+                    )))
+                }
+            };
         }
         let _ = CUDA_INDEX.set(env.local_rank);
-        let pg = ProcessGroup::new(env, backend, secs(cfg.timeout_s))?;
+        let pg = ProcessGroup::new(&env, backend, secs(cfg.timeout_s))?;
         Ok(Self {
             pg: Arc::new(pg),
             checkpoint_timeout: secs(cfg.checkpoint_timeout_s),

@@ -255,6 +255,14 @@ impl<'a> Trainer<'a> {
             tensors.extend(e.state_tensors());
         }
         d.broadcast_from_main(&tensors)?;
+        if let Some(run) = &self.run {
+            run.record_data_parallel(
+                d.world_size(),
+                d.process_group().backend().as_str(),
+                self.cfg.data.batch_size,
+                self.cfg.optim.accum_steps,
+            )?;
+        }
         if d.is_main() {
             eprintln!(
                 "data-parallel: {} ranks ({}), {} images per step ({} per rank x {} accumulation)",

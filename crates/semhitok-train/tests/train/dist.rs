@@ -138,6 +138,11 @@ fn two_halves_equal_one_whole(stage: &str, sets: &[String]) {
         d <= TOL,
         "{stage}: max |diff| {d} at {key} (tolerance {TOL})"
     );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(halves.run.out_dir.join("dist.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["global_batch"], 4, "{info}");
+    assert_eq!(info["world_size"], 2, "{info}");
     // Logged values are global: losses averaged over the ranks, the norm of the averaged
     // gradient (AdamW is nearly blind to a gradient scale, these are not).
     let (ma, mb) = (
@@ -269,14 +274,16 @@ fn dist_a_killed_rank_stops_the_others_and_the_checkpoint_resumes() {
 }
 
 /// 2 ranks; rank 1 is frozen (SIGSTOP: alive, sockets open, never answering) once the step-2
-/// checkpoint exists. Rank 0 stops with the timeout error after about `dist.timeout_s` = 3 s,
-/// instead of waiting forever.
+/// checkpoint exists. Rank 0 stops with the timeout error after about 3 s instead of waiting
+/// forever. Both limits are 3 s: rank 1 may be frozen before it reached the checkpoint barrier
+/// (`dist.checkpoint_timeout_s`) or in a later step's collective (`dist.timeout_s`).
 #[test]
 fn dist_a_stuck_rank_makes_the_others_time_out() {
     let tmp = tempfile::tempdir().unwrap();
     let sets = [
         "schedule.ckpt_every=2".to_string(),
         "dist.timeout_s=3".to_string(),
+        "dist.checkpoint_timeout_s=3".to_string(),
     ];
     let mut c = cfg(&tmp.path().join("run"), "spc", 2000, &sets);
     c.data.batch_size = 2;
