@@ -78,8 +78,8 @@ int shk_has_backend(int backend) {
 }
 
 char *shk_pg_new(int backend, const char *master_addr, int master_port, int rank, int world_size,
-                 int64_t timeout_ms, int device_index, int is_server, const char *prefix,
-                 shk_pg **out) {
+                 int64_t rendezvous_ms, int64_t timeout_ms, int device_index, int is_server,
+                 const char *prefix, shk_pg **out) {
   return guarded([&] {
     *out = nullptr;
     if (!shk_has_backend(backend)) {
@@ -91,7 +91,7 @@ char *shk_pg_new(int backend, const char *master_addr, int master_port, int rank
     so.isServer = is_server != 0;
     so.numWorkers = static_cast<size_t>(world_size);
     so.waitWorkers = true;  // clients count themselves in, the server waits for all
-    so.timeout = ms(timeout_ms);
+    so.timeout = ms(rendezvous_ms);
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), so);
     c10::intrusive_ptr<c10d::Store> store =
         c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
@@ -103,7 +103,7 @@ char *shk_pg_new(int backend, const char *master_addr, int master_port, int rank
     try {
       if (backend == 0) {
         auto o = c10d::ProcessGroupGloo::Options::create();
-        o->timeout = ms(timeout_ms);
+        o->timeout = ms(rendezvous_ms);  // connecting the pairs; collectives pass their own
         const char *ifname = std::getenv("GLOO_SOCKET_IFNAME");
         if (ifname != nullptr && *ifname != '\0') {
           o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));

@@ -15,13 +15,14 @@ typedef struct shk_pg shk_pg;
 int shk_has_backend(int backend);
 
 // Rendezvous through a TCPStore at master_addr:master_port (rank 0 serves it), then a process
-// group of `backend`. `timeout_ms` bounds the rendezvous and is the group's default collective
-// timeout. `device_index`: the CUDA device of this rank (NCCL), ignored by Gloo.
+// group of `backend`. `rendezvous_ms` bounds the store and Gloo's connection set-up, `timeout_ms`
+// is NCCL's watchdog limit (each collective passes its own limit too). `device_index`: the CUDA
+// device of this rank (NCCL), ignored by Gloo.
 // `is_server`: this process serves the store (rank 0, unless torchrun's agent already does);
 // `prefix` namespaces the group's keys in the store.
 char *shk_pg_new(int backend, const char *master_addr, int master_port, int rank, int world_size,
-                 int64_t timeout_ms, int device_index, int is_server, const char *prefix,
-                 shk_pg **out);
+                 int64_t rendezvous_ms, int64_t timeout_ms, int device_index, int is_server,
+                 const char *prefix, shk_pg **out);
 void shk_pg_free(shk_pg *pg);
 
 // op: 0 = sum, 1 = average. In place.

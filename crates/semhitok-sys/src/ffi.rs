@@ -16,6 +16,7 @@ extern "C" {
         master_port: c_int,
         rank: c_int,
         world_size: c_int,
+        rendezvous_ms: i64,
         timeout_ms: i64,
         device_index: c_int,
         is_server: c_int,

@@ -56,8 +56,20 @@ impl ProcessGroup {
     }
 
     /// Rendezvous through the TCPStore of `env` (served by rank 0 unless torchrun's agent serves
-    /// it) and build the `backend` process group.
+    /// it) and build the `backend` process group; `timeout` bounds the rendezvous and each
+    /// collective.
     pub fn new(env: &DistEnv, backend: Backend, timeout: Duration) -> Result<Self> {
+        Self::with_timeouts(env, backend, timeout, timeout)
+    }
+
+    /// [`ProcessGroup::new`] with a separate limit for the rendezvous (all ranks starting up and
+    /// connecting), which may need longer than a collective of a running job.
+    pub fn with_timeouts(
+        env: &DistEnv,
+        backend: Backend,
+        rendezvous: Duration,
+        timeout: Duration,
+    ) -> Result<Self> {
         let init_err = |msg: String| Error::Init {
             backend: backend.as_str(),
             rank: env.rank,
@@ -90,6 +102,7 @@ impl ProcessGroup {
                 c_int::from(env.master_port),
                 env.rank as c_int,
                 env.world_size as c_int,
+                millis(rendezvous),
                 millis(timeout),
                 env.local_rank as c_int,
                 c_int::from(is_server),

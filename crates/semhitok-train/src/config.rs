@@ -188,6 +188,9 @@ pub struct DistConfig {
     /// peer stops with an error naming the collective, its rank and the step.
     #[serde(default = "default_dist_timeout")]
     pub timeout_s: f64,
+    /// Limit of the start-up: every rank launched and connected to the rendezvous store.
+    #[serde(default = "default_dist_timeout")]
+    pub rendezvous_timeout_s: f64,
     /// Limit of the barrier where the other ranks wait while rank 0 writes a checkpoint.
     #[serde(default = "default_dist_ckpt_timeout")]
     pub checkpoint_timeout_s: f64,
@@ -205,6 +208,7 @@ impl Default for DistConfig {
         Self {
             backend: DistBackend::Auto,
             timeout_s: default_dist_timeout(),
+            rendezvous_timeout_s: default_dist_timeout(),
             checkpoint_timeout_s: default_dist_ckpt_timeout(),
         }
     }
@@ -925,6 +929,13 @@ impl TrainConfig {
         in_range("disc.betas[0]", self.disc.betas[0], 0.0, 1.0, true)?;
         in_range("disc.betas[1]", self.disc.betas[1], 0.0, 1.0, true)?;
         in_range("dist.timeout_s", self.dist.timeout_s, 0.001, 1e9, false)?;
+        in_range(
+            "dist.rendezvous_timeout_s",
+            self.dist.rendezvous_timeout_s,
+            0.001,
+            1e9,
+            false,
+        )?;
         in_range(
             "dist.checkpoint_timeout_s",
             self.dist.checkpoint_timeout_s,

@@ -81,7 +81,12 @@ impl Dist {
             };
         }
         let _ = CUDA_INDEX.set(env.local_rank);
-        let pg = ProcessGroup::new(&env, backend, secs(cfg.timeout_s))?;
+        let pg = ProcessGroup::with_timeouts(
+            &env,
+            backend,
+            secs(cfg.rendezvous_timeout_s),
+            secs(cfg.timeout_s),
+        )?;
         Ok(Self {
             pg: Arc::new(pg),
             checkpoint_timeout: secs(cfg.checkpoint_timeout_s),

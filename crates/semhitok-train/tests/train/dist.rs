@@ -296,6 +296,9 @@ fn dist_a_stuck_rank_makes_the_others_time_out() {
             t0.elapsed() < Duration::from_secs(120),
             "no checkpoint after 120 s"
         );
+        for (r, k) in kids.iter_mut().enumerate() {
+            assert!(k.try_wait().unwrap().is_none(), "rank {r} exited early");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let stuck = kids.pop().unwrap();
