@@ -15,6 +15,7 @@
 //!   KV cache, HF safetensors loading and `extend_vocab`.
 //! - [`gguf`]: GGUF reader, dequantizers, mapping onto [`llm::LlamaModel`], GGUF tokenizer.
 //! - [`chat`]: chat templates (Jinja via minijinja).
+//! - [`spm`]: SentencePiece `tokenizer.model` (Llama-2 / Vicuna) as a `tokenizers` tokenizer.
 //! - [`generate`]: on-device sampling, eos / stop strings, streaming, batched left-padded decoding.
 
 pub mod cfg;
@@ -25,6 +26,7 @@ pub mod gguf;
 pub mod llm;
 pub mod projector;
 pub mod sampling;
+pub mod spm;
 pub mod tokenizer;
 pub mod vocab;
 

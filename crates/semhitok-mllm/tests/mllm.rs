@@ -262,6 +262,43 @@ mod projector {
     test_device!(golden, golden_cpu, golden_cuda);
 }
 
+mod spm {
+    use semhitok_mllm::spm::SpmModel;
+
+    /// A SentencePiece BPE model trained by the generator: same ids and decodes as the
+    /// `sentencepiece` package.
+    #[test]
+    fn sentencepiece_matches_reference() {
+        let d = super::workspace().join("crates/semhitok-mllm/tests/fixtures/llm/spm");
+        let m = SpmModel::open(&d.join("tokenizer.model")).unwrap();
+        assert_eq!(
+            (m.model_type, m.byte_fallback, m.pieces.len()),
+            (2, true, 420)
+        );
+        let tk = m.to_tokenizer("tokenizer.model").unwrap();
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).unwrap()).unwrap();
+        let corpus = g["corpus"].as_array().unwrap();
+        for (i, s) in corpus.iter().enumerate() {
+            let s = s.as_str().unwrap();
+            let want: Vec<u32> = g["ids"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let got = tk.encode(s, false).unwrap().get_ids().to_vec();
+            assert_eq!(got, want, "{s:?}");
+            assert_eq!(
+                tk.decode(&got, true).unwrap(),
+                g["decoded"][i].as_str().unwrap(),
+                "{s:?}"
+            );
+        }
+        assert!(SpmModel::parse(b"not a model", "x").is_err());
+    }
+}
+
 mod tokenizer {
     use semhitok_mllm::tokenizer::TextTokenizer;
 

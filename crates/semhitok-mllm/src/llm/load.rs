@@ -35,7 +35,8 @@ pub fn default_kind(device: Device) -> Kind {
 }
 
 /// Load `path`: a `.gguf` file or a folder with `config.json`, safetensors weights,
-/// `tokenizer.json` and (optionally) `tokenizer_config.json`.
+/// `tokenizer.json` (or only a SentencePiece `tokenizer.model`) and (optionally)
+/// `tokenizer_config.json`.
 pub fn load(path: &Path, kind: Kind, device: Device) -> Result<LoadedLm> {
     if path.is_dir() {
         load_hf_dir(path, kind, device)
@@ -95,7 +96,15 @@ pub fn load_hf_dir(dir: &Path, kind: Kind, device: Device) -> Result<LoadedLm> {
     let weights = Weights::from_hf_dir(dir, kind, device)?;
     let model = LlamaModel::new(&cfg, &weights)?;
     drop(weights);
-    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    // tokenizer.json, or (Llama-2 / Vicuna folders) only SentencePiece's tokenizer.model.
+    let tj = dir.join("tokenizer.json");
+    let tm = dir.join("tokenizer.model");
+    let tokenizer = if !tj.is_file() && tm.is_file() {
+        let o = tm.display().to_string();
+        TextTokenizer::from_tokenizer(crate::spm::SpmModel::open(&tm)?.to_tokenizer(&o)?, &o)
+    } else {
+        TextTokenizer::from_file(&tj)?
+    };
     let tc_path = dir.join("tokenizer_config.json");
     let tc: serde_json::Value = if tc_path.is_file() {
         let o = tc_path.display().to_string();
