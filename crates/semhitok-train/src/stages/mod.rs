@@ -19,8 +19,8 @@ mod tasks;
 
 pub use build::{build_teacher, check_teacher_fits, siglip_spec, Perceptual, LPIPS_HEADS};
 pub use data::{
-    batch_tensor, build_batches, build_eval_stream, build_stream, photo_config, u8_batch_tensor,
-    StreamBatches,
+    batch_tensor, build_batches, build_eval_stream, build_stream, merge_data_states, photo_config,
+    u8_batch_tensor, StreamBatches,
 };
 pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, Loaded};
 pub use tasks::{PixelTask, SpcTask};

@@ -7,7 +7,9 @@ use super::common::{quiet, serial, tiny_config, ToyTask};
 use super::stages::cfg;
 use semhitok_train::rundir::read_metrics;
 use semhitok_train::rundir::RunStart;
-use semhitok_train::stages::{build_batches, build_task, run_stage, u8_batch_tensor};
+use semhitok_train::stages::{
+    build_batches, build_task, merge_data_states, run_stage, u8_batch_tensor,
+};
 use semhitok_train::trainer::{train, TrainOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -298,5 +300,63 @@ fn u8_batches_normalise_on_device_as_the_f32_path() {
     assert_eq!(
         got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+/// Two ranks of a webdataset run checkpoint their merged data state; three ranks resume from it
+/// and together see exactly the samples of the epoch the two had not consumed.
+#[test]
+fn merged_rank_states_resume_at_another_world_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = shards(tmp.path());
+    let out = tmp.path().join("run");
+    let batches = |rank: usize, world: usize| {
+        let mut sets = kind_sets("webdataset", &root);
+        sets.push(format!("data.rank={rank}"));
+        sets.push(format!("data.world_size={world}"));
+        build_batches(&tiny_config(
+            &out,
+            5,
+            5,
+            &sets.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+        .unwrap()
+    };
+    let mut seen = 0;
+    let mut states = vec![];
+    for rank in 0..2 {
+        let mut b = batches(rank, 2);
+        for _ in 0..1 {
+            seen += b.next_batch(tch::Device::Cpu).unwrap().size()[0];
+        }
+        states.push(b.state());
+    }
+    let merged = merge_data_states(&states).unwrap();
+    let e = batches(1, 2).restore(&states[0]).unwrap_err().to_string();
+    assert!(e.contains("merge"), "{e}");
+    // The epoch (14 samples, batch 4, drop_last per stream) ends for each new rank; count what the
+    // three ranks read before their first batch of epoch 1.
+    let mut rest = 0;
+    for rank in 0..3 {
+        let mut b = batches(rank, 3);
+        b.restore(&merged).unwrap();
+        let st0 = b.state();
+        let epoch_of = |v: &serde_json::Value| v["ranks"][0][1]["epoch"].as_u64().unwrap();
+        assert_eq!(epoch_of(&st0), 0, "rank {rank} resumes in epoch 0: {st0}");
+        loop {
+            let n = b.next_batch(tch::Device::Cpu).unwrap().size()[0];
+            if epoch_of(&b.state()) > 0 {
+                break;
+            }
+            rest += n;
+        }
+    }
+    assert!(
+        seen + rest <= 14,
+        "no sample twice in epoch 0: {seen} + {rest}"
+    );
+    assert!(
+        seen + rest >= 14 - 3 * 3,
+        "at most each stream's partial last batch is dropped"
     );
 }
