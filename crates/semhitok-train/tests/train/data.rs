@@ -8,7 +8,7 @@ use super::stages::cfg;
 use semhitok_train::rundir::read_metrics;
 use semhitok_train::rundir::RunStart;
 use semhitok_train::stages::{
-    build_batches, build_task, merge_data_states, run_stage, u8_batch_tensor,
+    build_batches, build_eval_stream, build_task, merge_data_states, run_stage, u8_batch_tensor,
 };
 use semhitok_train::trainer::{train, TrainOptions};
 use std::io::Write;
@@ -358,5 +358,54 @@ fn merged_rank_states_resume_at_another_world_size() {
     assert!(
         seen + rest >= 14 - 3 * 3,
         "at most each stream's partial last batch is dropped"
+    );
+}
+
+/// `[eval.data]` on ImageNet's flat `val/` layout with its solution CSV: every image once, in
+/// order, ADM center crops at `data.image_size`; a missing CSV names its key.
+#[test]
+fn eval_data_reads_the_flat_val_layout_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let val = tmp.path().join("val");
+    let mut csv = String::from("ImageId,PredictionString\n");
+    for i in 0..7u32 {
+        let id = format!("ILSVRC2012_val_{i:08}");
+        write(&val.join(format!("{id}.JPEG")), &jpeg(60 + 5 * i, 45, i));
+        csv.push_str(&format!("{id},n0{} 1 2 3 4\n", i % 3));
+    }
+    let csv_path = tmp.path().join("LOC_val_solution.csv");
+    write(&csv_path, csv.as_bytes());
+    let sets = [
+        "eval.data.kind=\"imagenet\"".to_string(),
+        format!("eval.data.root=\"{}\"", val.display()),
+        format!("eval.data.solution_csv=\"{}\"", csv_path.display()),
+    ];
+    let c = cfg(&tmp.path().join("run"), "spc", 1, &sets);
+    let (mut stream, desc) = build_eval_stream(&c, 3)
+        .unwrap()
+        .expect("[eval.data] is set");
+    assert!(
+        desc.contains("imagenet") && desc.contains("solution csv"),
+        "{desc}"
+    );
+    let (images, keys) = semhitok_train::eval::stream_images(stream.as_mut(), 100).unwrap();
+    assert_eq!(images.size(), [7, 3, 32, 32]);
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "in order");
+    assert_eq!(keys.len(), 7);
+    let mut bad = sets.to_vec();
+    bad[2] = format!(
+        "eval.data.solution_csv=\"{}\"",
+        tmp.path().join("nope.csv").display()
+    );
+    let c = cfg(&tmp.path().join("run"), "spc", 1, &bad);
+    let e = build_eval_stream(&c, 3)
+        .err()
+        .expect("missing csv")
+        .to_string();
+    assert!(
+        e.contains("eval.data.solution_csv") && e.contains("nope.csv"),
+        "{e}"
     );
 }
