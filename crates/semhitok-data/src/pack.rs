@@ -50,9 +50,12 @@ fn sniff_ext(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// `(path, class index)` of every image under `src`: class folders when `src` has
-/// sub-directories, else the flat folder (class `None`).
-fn list(src: &Path) -> Result<(Vec<(PathBuf, Option<usize>)>, Vec<String>)> {
+/// `(path, class index)` of each image.
+type Listed = Vec<(PathBuf, Option<usize>)>;
+
+/// `(path, class index)` of every image under `src` and the class names: class folders when
+/// `src` has sub-directories, else the flat folder (class `None`).
+fn list(src: &Path) -> Result<(Listed, Vec<String>)> {
     let rd = std::fs::read_dir(src).map_err(|e| Error::io(src, e))?;
     let mut dirs = Vec::new();
     let mut files = Vec::new();

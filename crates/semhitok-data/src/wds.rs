@@ -385,7 +385,8 @@ pub fn list_shards(path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl WdsLoader {
-    /// A loader over `shards` (see [`list_shards`]). One stream per worker (at least one).
+    /// A loader over `shards` (see [`list_shards`]). One stream per worker, at most
+    /// `shards / world` streams; fewer shards than ranks is an error.
     pub fn new(shards: Vec<PathBuf>, cfg: WdsConfig, lcfg: LoaderConfig) -> Result<Self> {
         if lcfg.batch_size == 0 || lcfg.world == 0 || lcfg.rank >= lcfg.world {
             return Err(Error::Config(format!(
@@ -393,7 +394,17 @@ impl WdsLoader {
                 lcfg.batch_size, lcfg.rank, lcfg.world
             )));
         }
-        let w = lcfg.workers.max(1);
+        if shards.len() < lcfg.world {
+            return Err(Error::Config(format!(
+                "{} shards for world size {}: every rank needs at least one shard (pack with a \
+                 smaller --shard-size)",
+                shards.len(),
+                lcfg.world
+            )));
+        }
+        // One stream per worker, but never more streams than this rank's share of the shards
+        // (a stream without a shard would idle).
+        let w = lcfg.workers.max(1).min(shards.len() / lcfg.world).max(1);
         Ok(Self {
             shards: Arc::new(shards),
             cfg: Arc::new(cfg),

@@ -97,6 +97,26 @@ impl Batches for StreamBatches {
     }
 }
 
+/// The data state of a multi-rank checkpoint: the [`Batches::state`] of every rank combined
+/// (gathered by the caller, e.g. an all-gather of the JSON), so that each rank resumes exactly at
+/// the same world size and positions are re-derived at another (`StreamState::merge`). A
+/// synthetic-batch state (a counter per rank, no sharding) is returned as rank 0's.
+pub fn merge_data_states(states: &[serde_json::Value]) -> Result<serde_json::Value> {
+    let first = states
+        .first()
+        .ok_or_else(|| Error::Input("no data states to merge".into()))?;
+    if first.get("kind").and_then(|k| k.as_str()) == Some("synthetic") {
+        return Ok(first.clone());
+    }
+    let parts: Vec<StreamState> = states
+        .iter()
+        .map(|v| serde_json::from_value(v.clone()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Input(format!("a rank's data state is not a stream state: {e}")))?;
+    let merged = StreamState::merge(&parts)?;
+    serde_json::to_value(merged).map_err(|e| Error::Input(format!("data state: {e}")))
+}
+
 fn key_err(key: &str, msg: String) -> Error {
     Error::Config {
         file: PathBuf::from("config"),

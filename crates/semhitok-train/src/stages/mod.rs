@@ -21,8 +21,8 @@ pub use build::{
     build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, LPIPS_HEADS,
 };
 pub use data::{
-    batch_tensor, build_batches, build_batches_for, build_eval_stream, build_stream, photo_config,
-    u8_batch_tensor, StreamBatches,
+    batch_tensor, build_batches, build_batches_for, build_eval_stream, build_stream,
+    merge_data_states, photo_config, u8_batch_tensor, StreamBatches,
 };
 pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, load_tokenizer, Loaded};
 pub use tasks::{PixelTask, SpcTask};

@@ -7,7 +7,9 @@ use super::common::{quiet, serial, tiny_config, ToyTask};
 use super::stages::cfg;
 use semhitok_train::rundir::read_metrics;
 use semhitok_train::rundir::RunStart;
-use semhitok_train::stages::{build_batches, build_task, run_stage, u8_batch_tensor};
+use semhitok_train::stages::{
+    build_batches, build_eval_stream, build_task, merge_data_states, run_stage, u8_batch_tensor,
+};
 use semhitok_train::trainer::{train, TrainOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -298,5 +300,112 @@ fn u8_batches_normalise_on_device_as_the_f32_path() {
     assert_eq!(
         got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+/// Two ranks of a webdataset run checkpoint their merged data state; three ranks resume from it
+/// and together see exactly the samples of the epoch the two had not consumed.
+#[test]
+fn merged_rank_states_resume_at_another_world_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = shards(tmp.path());
+    let out = tmp.path().join("run");
+    let batches = |rank: usize, world: usize| {
+        let mut sets = kind_sets("webdataset", &root);
+        sets.push(format!("data.rank={rank}"));
+        sets.push(format!("data.world_size={world}"));
+        build_batches(&tiny_config(
+            &out,
+            5,
+            5,
+            &sets.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+        .unwrap()
+    };
+    let mut seen = 0;
+    let mut states = vec![];
+    for rank in 0..2 {
+        let mut b = batches(rank, 2);
+        for _ in 0..1 {
+            seen += b.next_batch(tch::Device::Cpu).unwrap().size()[0];
+        }
+        states.push(b.state());
+    }
+    let merged = merge_data_states(&states).unwrap();
+    let e = batches(1, 2).restore(&states[0]).unwrap_err().to_string();
+    assert!(e.contains("merge"), "{e}");
+    // The epoch (14 samples, batch 4, drop_last per stream) ends for each new rank; count what the
+    // three ranks read before their first batch of epoch 1.
+    let mut rest = 0;
+    for rank in 0..3 {
+        let mut b = batches(rank, 3);
+        b.restore(&merged).unwrap();
+        let st0 = b.state();
+        let epoch_of = |v: &serde_json::Value| v["ranks"][0][1]["epoch"].as_u64().unwrap();
+        assert_eq!(epoch_of(&st0), 0, "rank {rank} resumes in epoch 0: {st0}");
+        loop {
+            let n = b.next_batch(tch::Device::Cpu).unwrap().size()[0];
+            if epoch_of(&b.state()) > 0 {
+                break;
+            }
+            rest += n;
+        }
+    }
+    assert!(
+        seen + rest <= 14,
+        "no sample twice in epoch 0: {seen} + {rest}"
+    );
+    assert!(
+        seen + rest >= 14 - 3 * 3,
+        "at most each stream's partial last batch is dropped"
+    );
+}
+
+/// `[eval.data]` on ImageNet's flat `val/` layout with its solution CSV: every image once, in
+/// order, ADM center crops at `data.image_size`; a missing CSV names its key.
+#[test]
+fn eval_data_reads_the_flat_val_layout_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let val = tmp.path().join("val");
+    let mut csv = String::from("ImageId,PredictionString\n");
+    for i in 0..7u32 {
+        let id = format!("ILSVRC2012_val_{i:08}");
+        write(&val.join(format!("{id}.JPEG")), &jpeg(60 + 5 * i, 45, i));
+        csv.push_str(&format!("{id},n0{} 1 2 3 4\n", i % 3));
+    }
+    let csv_path = tmp.path().join("LOC_val_solution.csv");
+    write(&csv_path, csv.as_bytes());
+    let sets = [
+        "eval.data.kind=\"imagenet\"".to_string(),
+        format!("eval.data.root=\"{}\"", val.display()),
+        format!("eval.data.solution_csv=\"{}\"", csv_path.display()),
+    ];
+    let c = cfg(&tmp.path().join("run"), "spc", 1, &sets);
+    let (mut stream, desc) = build_eval_stream(&c, 3)
+        .unwrap()
+        .expect("[eval.data] is set");
+    assert!(
+        desc.contains("imagenet") && desc.contains("solution csv"),
+        "{desc}"
+    );
+    let (images, keys) = semhitok_train::eval::stream_images(stream.as_mut(), 100).unwrap();
+    assert_eq!(images.size(), [7, 3, 32, 32]);
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "in order");
+    assert_eq!(keys.len(), 7);
+    let mut bad = sets.to_vec();
+    bad[2] = format!(
+        "eval.data.solution_csv=\"{}\"",
+        tmp.path().join("nope.csv").display()
+    );
+    let c = cfg(&tmp.path().join("run"), "spc", 1, &bad);
+    let e = build_eval_stream(&c, 3)
+        .err()
+        .expect("missing csv")
+        .to_string();
+    assert!(
+        e.contains("eval.data.solution_csv") && e.contains("nope.csv"),
+        "{e}"
     );
 }
