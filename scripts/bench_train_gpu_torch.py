@@ -15,13 +15,24 @@ commitment losses, straight-through), concat [sem 32 | pix 8] -> ViT-B/16 decode
 Usage (on the GPU host):
   python3 scripts/bench_train_gpu_torch.py --batch 32 --steps 20 --warmup 5
 Prints one JSON line.
+
+Data-parallel (the reference of the multi-GPU runs), under torchrun, NCCL, `--batch` per GPU:
+  torchrun --nproc-per-node N scripts/bench_train_gpu_torch.py --ddp overlap   # DistributedDataParallel
+  torchrun --nproc-per-node N scripts/bench_train_gpu_torch.py --ddp flat      # one all-reduce
+`overlap` is torch's DDP (25 MB gradient buckets all-reduced while backward runs); `flat` is what
+the Rust trainer does: after backward, one all-reduce (average) of all gradients flattened into one
+buffer, then clip + AdamW. Rank 0 prints the JSON line; images/s counts all ranks, MFU is per GPU.
+With `--profile` the phases include `all_reduce` (flat mode).
 """
 import argparse
 import json
 import math
 import time
 
+import os
+
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -143,12 +154,27 @@ def main():
                     help="then one step between cudaProfilerStart/Stop (for ncu --profile-from-start off)")
     ap.add_argument("--profile", action="store_true",
                     help="after the timed run, time each phase with a sync at its end (phases_ms)")
+    ap.add_argument("--ddp", choices=["none", "overlap", "flat"], default="none",
+                    help="data-parallel under torchrun (NCCL): DDP with bucketed overlap, or one flat all-reduce")
     a = ap.parse_args()
+    world, rank = 1, 0
+    if a.ddp != "none":
+        dist.init_process_group("nccl")
+        world, rank = dist.get_world_size(), dist.get_rank()
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.manual_seed(0)
     dev = "cuda"
     model = Pre().to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
+    fwd = model
+    if a.ddp == "overlap":
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()], gradient_as_bucket_view=True)
+    elif a.ddp == "flat":
+        for p in params:
+            dist.broadcast(p.data, 0)
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    torch.manual_seed(rank)
     x = torch.rand(a.batch, 3, 256, 256, device=dev) * 2 - 1
 
     phases = {}
@@ -164,11 +190,18 @@ def main():
     def step(prof=False):
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
-            loss = model(x)
+            loss = fwd(x)
         t0 = lap("forward", t0, prof)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t0 = lap("backward", t0, prof)
+        if a.ddp == "flat":
+            grads = [p.grad for p in params]
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat, op=dist.ReduceOp.AVG)
+            for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                g.copy_(f)
+            t0 = lap("all_reduce", t0, prof)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         t0 = lap("clip", t0, prof)
         opt.step()
@@ -183,7 +216,7 @@ def main():
         step()
     torch.cuda.synchronize()
     dt = time.perf_counter() - t
-    ips = a.steps * a.batch / dt
+    ips = a.steps * a.batch * world / dt
     if a.cuda_profiler_step:
         torch.cuda.synchronize()
         torch.cuda.profiler.start()
@@ -194,8 +227,12 @@ def main():
         for _ in range(a.steps):
             step(True)
     fpi = flops_per_image()
+    if rank != 0:
+        dist.destroy_process_group()
+        return
     print(json.dumps({
-        "impl": f"pytorch {torch.__version__} eager",
+        "impl": f"pytorch {torch.__version__} eager" + ("" if a.ddp == "none" else f" ddp-{a.ddp}"),
+        "world_size": world,
         "device": torch.cuda.get_device_name(),
         "precision": a.precision,
         "batch": a.batch,
@@ -204,9 +241,11 @@ def main():
         "images_per_s": ips,
         "gflops_per_image": fpi / 1e9,
         "peak_tflops": a.peak_tflops,
-        "mfu": ips * fpi / (a.peak_tflops * 1e12),
+        "mfu": ips * fpi / (a.peak_tflops * 1e12 * world),
         "phases_ms": {k: 1e3 * v / a.steps for k, v in phases.items()} if a.profile else None,
     }))
+    if a.ddp != "none":
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -501,7 +501,7 @@ impl Builder for PythonBuilder {
 }
 
 /// Unpack a `.deb` (dpkg-deb -x), a wheel/zip (Python's zipfile) or a `.tgz` (tar) into `dir`.
-fn unpack(file: &Path, dir: &Path) -> Result<()> {
+pub fn unpack(file: &Path, dir: &Path) -> Result<()> {
     fs::create_dir_all(dir)?;
     let name = file.to_string_lossy();
     let mut cmd = if name.ends_with(".deb") {

@@ -1,6 +1,8 @@
 //! `cargo xtask data scan --source imagenet|wds|photos|fashion-mnist|llava --path P`: reads and
 //! decodes every item of a dataset with semhitok-data, prints the JSON summary
 //! `{"ok": N, "skipped": N, "reasons": {...}}` and writes one JSON line per item.
+//! `cargo xtask data pack --src FOLDER --out DIR --shard-size N`: an image folder as webdataset
+//! shards (`semhitok_data::pack`, the same as `semhitok data pack`).
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,19 @@ pub struct DataArgs {
 enum DataCmd {
     /// Decode every item; print the summary and write the per-item list.
     Scan(ScanArgs),
+    /// Image folder (class folders or flat, optional `<stem>.txt` captions) -> webdataset shards.
+    Pack(PackArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PackArgs {
+    #[arg(long)]
+    src: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per shard.
+    #[arg(long, default_value_t = 1000)]
+    shard_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -55,6 +70,27 @@ struct ScanArgs {
 pub fn run(root: &Path, args: &DataArgs) -> Result<()> {
     match &args.cmd {
         DataCmd::Scan(a) => scan_cmd(root, a),
+        DataCmd::Pack(a) => {
+            let opts = semhitok_data::PackOptions {
+                shard_size: a.shard_size,
+                limits: DecodeLimits::default(),
+            };
+            let r = semhitok_data::pack(&a.src, &a.out, &opts)
+                .with_context(|| format!("packing {}", a.src.display()))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "shards": r.shards.len(),
+                    "samples": r.samples,
+                    "with_caption": r.with_caption,
+                    "classes": r.classes.len(),
+                    "skipped": r.skipped.skipped,
+                    "reasons": r.skipped.reasons,
+                    "out": a.out.display().to_string(),
+                })
+            );
+            Ok(())
+        }
     }
 }
 

@@ -59,7 +59,14 @@ pub fn ensure(root: &Path) -> Result<Libtorch> {
     setup(root, &SetupArgs { force: false })
 }
 
+/// LibTorch, then the headers the c10d shim of semhitok-sys needs ([`crate::c10d_headers`]).
 pub fn setup(root: &Path, args: &SetupArgs) -> Result<Libtorch> {
+    let lt = setup_torch(root, args)?;
+    crate::c10d_headers::ensure(root, &lt, args.force)?;
+    Ok(lt)
+}
+
+fn setup_torch(root: &Path, args: &SetupArgs) -> Result<Libtorch> {
     let lt = Libtorch::at(root);
     let stamp = lt.site.join(STAMP);
     if !args.force && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&stamp_contents()) {

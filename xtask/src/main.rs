@@ -5,8 +5,10 @@
 
 mod assets;
 mod bench_data;
+mod bench_llm;
 mod bench_quant;
 mod bundle;
+mod c10d_headers;
 mod data_cmd;
 mod libtorch;
 mod train_cmd;
@@ -51,12 +53,16 @@ enum Cmd {
     Tokenize(train_cmd::PassArgs),
     /// The embedded-default demo: tiny SPC, SGHC and the semantic-only baseline on photo crops.
     Demo(train_cmd::PassArgs),
+    /// Chat with a language model: `chat [--model PATH.gguf|HF_DIR] [--device cuda] "prompt"`
+    /// (default: the embedded SmolLM2-135M-Instruct); prints the answer and tokens/s.
+    Chat(train_cmd::PassArgs),
     /// Benchmarks, side by side with the alternative a user would pick, in one run.
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
     },
-    /// Dataset tools: `data scan --source imagenet|wds|photos|fashion-mnist|llava --path P`.
+    /// Dataset tools: `data scan --source imagenet|wds|photos|fashion-mnist|llava --path P`,
+    /// `data pack --src FOLDER --out DIR --shard-size N` (image folder -> webdataset shards).
     Data(data_cmd::DataArgs),
 }
 
@@ -66,6 +72,8 @@ enum BenchCmd {
     Quant(bench_quant::QuantArgs),
     /// semhitok-data decode + center crop vs Pillow, images/s per core -> target/bench/data.json.
     Data(bench_data::DataBenchArgs),
+    /// semhitok-mllm vs transformers on the SmolLM2 GGUF, prefill/decode tok/s -> target/bench/llm.json.
+    Llm(bench_llm::LlmBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -89,9 +97,15 @@ fn main() -> Result<()> {
         Cmd::Export(a) => train_cmd::pass(&root, "export", &a),
         Cmd::Tokenize(a) => train_cmd::pass(&root, "tokenize", &a),
         Cmd::Demo(a) => train_cmd::demo(&root, &a),
+        Cmd::Chat(a) => train_cmd::chat(&root, &a),
         Cmd::Bench { which } => match which {
             BenchCmd::Quant(a) => bench_quant::run(&root, &a),
             BenchCmd::Data(a) => bench_data::run(&root, &a),
+            BenchCmd::Llm(a) => {
+                libtorch::ensure(&root)?;
+                assets::ensure(&root)?;
+                bench_llm::run(&root, &a)
+            }
         },
         Cmd::Data(a) => data_cmd::run(&root, &a),
     }

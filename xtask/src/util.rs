@@ -63,3 +63,22 @@ pub fn build_example(root: &Path, package: &str, example: &str) -> Result<PathBu
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
         .with_context(|| format!("cargo did not report the {example} executable"))
 }
+
+/// Build `--bin bin` of `package` in release and return its executable's path (from cargo's
+/// JSON messages, so it is right whatever the target dir).
+pub fn build_bin(root: &Path, package: &str, bin: &str) -> Result<PathBuf> {
+    let out = output(cargo(root).args([
+        "build",
+        "--release",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo did not report the {bin} executable"))
+}

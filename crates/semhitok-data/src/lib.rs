@@ -13,9 +13,13 @@
 //! * [`WdsLoader`]: webdataset tar shards (img2dataset layout), streamed shard by shard.
 //! * [`load_llava`]: LLaVA-Pretrain-558K / LLaVA-v1.5-mix665K JSON records, validated.
 //!
+//! Every loader is a [`BatchStream`] (the one interface the trainer sees, with one serde
+//! [`StreamState`] for checkpoints; see [`stream`] for ranks, epochs and world-size changes).
 //! Indexed sources ([`IndexedSource`]) are batched by a [`Loader`]; see [`loader`] for the order,
-//! sharding and resume rules. Transforms ([`Transform`]) are the ADM center crop (evaluation)
-//! and torchvision's random resized crop + flip (training); see [`transform`].
+//! sharding and resume rules. [`resolve_shards`] turns a brace pattern, glob, list file or folder
+//! into shard paths; [`pack()`] writes image folders as webdataset shards. Transforms
+//! ([`Transform`]) are the ADM center crop (evaluation), LlamaGen's random crop + flip (training)
+//! and torchvision's random resized crop + flip; see [`transform`].
 //!
 //! # Bad input
 //! Decoding never panics and never trusts the extension ([`decode_rgb8`]). Per-sample problems
@@ -34,8 +38,11 @@ pub mod folder;
 pub mod image;
 pub mod llava;
 pub mod loader;
+pub mod pack;
 pub mod photos;
 pub mod scan;
+pub mod shards;
+pub mod stream;
 pub mod transform;
 pub mod wds;
 
@@ -45,9 +52,13 @@ pub use folder::{ImageFolder, ImageFolderConfig};
 pub use image::{decode_rgb8, read_image_file, DecodeLimits, Rgb8Image};
 pub use llava::{load_llava, LlavaRecord, Role, Turn};
 pub use loader::{
-    Batch, IndexedSource, Item, Loader, LoaderConfig, LoaderState, PixelFormat, Pixels, SkipStats,
+    Batch, IndexedSource, Item, Loader, LoaderConfig, LoaderState, PixelFormat, Pixels, RankPos,
+    SkipStats,
 };
+pub use pack::{pack, PackOptions, PackReport};
 pub use photos::{Heldout, PhotoCrops, PhotoCropsConfig};
 pub use scan::{scan, ScanOptions, ScanReport, ScanSource};
+pub use shards::{resolve_shards, Shards};
+pub use stream::{default_workers, BatchStream, PositionSet, RankWorld, StreamState};
 pub use transform::Transform;
-pub use wds::{WdsConfig, WdsLoader, WdsState};
+pub use wds::{ShardBase, ShardDone, WdsConfig, WdsLoader, WdsRankPos, WdsState};

@@ -25,6 +25,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result, SkipReason};
 use crate::image::Rgb8Image;
+use crate::stream::{all_same, merge_ranks, BatchStream, PositionSet, StreamState};
 use crate::transform::{write_chw_f32, write_chw_u8};
 
 /// One decoded, transformed sample.
@@ -239,18 +240,99 @@ impl LoaderConfig {
     }
 }
 
+/// One rank's position: its epoch and the samples of its list of that epoch already consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RankPos {
+    pub epoch: u64,
+    pub cursor: usize,
+}
+
 /// Where an indexed loader stands; serialize it into a checkpoint and give it to
-/// [`Loader::restore`]. The identifying fields must match the restoring loader.
+/// [`Loader::restore`] (see [`crate::stream`] for ranks and world-size changes). The identifying
+/// fields (`seed`, `len`, `shuffle`, `even_shards`) must match the restoring loader.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoaderState {
-    pub epoch: u64,
-    /// Samples of this rank's epoch list already consumed.
-    pub cursor: usize,
     pub seed: u64,
-    pub rank: usize,
-    pub world: usize,
     pub len: usize,
     pub shuffle: bool,
+    pub even_shards: bool,
+    /// World size the positions refer to.
+    pub world: usize,
+    /// Rank -> position: one entry from [`Loader::state`], every rank after
+    /// [`LoaderState::merge`].
+    #[serde(with = "crate::stream::int_map")]
+    pub ranks: BTreeMap<usize, RankPos>,
+    /// Epoch -> positions of its order consumed before it was dealt to this world size (after
+    /// a resume with another world size); an epoch not listed was dealt from its start.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::stream::int_map"
+    )]
+    pub bases: BTreeMap<u64, PositionSet>,
+}
+
+impl LoaderState {
+    /// One state holding the positions of all `parts` (ranks of one run).
+    pub fn merge(parts: &[&LoaderState]) -> Result<LoaderState> {
+        if parts.is_empty() {
+            return Err(Error::State("nothing to merge".into()));
+        }
+        let id = all_same(
+            parts,
+            "data (seed, len, shuffle, even_shards, world)",
+            |s| (s.seed, s.len, s.shuffle, s.even_shards, s.world),
+        )?;
+        let bases = all_same(parts, "epoch bases", |s| s.bases.clone())?;
+        let ranks = merge_ranks(parts.iter().map(|s| s.ranks.clone()))?;
+        let mut out = LoaderState {
+            seed: id.0,
+            len: id.1,
+            shuffle: id.2,
+            even_shards: id.3,
+            world: id.4,
+            ranks,
+            bases,
+        };
+        out.prune_bases();
+        Ok(out)
+    }
+
+    /// Whether every rank `0..world` has a position.
+    pub fn is_complete(&self) -> bool {
+        (0..self.world).all(|r| self.ranks.contains_key(&r))
+    }
+
+    /// Drops the bases of epochs every rank has finished (only known for a complete state).
+    fn prune_bases(&mut self) {
+        if self.is_complete() {
+            if let Some(lo) = self.ranks.values().map(|p| p.epoch).min() {
+                self.bases.retain(|&e, _| e >= lo);
+            }
+        }
+    }
+}
+
+/// Positions of an epoch's order `0..n` dealt to `rank` of `world`: those not in `base`,
+/// round-robin (`rest[rank], rest[rank + world], ...`), the rest first truncated to a multiple
+/// of `world` when `even`.
+pub fn rank_positions(
+    n: usize,
+    rank: usize,
+    world: usize,
+    even: bool,
+    base: Option<&PositionSet>,
+) -> Vec<usize> {
+    match base {
+        None => {
+            let all: Vec<usize> = (0..n).collect();
+            shard(&all, rank, world, even)
+        }
+        Some(b) => {
+            let rest: Vec<usize> = (0..n).filter(|&p| !b.contains(p as u64)).collect();
+            shard(&rest, rank, world, even)
+        }
+    }
 }
 
 /// Mixes integers into a 64-bit seed (splitmix64 finalizer chain).
@@ -337,6 +419,7 @@ pub struct Loader {
     cursor: usize,
     order: Arc<Vec<usize>>,
     order_epoch: Option<u64>,
+    bases: BTreeMap<u64, PositionSet>,
     pipeline: Option<Pipeline>,
     pending: VecDeque<(usize, std::result::Result<Item, SkipReason>)>,
     stats: SkipStats,
@@ -365,6 +448,7 @@ impl Loader {
             cursor: 0,
             order: Arc::new(Vec::new()),
             order_epoch: None,
+            bases: BTreeMap::new(),
             pipeline: None,
             pending: VecDeque::new(),
             stats: SkipStats::default(),
@@ -384,56 +468,135 @@ impl Loader {
     pub fn skip_stats(&self) -> &SkipStats {
         &self.stats
     }
-    /// Samples per epoch on this rank.
+    /// Samples of the current epoch dealt to this rank.
     pub fn samples_per_epoch(&self) -> usize {
-        let n = self.source.len();
-        let w = self.cfg.world;
-        let n = if self.cfg.even_shards { n / w * w } else { n };
-        n / w + usize::from(self.cfg.rank < n % w)
+        self.list_len(self.epoch)
     }
-    /// The state after the last batch returned.
+
+    fn list_len(&self, epoch: u64) -> usize {
+        let (n, w) = (self.source.len(), self.cfg.world);
+        match self.bases.get(&epoch) {
+            None => {
+                let n = if self.cfg.even_shards { n / w * w } else { n };
+                n / w + usize::from(self.cfg.rank < n % w)
+            }
+            Some(b) => rank_positions(n, self.cfg.rank, w, self.cfg.even_shards, Some(b)).len(),
+        }
+    }
+
+    /// This rank's position after the last batch returned.
     pub fn state(&self) -> LoaderState {
-        LoaderState {
-            epoch: self.epoch,
-            cursor: self.cursor,
+        let mut st = LoaderState {
             seed: self.cfg.seed,
-            rank: self.cfg.rank,
-            world: self.cfg.world,
             len: self.source.len(),
             shuffle: self.cfg.shuffle,
-        }
+            even_shards: self.cfg.even_shards,
+            world: self.cfg.world,
+            ranks: BTreeMap::from([(
+                self.cfg.rank,
+                RankPos {
+                    epoch: self.epoch,
+                    cursor: self.cursor,
+                },
+            )]),
+            bases: self.bases.clone(),
+        };
+        st.prune_bases();
+        st
     }
-    /// Continues from `state`; the next batch is the one that followed when it was taken.
+
+    /// Continues from `state`: exactly where this rank stood when it holds this rank's position
+    /// at the same world size; re-derived (see [`crate::stream`]) when it holds every rank's
+    /// position at another world size.
     pub fn restore(&mut self, state: &LoaderState) -> Result<()> {
-        let mine = self.state();
-        let same = (mine.seed, mine.rank, mine.world, mine.len, mine.shuffle)
-            == (
-                state.seed,
-                state.rank,
-                state.world,
-                state.len,
-                state.shuffle,
-            );
-        if !same {
+        let mine = (
+            self.cfg.seed,
+            self.source.len(),
+            self.cfg.shuffle,
+            self.cfg.even_shards,
+        );
+        let theirs = (state.seed, state.len, state.shuffle, state.even_shards);
+        if mine != theirs {
             return Err(Error::State(format!(
-                "saved for seed {} rank {}/{} len {} shuffle {}, loader has seed {} rank {}/{} len {} shuffle {}",
-                state.seed, state.rank, state.world, state.len, state.shuffle,
-                mine.seed, mine.rank, mine.world, mine.len, mine.shuffle
+                "saved for (seed, samples, shuffle, even_shards) = {theirs:?}, the loader has {mine:?}"
             )));
         }
-        if state.cursor > self.samples_per_epoch() {
-            return Err(Error::State(format!(
-                "cursor {} beyond the {} samples of an epoch",
-                state.cursor,
-                self.samples_per_epoch()
-            )));
+        if state.world == 0 || state.bases.values().any(|b| !b.is_canonical()) {
+            return Err(Error::State(
+                "malformed state (world 0 or unsorted bases)".into(),
+            ));
         }
         self.pipeline = None;
         self.pending.clear();
-        self.epoch = state.epoch;
-        self.cursor = state.cursor;
+        self.order_epoch = None;
+        let own = state
+            .ranks
+            .get(&self.cfg.rank)
+            .filter(|_| state.world == self.cfg.world);
+        if let Some(pos) = own {
+            self.bases = state.bases.clone();
+            let n = self.list_len(pos.epoch);
+            if pos.cursor > n {
+                return Err(Error::State(format!(
+                    "cursor {} beyond the {n} samples of rank {}'s epoch {}",
+                    pos.cursor, self.cfg.rank, pos.epoch
+                )));
+            }
+            self.epoch = pos.epoch;
+            self.cursor = pos.cursor;
+        } else if state.is_complete() {
+            self.rederive(state);
+        } else {
+            return Err(Error::State(format!(
+                "the state holds ranks {:?} of world size {}; rank {} of world size {} needs its own \
+                 position, or every rank's to re-derive it (merge all ranks' states before saving)",
+                state.ranks.keys().collect::<Vec<_>>(),
+                state.world,
+                self.cfg.rank,
+                self.cfg.world
+            )));
+        }
         self.done = self.cfg.epochs.is_some_and(|e| self.epoch >= e);
         Ok(())
+    }
+
+    /// New positions from a complete state of another world size: for every epoch some rank
+    /// had started and not every rank had finished, what was consumed becomes its base and the
+    /// rest is dealt to this world.
+    fn rederive(&mut self, st: &LoaderState) {
+        let n = self.source.len();
+        let lo = st.ranks.values().map(|p| p.epoch).min().unwrap_or(0);
+        let hi = st.ranks.values().map(|p| p.epoch).max().unwrap_or(0);
+        let (world, even) = (self.cfg.world, self.cfg.even_shards);
+        let mut bases = BTreeMap::new();
+        let mut first = None;
+        for e in lo..=hi {
+            let base = st.bases.get(&e);
+            let mut consumed: Vec<u64> = base.map(|b| b.iter().collect()).unwrap_or_default();
+            for (&r, pos) in &st.ranks {
+                if pos.epoch < e {
+                    continue;
+                }
+                let list = rank_positions(n, r, st.world, st.even_shards, base);
+                let take = if pos.epoch > e {
+                    list.len()
+                } else {
+                    pos.cursor.min(list.len())
+                };
+                consumed.extend(list[..take].iter().map(|&p| p as u64));
+            }
+            let set = PositionSet::from_positions(consumed);
+            let rest = n - set.count() as usize;
+            let dealt = if even { rest / world * world } else { rest };
+            if first.is_none() && dealt > 0 {
+                first = Some(e);
+            }
+            bases.insert(e, set);
+        }
+        self.epoch = first.unwrap_or(hi + 1);
+        self.cursor = 0;
+        bases.retain(|&e, _| e >= self.epoch);
+        self.bases = bases;
     }
 
     fn ensure_order(&mut self) {
@@ -444,8 +607,14 @@ impl Loader {
                 self.epoch,
                 self.cfg.shuffle,
             );
-            let mine = shard(&all, self.cfg.rank, self.cfg.world, self.cfg.even_shards);
-            self.order = Arc::new(mine);
+            let mine = rank_positions(
+                self.source.len(),
+                self.cfg.rank,
+                self.cfg.world,
+                self.cfg.even_shards,
+                self.bases.get(&self.epoch),
+            );
+            self.order = Arc::new(mine.into_iter().map(|p| all[p]).collect());
             self.order_epoch = Some(self.epoch);
         }
     }
@@ -570,7 +739,10 @@ impl Iterator for Loader {
                     self.done = true;
                 }
                 if items.is_empty() || (self.cfg.drop_last && items.len() < self.cfg.batch_size) {
-                    empty_epochs += 1;
+                    // An epoch dealt after a world-size change may leave this rank nothing.
+                    if !self.bases.contains_key(&epoch) {
+                        empty_epochs += 1;
+                    }
                     if empty_epochs > 1 {
                         // Two epochs without a single batch: stop rather than spin forever.
                         self.done = true;
@@ -581,5 +753,29 @@ impl Iterator for Loader {
             }
             return Some(Batch::from_items(items, self.cfg.format, epoch));
         }
+    }
+}
+
+impl BatchStream for Loader {
+    fn next_batch(&mut self) -> Option<Batch> {
+        self.next()
+    }
+    fn state(&self) -> StreamState {
+        StreamState::Indexed(Loader::state(self))
+    }
+    fn restore(&mut self, state: &StreamState) -> Result<()> {
+        match state {
+            StreamState::Indexed(s) => Loader::restore(self, s),
+            StreamState::Webdataset(_) => Err(Error::State(
+                "a tar-stream (webdataset) state cannot restore an indexed loader".into(),
+            )),
+        }
+    }
+    fn skip_stats(&self) -> &SkipStats {
+        &self.stats
+    }
+    fn sample_shape(&self) -> [usize; 3] {
+        let (h, w) = self.source.output_size();
+        [3, h as usize, w as usize]
     }
 }

@@ -11,6 +11,15 @@
 //! while the shorter side is >= 2 x size and then runs bicubic; our single pass is a slightly
 //! sharper antialiasing of the same region (the bench reports the mean absolute difference).
 //!
+//! **Random crop** ([`Transform::RandomCrop`], training, the default of the tokenizer presets):
+//! LlamaGen's tokenizer training transform (`tokenizer/tokenizer_image/vq_train.py`:
+//! `random_crop_arr(img, image_size)` then `RandomHorizontalFlip()`, with `random_crop_arr` from
+//! `dataset/augmentation.py`, itself ADM's): the shorter side is resized to a length drawn
+//! uniformly from `ceil(size / max_crop_frac) ..= ceil(size / min_crop_frac)` (0.8 and 1.0 there),
+//! then a `size x size` window is cut at a uniform position, then a flip with probability 1/2. As
+//! for the center crop, the resize and the crop are one antialiased bicubic pass over the source
+//! box (LlamaGen halves with a BOX filter first while the shorter side is >= 2x the target).
+//!
 //! **Random resized crop** ([`Transform::RandomResizedCrop`], training): torchvision's
 //! `RandomResizedCrop.get_params` (10 attempts of area-scale x log-uniform aspect ratio, then the
 //! central fallback), then an optional horizontal flip with probability 1/2.
@@ -29,6 +38,13 @@ use crate::image::Rgb8Image;
 pub enum Transform {
     /// Shorter side to `size`, then the ADM center crop (deterministic).
     CenterCrop { size: u32 },
+    /// LlamaGen's `random_crop_arr(size, min_crop_frac, max_crop_frac)` + optional horizontal flip.
+    RandomCrop {
+        size: u32,
+        min_crop_frac: f64,
+        max_crop_frac: f64,
+        hflip: bool,
+    },
     /// torchvision `RandomResizedCrop(size, scale, ratio)` + optional horizontal flip.
     RandomResizedCrop {
         size: u32,
@@ -43,6 +59,16 @@ impl Transform {
     pub fn center_crop(size: u32) -> Self {
         Transform::CenterCrop { size }
     }
+    /// LlamaGen's tokenizer training crop: shorter side to `size / U{0.8..1}`, random window,
+    /// horizontal flips.
+    pub fn random_crop(size: u32) -> Self {
+        Transform::RandomCrop {
+            size,
+            min_crop_frac: 0.8,
+            max_crop_frac: 1.0,
+            hflip: true,
+        }
+    }
     /// torchvision defaults: scale (0.08, 1), ratio (3/4, 4/3), with horizontal flips.
     pub fn random_resized_crop(size: u32) -> Self {
         Transform::RandomResizedCrop {
@@ -55,7 +81,9 @@ impl Transform {
     /// Output side length.
     pub fn size(&self) -> u32 {
         match self {
-            Transform::CenterCrop { size } | Transform::RandomResizedCrop { size, .. } => *size,
+            Transform::CenterCrop { size }
+            | Transform::RandomCrop { size, .. }
+            | Transform::RandomResizedCrop { size, .. } => *size,
         }
     }
     /// Applies the transform; `rng` is only used by the random variants.
@@ -64,6 +92,26 @@ impl Transform {
             Transform::CenterCrop { size } => {
                 let b = adm_center_crop_box(img.width, img.height, size);
                 resize_crop(img, b, size, size)
+            }
+            Transform::RandomCrop {
+                size,
+                min_crop_frac,
+                max_crop_frac,
+                hflip,
+            } => {
+                let b = random_crop_box(
+                    img.width,
+                    img.height,
+                    size,
+                    min_crop_frac,
+                    max_crop_frac,
+                    rng,
+                );
+                let mut out = resize_crop(img, b, size, size)?;
+                if hflip && rng.gen::<bool>() {
+                    flip_horizontal(&mut out);
+                }
+                Ok(out)
             }
             Transform::RandomResizedCrop {
                 size,
@@ -99,6 +147,37 @@ pub fn adm_center_crop_box(w: u32, h: u32, size: u32) -> CropBox {
     let ox = ((rw as i64 - size as i64).max(0) / 2) as f64;
     let oy = ((rh as i64 - size as i64).max(0) / 2) as f64;
     // Map the crop back through the per-axis scale actually used by the resize.
+    let (sx, sy) = (rw / w as f64, rh / h as f64);
+    CropBox {
+        left: ox / sx,
+        top: oy / sy,
+        width: size as f64 / sx,
+        height: size as f64 / sy,
+    }
+}
+
+/// The source region LlamaGen's `random_crop_arr(img, size, min_crop_frac, max_crop_frac)` keeps
+/// on a `w x h` image: shorter side resized to `s` drawn uniformly from
+/// `ceil(size / max_crop_frac) ..= ceil(size / min_crop_frac)` (long side `round(L * s / S)`), then
+/// a `size x size` window at a uniform integer offset, mapped back through the per-axis scale.
+pub fn random_crop_box(
+    w: u32,
+    h: u32,
+    size: u32,
+    min_crop_frac: f64,
+    max_crop_frac: f64,
+    rng: &mut impl Rng,
+) -> CropBox {
+    let lo = (size as f64 / max_crop_frac).ceil().max(size as f64) as u64;
+    let hi = (size as f64 / min_crop_frac).ceil().max(lo as f64) as u64;
+    let s = rng.gen_range(lo..=hi) as f64;
+    let short = w.min(h).max(1) as f64;
+    let (rw, rh) = (
+        (w as f64 * s / short).round().max(size as f64),
+        (h as f64 * s / short).round().max(size as f64),
+    );
+    let ox = rng.gen_range(0..=(rw as u64 - size as u64)) as f64;
+    let oy = rng.gen_range(0..=(rh as u64 - size as u64)) as f64;
     let (sx, sy) = (rw / w as f64, rh / h as f64);
     CropBox {
         left: ox / sx,

@@ -12,6 +12,7 @@
 //! so the continuation is exact. A broken tar member ends its shard (counted as `broken_tar`
 //! with the shard path); the samples read before it are kept.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::error::{Error, Result, SkipReason};
 use crate::image::{decode_rgb8, DecodeLimits};
 use crate::loader::{epoch_order, mix_seed, sample_rng, Batch, Item, LoaderConfig, SkipStats};
 use crate::photos::fnv1a;
+use crate::stream::{all_same, merge_ranks, BatchStream, StreamState};
 use crate::transform::Transform;
 
 /// Image member extensions, in order of preference.
@@ -51,10 +53,21 @@ impl RawSample {
     pub fn image(&self) -> Option<&[u8]> {
         WDS_IMAGE_EXTENSIONS.iter().find_map(|e| self.get(e))
     }
-    /// The caption (`.txt`), lossily decoded and trimmed.
+    /// The caption: `.txt` (lossily decoded, trimmed), else the `caption` field of `.json`.
     pub fn caption(&self) -> Option<String> {
-        self.get("txt")
-            .map(|b| String::from_utf8_lossy(b).trim().to_string())
+        if let Some(b) = self.get("txt") {
+            return Some(String::from_utf8_lossy(b).trim().to_string());
+        }
+        let v: serde_json::Value = serde_json::from_slice(self.get("json")?).ok()?;
+        v.get("caption")?.as_str().map(|c| c.trim().to_string())
+    }
+    /// The class label of `.cls` (a decimal integer), if any.
+    pub fn label(&self) -> Option<i64> {
+        std::str::from_utf8(self.get("cls")?)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -84,6 +97,9 @@ pub fn for_each_sample(
             meta.file_type()
         )));
     }
+    if meta.len() == 0 {
+        return Err(SkipReason::Empty);
+    }
     let file = std::fs::File::open(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
     let name = path.to_string_lossy();
     let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
@@ -96,6 +112,7 @@ pub fn for_each_sample(
         .entries()
         .map_err(|e| SkipReason::BrokenTar(e.to_string()))?;
     let mut cur: Option<RawSample> = None;
+    let mut any = false;
     for entry in entries {
         let mut entry = entry.map_err(|e| SkipReason::BrokenTar(format!("header: {e}")))?;
         if !entry.header().entry_type().is_file() {
@@ -107,6 +124,12 @@ pub fn for_each_sample(
         let Some((key, ext)) = split_key(&p.to_string_lossy()) else {
             continue;
         };
+        any = true;
+        if entry.size() > DecodeLimits::default().max_file_bytes {
+            // Never read a member past the per-file limit: the sample loses this member (an
+            // image member: counted as `missing_image`).
+            continue;
+        }
         let mut bytes = Vec::with_capacity(entry.size().min(1 << 26) as usize);
         entry
             .read_to_end(&mut bytes)
@@ -125,10 +148,15 @@ pub fn for_each_sample(
             }
         }
     }
-    if let Some(done) = cur {
-        let _ = f(done);
+    match cur {
+        Some(done) => {
+            let _ = f(done);
+            Ok(())
+        }
+        // A readable archive without a single member file (e.g. only end-of-archive blocks).
+        None if !any => Err(SkipReason::Empty),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Settings of [`WdsLoader`].
@@ -170,7 +198,7 @@ pub fn decode_sample(
     Ok(Item {
         key: raw.key.clone(),
         image,
-        label: None,
+        label: raw.label(),
         caption,
     })
 }
@@ -182,17 +210,103 @@ pub struct StreamPos {
     pub emitted: u64,
 }
 
-/// Where a [`WdsLoader`] stands (serde; store it in a checkpoint).
+/// One rank's position: its epoch and, per stream (decoding thread), the position after the
+/// last batch that stream delivered; `next_stream` is the stream the next batch is taken from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WdsRankPos {
+    pub epoch: u64,
+    pub streams: Vec<StreamPos>,
+    pub next_stream: usize,
+}
+
+/// How far a shard of an epoch was consumed before the epoch was dealt to the current layout:
+/// samples emitted (in its fixed emission order), or all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardDone {
+    Emitted(u64),
+    All,
+}
+
+/// Where a [`WdsLoader`] stands (serde; store it in a checkpoint). See [`crate::stream`] for
+/// ranks and layout changes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WdsState {
-    pub epoch: u64,
     pub seed: u64,
-    pub rank: usize,
-    pub world: usize,
     pub n_shards: usize,
-    pub streams: Vec<StreamPos>,
-    pub finished: Vec<bool>,
-    pub next_stream: usize,
+    pub shuffle: bool,
+    /// World size and streams per rank the positions refer to.
+    pub world: usize,
+    pub streams_per_rank: usize,
+    /// Rank -> position: one entry from [`WdsLoader::state`], all after [`WdsState::merge`].
+    #[serde(with = "crate::stream::int_map")]
+    pub ranks: BTreeMap<usize, WdsRankPos>,
+    /// Epoch -> shard -> consumed before the epoch was dealt to this layout (after a resume with
+    /// another world size or worker count); epochs not listed were dealt from their start.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::stream::int_map"
+    )]
+    pub bases: BTreeMap<u64, ShardBase>,
+}
+
+/// Shard -> how far it was consumed (see [`WdsState::bases`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ShardBase(#[serde(with = "crate::stream::int_map")] pub BTreeMap<usize, ShardDone>);
+
+impl WdsState {
+    /// One state holding the positions of all `parts` (ranks of one run).
+    pub fn merge(parts: &[&WdsState]) -> Result<WdsState> {
+        if parts.is_empty() {
+            return Err(Error::State("nothing to merge".into()));
+        }
+        let id = all_same(parts, "data (seed, shards, shuffle, world, streams)", |s| {
+            (s.seed, s.n_shards, s.shuffle, s.world, s.streams_per_rank)
+        })?;
+        let bases = all_same(parts, "epoch bases", |s| s.bases.clone())?;
+        let ranks = merge_ranks(parts.iter().map(|s| s.ranks.clone()))?;
+        let mut out = WdsState {
+            seed: id.0,
+            n_shards: id.1,
+            shuffle: id.2,
+            world: id.3,
+            streams_per_rank: id.4,
+            ranks,
+            bases,
+        };
+        if out.is_complete() {
+            if let Some(lo) = out.ranks.values().map(|p| p.epoch).min() {
+                out.bases.retain(|&e, _| e >= lo);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether every rank `0..world` has a position.
+    pub fn is_complete(&self) -> bool {
+        (0..self.world).all(|r| self.ranks.contains_key(&r))
+    }
+}
+
+/// Shards of stream `slot` of `slots` in `epoch`: the epoch's shard permutation without the
+/// shards `base` marks done, dealt round-robin over the slots.
+fn slot_shards(
+    n_shards: usize,
+    seed: u64,
+    epoch: u64,
+    shuffle: bool,
+    base: Option<&ShardBase>,
+    slot: usize,
+    slots: usize,
+) -> Vec<usize> {
+    epoch_order(n_shards, seed, epoch, shuffle)
+        .into_iter()
+        .filter(|s| base.and_then(|b| b.0.get(s)) != Some(&ShardDone::All))
+        .skip(slot)
+        .step_by(slots)
+        .collect()
 }
 
 enum Msg {
@@ -231,6 +345,7 @@ pub struct WdsLoader {
     streams: Vec<StreamPos>,
     finished: Vec<bool>,
     next_stream: usize,
+    bases: BTreeMap<u64, ShardBase>,
     pipeline: Option<Pipeline>,
     stats: SkipStats,
     done: bool,
@@ -287,6 +402,7 @@ impl WdsLoader {
             streams: vec![StreamPos::default(); w],
             finished: vec![false; w],
             next_stream: 0,
+            bases: BTreeMap::new(),
             pipeline: None,
             stats: SkipStats::default(),
             done: false,
@@ -302,46 +418,162 @@ impl WdsLoader {
     /// Shards read by stream `s` of this rank in `epoch`, in order.
     pub fn stream_shards(&self, epoch: u64, s: usize) -> Vec<usize> {
         let w = self.streams.len();
-        let slots = self.lcfg.world * w;
-        let slot = self.lcfg.rank * w + s;
-        let order = epoch_order(self.shards.len(), self.lcfg.seed, epoch, self.lcfg.shuffle);
-        order.into_iter().skip(slot).step_by(slots).collect()
+        slot_shards(
+            self.shards.len(),
+            self.lcfg.seed,
+            epoch,
+            self.lcfg.shuffle,
+            self.bases.get(&epoch),
+            self.lcfg.rank * w + s,
+            self.lcfg.world * w,
+        )
     }
 
-    /// The state after the last batch returned.
+    /// This rank's position after the last batch returned.
     pub fn state(&self) -> WdsState {
+        let mut bases = self.bases.clone();
+        if self.lcfg.world == 1 {
+            bases.retain(|&e, _| e >= self.epoch);
+        }
         WdsState {
-            epoch: self.epoch,
             seed: self.lcfg.seed,
-            rank: self.lcfg.rank,
-            world: self.lcfg.world,
             n_shards: self.shards.len(),
-            streams: self.streams.clone(),
-            finished: self.finished.clone(),
-            next_stream: self.next_stream,
+            shuffle: self.lcfg.shuffle,
+            world: self.lcfg.world,
+            streams_per_rank: self.streams.len(),
+            ranks: BTreeMap::from([(
+                self.lcfg.rank,
+                WdsRankPos {
+                    epoch: self.epoch,
+                    streams: self.streams.clone(),
+                    next_stream: self.next_stream,
+                },
+            )]),
+            bases,
         }
     }
 
-    /// Continues from `st` (same seed, rank, world, shard count and worker count).
+    /// Continues from `st`: exactly where this rank stood when it holds this rank's position
+    /// for the same world size and worker count; re-derived at shard granularity (finished
+    /// shards stay finished, a shard read in part continues after its emitted samples) when it
+    /// holds every rank's position for another layout.
     pub fn restore(&mut self, st: &WdsState) -> Result<()> {
-        let me = self.state();
-        if (me.seed, me.rank, me.world, me.n_shards, me.streams.len())
-            != (st.seed, st.rank, st.world, st.n_shards, st.streams.len())
-            || st.finished.len() != st.streams.len()
-        {
+        let mine = (self.lcfg.seed, self.shards.len(), self.lcfg.shuffle);
+        let theirs = (st.seed, st.n_shards, st.shuffle);
+        if mine != theirs {
             return Err(Error::State(format!(
-                "saved for seed {} rank {}/{} {} shards {} streams; loader has seed {} rank {}/{} {} shards {} streams",
-                st.seed, st.rank, st.world, st.n_shards, st.streams.len(),
-                me.seed, me.rank, me.world, me.n_shards, me.streams.len()
+                "saved for (seed, shards, shuffle) = {theirs:?}, the loader has {mine:?}"
             )));
         }
+        if st.world == 0 || st.streams_per_rank == 0 {
+            return Err(Error::State("malformed state (world or streams 0)".into()));
+        }
         self.pipeline = None;
-        self.epoch = st.epoch;
-        self.streams = st.streams.clone();
-        self.finished = st.finished.clone();
-        self.next_stream = st.next_stream % self.streams.len();
+        let same = st.world == self.lcfg.world && st.streams_per_rank == self.streams.len();
+        if let Some(pos) = st.ranks.get(&self.lcfg.rank).filter(|_| same) {
+            if pos.streams.len() != self.streams.len() {
+                return Err(Error::State(format!(
+                    "rank {} has {} stream positions, expected {}",
+                    self.lcfg.rank,
+                    pos.streams.len(),
+                    self.streams.len()
+                )));
+            }
+            self.bases = st.bases.clone();
+            self.epoch = pos.epoch;
+            self.streams = pos.streams.clone();
+            self.next_stream = pos.next_stream % self.streams.len();
+            for s in 0..self.streams.len() {
+                let n = self.stream_shards(self.epoch, s).len();
+                if self.streams[s].shard_pos > n {
+                    return Err(Error::State(format!(
+                        "stream {s} at shard {} of its {n}",
+                        self.streams[s].shard_pos
+                    )));
+                }
+                self.finished[s] = self.streams[s].shard_pos >= n;
+            }
+        } else if st.is_complete() {
+            self.rederive(st);
+        } else {
+            return Err(Error::State(format!(
+                "the state holds ranks {:?} of world size {} x {} streams; rank {} of world size {} x {} \
+                 streams needs its own position, or every rank's to re-derive it (merge all ranks' \
+                 states before saving)",
+                st.ranks.keys().collect::<Vec<_>>(),
+                st.world,
+                st.streams_per_rank,
+                self.lcfg.rank,
+                self.lcfg.world,
+                self.streams.len()
+            )));
+        }
+        self.emitted_this_epoch = false;
         self.done = self.lcfg.epochs.is_some_and(|e| self.epoch >= e);
         Ok(())
+    }
+
+    fn rederive(&mut self, st: &WdsState) {
+        let lo = st.ranks.values().map(|p| p.epoch).min().unwrap_or(0);
+        let hi = st.ranks.values().map(|p| p.epoch).max().unwrap_or(0);
+        let n = self.shards.len();
+        let old_slots = st.world * st.streams_per_rank;
+        let mut bases = BTreeMap::new();
+        let mut first = None;
+        for e in lo..=hi {
+            let base = st.bases.get(&e);
+            let mut done: BTreeMap<usize, ShardDone> =
+                base.map(|b| b.0.clone()).unwrap_or_default();
+            for (&r, pos) in &st.ranks {
+                if pos.epoch < e {
+                    continue;
+                }
+                for s in 0..st.streams_per_rank {
+                    let list = slot_shards(
+                        n,
+                        st.seed,
+                        e,
+                        st.shuffle,
+                        base,
+                        r * st.streams_per_rank + s,
+                        old_slots,
+                    );
+                    let p = pos.streams.get(s).copied().unwrap_or_default();
+                    let (full, partial) = if pos.epoch > e {
+                        (list.len(), None)
+                    } else {
+                        let k = p.shard_pos.min(list.len());
+                        (
+                            k,
+                            list.get(k)
+                                .filter(|_| p.emitted > 0)
+                                .map(|&sh| (sh, p.emitted)),
+                        )
+                    };
+                    for &sh in &list[..full] {
+                        done.insert(sh, ShardDone::All);
+                    }
+                    if let Some((sh, k)) = partial {
+                        done.insert(sh, ShardDone::Emitted(k));
+                    }
+                }
+            }
+            let left = n - done.values().filter(|d| **d == ShardDone::All).count();
+            if first.is_none() && left > 0 {
+                first = Some(e);
+            }
+            bases.insert(e, ShardBase(done));
+        }
+        self.epoch = first.unwrap_or(hi + 1);
+        bases.retain(|&e, _| e >= self.epoch);
+        self.bases = bases;
+        self.streams
+            .iter_mut()
+            .for_each(|p| *p = StreamPos::default());
+        self.next_stream = 0;
+        for s in 0..self.streams.len() {
+            self.finished[s] = self.stream_shards(self.epoch, s).is_empty();
+        }
     }
 
     fn start(&mut self) {
@@ -354,6 +586,7 @@ impl WdsLoader {
             }
             let (tx, rx) = bounded::<Msg>(self.lcfg.prefetch.max(1));
             let list = self.stream_shards(self.epoch, s);
+            let base = self.bases.get(&self.epoch).cloned().unwrap_or_default();
             let start = self.streams[s];
             let (shards, cfg) = (Arc::clone(&self.shards), Arc::clone(&self.cfg));
             let (seed, epoch, b) = (self.lcfg.seed, self.epoch, self.lcfg.batch_size);
@@ -370,12 +603,20 @@ impl WdsLoader {
                     let mut pos = start;
                     for sp in start.shard_pos..list.len() {
                         let shard = &shards[list[sp]];
-                        let shard_seed =
-                            mix_seed(&[seed, fnv1a(shard.to_string_lossy().as_bytes())]);
+                        // Emission order and augmentation depend on the shard (index and file
+                        // name, not the folder it lives in) and the epoch only.
+                        let name = shard.file_name().unwrap_or_default().to_string_lossy();
+                        let shard_seed = mix_seed(&[seed, list[sp] as u64, fnv1a(name.as_bytes())]);
+                        // Samples emitted before: by this stream (resume) or, after a layout
+                        // change, by the stream that had the shard before.
+                        let before = match base.0.get(&list[sp]) {
+                            Some(ShardDone::Emitted(k)) => *k,
+                            _ => 0,
+                        };
                         let skip = if sp == start.shard_pos {
-                            start.emitted
+                            start.emitted.max(before)
                         } else {
-                            0
+                            before
                         };
                         pos = StreamPos {
                             shard_pos: sp,
@@ -460,7 +701,8 @@ impl Iterator for WdsLoader {
                 return None;
             }
             if self.finished.iter().all(|&f| f) {
-                if !self.emitted_this_epoch {
+                // An epoch dealt after a layout change may leave this rank nothing.
+                if !self.emitted_this_epoch && !self.bases.contains_key(&self.epoch) {
                     empty_epochs += 1;
                 }
                 self.pipeline = None;
@@ -512,5 +754,29 @@ impl Iterator for WdsLoader {
             self.emitted_this_epoch = true;
             return Some(Batch::from_items(items, self.lcfg.format, self.epoch));
         }
+    }
+}
+
+impl BatchStream for WdsLoader {
+    fn next_batch(&mut self) -> Option<Batch> {
+        self.next()
+    }
+    fn state(&self) -> StreamState {
+        StreamState::Webdataset(WdsLoader::state(self))
+    }
+    fn restore(&mut self, state: &StreamState) -> Result<()> {
+        match state {
+            StreamState::Webdataset(s) => WdsLoader::restore(self, s),
+            StreamState::Indexed(_) => Err(Error::State(
+                "an indexed-source state cannot restore a tar-stream (webdataset) loader".into(),
+            )),
+        }
+    }
+    fn skip_stats(&self) -> &SkipStats {
+        &self.stats
+    }
+    fn sample_shape(&self) -> [usize; 3] {
+        let s = self.cfg.transform.size() as usize;
+        [3, s, s]
     }
 }

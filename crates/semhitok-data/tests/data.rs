@@ -6,5 +6,6 @@ mod data {
     mod photos;
     mod sampling;
     mod sources;
+    mod stream;
     mod transform;
 }

@@ -24,6 +24,15 @@ pub enum Error {
     /// An invalid setting.
     #[error("invalid config: {0}")]
     Config(String),
+    /// Model weights that do not fit the model (missing, mis-shaped or unused tensors).
+    #[error("weights {origin}: {msg}")]
+    Weights { origin: String, msg: String },
+    /// A GGUF file that is truncated, malformed or uses an unsupported type.
+    #[error("gguf {path}: {msg}")]
+    Gguf { path: String, msg: String },
+    /// A chat template that does not parse or render.
+    #[error("chat template ({origin}): {msg}")]
+    Template { origin: String, msg: String },
     /// A tokenizer file that could not be loaded or used.
     #[error("tokenizer {path}: {msg}")]
     Tokenizer { path: String, msg: String },

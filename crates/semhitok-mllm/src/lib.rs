@@ -10,10 +10,19 @@
 //! - [`projector::MlpProjector`]: LLaVA-1.5's `mlp2x_gelu` projector from quantized SemHiTok
 //!   features to the LLM width, with LLaVA's weight names (`model.mm_projector.{0,2}`).
 //! - [`tokenizer::TextTokenizer`]: the LLM's text tokenizer (HF tokenizer.json, e.g. the embedded
-//!   Qwen2.5 one) whose size fixes where visual tokens start.
+//!   Qwen2.5 one, or one built from GGUF metadata) whose size fixes where visual tokens start.
+//! - [`llm`]: the Llama-family decoder (Llama 2/3, Vicuna, SmolLM2, Qwen2/2.5) with an explicit
+//!   KV cache, HF safetensors loading and `extend_vocab`.
+//! - [`gguf`]: GGUF reader, dequantizers, mapping onto [`llm::LlamaModel`], GGUF tokenizer.
+//! - [`chat`]: chat templates (Jinja via minijinja).
+//! - [`generate`]: on-device sampling, eos / stop strings, streaming, batched left-padded decoding.
 
 pub mod cfg;
+pub mod chat;
 pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod llm;
 pub mod projector;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,4 +1,5 @@
-//! The LLM's text tokenizer (a Hugging Face `tokenizer.json`, e.g. the embedded Qwen2.5 one).
+//! The LLM's text tokenizer: a Hugging Face `tokenizer.json` (e.g. the embedded Qwen2.5 one) or
+//! one built from GGUF metadata ([`crate::gguf::tokenizer`]).
 
 use crate::error::{Error, Result};
 use crate::vocab::VisualVocab;
@@ -20,6 +21,32 @@ impl TextTokenizer {
             msg: e.to_string(),
         })?;
         Ok(Self { inner, path: p })
+    }
+    /// Wrap a built tokenizer (e.g. from GGUF metadata); `origin` names it in errors.
+    pub fn from_tokenizer(inner: tokenizers::Tokenizer, origin: &str) -> Self {
+        Self {
+            inner,
+            path: origin.to_string(),
+        }
+    }
+    /// The wrapped `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+    /// Id of a token string (added/special tokens included).
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+    /// Token string of an id.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+    /// Token ids -> text with special tokens left out (what a chat answer prints).
+    pub fn decode_skip_special(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })
     }
     /// Number of text tokens, added/special tokens included.
     pub fn vocab_size(&self) -> u32 {

@@ -6,6 +6,15 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+#[path = "mllm/llm.rs"]
+mod llm;
+
+#[path = "mllm/gguf.rs"]
+mod gguf;
+
+#[path = "mllm/generate.rs"]
+mod generate;
+
 mod vocab {
     use proptest::prelude::*;
     use semhitok_mllm::vocab::VisualVocab;

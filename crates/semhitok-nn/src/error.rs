@@ -8,6 +8,9 @@ pub enum Error {
     /// An error raised inside LibTorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A collective of data-parallel training failed (semhitok-sys's c10d process group).
+    #[error(transparent)]
+    Dist(#[from] semhitok_sys::Error),
     /// An error of the CPU codebook math (k-means init, ...).
     #[error(transparent)]
     Quant(#[from] semhitok_quant::Error),

@@ -202,7 +202,31 @@ impl EmaCodebook {
 
 /// Nearest code by squared l2 distance in fp32 (autocast off): z `[M, D]`, codes `[K, D]` -> ids `[M]` int64.
 /// Ties go to the lowest index (torch argmin).
+///
+/// On CUDA with `D <= 44` this is one fused kernel (`crate::cuda::nearest`) that never writes
+/// the `M x K` score matrix; elsewhere (or when NVRTC is unavailable: a warning once, then the
+/// GEMM path) a GEMM with the `|c|^2` row as addend, then argmin. Both compute fp32 scores with
+/// different summation orders: ids agree except between codes whose scores are within the
+/// rounding bound stated in `crate::cuda::nearest`.
 pub fn nearest_l2(z: &Tensor, codes: &Tensor) -> Result<Tensor> {
+    if z.device().is_cuda() && crate::cuda::nearest::enabled() {
+        match crate::cuda::nearest::nearest_l2_fused(z, codes) {
+            Ok(ids) => return Ok(ids),
+            Err(e) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "warning: fused nearest-code search unavailable ({e}); using the GEMM path"
+                    )
+                });
+            }
+        }
+    }
+    nearest_l2_gemm(z, codes)
+}
+
+/// [`nearest_l2`]'s GEMM path (any device): `addmm(|c|^2, -2 z, c^T).argmin(-1)` in fp32.
+pub fn nearest_l2_gemm(z: &Tensor, codes: &Tensor) -> Result<Tensor> {
     without_autocast(|| -> Result<Tensor> {
         let z = z.f_to_kind(Kind::Float)?;
         let c = codes.f_to_kind(Kind::Float)?;

@@ -18,7 +18,9 @@
 //! [`Spc::ema_update`] from [`CodeStats`] the caller may all-reduce first; after k-means init the
 //! EMA average restarts from the k-means codes with zero cluster sizes (as
 //! `semhitok_quant::EmaState::new`), and k-means runs on the CPU via `semhitok_quant::spherical_kmeans`
-//! over the first `kmeans_vectors` encoder outputs (possibly several batches).
+//! over the first `kmeans_vectors` encoder outputs (possibly several batches). In data-parallel
+//! training ([`Spc::set_process_group`]) those are the all-gathered outputs of every rank, rank 0
+//! alone runs the k-means and broadcasts the codes, so every rank starts from one codebook.
 
 use crate::error::{Error, Result};
 use crate::quantizer::{
@@ -27,8 +29,9 @@ use crate::quantizer::{
 };
 use crate::vit::{Trunk, VitConfig};
 use crate::weights::check_finite;
+use semhitok_sys::ProcessGroup;
 use serde::{Deserialize, Serialize};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -169,6 +172,7 @@ impl SpcConfig {
             dec0: lin(&dtl / 0, c, c),
             dec2: lin(&dtl / 2, c, self.teacher_dim),
             kmeans_buf: Mutex::new(Vec::new()),
+            dist: OnceLock::new(),
             cfg: self.clone(),
         })
     }
@@ -219,10 +223,19 @@ pub struct Spc {
     dec0: nn::Linear,
     dec2: nn::Linear,
     kmeans_buf: Mutex<Vec<Tensor>>,
+    /// Data-parallel group of the k-means init (unset: a single process).
+    dist: OnceLock<Arc<ProcessGroup>>,
     cfg: SpcConfig,
 }
 
 impl Spc {
+    /// Make the k-means initialisation data-parallel: it collects the all-gathered encoder
+    /// outputs of every rank (rank order), rank 0 computes the codes, every rank receives them.
+    /// Set once, before the first training forward; a second call is ignored.
+    pub fn set_process_group(&self, pg: Arc<ProcessGroup>) {
+        let _ = self.dist.set(pg);
+    }
+
     /// The configuration it was built from.
     pub fn config(&self) -> &SpcConfig {
         &self.cfg
@@ -359,15 +372,56 @@ impl Spc {
         ))
     }
 
-    fn collect_kmeans(&self, z: &Tensor) -> Result<()> {
+    /// The vectors collected so far for the k-means initialisation, `[M, D]` fp32 on the CPU
+    /// (`None` when none are pending: before the first training batch or once initialised).
+    /// A checkpoint taken while the initialisation spans several batches must hold them for an
+    /// exact resume.
+    pub fn kmeans_pending(&self) -> Result<Option<Tensor>> {
+        let buf = self.kmeans_buf.lock().map_err(|_| poisoned())?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::f_cat(&buf, 0)?))
+    }
+
+    /// Replace the pending k-means vectors by `vectors [M, D]` (from [`Spc::kmeans_pending`]).
+    pub fn set_kmeans_pending(&self, vectors: &Tensor) -> Result<()> {
         let d = self.cfg.code_dim;
+        match vectors.size().as_slice() {
+            &[_, dd] if dd == d && vectors.is_floating_point() => {}
+            _ => {
+                return Err(Error::shape(
+                    "pending k-means vectors",
+                    format!("[M, {d}] float"),
+                    vectors,
+                ))
+            }
+        }
         let mut buf = self.kmeans_buf.lock().map_err(|_| poisoned())?;
+        buf.clear();
         buf.push(
-            z.f_detach()?
-                .f_reshape([-1, d])?
+            vectors
+                .f_detach()?
                 .f_to_device(Device::Cpu)?
                 .f_to_kind(Kind::Float)?,
         );
+        Ok(())
+    }
+
+    fn collect_kmeans(&self, z: &Tensor) -> Result<()> {
+        let d = self.cfg.code_dim;
+        let local = z
+            .f_detach()?
+            .f_reshape([-1, d])?
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?;
+        let pg = self.dist.get();
+        let seen = match pg {
+            Some(pg) => pg.all_gather("SPC k-means vectors", &local)?,
+            None => local,
+        };
+        let mut buf = self.kmeans_buf.lock().map_err(|_| poisoned())?;
+        buf.push(seen.f_to_device(Device::Cpu)?);
         let total: i64 = buf.iter().map(|t| t.size()[0]).sum();
         if total < self.cfg.kmeans_vectors {
             return Ok(());
@@ -375,12 +429,32 @@ impl Spc {
         let data = Tensor::f_cat(&buf, 0)?;
         buf.clear();
         drop(buf);
-        self.init_codebook_kmeans(&data)
+        match pg {
+            None => self.init_codebook_kmeans(&data),
+            Some(pg) => {
+                let mut codes = if pg.is_main() {
+                    self.kmeans_codes(&data)?
+                } else {
+                    Tensor::f_zeros(
+                        [self.cfg.codebook_size, d],
+                        (Kind::Float, self.codebook.device()),
+                    )?
+                };
+                pg.broadcast("SPC k-means codebook", &mut codes, 0)?;
+                self.set_initial_codebook(&codes)
+            }
+        }
     }
 
     /// Initialises the codebook by spherical k-means (k-means++ seeding) of `vectors [M, D]`
     /// (M >= K) on the CPU, resets the EMA buffers and marks the codebook initialised.
     pub fn init_codebook_kmeans(&self, vectors: &Tensor) -> Result<()> {
+        let codes = self.kmeans_codes(vectors)?;
+        self.set_initial_codebook(&codes)
+    }
+
+    /// Spherical k-means(++) centres `[K, D]` of `vectors [M, D]` (M >= K), on the codebook's device.
+    fn kmeans_codes(&self, vectors: &Tensor) -> Result<Tensor> {
         let k = self.cfg.codebook_size;
         let d = self.cfg.code_dim;
         match vectors.size().as_slice() {
@@ -411,11 +485,15 @@ impl Spc {
         };
         let centres = semhitok_quant::spherical_kmeans(view, &cfg)?;
         let flat: Vec<f32> = centres.iter().copied().collect();
-        let t = Tensor::from_slice(&flat)
+        Ok(Tensor::from_slice(&flat)
             .f_reshape([k, d])?
-            .f_to_device(self.codebook.device())?;
+            .f_to_device(self.codebook.device())?)
+    }
+
+    /// Install `codes [K, D]` as the initial codebook: EMA buffers re-seeded, marked initialised.
+    fn set_initial_codebook(&self, t: &Tensor) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
-            self.codebook.shallow_clone().f_copy_(&t)?;
+            self.codebook.shallow_clone().f_copy_(t)?;
             let _ = self.initted.shallow_clone().f_fill_(1.0)?;
             Ok(())
         })?;

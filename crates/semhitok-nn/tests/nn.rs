@@ -26,6 +26,8 @@ mod lpips;
 mod model;
 #[path = "nn/pretrained.rs"]
 mod pretrained;
+#[path = "nn/search.rs"]
+mod search;
 #[path = "nn/sghc.rs"]
 mod sghc;
 #[path = "nn/siglip.rs"]

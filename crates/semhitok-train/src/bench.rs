@@ -107,9 +107,16 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     set.push("schedule.log_every=1000000".into());
     let mut cfg = TrainConfig::load(&a.config, &set)?;
     cfg.init.spc = None;
-    if cfg.run.stage != Stage::Pre {
-        return Err(Error::Input("bench times stage `pre`".into()));
+    // Random-init teacher weights: the same cost as trained ones, and no download needed.
+    cfg.teacher.weights = None;
+    if !matches!(cfg.run.stage, Stage::Pre | Stage::Spc) {
+        return Err(Error::Input(
+            "bench times stages `pre` and `spc` (decoder-ft and joint: not yet)".into(),
+        ));
     }
+    // Under a launcher (WORLD_SIZE set) the steps are data-parallel; before the model is built.
+    let dist = crate::dist::Dist::from_env(&cfg.dist, cfg.run.device)?;
+    let world = dist.as_ref().map_or(1, crate::dist::Dist::world_size);
     let device = cfg.run.device.device();
     let mut task = crate::stages::build_task_uninit(&cfg)?;
     tch::manual_seed(0);
@@ -120,6 +127,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     let quiet = TrainOptions {
         overwrite: true,
         quiet: true,
+        dist: dist.clone(),
         ..Default::default()
     };
     let sync = || crate::trainer::cuda_sync(device);
@@ -142,7 +150,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     train(&c2, task.as_mut(), &mut data, &timed)?;
     sync();
     let dt = t.elapsed().as_secs_f64();
-    let imgs = (a.steps * cfg.data.batch_size as u64 * cfg.optim.accum_steps) as f64;
+    let imgs = (a.steps * cfg.data.batch_size as u64 * cfg.optim.accum_steps * world as u64) as f64;
     let ips = imgs / dt;
     let (tv, tt, tp) = match cfg.teacher.kind {
         crate::config::TeacherKind::SiglipLargeP16_256 => {
@@ -185,8 +193,17 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         };
         train(&c4, task.as_mut(), &mut data, &two)?;
     }
-    let fpi = pre_flops_per_image(&cfg, &tv, tt, tp);
-    let mfu = ips * fpi / (a.peak_tflops * 1e12);
+    // The FLOP formula is the `pre` stage's; for `spc` only throughput is reported.
+    let (fpi, mfu) = if cfg.run.stage == Stage::Pre {
+        let fpi = pre_flops_per_image(&cfg, &tv, tt, tp);
+        // Per device: the images of all ranks over the peak of all devices.
+        (
+            Some(fpi / 1e9),
+            Some(ips * fpi / (a.peak_tflops * 1e12 * world as f64)),
+        )
+    } else {
+        (None, None)
+    };
     let rec = serde_json::json!({
         "impl": "semhitok-rs (tch)",
         "config": a.config.display().to_string(),
@@ -194,10 +211,14 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         "precision": format!("{:?}", cfg.run.precision),
         "bf16_weight_copy": cfg.run.bf16_copy(),
         "batch": cfg.data.batch_size,
+        "world_size": world,
+        "dist_backend": dist.as_ref().map(|d| d.process_group().backend().as_str()),
         "steps": a.steps,
         "seconds": dt,
         "images_per_s": ips,
-        "gflops_per_image": fpi / 1e9,
+        "stage": cfg.run.stage.as_str(),
+        "step_ms": dt * 1e3 / a.steps.max(1) as f64,
+        "gflops_per_image": fpi,
         "peak_tflops": a.peak_tflops,
         "mfu": mfu,
         "phases_ms": phases_ms,

@@ -87,6 +87,30 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    // A failed write (disk full, file-size limit) removes its temporary directory, so the
+    // space is given back and a resume in place finds the run as it was.
+    if let Err(e) = write_tmp(&tmp, &mut state, tensors) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let dst = root.join(&name);
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    fsync_dir(&root);
+    let all = list(run_dir)?;
+    if all.len() > keep_last {
+        for old in &all[..all.len() - keep_last] {
+            std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+        }
+    }
+    Ok(dst)
+}
+
+/// The files of a checkpoint in `tmp` (tensors, then state.json with their length and hash),
+/// fsynced.
+fn write_tmp(tmp: &Path, state: &mut CkptState, tensors: &[(String, Tensor)]) -> Result<()> {
     let tpath = tmp.join(TENSORS);
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
@@ -110,19 +134,27 @@ pub fn save(
         f.sync_all().map_err(|e| Error::io(&spath, e))?;
     }
     fsync_dir(&tmp);
-    let dst = root.join(&name);
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
-    fsync_dir(&root);
-    let all = list(run_dir)?;
-    if all.len() > keep_last {
-        for old in &all[..all.len() - keep_last] {
-            std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    Ok(())
+}
+
+/// Remove the temporary directories (`checkpoints/.tmp-*`) that a crash during a checkpoint
+/// write left behind; returns what was removed. Called by the trainer once it holds the run
+/// directory's lock, before anything is written.
+pub fn remove_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let root = run_dir.join(CKPT_DIR);
+    let mut removed = vec![];
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return Ok(removed);
+    };
+    for e in rd {
+        let e = e.map_err(|e| Error::io(&root, e))?;
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let p = e.path();
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+            removed.push(p);
         }
     }
-    Ok(dst)
+    Ok(removed)
 }
 
 /// Complete checkpoint directories of a run, oldest first (temporary ones are ignored).

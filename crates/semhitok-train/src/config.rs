@@ -69,7 +69,8 @@ impl DeviceKind {
     pub fn device(self) -> tch::Device {
         match self {
             DeviceKind::Cpu => tch::Device::Cpu,
-            DeviceKind::Cuda => tch::Device::Cuda(0),
+            // LOCAL_RANK in a distributed run (crate::dist), else 0.
+            DeviceKind::Cuda => tch::Device::Cuda(crate::dist::cuda_index()),
         }
     }
 }
@@ -103,6 +104,14 @@ pub struct TrainConfig {
     pub init: InitConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub guard: GuardConfig,
+    /// Where it was read from (the file, plus the `--set` overrides), for error messages; empty
+    /// for configs built in code.
+    #[serde(skip)]
+    pub origin: PathBuf,
+    #[serde(default)]
+    pub dist: DistConfig,
 }
 
 /// `[run]`: identity, stage, device.
@@ -154,6 +163,55 @@ fn default_precision() -> Precision {
     Precision::F32
 }
 
+// --- [dist]: data-parallel training (crate::dist) -------------------------------------------
+
+/// c10d backend of a distributed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// NCCL on CUDA, Gloo on CPU.
+    #[default]
+    Auto,
+    Nccl,
+    Gloo,
+}
+
+/// `[dist]`: only read when a launcher (torchrun, srun, `cargo xtask train --gpus N`) set
+/// `WORLD_SIZE`; `data.batch_size` is then per rank, and the global batch is
+/// `batch_size x world size x optim.accum_steps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistConfig {
+    #[serde(default)]
+    pub backend: DistBackend,
+    /// Limit of the rendezvous and of each collective: a rank waiting longer on a dead or stuck
+    /// peer stops with an error naming the collective, its rank and the step.
+    #[serde(default = "default_dist_timeout")]
+    pub timeout_s: f64,
+    /// Limit of the barrier where the other ranks wait while rank 0 writes a checkpoint.
+    #[serde(default = "default_dist_ckpt_timeout")]
+    pub checkpoint_timeout_s: f64,
+}
+
+fn default_dist_timeout() -> f64 {
+    600.0
+}
+fn default_dist_ckpt_timeout() -> f64 {
+    1800.0
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        Self {
+            backend: DistBackend::Auto,
+            timeout_s: default_dist_timeout(),
+            checkpoint_timeout_s: default_dist_ckpt_timeout(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
 /// Which frozen teacher supplies the semantic targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -189,14 +247,49 @@ fn default_siglip_layer() -> semhitok_nn::siglip::SiglipLayer {
     semhitok_nn::siglip::SiglipLayer::Last
 }
 
-/// Which images the trainer reads.
+/// Which images the trainer reads (`[data] kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataKind {
+    /// ImageNet-style class folders: `root/<synset>/*.JPEG` (labels = sorted class index;
+    /// `labels_file` names them for captions). For evaluation also the flat `val/` layout with
+    /// `solution_csv` (`LOC_val_solution.csv`).
+    Imagenet,
+    /// Webdataset tar shards (img2dataset layout, COYO / LAION): `shards` = a brace pattern
+    /// (`/data/coyo/{00000..09999}.tar`), a glob, a text file listing shards, or a folder; or
+    /// `root` = a folder of shards. Captions (`.txt`, `.json` `caption`) ride on the batch.
+    Webdataset,
     /// Random crops of the photos under `root` (train split; a held-out split for eval).
     Photos,
+    /// Fashion-MNIST IDX `.gz` files under `root` (train split; `t10k` for eval).
+    FashionMnist,
     /// Seeded synthetic images generated in memory (tests, benchmarks).
     Synthetic,
+}
+
+impl DataKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataKind::Imagenet => "imagenet",
+            DataKind::Webdataset => "webdataset",
+            DataKind::Photos => "photos",
+            DataKind::FashionMnist => "fashion-mnist",
+            DataKind::Synthetic => "synthetic",
+        }
+    }
+}
+
+/// Training crop of the `imagenet`, `webdataset` and `fashion-mnist` kinds (`photos` has its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainTransform {
+    /// LlamaGen's tokenizer training crop (`random_crop_arr` + flip): shorter side resized to
+    /// `image_size / U[min_crop_frac, max_crop_frac]`, random window.
+    RandomCrop,
+    /// torchvision `RandomResizedCrop` (scale 0.08-1, ratio 3/4-4/3) + flip.
+    RandomResizedCrop,
+    /// The ADM center crop (no augmentation).
+    CenterCrop,
 }
 
 /// `[data]`.
@@ -204,16 +297,41 @@ pub enum DataKind {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub kind: DataKind,
+    /// The dataset folder (`imagenet`: the folder of class folders; `webdataset`: a folder of
+    /// shards, unless `shards` is given; `photos`, `fashion-mnist`: the folder).
     #[serde(default)]
     pub root: Option<PathBuf>,
+    /// `webdataset`: brace pattern, glob or list file of shards (takes precedence over `root`).
+    #[serde(default)]
+    pub shards: Option<String>,
+    /// `imagenet`: `LOC_synset_mapping.txt`-style class names (captions "a photo of a NAME").
+    #[serde(default)]
+    pub labels_file: Option<PathBuf>,
     /// Side of the square training image fed to the model.
     pub image_size: i64,
-    /// Images per micro-batch.
+    /// Images per micro-batch (per rank).
     pub batch_size: i64,
+    /// Training crop of `imagenet`, `webdataset`, `fashion-mnist`.
+    #[serde(default = "default_transform")]
+    pub transform: TrainTransform,
+    /// `random-crop`: smallest fraction of the resized shorter side the crop covers (LlamaGen 0.8).
+    #[serde(default = "default_min_crop")]
+    pub min_crop_frac: f64,
+    /// Horizontal flips with probability 1/2 (training crops).
+    #[serde(default = "default_true")]
+    pub hflip: bool,
+    /// `webdataset`: samples in each stream's shuffle buffer (within a shard).
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+    /// `webdataset`: skip samples without a caption (counted as `missing_caption`).
+    #[serde(default)]
+    pub require_caption: bool,
     /// Photos are downscaled at load so their shorter side is at most this; training crops are
     /// `image_size ..= max_crop_frac * max_short_side` source pixels, resized to `image_size`.
     #[serde(default = "default_short")]
     pub max_short_side: u32,
+    /// `photos`: largest crop side as a fraction of the shorter side; `random-crop`: largest
+    /// fraction of the resized shorter side the crop covers (LlamaGen 1.0).
     #[serde(default = "one_f")]
     pub max_crop_frac: f64,
     /// Fraction of photos held out for evaluation.
@@ -222,11 +340,50 @@ pub struct DataConfig {
     /// Evaluation crops per held-out photo (the first is the ADM center crop).
     #[serde(default = "default_eval_crops")]
     pub eval_crops_per_image: usize,
-    /// Decoding threads of the loader.
-    #[serde(default = "default_workers")]
-    pub workers: usize,
+    /// Decoding threads of the loader (default: this process's cores divided by
+    /// `LOCAL_WORLD_SIZE`, minus one).
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Decoded batches each worker may hold ahead (bounded prefetch).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// This process's rank and the world size (default: `RANK` / `WORLD_SIZE` from the
+    /// environment as torchrun sets them, else 0 / 1). Each rank reads its own part.
+    #[serde(default)]
+    pub rank: Option<usize>,
+    #[serde(default)]
+    pub world_size: Option<usize>,
 }
 
+impl DataConfig {
+    /// Rank and world size: the config's, else the environment's.
+    pub fn rank_world(&self) -> Result<semhitok_data::RankWorld> {
+        let env = semhitok_data::RankWorld::from_env()?;
+        let rw = semhitok_data::RankWorld {
+            rank: self.rank.unwrap_or(env.rank),
+            world: self.world_size.unwrap_or(env.world),
+        };
+        rw.validate()?;
+        Ok(rw)
+    }
+    /// Decoding threads (see `workers`).
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(semhitok_data::default_workers)
+    }
+}
+
+fn default_transform() -> TrainTransform {
+    TrainTransform::RandomCrop
+}
+fn default_min_crop() -> f64 {
+    0.8
+}
+fn default_shuffle_buffer() -> usize {
+    1000
+}
+fn default_prefetch() -> usize {
+    2
+}
 fn default_holdout() -> f64 {
     0.1
 }
@@ -235,9 +392,6 @@ fn default_short() -> u32 {
 }
 fn default_eval_crops() -> usize {
     4
-}
-fn default_workers() -> usize {
-    1
 }
 
 /// `[optim]`: AdamW + schedule for the generator side.
@@ -449,6 +603,52 @@ fn default_keep() -> usize {
     3
 }
 
+/// `[guard]`: stops for runs that blow up without going non-finite (a NaN/Inf loss or gradient
+/// always stops the run). A stopped run never commits a checkpoint of the blown-up state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// A step spikes when its loss or gradient norm exceeds `spike_factor` x the median of the
+    /// last `spike_window` steps (0: off).
+    #[serde(default = "default_spike_factor")]
+    pub spike_factor: f64,
+    /// Steps in the running median (the guard waits until it holds `spike_window / 4` steps).
+    #[serde(default = "default_spike_window")]
+    pub spike_window: usize,
+    /// Consecutive spiking steps that stop the run. While a spike streak lasts, checkpoints are
+    /// held back (written once the streak ends, at the step it ends).
+    #[serde(default = "default_spike_patience")]
+    pub spike_patience: u32,
+    /// Stop when one optimizer step grows the parameters' l2 norm by more than this factor (0:
+    /// off). Catches an lr blow-up from the first step, before any history exists.
+    #[serde(default = "default_max_weight_growth")]
+    pub max_weight_growth: f64,
+}
+
+fn default_spike_factor() -> f64 {
+    10.0
+}
+fn default_spike_window() -> usize {
+    64
+}
+fn default_spike_patience() -> u32 {
+    3
+}
+fn default_max_weight_growth() -> f64 {
+    1.5
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            spike_factor: default_spike_factor(),
+            spike_window: default_spike_window(),
+            spike_patience: default_spike_patience(),
+            max_weight_growth: default_max_weight_growth(),
+        }
+    }
+}
+
 /// `[init]`: weights taken from earlier stages.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -456,7 +656,8 @@ pub struct InitConfig {
     /// A run dir or checkpoint of stage `spc` (required by `pre`, `decoder-ft`).
     #[serde(default)]
     pub spc: Option<PathBuf>,
-    /// A run dir or checkpoint of stage `pre` (required by `decoder-ft`).
+    /// A run dir or checkpoint of stage `pre` (required by `decoder-ft`; for `pre`: the run
+    /// to fine-tune, e.g. on COYO after ImageNet).
     #[serde(default)]
     pub pre: Option<PathBuf>,
 }
@@ -471,6 +672,28 @@ pub struct EvalConfig {
     /// Images in the PNG grid.
     #[serde(default = "default_grid")]
     pub grid_images: usize,
+    /// The held-out set (`[eval.data]`, e.g. ImageNet val); absent: the held-out photos of
+    /// `[data]` (kind `photos`).
+    #[serde(default)]
+    pub data: Option<EvalDataConfig>,
+}
+
+/// `[eval.data]`: the held-out set, read in order with the ADM center crop at `data.image_size`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalDataConfig {
+    pub kind: DataKind,
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// `webdataset`: brace pattern, glob or list file (else `root`).
+    #[serde(default)]
+    pub shards: Option<String>,
+    /// `imagenet`: the flat `val/` layout's `LOC_val_solution.csv` (absent: `root` has class
+    /// folders).
+    #[serde(default)]
+    pub solution_csv: Option<PathBuf>,
+    #[serde(default)]
+    pub labels_file: Option<PathBuf>,
 }
 
 fn default_n_eval() -> usize {
@@ -485,6 +708,7 @@ impl Default for EvalConfig {
         Self {
             n_images: default_n_eval(),
             grid_images: default_grid(),
+            data: None,
         }
     }
 }
@@ -550,6 +774,7 @@ impl TrainConfig {
         let mut cfg = Self::from_value(raw.clone(), file)?;
         cfg.resolve();
         if overrides.is_empty() {
+            cfg.origin = file.to_path_buf();
             cfg.validate(file)?;
             return Ok(cfg);
         }
@@ -566,7 +791,58 @@ impl TrainConfig {
         let mut cfg = Self::from_value(v, &origin)?;
         cfg.resolve();
         cfg.validate(&origin)?;
+        cfg.origin = origin;
         Ok(cfg)
+    }
+
+    /// The file (and overrides) this config came from, for error messages (`config` when it
+    /// was built in code).
+    pub fn origin(&self) -> PathBuf {
+        if self.origin.as_os_str().is_empty() {
+            PathBuf::from("config")
+        } else {
+            self.origin.clone()
+        }
+    }
+
+    /// A config error naming `key` and the file this config came from.
+    pub fn error(&self, key: &str, msg: impl Into<String>) -> Error {
+        Error::Config {
+            file: self.origin(),
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Every input path the run reads exists (teacher weights, data root, `init.*`, the LPIPS
+    /// trunk): checked before any model is built, each failure naming its key, the path and
+    /// the config file. Paths are relative to the current directory.
+    pub fn check_paths(&self) -> Result<()> {
+        let exists = |key: &str, p: &Path| -> Result<()> {
+            if p.exists() {
+                Ok(())
+            } else {
+                Err(self.error(key, format!("{} does not exist", p.display())))
+            }
+        };
+        if let Some(w) = &self.teacher.weights {
+            exists("teacher.weights", w)?;
+        }
+        match (self.data.kind, &self.data.root) {
+            (DataKind::Synthetic, _) => {}
+            (_, Some(r)) => exists("data.root", r)?,
+            (_, None) => return Err(self.error("data.root", "is required by this data kind")),
+        }
+        if let Some(p) = &self.init.spc {
+            exists("init.spc", p)?;
+        }
+        if let Some(p) = &self.init.pre {
+            exists("init.pre", p)?;
+        }
+        if let Some(p) = &self.loss.lpips_vgg16 {
+            exists("loss.lpips_vgg16", p)?;
+        }
+        Ok(())
     }
 
     fn from_value(v: toml::Value, file: &Path) -> Result<Self> {
@@ -648,6 +924,14 @@ impl TrainConfig {
         in_range("disc.lr", self.disc.lr, 0.0, f64::MAX, false)?;
         in_range("disc.betas[0]", self.disc.betas[0], 0.0, 1.0, true)?;
         in_range("disc.betas[1]", self.disc.betas[1], 0.0, 1.0, true)?;
+        in_range("dist.timeout_s", self.dist.timeout_s, 0.001, 1e9, false)?;
+        in_range(
+            "dist.checkpoint_timeout_s",
+            self.dist.checkpoint_timeout_s,
+            0.001,
+            1e9,
+            false,
+        )?;
         in_range(
             "data.heldout_fraction",
             self.data.heldout_fraction,
@@ -659,6 +943,41 @@ impl TrainConfig {
             return bad(
                 "data.max_crop_frac",
                 format!("{} must be finite and > 0", self.data.max_crop_frac),
+            );
+        }
+        if self.teacher.kind == TeacherKind::EfficientnetLite0
+            && ![8, 16].contains(&self.teacher.stride)
+        {
+            return bad(
+                "teacher.stride",
+                format!(
+                    "{}: EfficientNet-Lite0 features have stride 8 or 16",
+                    self.teacher.stride
+                ),
+            );
+        }
+        let g = &self.guard;
+        if !(g.spike_factor == 0.0 || (g.spike_factor.is_finite() && g.spike_factor > 1.0)) {
+            return bad(
+                "guard.spike_factor",
+                format!("{} must be 0 (off) or a finite value > 1", g.spike_factor),
+            );
+        }
+        if g.spike_window < 4 {
+            return bad("guard.spike_window", "must be >= 4".into());
+        }
+        if g.spike_patience < 1 {
+            return bad("guard.spike_patience", "must be >= 1".into());
+        }
+        if !(g.max_weight_growth == 0.0
+            || (g.max_weight_growth.is_finite() && g.max_weight_growth > 1.0))
+        {
+            return bad(
+                "guard.max_weight_growth",
+                format!(
+                    "{} must be 0 (off) or a finite value > 1",
+                    g.max_weight_growth
+                ),
             );
         }
         if self.schedule.log_every == 0 {
@@ -678,8 +997,61 @@ impl TrainConfig {
         if self.schedule.keep_last == 0 {
             return bad("schedule.keep_last", "must be >= 1".into());
         }
-        if self.data.kind == DataKind::Photos && self.data.root.is_none() {
-            return bad("data.root", "required when data.kind = \"photos\"".into());
+        let d = &self.data;
+        let needs_root = matches!(
+            d.kind,
+            DataKind::Photos | DataKind::Imagenet | DataKind::FashionMnist
+        ) || (d.kind == DataKind::Webdataset && d.shards.is_none());
+        if needs_root && d.root.is_none() {
+            let also = if d.kind == DataKind::Webdataset {
+                " (or data.shards)"
+            } else {
+                ""
+            };
+            return bad(
+                "data.root",
+                format!("required{also} when data.kind = \"{}\"", d.kind.as_str()),
+            );
+        }
+        if d.kind != DataKind::Photos {
+            in_range("data.max_crop_frac", d.max_crop_frac, 0.0, 1.0, false)?;
+            if !(d.min_crop_frac > 0.0 && d.min_crop_frac <= d.max_crop_frac) {
+                return bad(
+                    "data.min_crop_frac",
+                    format!(
+                        "{} must be in (0, data.max_crop_frac = {}]",
+                        d.min_crop_frac, d.max_crop_frac
+                    ),
+                );
+            }
+        }
+        if d.prefetch == 0 {
+            return bad("data.prefetch", "must be >= 1".into());
+        }
+        if d.workers == Some(0) {
+            return bad(
+                "data.workers",
+                "must be >= 1 (omit it for the default)".into(),
+            );
+        }
+        if let (Some(r), Some(w)) = (d.rank, d.world_size) {
+            if w == 0 || r >= w {
+                return bad("data.rank", format!("{r} must be < data.world_size = {w}"));
+            }
+        }
+        if let Some(e) = &self.eval.data {
+            if e.kind == DataKind::Synthetic {
+                return bad(
+                    "eval.data.kind",
+                    "synthetic images are no held-out set".into(),
+                );
+            }
+            if e.root.is_none() && !(e.kind == DataKind::Webdataset && e.shards.is_some()) {
+                return bad(
+                    "eval.data.root",
+                    format!("required when eval.data.kind = \"{}\"", e.kind.as_str()),
+                );
+            }
         }
         if matches!(self.run.stage, Stage::Pre | Stage::DecoderFt) && self.init.spc.is_none() {
             return bad(

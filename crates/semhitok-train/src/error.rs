@@ -14,6 +14,12 @@ pub enum Error {
     /// An error of the data crate.
     #[error(transparent)]
     Data(#[from] semhitok_data::Error),
+    /// An error of the LLM crate (`semhitok chat`).
+    #[error(transparent)]
+    Mllm(#[from] semhitok_mllm::Error),
+    /// A collective or the process group of data-parallel training (semhitok-sys).
+    #[error(transparent)]
+    Dist(#[from] semhitok_sys::Error),
     /// An error of the codebook-math crate.
     #[error(transparent)]
     Quant(#[from] semhitok_quant::Error),
@@ -36,6 +42,10 @@ pub enum Error {
     /// A loss became NaN/Inf; the run stopped and the last good checkpoint is untouched.
     #[error("non-finite loss at step {step}: {detail}")]
     NonFinite { step: u64, detail: String },
+    /// A finite blow-up (a loss/gradient spike that persisted, or one step that grew the weights
+    /// past `guard.max_weight_growth`); the run stopped before checkpointing it.
+    #[error("training diverged at step {step}: {detail}")]
+    Diverged { step: u64, detail: String },
     /// A user input (ids, images, arguments) is invalid.
     #[error("{0}")]
     Input(String),

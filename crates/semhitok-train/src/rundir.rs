@@ -187,6 +187,39 @@ impl RunDir {
         })
     }
 
+    /// State the data-parallel layout in the run directory: a closing comment in `config.toml`
+    /// and `dist.json` (world size, backend, per-rank batch, accumulation, global batch).
+    pub fn record_data_parallel(
+        &self,
+        world_size: usize,
+        backend: &str,
+        batch_per_rank: i64,
+        accum_steps: u64,
+    ) -> Result<()> {
+        let global = batch_per_rank as u64 * world_size as u64 * accum_steps;
+        let cfg_path = self.path.join("config.toml");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&cfg_path)
+            .map_err(|e| Error::io(&cfg_path, e))?;
+        writeln!(
+            f,
+            "\n# data-parallel ({backend}): {world_size} ranks x data.batch_size {batch_per_rank} x \
+             optim.accum_steps {accum_steps} = global batch {global}"
+        )
+        .map_err(|e| Error::io(&cfg_path, e))?;
+        let p = self.path.join("dist.json");
+        let info = serde_json::json!({
+            "world_size": world_size,
+            "backend": backend,
+            "batch_per_rank": batch_per_rank,
+            "accum_steps": accum_steps,
+            "global_batch": global,
+        });
+        std::fs::write(&p, serde_json::to_string_pretty(&info).unwrap_or_default())
+            .map_err(|e| Error::io(&p, e))
+    }
+
     /// Append one metrics record.
     pub fn log(&mut self, record: &serde_json::Value) -> Result<()> {
         let mpath = self.path.join("metrics.jsonl");

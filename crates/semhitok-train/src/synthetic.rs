@@ -14,8 +14,10 @@ pub struct SyntheticBatches {
     pub seed: u64,
     pub batch_size: i64,
     pub size: i64,
-    /// Images produced so far.
+    /// Global images consumed so far (all ranks together).
     pub index: u64,
+    /// This process's shard: (rank, world size).
+    pub shard: (usize, usize),
 }
 
 impl SyntheticBatches {
@@ -25,7 +27,15 @@ impl SyntheticBatches {
             batch_size,
             size,
             index: 0,
+            shard: (0, 1),
         }
+    }
+
+    /// Rank `rank` of `world`: each batch is this rank's slice of a global batch of
+    /// `world * batch_size` images ([`crate::dist::shard_range`]).
+    pub fn sharded(mut self, rank: usize, world: usize) -> Self {
+        self.shard = (rank, world.max(1));
+        self
     }
 }
 
@@ -75,10 +85,12 @@ pub fn image(seed: u64, i: u64, size: i64) -> Vec<f32> {
 impl Batches for SyntheticBatches {
     fn next_batch(&mut self, device: Device) -> Result<Tensor> {
         let mut data = Vec::with_capacity((self.batch_size * 3 * self.size * self.size) as usize);
-        for _ in 0..self.batch_size {
-            data.extend(image(self.seed, self.index, self.size));
-            self.index += 1;
+        let (rank, world) = self.shard;
+        let per_rank = self.batch_size as u64;
+        for i in crate::dist::shard_range(self.index, rank, world, per_rank) {
+            data.extend(image(self.seed, i, self.size));
         }
+        self.index += per_rank * world as u64;
         Ok(Tensor::from_slice(&data)
             .reshape([self.batch_size, 3, self.size, self.size])
             .to_kind(Kind::Float)

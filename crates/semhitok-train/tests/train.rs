@@ -5,10 +5,12 @@ mod train {
     mod codec;
     pub mod common;
     mod config;
+    mod data;
     mod demo;
+    mod dist;
     mod machinery;
     mod optim;
     mod reliability;
-    mod stages;
+    pub mod stages;
     mod tokenize;
 }

@@ -183,3 +183,37 @@ pub fn hostile_files(dir: &Path) -> Vec<(String, Option<&'static str>)> {
     }
     out
 }
+
+/// A tar archive of `(name, bytes)` members (regular files, mode 644).
+pub fn tar_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, bytes) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, bytes.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// `n_shards` shards `{s:05}.tar` of `per` good samples each (key `k{s}_{i:03}`, a JPEG and
+/// a caption); returns every key.
+pub fn clean_shards(dir: &Path, n_shards: usize, per: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for s in 0..n_shards {
+        let mut members = Vec::new();
+        for i in 0..per {
+            let key = format!("k{s}_{i:03}");
+            let img = jpeg_bytes(&pattern(20 + i as u32 % 5, 16, (s * per + i) as u32), 80);
+            members.push((format!("{key}.jpg"), img));
+            members.push((
+                format!("{key}.txt"),
+                format!("caption of {key}").into_bytes(),
+            ));
+            keys.push(key);
+        }
+        write(&dir.join(format!("{s:05}.tar")), &tar_of(&members));
+    }
+    keys
+}

@@ -69,7 +69,7 @@ fn train_batches_shape_range_determinism_and_resume() {
         l.next().unwrap();
     }
     let st = l.state();
-    assert_eq!(st.epoch, 1);
+    assert_eq!(st.ranks[&0].epoch, 1);
     let json = serde_json::to_string(&st).unwrap();
     let mut r = photos
         .train(LoaderConfig {

@@ -44,6 +44,11 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// c10d backend of a data-parallel run (launched by torchrun, srun or `cargo xtask
+        /// train --gpus N`): nccl | gloo | auto (nccl on CUDA, gloo on CPU). Overrides
+        /// `dist.backend`.
+        #[arg(long, value_name = "nccl|gloo|auto")]
+        dist_backend: Option<String>,
     },
     /// Evaluate a `pre`/`joint` checkpoint (and optionally a semantic-only baseline) on
     /// held-out images: rFID, PSNR, SSIM, teacher cosine, exact usage; JSON + PNG grid.
@@ -60,12 +65,36 @@ enum Cmd {
     Tokenize(semhitok_train::tokenize::TokenizeArgs),
     /// Time N steps of stage `pre` (images/s, model FLOP utilisation); no checkpoints.
     Bench(semhitok_train::bench::BenchArgs),
+    /// Dataset tools: `data pack --src FOLDER --out DIR --shard-size N` writes an image folder
+    /// (ImageNet class folders or flat, optional `<stem>.txt` captions) as webdataset shards.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+    /// Answer one prompt with a language model (GGUF file or HF folder; default: the embedded
+    /// SmolLM2-135M-Instruct), streaming the answer and printing tokens/s.
+    Chat(semhitok_train::chat::ChatArgs),
     /// images/s of the encode path on one fixed batch (`scripts/bench_tokenize_torch.py`: PyTorch reference).
     BenchTokenize(semhitok_train::bench_tokenize::BenchTokenizeArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCmd {
+    /// Image folder -> webdataset tar shards (img2dataset layout: KEY.jpg, KEY.txt, KEY.cls,
+    /// KEY.json); undecodable files are skipped and counted.
+    Pack {
+        #[arg(long)]
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Samples per shard.
+        #[arg(long, default_value_t = 1000)]
+        shard_size: usize,
     },
 }
 
@@ -81,6 +110,7 @@ fn main() -> Result<()> {
             device,
             set,
             quiet,
+            dist_backend,
         } => {
             // `--resume auto` resumes the config's own run directory.
             let auto = resume.as_deref() == Some(std::path::Path::new("auto"));
@@ -112,6 +142,12 @@ fn main() -> Result<()> {
                     _ => bail!("--device {d}: expected cpu or cuda"),
                 };
                 set.push(format!("run.device=\"{d}\""));
+            }
+            if let Some(b) = &dist_backend {
+                if !matches!(b.as_str(), "nccl" | "gloo" | "auto") {
+                    bail!("--dist-backend {b}: expected nccl, gloo or auto");
+                }
+                set.push(format!("dist.backend=\"{b}\""));
             }
             let cfg = TrainConfig::load(&path, &set)?;
             if let Some(s) = stage {
@@ -147,6 +183,9 @@ fn main() -> Result<()> {
         Cmd::Decode(a) => semhitok_train::codec::decode_cmd(&a)
             .map(|_| ())
             .map_err(Into::into),
+        Cmd::Chat(a) => semhitok_train::chat::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
         Cmd::Export(a) => semhitok_train::export::export_cmd(&a)
             .map(|_| ())
             .map_err(Into::into),
@@ -159,6 +198,33 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
             .map(|_| ())
             .map_err(Into::into),
+        Cmd::Data {
+            cmd:
+                DataCmd::Pack {
+                    src,
+                    out,
+                    shard_size,
+                },
+        } => {
+            let opts = semhitok_data::PackOptions {
+                shard_size,
+                limits: Default::default(),
+            };
+            let r = semhitok_data::pack(&src, &out, &opts)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "shards": r.shards.len(),
+                    "samples": r.samples,
+                    "with_caption": r.with_caption,
+                    "classes": r.classes.len(),
+                    "skipped": r.skipped.skipped,
+                    "reasons": r.skipped.reasons,
+                    "out": out.display().to_string(),
+                })
+            );
+            Ok(())
+        }
         Cmd::ModelPreset { name } => {
             let m = match name.as_str() {
                 "paper-256" => semhitok_nn::model::SemHiTokConfig::paper_256(),

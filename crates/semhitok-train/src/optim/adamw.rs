@@ -196,6 +196,22 @@ impl AdamW {
         }
     }
 
+    /// The gradients as the tensors a data-parallel all-reduce averages in place: the flat
+    /// gradient buffer when every gradient lives in it (one tensor, bound first if needed), else
+    /// each defined per-parameter gradient. They share storage with the gradients the next
+    /// [`Self::grad_norm_sq`], [`Self::clip_to`] and [`Self::step`] read.
+    pub fn grads_for_reduce(&mut self) -> Vec<Tensor> {
+        self.bind_flat_grads();
+        if let Some(g) = self.flat_grad() {
+            return vec![g.shallow_clone()];
+        }
+        self.params
+            .iter()
+            .map(|p| p.var.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
     /// Set every gradient to zero (gradients are accumulated by backward).
     pub fn zero_grad(&mut self) {
         let _g = tch::no_grad_guard();
@@ -235,6 +251,24 @@ impl AdamW {
                     Some(t) => t + s,
                 });
             }
+        }
+        total.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, tch::Device::Cpu)))
+    }
+
+    /// The squared global l2 norm of the parameters as a 0-d f64 tensor on their device (no host
+    /// sync), for the weight-growth guard.
+    pub fn param_norm_sq(&self) -> Tensor {
+        let _g = tch::no_grad_guard();
+        if let Some(f) = self.flat.as_ref() {
+            return f.p.square().sum(Kind::Double);
+        }
+        let mut total: Option<Tensor> = None;
+        for p in &self.params {
+            let s = p.var.to_kind(Kind::Double).square().sum(Kind::Double);
+            total = Some(match total {
+                None => s,
+                Some(t) => t + s,
+            });
         }
         total.unwrap_or_else(|| Tensor::zeros([], (Kind::Double, tch::Device::Cpu)))
     }

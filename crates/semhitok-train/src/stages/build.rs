@@ -1,14 +1,13 @@
 //! Factories of the frozen networks a stage uses: the teacher and the perceptual loss network.
 
 use crate::config::{TeacherKind, TrainConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use semhitok_nn::efficientnet::{EffNetFeatures, EfficientNetTeacher};
 use semhitok_nn::lpips::Lpips;
 use semhitok_nn::perceptual::EffNetPerceptual;
 use semhitok_nn::pretrained::TeacherSpec;
 use semhitok_nn::siglip::{SiglipTeacher, SiglipVisionConfig};
 use semhitok_nn::teacher::Teacher;
-use std::path::PathBuf;
 use tch::{Device, Tensor};
 
 /// EfficientNet-Lite0 weights of the embedded perceptual loss (fetched by `cargo xtask assets`).
@@ -37,23 +36,21 @@ impl Perceptual {
 /// current directory.
 pub fn build_teacher(cfg: &TrainConfig, device: Device) -> Result<Box<dyn Teacher>> {
     let t = &cfg.teacher;
+    if let Some(w) = t.weights.as_deref().filter(|w| !w.exists()) {
+        return Err(cfg.error("teacher.weights", format!("{} does not exist", w.display())));
+    }
     match t.kind {
         TeacherKind::EfficientnetLite0 => {
-            let path = t.weights.clone().ok_or_else(|| Error::Config {
-                file: PathBuf::from("config"),
-                key: "teacher.weights".into(),
-                msg: "EfficientNet-Lite0 needs weights (.assets/weights/efficientnet_lite0.safetensors; run `cargo xtask assets`)".into(),
+            let path = t.weights.clone().ok_or_else(|| {
+                cfg.error(
+                    "teacher.weights",
+                    "EfficientNet-Lite0 needs weights (.assets/weights/efficientnet_lite0.safetensors; run `cargo xtask assets`)",
+                )
             })?;
             let features = match t.stride {
                 8 => EffNetFeatures::Stride8,
                 16 => EffNetFeatures::Stride16,
-                s => {
-                    return Err(Error::Config {
-                        file: PathBuf::from("config"),
-                        key: "teacher.stride".into(),
-                        msg: format!("{s}: expected 8 or 16"),
-                    })
-                }
+                s => return Err(cfg.error("teacher.stride", format!("{s}: expected 8 or 16"))),
             };
             Ok(Box::new(EfficientNetTeacher::load(
                 &path, device, features,
@@ -121,17 +118,16 @@ pub fn check_teacher_fits(cfg: &TrainConfig, teacher: &dyn Teacher) -> Result<()
     let (gh, gw) = teacher.grid(s, s);
     let spc = &cfg.model.spc;
     if gh * gw != spc.num_tokens || teacher.dim() != spc.teacher_dim {
-        return Err(Error::Config {
-            file: PathBuf::from("config"),
-            key: "model.spc".into(),
-            msg: format!(
+        return Err(cfg.error(
+            "model.spc",
+            format!(
                 "teacher {} gives {gh}x{gw} tokens of width {} at {s} px, but model.spc has num_tokens = {}, teacher_dim = {}",
                 teacher.name(),
                 teacher.dim(),
                 spc.num_tokens,
                 spc.teacher_dim
             ),
-        });
+        ));
     }
     Ok(())
 }

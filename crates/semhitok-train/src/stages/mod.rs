@@ -20,12 +20,16 @@ mod tasks;
 pub use build::{
     build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, LPIPS_HEADS,
 };
-pub use data::{batch_tensor, build_batches, photo_config, PhotoBatches};
+pub use data::{
+    batch_tensor, build_batches, build_batches_for, build_eval_stream, build_stream, photo_config,
+    u8_batch_tensor, StreamBatches,
+};
 pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, load_tokenizer, Loaded};
 pub use tasks::{PixelTask, SpcTask};
 
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
-use crate::error::{Error, Result};
+use crate::dist::Dist;
+use crate::error::Result;
 use crate::gan::Gan;
 use crate::rundir::RunStart;
 use crate::trainer::{train, Task, TrainOptions, TrainReport};
@@ -34,7 +38,7 @@ use semhitok_nn::losses::PixelLoss;
 use semhitok_nn::lpips::Lpips;
 use semhitok_nn::model::{Part, SemHiTok};
 use semhitok_nn::perceptual::EffNetPerceptual;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Build the task of `cfg.run.stage` (fresh weights, then `init.*` checkpoints loaded).
 pub fn build_task(cfg: &TrainConfig) -> Result<Box<dyn Task>> {
@@ -63,17 +67,17 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
     let trained = match stage {
         Stage::Spc => {
             if cfg.disc.enabled {
-                return Err(Error::Config {
-                    file: PathBuf::from("config"),
-                    key: "disc.enabled".into(),
-                    msg: "stage `spc` reconstructs teacher features, not pixels: the discriminator only applies to `pre`, `decoder-ft` and `joint`".into(),
-                });
+                return Err(cfg.error(
+                    "disc.enabled",
+                    "stage `spc` reconstructs teacher features, not pixels: the discriminator only applies to `pre`, `decoder-ft` and `joint`",
+                ));
             }
             return Ok(Box::new(SpcTask {
                 model,
                 teacher,
                 semantic_weight: cfg.loss.semantic_weight,
                 pending: None,
+                dist: None,
             }));
         }
         Stage::Pre => {
@@ -83,6 +87,12 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                     &[Stage::Spc],
                 )?;
                 load_parts(&model, &ck, &[Part::Spc])?;
+                // Fine-tuning a `pre` run on other data (ImageNet -> COYO, as LlamaGen): its
+                // pixel encoder, sub-codebooks and decoder are the starting point.
+                if let Some(pre) = &cfg.init.pre {
+                    let ck = init_checkpoint(pre, &[Stage::Pre])?;
+                    load_parts(&model, &ck, &[Part::Pixel, Part::Decoder])?;
+                }
             }
             model.freeze(Part::Spc);
             vec![Part::Pixel, Part::Decoder]
@@ -107,11 +117,10 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         }
         Stage::Joint => {
             if cfg.model.fusion != semhitok_nn::fusion::Fusion::SemanticOnly {
-                return Err(Error::Config {
-                    file: PathBuf::from("config"),
-                    key: "model.fusion".into(),
-                    msg: "stage `joint` decodes pixels from the one (semantic) codebook: set model.fusion = \"semantic_only\"".into(),
-                });
+                return Err(cfg.error(
+                    "model.fusion",
+                    "stage `joint` decodes pixels from the one (semantic) codebook: set model.fusion = \"semantic_only\"",
+                ));
             }
             if let Some(p) = &cfg.init.spc {
                 let ck = init_checkpoint(p, &[Stage::Spc])?;
@@ -132,10 +141,11 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
             cfg.loss.perceptual_weight,
         )),
         PerceptualKind::LpipsVgg => {
-            let vgg = cfg.loss.lpips_vgg16.as_deref().ok_or_else(|| Error::Config {
-                file: PathBuf::from("config"),
-                key: "loss.lpips_vgg16".into(),
-                msg: "perceptual = \"lpips-vgg\" needs the VGG16 trunk: a torchvision vgg16 state dict saved as safetensors (not shipped offline; or use \"effnet\")".into(),
+            let vgg = cfg.loss.lpips_vgg16.as_deref().ok_or_else(|| {
+                cfg.error(
+                    "loss.lpips_vgg16",
+                    "perceptual = \"lpips-vgg\" needs the VGG16 trunk: a torchvision vgg16 state dict saved as safetensors (not shipped offline; or use \"effnet\")",
+                )
             })?;
             Some((
                 Perceptual::Lpips(Box::new(Lpips::load(vgg, &cfg.loss.lpips_heads, device)?)),
@@ -156,26 +166,35 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         pending_sghc: None,
         pending_spc: None,
         gan,
+        dist: None,
     }))
 }
 
-/// Build task + data and train (the `semhitok train` command).
+/// Build task + data and train (the `semhitok train` command). Under a launcher (torchrun,
+/// srun, `cargo xtask train --gpus N`: `WORLD_SIZE` set) the run is data-parallel over a c10d
+/// process group (`[dist]`), each rank reading its shard of every global batch.
 pub fn run_stage(
     cfg: &TrainConfig,
     start: RunStart,
     command_line: Vec<String>,
     quiet: bool,
 ) -> Result<TrainReport> {
+    cfg.check_paths()?;
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
+    // Before the model is built: it sets this process's CUDA device to LOCAL_RANK. Data next:
+    // a missing dataset is reported before any model is built.
+    let dist = Dist::from_env(&cfg.dist, cfg.run.device)?;
+    let mut data = build_batches_for(cfg, dist.as_ref())?;
     let mut task = build_task(cfg)?;
-    let mut data = build_batches(cfg)?;
     let opts = TrainOptions {
         resume: start == RunStart::Resume,
         overwrite: start == RunStart::Overwrite,
         command_line,
-        quiet,
+        // One progress bar (rank 0's).
+        quiet: quiet || dist.as_ref().is_some_and(|d| !d.is_main()),
+        dist,
         ..Default::default()
     };
     train(cfg, task.as_mut(), data.as_mut(), &opts)

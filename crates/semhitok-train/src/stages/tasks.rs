@@ -4,6 +4,7 @@
 use super::build::Perceptual;
 use super::model_io::state_of;
 use crate::config::Stage;
+use crate::dist::Dist;
 use crate::error::Result;
 use crate::gan::Gan;
 use crate::optim::{decays, Param};
@@ -29,6 +30,41 @@ fn params_of(model: &SemHiTok, parts: &[Part]) -> Vec<Param> {
     v
 }
 
+/// Checkpoint name of the SPC's pending k-means vectors (see [`Task::extra_state`]).
+const KMEANS_PENDING: &str = "spc.kmeans_pending";
+
+fn spc_extra_state(model: &SemHiTok) -> Result<Vec<(String, Tensor)>> {
+    Ok(model
+        .spc()
+        .kmeans_pending()?
+        .map(|t| (KMEANS_PENDING.to_string(), t))
+        .into_iter()
+        .collect())
+}
+
+fn spc_restore_extra(model: &SemHiTok, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    if let Some(t) = tensors.get(KMEANS_PENDING) {
+        model.spc().set_kmeans_pending(t)?;
+    }
+    Ok(())
+}
+
+/// One EMA step from this step's statistics, summed over the data-parallel ranks first.
+fn ema_step(
+    dist: Option<&Dist>,
+    what: &str,
+    stats: Option<CodeStats>,
+    update: impl FnOnce(&CodeStats) -> semhitok_nn::Result<()>,
+) -> Result<()> {
+    if let Some(mut s) = stats {
+        if let Some(d) = dist {
+            d.sum_code_stats(what, &mut s)?;
+        }
+        update(&s)?;
+    }
+    Ok(())
+}
+
 fn merge_stats(acc: &mut Option<CodeStats>, s: Option<CodeStats>) -> Result<()> {
     if let Some(s) = s {
         match acc {
@@ -45,6 +81,7 @@ pub struct SpcTask {
     pub teacher: Box<dyn Teacher>,
     pub(super) semantic_weight: f64,
     pub(super) pending: Option<CodeStats>,
+    pub(super) dist: Option<Dist>,
 }
 
 impl std::fmt::Debug for SpcTask {
@@ -74,11 +111,26 @@ impl Task for SpcTask {
             disc_inputs: None,
         })
     }
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        spc_extra_state(&self.model)
+    }
+    fn restore_extra_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        spc_restore_extra(&self.model, tensors)
+    }
+    fn attach_dist(&mut self, dist: &Dist) {
+        self.model
+            .spc()
+            .set_process_group(dist.process_group().clone());
+        self.dist = Some(dist.clone());
+    }
     fn after_step(&mut self, _step: u64) -> Result<()> {
-        if let Some(s) = self.pending.take() {
-            self.model.spc().ema_update(&s)?;
-        }
-        Ok(())
+        let spc = self.model.spc();
+        ema_step(
+            self.dist.as_ref(),
+            "SPC codebook statistics",
+            self.pending.take(),
+            |s| spc.ema_update(s),
+        )
     }
 }
 
@@ -97,6 +149,7 @@ pub struct PixelTask {
     pub(super) pending_spc: Option<CodeStats>,
     /// PatchGAN and its losses (`[disc]`, `None` when disabled).
     pub(super) gan: Option<Gan>,
+    pub(super) dist: Option<Dist>,
 }
 
 impl std::fmt::Debug for PixelTask {
@@ -170,13 +223,33 @@ impl Task for PixelTask {
             _ => Ok(None),
         }
     }
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        if self.stage == Stage::Joint {
+            spc_extra_state(&self.model)
+        } else {
+            Ok(vec![])
+        }
+    }
+    fn restore_extra_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        spc_restore_extra(&self.model, tensors)
+    }
+    fn attach_dist(&mut self, dist: &Dist) {
+        self.model
+            .spc()
+            .set_process_group(dist.process_group().clone());
+        self.dist = Some(dist.clone());
+    }
     fn after_step(&mut self, _step: u64) -> Result<()> {
-        if let Some(s) = self.pending_sghc.take() {
-            self.model.sghc().ema_update(&s)?;
-        }
-        if let Some(s) = self.pending_spc.take() {
-            self.model.spc().ema_update(&s)?;
-        }
-        Ok(())
+        let (sghc, spc) = (self.model.sghc(), self.model.spc());
+        let d = self.dist.as_ref();
+        ema_step(
+            d,
+            "SGHC codebook statistics",
+            self.pending_sghc.take(),
+            |s| sghc.ema_update(s),
+        )?;
+        ema_step(d, "SPC codebook statistics", self.pending_spc.take(), |s| {
+            spc.ema_update(s)
+        })
     }
 }

@@ -8,6 +8,12 @@
 //! (atomic checkpoints) and [`Trainer::run`], which strings them together with the progress
 //! display and the profiler range.
 //!
+//! Data-parallel runs ([`TrainOptions::dist`], see [`crate::dist`]) plug in at the same places:
+//! `new` (rank 0's state broadcast), `gen_step` / `disc_step` (gradients averaged before the norm
+//! and clipping, losses averaged for logging), `log` and `checkpoint` (rank 0 only; the others
+//! wait at a barrier). Rank 0 alone opens the run directory. Without `dist`, or with a world size
+//! of 1, the run is exactly the single-process one.
+//!
 //! Exact resume: the only randomness inside a step comes from LibTorch's global generator,
 //! which is re-seeded from `(seed, step)` at the start of every step, and from the data
 //! iterator, whose state is checkpointed. With the model, EMA and optimizer tensors restored
@@ -24,13 +30,14 @@ pub use task::{Batches, LossOut, Task};
 
 use crate::checkpoint::{self, CkptState};
 use crate::config::{DeviceKind, TrainConfig};
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::optim::{lr_at, AdamW, Ema};
 use crate::rundir::{RunDir, RunStart};
 use device::cuda_profiler;
-use guard::nan_stop;
+use guard::{nan_stop, nonfinite_state_stop, Guard, Verdict};
 use progress::{Phases, Progress};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
@@ -55,6 +62,8 @@ pub struct TrainOptions {
     /// `cudaProfilerStop`, synchronised, for `ncu --profile-from-start off` (per-kernel times of
     /// one steady-state step: pick 1 or later to leave out the optimizer's one-off set-up).
     pub cuda_profile_step: Option<u64>,
+    /// Data-parallel process group (`None`: a single process).
+    pub dist: Option<Dist>,
 }
 
 /// What a `train` call did.
@@ -85,6 +94,8 @@ struct StepOut {
     lr: f64,
     /// (real, fake) pairs of the micro-batches, for the discriminator.
     disc_pairs: Vec<(Tensor, Tensor)>,
+    /// Seconds this step waited for its batches (loader + host-to-device copy).
+    data_s: f64,
 }
 
 /// One training run of one stage: the task, its data, the optimizers and the run directory.
@@ -96,7 +107,10 @@ pub struct Trainer<'a> {
     device: Device,
     /// bf16 autocast of the forward passes (CUDA with `precision = "bf16"`).
     amp: bool,
-    run: RunDir,
+    /// The run directory: opened (locked, written) by rank 0 only.
+    run: Option<RunDir>,
+    run_path: PathBuf,
+    dist: Option<Dist>,
     opt: AdamW,
     /// The discriminator's optimizer (`None`: the task has no discriminator).
     dopt: Option<AdamW>,
@@ -105,12 +119,16 @@ pub struct Trainer<'a> {
     last_checkpoint: Option<PathBuf>,
     phases: Phases,
     losses: Vec<(u64, f64)>,
+    /// The finite blow-up checks (`[guard]`).
+    guard: Guard,
+    /// A checkpoint was due during a spike streak and is written once the streak ends.
+    ckpt_held: bool,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer")
-            .field("run", &self.run.path)
+            .field("run", &self.run_path)
             .field("start_step", &self.start_step)
             .finish()
     }
@@ -134,6 +152,12 @@ fn step_seed(seed: u64, step: u64) -> i64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (z ^ (z >> 31)) as i64 & i64::MAX
+}
+
+/// The per-step seed of `rank`: rank 0 (and a single process) keeps the run's seed, the other
+/// ranks get decorrelated ones (their dropout masks differ, as their data does).
+fn rank_seed(seed: u64, rank: usize) -> u64 {
+    seed.wrapping_add((rank as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -160,7 +184,23 @@ impl<'a> Trainer<'a> {
             (false, true) => RunStart::Overwrite,
             (false, false) => RunStart::Fresh,
         };
-        let run = RunDir::create(cfg, &opts.command_line, start)?;
+        let dist = opts.dist.clone();
+        let main = dist.as_ref().is_none_or(Dist::is_main);
+        let run = if main {
+            Some(RunDir::create(cfg, &opts.command_line, start)?)
+        } else {
+            None
+        };
+        if let Some(d) = &dist {
+            task.attach_dist(d);
+        }
+        // Under the run's lock (rank 0): what a crash during a checkpoint write left behind goes
+        // first.
+        if let Some(run) = &run {
+            for p in checkpoint::remove_leftovers(&run.path)? {
+                eprintln!("removed an interrupted checkpoint write: {}", p.display());
+            }
+        }
         let opt = if cfg.run.bf16_copy() {
             AdamW::with_bf16_copy(task.params(), &cfg.optim)
         } else {
@@ -184,6 +224,8 @@ impl<'a> Trainer<'a> {
             device,
             amp: cfg.run.bf16_autocast(),
             run,
+            run_path: cfg.run.out_dir.clone(),
+            dist,
             opt,
             dopt,
             ema,
@@ -191,25 +233,65 @@ impl<'a> Trainer<'a> {
             last_checkpoint: None,
             phases: Phases::new(opts.profile, device),
             losses: vec![],
+            guard: Guard::new(&cfg.guard),
+            ckpt_held: false,
         };
         if opts.resume {
             t.resume()?;
         }
+        t.sync_start()?;
         Ok(t)
+    }
+
+    /// Data-parallel start: every rank resumed the same step, and holds rank 0's model state
+    /// (trained and frozen parts, buffers, discriminator) and weight EMA.
+    fn sync_start(&mut self) -> Result<()> {
+        let Some(d) = &self.dist else {
+            return Ok(());
+        };
+        d.check_same("the resumed step", self.start_step)?;
+        let mut tensors: Vec<(String, Tensor)> = self.task.state().into_iter().collect();
+        if let Some(e) = &self.ema {
+            tensors.extend(e.state_tensors());
+        }
+        d.broadcast_from_main(&tensors)?;
+        if let Some(run) = &self.run {
+            run.record_data_parallel(
+                d.world_size(),
+                d.process_group().backend().as_str(),
+                self.cfg.data.batch_size,
+                self.cfg.optim.accum_steps,
+            )?;
+        }
+        if d.is_main() {
+            eprintln!(
+                "data-parallel: {} ranks ({}), {} images per step ({} per rank x {} accumulation)",
+                d.world_size(),
+                d.process_group().backend(),
+                self.cfg.data.batch_size as u64
+                    * d.world_size() as u64
+                    * self.cfg.optim.accum_steps,
+                self.cfg.data.batch_size,
+                self.cfg.optim.accum_steps
+            );
+        }
+        Ok(())
     }
 
     /// Restore model, optimizers, EMA and data position from the newest readable checkpoint
     /// of the run directory (none: start fresh).
     fn resume(&mut self) -> Result<()> {
         let cfg = self.cfg;
-        let Some(ck) = checkpoint::load_latest(&self.run.path)? else {
+        let Some(ck) = checkpoint::load_latest(&self.run_path)? else {
             eprintln!(
                 "--resume: no checkpoint in {}, starting fresh",
-                self.run.path.display()
+                self.run_path.display()
             );
             // A run that died before its first checkpoint left metrics of steps that will be
             // run again: drop them.
-            self.run.truncate_metrics_after(0)?;
+            if let Some(run) = self.run.as_mut() {
+                run.truncate_metrics_after(0)?;
+            }
             return Ok(());
         };
         if ck.state.stage != cfg.run.stage {
@@ -235,9 +317,17 @@ impl<'a> Trainer<'a> {
             e.load_state(&ck.tensors)
                 .map_err(|m| Error::ckpt(&ck.dir, m))?;
         }
+        let extra: BTreeMap<String, Tensor> = ck
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("task.")?.to_string(), v.shallow_clone())))
+            .collect();
+        self.task.restore_extra_state(&extra)?;
         self.data.restore(&ck.state.data_state)?;
         self.start_step = ck.state.step;
-        self.run.truncate_metrics_after(self.start_step)?;
+        if let Some(run) = self.run.as_mut() {
+            run.truncate_metrics_after(self.start_step)?;
+        }
         eprintln!(
             "resumed from {} (step {})",
             ck.dir.display(),
@@ -252,7 +342,11 @@ impl<'a> Trainer<'a> {
         let total = self.cfg.schedule.steps;
         let end = self.opts.stop_after.map_or(total, |s| s.min(total));
         let mut progress = Progress::new(self.start_step, total, self.opts.quiet);
-        let images_per_step = self.cfg.data.batch_size as f64 * self.cfg.optim.accum_steps as f64;
+        let world = self.dist.as_ref().map_or(1, Dist::world_size);
+        let images_per_step =
+            self.cfg.data.batch_size as f64 * self.cfg.optim.accum_steps as f64 * world as f64;
+        let seed = rank_seed(self.cfg.run.seed, self.dist.as_ref().map_or(0, Dist::rank));
+        let main = self.run.is_some();
         for step in self.start_step..end {
             let profiled = self.device.is_cuda()
                 && self.opts.cuda_profile_step == Some(step - self.start_step);
@@ -261,7 +355,10 @@ impl<'a> Trainer<'a> {
                 cuda_profiler("cudaProfilerStart")?;
             }
             self.phases.lap("other");
-            tch::manual_seed(step_seed(self.cfg.run.seed, step));
+            if let Some(d) = &self.dist {
+                d.set_step(step);
+            }
+            tch::manual_seed(step_seed(seed, step));
             let out = self.gen_step(step)?;
             let d_loss = self.disc_step(step, &out.disc_pairs)?;
             self.task.after_step(step)?;
@@ -272,13 +369,28 @@ impl<'a> Trainer<'a> {
             }
             self.losses.push((step, out.loss));
             let done = step + 1;
-            progress.step_done(done, end, images_per_step, out.loss, out.lr);
+            progress.step_done(done, end, images_per_step, out.loss, out.lr, out.data_s);
             let s = &self.cfg.schedule;
-            if done % s.log_every == 0 || done == total || done == end {
+            if main && (done % s.log_every == 0 || done == total || done == end) {
                 self.log(done, &out, d_loss, progress.img_per_s)?;
             }
-            if done % s.ckpt_every == 0 || done == total {
-                self.checkpoint(done)?;
+            if done % s.ckpt_every == 0 || done == total || self.ckpt_held {
+                if self.guard.spiking() && done != total {
+                    if !self.ckpt_held {
+                        eprintln!(
+                            "warning: step {done}: loss/gradient spike, checkpoint held back \
+                             until the spike ends (guard.spike_patience = {})",
+                            self.cfg.guard.spike_patience
+                        );
+                    }
+                    self.ckpt_held = true;
+                } else {
+                    if self.guard.spiking() {
+                        eprintln!("warning: step {done}: the schedule ends inside a spike streak");
+                    }
+                    self.checkpoint(done)?;
+                    self.ckpt_held = false;
+                }
             }
         }
         progress.finish();
@@ -287,7 +399,7 @@ impl<'a> Trainer<'a> {
             steps_done: end.max(self.start_step),
             last_checkpoint: self.last_checkpoint,
             start_step: self.start_step,
-            run_dir: self.run.path.clone(),
+            run_dir: self.run_path.clone(),
             phases: self.phases.acc,
         })
     }
@@ -310,8 +422,11 @@ impl<'a> Trainer<'a> {
         let mut disc_pairs = vec![];
         // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
         let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
+        let mut data_s = 0.0;
         for _ in 0..accum {
+            let t_data = std::time::Instant::now();
             let images = self.data.next_batch(device)?;
+            data_s += t_data.elapsed().as_secs_f64();
             self.phases.lap("data");
             // Forward and backward with the bf16 working copy of the weights when there is one;
             // the variables point back at the f32 masters afterwards, also on an error.
@@ -339,14 +454,27 @@ impl<'a> Trainer<'a> {
                 disc_pairs.push(p);
             }
         }
+        if let Some(d) = &self.dist {
+            // Clipping, the norm and AdamW below all see the averaged gradient.
+            d.average_grads("generator gradients", &mut self.opt)?;
+            self.phases.lap("all_reduce");
+        }
         let norm_sq = self.opt.grad_norm_sq();
-        let flat: Vec<Tensor> = pending
+        // ||theta||^2 before this step's update, for the weight-growth guard (same read-back;
+        // identical on every rank, as the parameters are).
+        let param_sq = self.opt.param_norm_sq().to_device(norm_sq.device());
+        let vals: Vec<Tensor> = pending
             .iter()
             .flat_map(|(_, v)| v.iter().map(|t| t.to_device(norm_sq.device())))
-            .chain(std::iter::once(norm_sq.reshape([1])))
             .collect();
+        let mut vals = Tensor::f_cat(&vals, 0)?;
+        if let Some(d) = &self.dist {
+            d.average("the step's losses", &mut vals)?;
+        }
+        let flat = [vals, norm_sq.reshape([1]), param_sq.reshape([1])];
         let host = Vec::<f64>::try_from(Tensor::f_cat(&flat, 0)?.f_to_device(Device::Cpu)?)?;
-        let grad_norm = host[host.len() - 1].sqrt();
+        let grad_norm = host[host.len() - 2].sqrt();
+        let param_norm_sq = host[host.len() - 1];
         let (mut loss, mut parts_sum) = (0f64, BTreeMap::new());
         let mut at = 0;
         for (names, v) in &pending {
@@ -357,8 +485,8 @@ impl<'a> Trainer<'a> {
                 *parts_sum.entry(*n).or_insert(0.0) += x / accum as f64;
             }
             at += v.len();
-            if !l.is_finite() {
-                return Err(self.nan_stop(step, l, &parts));
+            if !l.is_finite() || parts.values().any(|x| !x.is_finite()) {
+                return Err(self.nan_stop(step + 1, l, &parts));
             }
             loss += l / accum as f64;
         }
@@ -366,7 +494,14 @@ impl<'a> Trainer<'a> {
         self.phases.lap("clip");
         if !grad_norm.is_finite() {
             let parts = BTreeMap::from([("grad_norm", grad_norm)]);
-            return Err(self.nan_stop(step, loss, &parts));
+            return Err(self.nan_stop(step + 1, loss, &parts));
+        }
+        let names: BTreeSet<&'static str> = parts_sum.keys().copied().collect();
+        if let Verdict::Stop(what, values) =
+            self.guard.observe(loss, grad_norm, names, param_norm_sq)
+        {
+            let last = self.last_checkpoint.as_deref();
+            return Err(Guard::stop(self.run_dir(), step + 1, &what, &values, last));
         }
         self.opt.step(lr);
         if let Some(e) = self.ema.as_mut() {
@@ -379,6 +514,7 @@ impl<'a> Trainer<'a> {
             grad_norm,
             lr,
             disc_pairs,
+            data_s,
         })
     }
 
@@ -401,10 +537,10 @@ impl<'a> Trainer<'a> {
                 let v = scalar(&dl);
                 if !v.is_finite() {
                     let parts = BTreeMap::from([("disc_loss", v)]);
-                    let run = &self.run;
+                    let run = self.run.as_ref().map(|r| r.path.as_path());
                     return Err(nan_stop(
                         run,
-                        step,
+                        step + 1,
                         v,
                         &parts,
                         self.last_checkpoint.as_deref(),
@@ -414,6 +550,12 @@ impl<'a> Trainer<'a> {
                 (dl / pairs.len() as f64).backward();
                 d_loss = Some(dl_sum);
             }
+        }
+        if let (Some(dl), Some(dist)) = (d_loss.as_mut(), self.dist.as_ref()) {
+            dist.average_grads("discriminator gradients", d)?;
+            let mut t = Tensor::from_slice(&[*dl]).to_device(device);
+            dist.average("the discriminator loss", &mut t)?;
+            *dl = t.f_to_device(Device::Cpu)?.double_value(&[0]);
         }
         if d_loss.is_some() {
             d.clip_grad_norm(cfg.optim.grad_clip);
@@ -439,6 +581,7 @@ impl<'a> Trainer<'a> {
             "lr": out.lr,
             "grad_norm": out.grad_norm,
             "img_per_s": img_per_s,
+            "data_s": out.data_s,
         });
         for (k, v) in &out.parts {
             rec[*k] = serde_json::json!(v);
@@ -446,12 +589,38 @@ impl<'a> Trainer<'a> {
         if let Some(d) = d_loss {
             rec["disc_loss"] = serde_json::json!(d);
         }
-        self.run.log(&rec)
+        match self.run.as_mut() {
+            Some(run) => run.log(&rec),
+            None => Ok(()),
+        }
     }
 
-    /// Write the checkpoint of step `done` (atomically; older ones pruned to `keep_last`).
+    /// Write the checkpoint of step `done` (atomically; older ones pruned to `keep_last`). In a
+    /// data-parallel run rank 0 writes it and every rank then meets at the checkpoint barrier.
     fn checkpoint(&mut self, done: u64) -> Result<()> {
-        let cfg = self.cfg;
+        let (tensors, optim_t) = self.checkpoint_tensors()?;
+        // Every rank checks (the state is the same on all of them, so all stop together).
+        self.check_state(done, &tensors)?;
+        if self.run.is_some() {
+            self.write_checkpoint(done, &tensors, optim_t)?;
+        }
+        if let Some(d) = &self.dist {
+            d.checkpoint_barrier(done)?;
+            if self.run.is_none() {
+                self.last_checkpoint = Some(
+                    self.run_path
+                        .join(checkpoint::CKPT_DIR)
+                        .join(checkpoint::step_dir_name(done)),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint's tensors (model, optimizers, weight EMA, task extras) and the AdamW
+    /// update counts.
+    #[allow(clippy::type_complexity)]
+    fn checkpoint_tensors(&self) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, u64>)> {
         let mut tensors: Vec<(String, Tensor)> = self
             .task
             .state()
@@ -467,6 +636,22 @@ impl<'a> Trainer<'a> {
         if let Some(e) = self.ema.as_ref() {
             tensors.extend(e.state_tensors());
         }
+        tensors.extend(
+            self.task
+                .extra_state()?
+                .into_iter()
+                .map(|(k, v)| (format!("task.{k}"), v)),
+        );
+        Ok((tensors, optim_t))
+    }
+
+    fn write_checkpoint(
+        &mut self,
+        done: u64,
+        tensors: &[(String, Tensor)],
+        optim_t: BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let cfg = self.cfg;
         let state = CkptState {
             format: checkpoint::FORMAT.into(),
             stage: cfg.run.stage,
@@ -479,17 +664,63 @@ impl<'a> Trainer<'a> {
             extra: BTreeMap::new(),
         };
         self.last_checkpoint = Some(checkpoint::save(
-            &self.run.path,
+            &self.run_path,
             state,
-            &tensors,
+            tensors,
             cfg.schedule.keep_last,
         )?);
         Ok(())
     }
 
+    /// Before a checkpoint of step `done` is committed: every floating tensor finite, and the
+    /// step's update within `guard.max_weight_growth` (one device reduction, one read-back).
+    fn check_state(&self, done: u64, tensors: &[(String, Tensor)]) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        let after = self.opt.param_norm_sq();
+        let dev = after.device();
+        let floats: Vec<&(String, Tensor)> = tensors
+            .iter()
+            .filter(|(_, t)| t.is_floating_point())
+            .collect();
+        let mut flags: Vec<Tensor> = floats
+            .iter()
+            .map(|(_, t)| {
+                t.isfinite()
+                    .logical_not()
+                    .any()
+                    .to_kind(tch::Kind::Double)
+                    .to_device(dev)
+                    .reshape([1])
+            })
+            .collect();
+        flags.push(after.reshape([1]));
+        let host = Vec::<f64>::try_from(Tensor::f_cat(&flags, 0)?.f_to_device(Device::Cpu)?)?;
+        let bad: Vec<String> = floats
+            .iter()
+            .zip(&host)
+            .filter(|(_, &f)| f != 0.0)
+            .map(|((n, _), _)| n.clone())
+            .collect();
+        let last = self.last_checkpoint.as_deref();
+        if !bad.is_empty() {
+            return Err(nonfinite_state_stop(self.run_dir(), done, &bad, last));
+        }
+        if let Some(before) = self.guard.norm_sq_before_last_step() {
+            if let Some((what, values)) = self.guard.growth(before, host[host.len() - 1]) {
+                return Err(Guard::stop(self.run_dir(), done, &what, &values, last));
+            }
+        }
+        Ok(())
+    }
+
+    /// The run directory when this process owns it (rank 0, or a single process).
+    fn run_dir(&self) -> Option<&std::path::Path> {
+        self.run.as_ref().map(|r| r.path.as_path())
+    }
+
     fn nan_stop(&self, step: u64, loss: f64, parts: &BTreeMap<&'static str, f64>) -> Error {
         nan_stop(
-            &self.run,
+            self.run.as_ref().map(|r| r.path.as_path()),
             step,
             loss,
             parts,

@@ -16,6 +16,8 @@ pub(super) struct Progress {
     imgs_since: f64,
     /// Images per second over the last >= 0.5 s window.
     pub img_per_s: f64,
+    /// Data wait per step (exponential average over steps, seconds).
+    data_s: f64,
     start: u64,
     total: u64,
 }
@@ -46,13 +48,29 @@ impl Progress {
             t_last: now,
             imgs_since: 0.0,
             img_per_s: 0.0,
+            data_s: 0.0,
             start,
             total,
         }
     }
 
-    /// Step `done` (1-based) of a call that ends at `end` finished with `images` images.
-    pub(super) fn step_done(&mut self, done: u64, end: u64, images: f64, loss: f64, lr: f64) {
+    /// Step `done` (1-based) of a call that ends at `end` finished with `images` images, after
+    /// waiting `data_s` seconds for its batches.
+    pub(super) fn step_done(
+        &mut self,
+        done: u64,
+        end: u64,
+        images: f64,
+        loss: f64,
+        lr: f64,
+        data_s: f64,
+    ) {
+        self.data_s = if done == self.start + 1 {
+            data_s
+        } else {
+            0.9 * self.data_s + 0.1 * data_s
+        };
+        let data_ms = self.data_s * 1e3;
         self.imgs_since += images;
         let dt = self.t_last.elapsed().as_secs_f64();
         if dt > 0.5 || done == end {
@@ -62,13 +80,14 @@ impl Progress {
         }
         let img_per_s = self.img_per_s;
         self.pb.set_position(done);
-        self.pb
-            .set_message(format!("loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s"));
+        self.pb.set_message(format!(
+            "loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s data {data_ms:.1} ms/step"
+        ));
         if self.plain_lines && (self.t_line.elapsed().as_secs() >= 30 || done == end) {
             self.t_line = Instant::now();
             let per_step = self.t_run.elapsed().as_secs_f64() / (done - self.start).max(1) as f64;
             eprintln!(
-                "step {done}/{} loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s ETA {:.0} s",
+                "step {done}/{} loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s data {data_ms:.1} ms/step ETA {:.0} s",
                 self.total,
                 per_step * end.saturating_sub(done) as f64
             );

@@ -1,6 +1,7 @@
 //! What a stage plugs into the [`Trainer`](super::Trainer): a [`Task`] (parameters, state,
 //! losses) and a [`Batches`] source (training inputs with a resumable position).
 
+use crate::dist::Dist;
 use crate::error::Result;
 use crate::optim::Param;
 use std::collections::BTreeMap;
@@ -44,6 +45,19 @@ pub trait Task {
     fn disc_loss(&mut self, _real: &Tensor, _fake: &Tensor, _step: u64) -> Result<Option<Tensor>> {
         Ok(None)
     }
+    /// Transient state outside the model that a resume needs, by name (shapes may vary between
+    /// checkpoints: e.g. the vectors an SPC has collected for its k-means initialisation).
+    /// Checkpointed under `task.`; [`Task::restore_extra_state`] gets them back (empty map: none).
+    fn extra_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![])
+    }
+    /// Restore what [`Task::extra_state`] returned (names without the `task.` prefix).
+    fn restore_extra_state(&mut self, _tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+    /// Join a data-parallel run (called once by the trainer, before the first step): e.g.
+    /// all-reduce codebook statistics in `after_step` and all-gather the k-means vectors.
+    fn attach_dist(&mut self, _dist: &Dist) {}
     /// Called after each optimizer step (e.g. codebook EMA bookkeeping).
     fn after_step(&mut self, _step: u64) -> Result<()> {
         Ok(())

@@ -71,6 +71,11 @@ pub struct ToyTask {
     enc: nn::Conv2D,
     dec: nn::ConvTranspose2D,
     pub nan_at: Option<u64>,
+    /// The loss is multiplied by 1000 from this step on (a finite spike).
+    pub spike_at: Option<u64>,
+    /// After this step, one weight of the encoder is set to NaN (non-finite state, finite loss
+    /// until the next forward).
+    pub poison_after: Option<u64>,
 }
 
 impl ToyTask {
@@ -103,6 +108,8 @@ impl ToyTask {
             enc,
             dec,
             nan_at: None,
+            spike_at: None,
+            poison_after: None,
         }
     }
 }
@@ -121,12 +128,22 @@ impl Task for ToyTask {
     fn state(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
     }
+    fn after_step(&mut self, step: u64) -> semhitok_train::Result<()> {
+        if self.poison_after == Some(step) {
+            let _g = tch::no_grad_guard();
+            let _ = self.enc.ws.view([-1]).get(0).fill_(f64::NAN);
+        }
+        Ok(())
+    }
     fn loss(&mut self, images: &Tensor, step: u64) -> semhitok_train::Result<LossOut> {
         let z = self.enc.forward(images).gelu("none").dropout(0.1, true);
         let rec = self.dec.forward(&z).tanh();
         let mut l = (rec - images).square().mean(Kind::Float);
         if self.nan_at.is_some_and(|s| step >= s) {
             l *= f64::NAN;
+        }
+        if self.spike_at.is_some_and(|s| step >= s) {
+            l *= 1000.0;
         }
         Ok(LossOut {
             parts: vec![("rec", l.detach())],

@@ -141,7 +141,8 @@ fn nan_loss_stops_with_diagnostic_and_keeps_last_good_checkpoint() {
     let err = train(&cfg, &mut task, &mut data, &quiet()).unwrap_err();
     match &err {
         Error::NonFinite { step, detail } => {
-            assert_eq!(*step, 6);
+            // Numbered as metrics.jsonl numbers steps: step index 6 is the 7th optimizer step.
+            assert_eq!(*step, 7);
             assert!(detail.contains("step-00000004"), "{detail}");
         }
         e => panic!("expected NonFinite, got {e}"),

@@ -2,10 +2,12 @@
 //! non-finite or zero hyperparameters are config errors before anything is written.
 
 use super::common::{quiet, serial, tiny_config, tiny_config_text, ToyTask};
+use semhitok_train::checkpoint;
 use semhitok_train::config::TrainConfig;
 use semhitok_train::rundir::{read_metrics, RunDir, RunStart};
 use semhitok_train::synthetic::SyntheticBatches;
 use semhitok_train::trainer::{train, TrainOptions};
+use semhitok_train::Error;
 use std::path::Path;
 
 /// The toy task trained under `opts` (same init and data every call).
@@ -127,4 +129,168 @@ fn resume_before_the_first_checkpoint_drops_the_dead_runs_metrics() {
     .unwrap();
     assert_eq!(r.start_step, 0);
     assert_eq!(logged_steps(&dir), vec![1, 2, 3, 4, 5, 6]);
+}
+
+/// The toy task, altered by `setup`, trained under `opts`.
+fn toy_run_with(
+    cfg: &TrainConfig,
+    opts: TrainOptions,
+    setup: impl FnOnce(&mut ToyTask),
+) -> semhitok_train::Result<semhitok_train::trainer::TrainReport> {
+    let mut task = ToyTask::new(1);
+    setup(&mut task);
+    let mut data = SyntheticBatches::new(3, 4, 16);
+    train(cfg, &mut task, &mut data, &opts)
+}
+
+/// Every checkpoint of `dir`: (step, all floating tensors finite, largest |value|).
+fn checkpoints(dir: &Path) -> Vec<(u64, bool, f64)> {
+    checkpoint::list(dir)
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let ck = checkpoint::load(d).unwrap();
+            let floats = ck.tensors.values().filter(|t| t.is_floating_point());
+            let (mut finite, mut max) = (true, 0f64);
+            for t in floats {
+                finite &= t.isfinite().all().int64_value(&[]) == 1;
+                max = max.max(t.abs().max().double_value(&[]));
+            }
+            (ck.state.step, finite, max)
+        })
+        .collect()
+}
+
+#[test]
+fn lr_blowup_stops_before_any_checkpoint_holds_blown_up_weights() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    // The landed trainer ran this to the end, its step-1 checkpoint holding weights ~1e5.
+    let cfg = tiny_config(&dir, 5, 1, &["optim.lr=1e6", "optim.grad_clip=0.0"]);
+    let err = toy_run(&cfg, quiet()).unwrap_err();
+    match &err {
+        Error::Diverged { step, detail } => {
+            assert_eq!(*step, 1, "{detail}");
+            assert!(detail.contains("guard.max_weight_growth"), "{detail}");
+        }
+        e => panic!("expected Diverged, got {e}"),
+    }
+    assert!(checkpoints(&dir).is_empty(), "{:?}", checkpoints(&dir));
+    let diag = std::fs::read_to_string(dir.join("nan-diagnostic.json")).unwrap();
+    assert!(diag.contains("param_norm_after"), "{diag}");
+}
+
+#[test]
+fn non_finite_state_is_never_checkpointed_and_names_the_tensor() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    let cfg = tiny_config(&dir, 8, 1, &[]);
+    // A weight goes NaN after step index 2 (the 3rd step) while its loss was still finite.
+    let err = toy_run_with(&cfg, quiet(), |t| t.poison_after = Some(2)).unwrap_err();
+    match &err {
+        Error::NonFinite { step, detail } => {
+            assert_eq!(*step, 3, "{detail}");
+            assert!(detail.contains("model.enc.weight"), "{detail}");
+            assert!(detail.contains("step-00000002"), "{detail}");
+        }
+        e => panic!("expected NonFinite, got {e}"),
+    }
+    let cks = checkpoints(&dir);
+    assert_eq!(cks.iter().map(|c| c.0).max(), Some(2), "{cks:?}");
+    assert!(cks.iter().all(|c| c.1), "{cks:?}");
+}
+
+#[test]
+fn persisting_loss_spike_stops_and_holds_back_checkpoints() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    let sets = ["guard.spike_window=8", "guard.spike_patience=3"];
+    let cfg = tiny_config(&dir, 30, 1, &sets);
+    // Steps with index >= 20 (metrics steps 21, 22, ...) have a 1000x loss.
+    let err = toy_run_with(&cfg, quiet(), |t| t.spike_at = Some(20)).unwrap_err();
+    match &err {
+        Error::Diverged { step, detail } => {
+            assert_eq!(*step, 23, "{detail}");
+            assert!(detail.contains("\"loss\""), "{detail}");
+            assert!(detail.contains("step-00000020"), "{detail}");
+        }
+        e => panic!("expected Diverged, got {e}"),
+    }
+    // Steps 21 and 22 were spiking: their checkpoints were held back.
+    let cks = checkpoints(&dir);
+    assert_eq!(cks.iter().map(|c| c.0).max(), Some(20), "{cks:?}");
+    // The same run without the spike trains to the end (the guard does not fire on its own).
+    let ok = tiny_config(&tmp.path().join("ok"), 30, 10, &sets);
+    toy_run(&ok, quiet()).unwrap();
+}
+
+#[test]
+fn bad_guard_values_are_config_errors() {
+    let text = tiny_config_text(Path::new("/tmp/never-written"), 5, 5);
+    for (set, key) in [
+        ("guard.spike_factor=0.5", "guard.spike_factor"),
+        ("guard.spike_factor=nan", "guard.spike_factor"),
+        ("guard.max_weight_growth=1.0", "guard.max_weight_growth"),
+        ("guard.spike_window=2", "guard.spike_window"),
+        ("guard.spike_patience=0", "guard.spike_patience"),
+        ("teacher.stride=4", "teacher.stride"),
+    ] {
+        let err = TrainConfig::from_toml_str(&text, Path::new("configs/g.toml"), &[set.into()])
+            .expect_err(set)
+            .to_string();
+        assert!(err.contains(key), "{set}: {err}");
+        assert!(err.contains("configs/g.toml"), "{set}: {err}");
+    }
+}
+
+#[test]
+fn missing_input_paths_name_key_path_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tiny_config_text(&tmp.path().join("r"), 5, 5);
+    for (set, key) in [
+        (
+            "teacher.weights=\"/nonexistent/w.safetensors\"",
+            "teacher.weights",
+        ),
+        ("init.spc=\"/nonexistent/spc-run\"", "init.spc"),
+    ] {
+        let cfg =
+            TrainConfig::from_toml_str(&text, Path::new("configs/p.toml"), &[set.into()]).unwrap();
+        let err = cfg.check_paths().unwrap_err().to_string();
+        assert!(err.contains(key), "{set}: {err}");
+        assert!(err.contains("/nonexistent/"), "{set}: {err}");
+        assert!(err.contains("configs/p.toml"), "{set}: {err}");
+    }
+    let cfg = TrainConfig::from_toml_str(
+        &text,
+        Path::new("configs/p.toml"),
+        &[
+            "data.kind=\"photos\"".into(),
+            "data.root=\"/nonexistent/photos\"".into(),
+        ],
+    )
+    .unwrap();
+    let err = cfg.check_paths().unwrap_err().to_string();
+    assert!(
+        err.contains("data.root") && err.contains("/nonexistent/photos"),
+        "{err}"
+    );
+    // And a teacher built from such a config names the key and the real file, not `config`.
+    let cfg = TrainConfig::from_toml_str(
+        &text,
+        Path::new("configs/p.toml"),
+        &["teacher.weights=\"/nonexistent/w.safetensors\"".into()],
+    )
+    .unwrap();
+    let err = semhitok_train::stages::build_teacher(&cfg, tch::Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("configs/p.toml") && err.contains("teacher.weights"),
+        "{err}"
+    );
 }

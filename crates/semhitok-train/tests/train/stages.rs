@@ -480,3 +480,124 @@ fn pre_bf16_weight_copy_matches_autocast_on_cuda() {
     }
     assert!(n > 10, "only {n} weight matrices in {ck:?}");
 }
+
+/// Issue 13 item 6: the SPC's k-means initialisation collects vectors over several steps (64
+/// per step here, 150 needed); a checkpoint taken in between holds them, so resuming from it
+/// initialises the codebook at the same step, from the same vectors, as the uninterrupted run.
+#[test]
+fn spc_resume_during_multi_step_kmeans_init_is_bit_exact() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["model.spc.kmeans_vectors=150".to_string()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = cfg(&tmp.path().join("a"), "spc", 6, &sets(&[]));
+    let mut task = build_task(&a).unwrap();
+    let mut data = build_batches(&a).unwrap();
+    let full = train(&a, task.as_mut(), data.as_mut(), &quiet()).unwrap();
+    let b = cfg(
+        &tmp.path().join("b"),
+        "spc",
+        6,
+        &sets(&["schedule.ckpt_every=2"]),
+    );
+    let run_b = |opts: TrainOptions| {
+        let mut task = build_task(&b).unwrap();
+        let mut data = build_batches(&b).unwrap();
+        train(&b, task.as_mut(), data.as_mut(), &opts).unwrap()
+    };
+    run_b(TrainOptions {
+        stop_after: Some(3),
+        ..quiet()
+    });
+    let ck = semhitok_train::checkpoint::load_latest(&tmp.path().join("b"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ck.state.step, 2);
+    assert_eq!(
+        ck.tensors["task.spc.kmeans_pending"].size(),
+        vec![128, 8],
+        "the step-2 checkpoint holds the 2 x 64 vectors collected so far"
+    );
+    let r = run_b(TrainOptions {
+        resume: true,
+        ..quiet()
+    });
+    assert_eq!(r.start_step, 2);
+    for ((s1, l1), (s2, l2)) in full.losses[2..].iter().zip(&r.losses) {
+        assert_eq!(
+            (s1, l1.to_bits()),
+            (s2, l2.to_bits()),
+            "step {s1}: {l1} vs {l2}"
+        );
+    }
+}
+
+/// Issue 13 item 9: a checkpoint write that fails for lack of space (here a file-size limit,
+/// RLIMIT_FSIZE, with SIGXFSZ ignored so the write returns EFBIG as on a full disk) removes its
+/// temporary directory; a later resume in place works and removes leftovers of earlier crashes.
+#[test]
+fn failed_checkpoint_write_leaves_nothing_and_resume_cleans_leftovers() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let c = cfg(&run, "spc", 4, &["schedule.ckpt_every=2".into()]);
+    let file = tmp.path().join("c.toml");
+    std::fs::write(&file, toml::to_string(&c).unwrap()).unwrap();
+    let train_cmd = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_semhitok"));
+        cmd.args(["train", "--quiet", "--config"]).arg(&file);
+        cmd
+    };
+    let mut limited = train_cmd();
+    unsafe {
+        limited.pre_exec(|| {
+            // A checkpoint of this model (weights + AdamW moments) is several hundred KiB;
+            // config.toml, run.json and metrics.jsonl stay far below 64 KiB.
+            let lim = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = limited.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the limited run succeeded: {stderr}");
+    assert!(stderr.contains("tensors.safetensors"), "{stderr}");
+    let entries = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ckdir = run.join("checkpoints");
+    assert!(
+        entries(&ckdir).is_empty(),
+        "left behind: {:?}",
+        entries(&ckdir)
+    );
+    // A crash of an earlier process in the middle of a write leaves a .tmp directory: the
+    // resume removes it before writing.
+    let junk = ckdir.join(".tmp-step-00000099");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("tensors.safetensors"), vec![0u8; 1000]).unwrap();
+    let out = train_cmd().args(["--resume", "auto"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("removed an interrupted checkpoint write"),
+        "{stderr}"
+    );
+    assert_eq!(entries(&ckdir), vec!["step-00000004".to_string()]);
+}

@@ -1,0 +1,23 @@
+//! A Llama-family causal LM in tch: config from HF `config.json`, strict safetensors loading
+//! (single file or sharded), an immutable model with an explicit [`KvCache`], and batched
+//! decoding with left padding.
+//!
+//! - [`config`]: [`LlamaConfig`] (`LlamaForCausalLM`, `Qwen2ForCausalLM`, RoPE scaling).
+//! - [`weights`]: [`Weights`], named tensors by path composition, strict.
+//! - [`rope`]: rotary embeddings (HF `rotate_half` layout, Llama-3 scaling).
+//! - [`kv_cache`]: [`KvCache`], per-layer preallocated keys/values, slot validity, positions.
+//! - [`model`]: [`LlamaModel`] (RMSNorm, GQA attention through SDPA, SwiGLU, tied head,
+//!   `extend_vocab`).
+//! - [`load`]: one entry point for an HF folder or a GGUF file.
+
+pub mod config;
+pub mod kv_cache;
+pub mod load;
+pub mod model;
+pub mod rope;
+pub mod weights;
+
+pub use config::{Arch, LlamaConfig, RopeScaling};
+pub use kv_cache::KvCache;
+pub use model::{Input, LlamaModel, LogitsAt};
+pub use weights::Weights;

@@ -1,0 +1,468 @@
+//! The Llama-family causal decoder (Llama 2/3, Vicuna, SmolLM2, Qwen2/2.5).
+//!
+//! Reference: transformers `models/llama/modeling_llama.py` and `models/qwen2/modeling_qwen2.py`
+//! (`LlamaRMSNorm`, `LlamaRotaryEmbedding`, `LlamaAttention` with SDPA, `LlamaMLP`,
+//! `LlamaDecoderLayer`, `LlamaForCausalLM`). Weight names are HF's, composed as the modules nest:
+//! `model.embed_tokens.weight`, `model.layers.{i}.{input_layernorm,post_attention_layernorm}.weight`,
+//! `model.layers.{i}.self_attn.{q,k,v,o}_proj.{weight,bias}`, `model.layers.{i}.mlp.{gate,up,down}_proj.weight`,
+//! `model.norm.weight`, `lm_head.weight` (absent when tied).
+//!
+//! Frozen-network fusions (inference only): q/k/v and gate/up projections are stacked into one
+//! matrix each at load time (fewer, larger matmuls per decode step); the HF tensors are the
+//! source and are not kept separately.
+//!
+//! The model is immutable while decoding (`forward(&self, ..)`); all state lives in the caller's
+//! [`KvCache`].
+
+use super::config::LlamaConfig;
+use super::kv_cache::KvCache;
+use super::rope;
+use super::weights::{WeightPath, Weights};
+use crate::error::{Error, Result};
+use tch::{Device, Kind, Tensor};
+
+/// What the decoder reads: token ids or ready-made input embeddings (LLaVA splices projected
+/// image features into the text embeddings).
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// [B, L] int64 token ids.
+    Ids(&'a Tensor),
+    /// [B, L, hidden_size] embeddings in the model's kind.
+    Embeds(&'a Tensor),
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsAt {
+    /// Every position: [B, L, V].
+    All,
+    /// Only the last position: [B, 1, V] (generation; saves the [L, V] head matmul).
+    Last,
+}
+
+#[derive(Debug)]
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(p: &WeightPath<'_>, out: i64, inp: i64, bias: bool) -> Result<Self> {
+        Ok(Self {
+            w: p.get("weight", &[out, inp])?,
+            b: if bias {
+                Some(p.get("bias", &[out])?)
+            } else {
+                None
+            },
+        })
+    }
+    /// [.., inp] -> [.., out]
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.w, self.b.as_ref())?)
+    }
+    /// One linear layer computing `parts` side by side (outputs concatenated in order): one
+    /// matmul instead of several per step (q/k/v, gate/up). The parts are consumed, so the
+    /// stacked copy is the only copy of these frozen weights.
+    fn stack(parts: Vec<Linear>) -> Result<Self> {
+        let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
+        let w = Tensor::f_cat(&ws, 0)?;
+        let b = if parts.iter().all(|l| l.b.is_some()) {
+            let bs: Vec<&Tensor> = parts.iter().filter_map(|l| l.b.as_ref()).collect();
+            Some(Tensor::f_cat(&bs, 0)?)
+        } else if parts.iter().any(|l| l.b.is_some()) {
+            // Some parts without bias: zeros for them.
+            let bs: Vec<Tensor> = parts
+                .iter()
+                .map(|l| match &l.b {
+                    Some(b) => Ok(b.shallow_clone()),
+                    None => Tensor::f_zeros([l.w.size()[0]], (l.w.kind(), l.w.device())),
+                })
+                .collect::<std::result::Result<_, tch::TchError>>()?;
+            Some(Tensor::f_cat(&bs, 0)?)
+        } else {
+            None
+        };
+        Ok(Self { w, b })
+    }
+}
+
+#[derive(Debug)]
+struct RmsNorm {
+    w: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(p: &WeightPath<'_>, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self {
+            w: p.get_scale("weight", &[dim])?,
+            eps,
+        })
+    }
+    /// [.., D] -> [.., D]: `w * x / sqrt(mean(x^2) + eps)` through LibTorch's `rms_norm`
+    /// (statistics in f32 as `LlamaRMSNorm`; for bf16 inputs the product with `w` is rounded
+    /// once where transformers rounds twice).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = self.w.size()[0];
+        Ok(x.f_rms_norm([d], Some(&self.w), self.eps)?)
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    /// q_proj, k_proj, v_proj stacked: [(Hq + 2 Hkv) * D, H].
+    qkv: Linear,
+    o: Linear,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(p: &WeightPath<'_>, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let q = cfg.num_attention_heads * cfg.head_dim;
+        let kv = cfg.num_key_value_heads * cfg.head_dim;
+        Ok(Self {
+            qkv: Linear::stack(vec![
+                Linear::new(&p.pp("q_proj"), q, h, cfg.qkv_bias)?,
+                Linear::new(&p.pp("k_proj"), kv, h, cfg.qkv_bias)?,
+                Linear::new(&p.pp("v_proj"), kv, h, cfg.qkv_bias)?,
+            ])?,
+            o: Linear::new(&p.pp("o_proj"), h, q, cfg.o_bias)?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// x: [B, L, H] -> [B, L, H]. Keys/values of the new tokens go into `cache` slot range
+    /// `[len - L, len)`; attention covers every filled slot under `mask` ([B, 1, L, len] bool)
+    /// or plain causal / full attention when `mask` is `None`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, l) = (x.size()[0], x.size()[1]);
+        let split = |t: Tensor, n: i64| -> Result<Tensor> {
+            Ok(t.f_view([b, l, n, self.head_dim])?.f_transpose(1, 2)?)
+        };
+        let qkv = self.qkv.forward(x)?; // [B, L, (Hq + 2 Hkv) * D]
+        let (nq, nkv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let q = split(qkv.f_narrow(2, 0, nq)?, self.heads)?; // [B, Hq, L, D]
+        let k = split(qkv.f_narrow(2, nq, nkv)?, self.kv_heads)?; // [B, Hkv, L, D]
+        let v = split(qkv.f_narrow(2, nq + nkv, nkv)?, self.kv_heads)?;
+        let q = rope::apply(&q, cos, sin)?;
+        let k = rope::apply(&k, cos, sin)?;
+        let (k, v) = cache.update(layer, &k, &v)?; // [B, Hkv, len, D]
+        let y = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            mask,
+            0.0,
+            causal,
+            None::<f64>,
+            self.heads != self.kv_heads,
+        )?; // [B, Hq, L, D]
+        let y = y
+            .f_transpose(1, 2)?
+            .f_reshape([b, l, self.heads * self.head_dim])?;
+        self.o.forward(&y)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    /// gate_proj, up_proj stacked: [2 F, H].
+    gate_up: Linear,
+    down: Linear,
+    inner: i64,
+}
+
+impl Mlp {
+    fn new(p: &WeightPath<'_>, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_up: Linear::stack(vec![
+                Linear::new(&p.pp("gate_proj"), f, h, cfg.mlp_bias)?,
+                Linear::new(&p.pp("up_proj"), f, h, cfg.mlp_bias)?,
+            ])?,
+            down: Linear::new(&p.pp("down_proj"), h, f, cfg.mlp_bias)?,
+            inner: f,
+        })
+    }
+    /// [.., H] -> [.., H]: down(silu(gate(x)) * up(x)).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gu = self.gate_up.forward(x)?; // [.., 2F]
+        let d = gu.dim() as i64 - 1;
+        let g = gu.f_narrow(d, 0, self.inner)?.f_silu()?;
+        self.down
+            .forward(&g.f_mul(&gu.f_narrow(d, self.inner, self.inner)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// `LlamaForCausalLM` / `Qwen2ForCausalLM` for inference.
+#[derive(Debug)]
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    /// `None`: tied to `embed`.
+    lm_head: Option<Tensor>,
+    inv_freq: Tensor,
+    kind: Kind,
+    device: Device,
+}
+
+impl LlamaModel {
+    /// Build from `w` (names by path composition from the root: `model.*`, `lm_head.weight`).
+    /// Strict: a missing or mis-shaped tensor and any unused tensor are errors. A tied model's
+    /// file may also hold `lm_head.weight` (some exporters save it); it is then ignored.
+    pub fn new(cfg: &LlamaConfig, w: &Weights) -> Result<Self> {
+        cfg.validate(w.origin())?;
+        let root = w.root();
+        let m = root.pp("model");
+        let embed = m
+            .pp("embed_tokens")
+            .get("weight", &[cfg.vocab_size, cfg.hidden_size])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers as usize);
+        for i in 0..cfg.num_hidden_layers {
+            let p = m.pp("layers").pp(i);
+            blocks.push(Block {
+                attn_norm: RmsNorm::new(
+                    &p.pp("input_layernorm"),
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                )?,
+                attn: Attention::new(&p.pp("self_attn"), cfg)?,
+                mlp_norm: RmsNorm::new(
+                    &p.pp("post_attention_layernorm"),
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                )?,
+                mlp: Mlp::new(&p.pp("mlp"), cfg)?,
+            });
+        }
+        let norm = RmsNorm::new(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(
+                root.pp("lm_head")
+                    .get("weight", &[cfg.vocab_size, cfg.hidden_size])?,
+            )
+        };
+        let tied = cfg.tie_word_embeddings;
+        w.finish(&|k| (tied && k == "lm_head.weight") || k.ends_with("rotary_emb.inv_freq"))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq: rope::inv_freq(cfg, w.device())?,
+            kind: w.kind(),
+            device: w.device(),
+        })
+    }
+
+    /// The resolved config (vocab_size grows with [`Self::extend_vocab`]).
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+    /// Kind of the weights and activations.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    /// Device of the weights.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    /// Token embedding [V, H].
+    pub fn embed_weight(&self) -> &Tensor {
+        &self.embed
+    }
+    /// Output head [V, H] (the embedding when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// A zeroed cache sized for this model.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache> {
+        KvCache::new(&self.cfg, batch, capacity, self.kind, self.device)
+    }
+
+    /// ids [B, L] int64 -> [B, L, H] embeddings (what [`Input::Embeds`] takes).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        if ids.kind() != Kind::Int64 || ids.dim() != 2 {
+            return Err(Error::Shape {
+                what: "input ids (int64)",
+                expected: "[B, L]".into(),
+                got: ids.size(),
+            });
+        }
+        Ok(Tensor::f_embedding(
+            &self.embed,
+            &ids.f_to_device(self.device)?,
+            -1,
+            false,
+            false,
+        )?)
+    }
+
+    /// One step over `L` new tokens per row, appended to `cache`.
+    /// `mask`: [B, L] (nonzero = real token, 0 = left padding) or `None` (all real).
+    /// Returns logits [B, L, V] (`LogitsAt::All`) or [B, 1, V] (`LogitsAt::Last`), in f32.
+    pub fn forward(
+        &self,
+        input: Input<'_>,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        at: LogitsAt,
+    ) -> Result<Tensor> {
+        let h = self.forward_hidden(input, mask, cache)?;
+        let h = match at {
+            LogitsAt::All => h,
+            LogitsAt::Last => h.f_narrow(1, h.size()[1] - 1, 1)?,
+        };
+        Ok(h.f_linear::<&Tensor>(self.lm_head_weight(), None)?
+            .f_to_kind(Kind::Float)?)
+    }
+
+    /// Like [`Self::forward`] but returns the final-norm hidden states [B, L, H].
+    pub fn forward_hidden(
+        &self,
+        input: Input<'_>,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let x = match input {
+            Input::Ids(ids) => self.embed(ids)?,
+            Input::Embeds(e) => {
+                let s = e.size();
+                if s.len() != 3 || s[2] != self.cfg.hidden_size {
+                    return Err(Error::Shape {
+                        what: "input embeddings",
+                        expected: format!("[B, L, {}]", self.cfg.hidden_size),
+                        got: s,
+                    });
+                }
+                e.f_to_device(self.device)?.f_to_kind(self.kind)?
+            }
+        };
+        let (b, l) = (x.size()[0], x.size()[1]);
+        if b != cache.batch() {
+            return Err(Error::Shape {
+                what: "batch (KV cache rows)",
+                expected: format!("[{}, ..]", cache.batch()),
+                got: x.size(),
+            });
+        }
+        if l < 1 {
+            return Err(Error::Shape {
+                what: "input",
+                expected: "[B, L >= 1, ..]".into(),
+                got: x.size(),
+            });
+        }
+        let (positions, attn_mask, causal) = cache.advance(l, mask)?;
+        let (cos, sin) = rope::cos_sin(&self.inv_freq, &positions, self.kind)?;
+        let mut x = x;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let a = blk.attn.forward(
+                &blk.attn_norm.forward(&x)?,
+                &cos,
+                &sin,
+                attn_mask.as_ref(),
+                causal,
+                cache,
+                i,
+            )?;
+            x = x.f_add(&a)?;
+            let m = blk.mlp.forward(&blk.mlp_norm.forward(&x)?)?;
+            x = x.f_add(&m)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Grow the vocabulary by `n_new` rows (e.g. `<boi>`, `<eoi>` and the visual ids of
+    /// [`crate::vocab::VisualVocab`]) in the embedding and the output head.
+    ///
+    /// Rule (transformers' `resize_token_embeddings(mean_resizing=True)` with a chosen scale):
+    /// each new row is drawn from N(mu, s * Sigma), mu and Sigma the mean and covariance
+    /// (`(E - mu)^T (E - mu) / V`, f64) of the old rows; `cov_scale = s` (transformers uses
+    /// 1e-9, i.e. practically the mean; 1.0 draws rows as spread as the old ones). When
+    /// s * Sigma is not positive definite, new rows equal mu. A tied head is untied first (it
+    /// keeps its old rows and gets the embedding's new rows); an untied head's new rows are
+    /// drawn from its own mean and covariance. Seeded: the same `seed` gives the same rows.
+    pub fn extend_vocab(&mut self, n_new: i64, cov_scale: f64, seed: u64) -> Result<()> {
+        if n_new < 1 || !(cov_scale >= 0.0 && cov_scale.is_finite()) {
+            return Err(Error::Config(format!(
+                "extend_vocab needs n_new >= 1 and a finite cov_scale >= 0, got {n_new}, {cov_scale}"
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        let new_embed = grow_rows(&self.embed, n_new, cov_scale, seed)?;
+        let new_head = match &self.lm_head {
+            None => new_embed.f_detach_copy()?,
+            Some(h) => grow_rows(h, n_new, cov_scale, seed ^ 0x5eed)?,
+        };
+        self.embed = new_embed;
+        self.lm_head = Some(new_head);
+        self.cfg.vocab_size += n_new;
+        self.cfg.tie_word_embeddings = false;
+        Ok(())
+    }
+}
+
+/// w: [V, H] -> [V + n, H], new rows ~ N(mean, s * cov) of the old rows (see `extend_vocab`).
+fn grow_rows(w: &Tensor, n: i64, s: f64, seed: u64) -> Result<Tensor> {
+    let (v, h) = (w.size()[0], w.size()[1]);
+    let wf = w.f_to_kind(Kind::Double)?;
+    let mean = wf.f_mean_dim(0, true, Kind::Double)?; // [1, H]
+    let c = wf.f_sub(&mean)?;
+    let cov = c
+        .f_transpose(0, 1)?
+        .f_matmul(&c)?
+        .f_div_scalar(v as f64)?
+        .f_mul_scalar(s)?;
+    let (l, info) = cov.f_linalg_cholesky_ex(false, false)?;
+    let pd = s > 0.0 && i64::try_from(info)? == 0;
+    // Seeded on the CPU so the rows do not depend on the device.
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let z: Vec<f64> = (0..n * h)
+        .map(|_| {
+            // Box-Muller from two uniforms.
+            let u1: f64 = rand::Rng::gen_range(&mut rng, f64::EPSILON..1.0);
+            let u2: f64 = rand::Rng::gen(&mut rng);
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        })
+        .collect();
+    let z = Tensor::from_slice(&z)
+        .f_view([n, h])?
+        .f_to_device(w.device())?;
+    let rows = if pd {
+        mean.f_add(&z.f_matmul(&l.f_transpose(0, 1)?)?)?
+    } else {
+        mean.f_expand([n, h], false)?.f_contiguous()?
+    };
+    Ok(Tensor::f_cat(&[&wf, &rows], 0)?.f_to_kind(w.kind())?)
+}

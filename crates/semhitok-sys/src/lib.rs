@@ -1,0 +1,20 @@
+//! semhitok-sys: the project's door into LibTorch APIs that tch 0.24 does not bind, through a
+//! small C++ shim compiled against the headers of the project's LibTorch (`.libtorch/`).
+//!
+//! Today it binds PyTorch's distributed engine, c10d: a [`ProcessGroup`] (Gloo on CPU, NCCL on
+//! CUDA) that rendezvous through a `TCPStore` with torchrun's environment ([`DistEnv`]) and runs
+//! `all_reduce`, `broadcast`, `all_gather` and `barrier` in place on tch tensors, each bounded by a
+//! timeout whose expiry is an [`Error::Collective`] naming the collective, the rank and the step.
+//! The same door is meant for run-time-compiled CUDA kernels (NVRTC), CUDA streams and graphs.
+//!
+//! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
+//! tensors passed in are borrowed for the duration of the call only.
+
+mod env;
+mod error;
+mod ffi;
+mod process_group;
+
+pub use env::{Backend, DistEnv};
+pub use error::{Error, Result};
+pub use process_group::{ProcessGroup, ReduceOp, DEFAULT_TIMEOUT};

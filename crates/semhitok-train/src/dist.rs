@@ -1,0 +1,196 @@
+//! Data-parallel training over PyTorch's c10d (semhitok-sys's [`ProcessGroup`]: NCCL on CUDA,
+//! Gloo on CPU), with torchrun's environment. [`Dist`] is what the `Trainer` calls at its named
+//! places:
+//!
+//! | where | what |
+//! |---|---|
+//! | `Trainer::new` | rank 0's model state and weight EMA broadcast to every rank; the resumed step checked equal on all ranks |
+//! | `gen_step` | the flat gradient buffer all-reduced (average) before the norm, clipping and AdamW; the logged losses averaged |
+//! | `disc_step` | the discriminator's gradients likewise; its logged loss averaged |
+//! | `Task::after_step` | EMA codebook statistics (`CodeStats`, plain sums) all-reduced (sum) before the one EMA update |
+//! | SPC k-means init | all-gathered encoder outputs, k-means on rank 0, codes broadcast (semhitok-nn) |
+//! | `checkpoint` | rank 0 writes (atomically), every rank then meets at a barrier with the longer `dist.checkpoint_timeout_s` |
+//!
+//! Only rank 0 opens the run directory (its lock, config, metrics, checkpoints); the other ranks
+//! read checkpoints from it on resume (so multi-node resume needs the run directory on a shared
+//! filesystem). Not synchronized: the PatchGAN's BatchNorm statistics (each rank normalises its
+//! own micro-batch) and the adaptive GAN weight (each rank's own gradient ratio); with the
+//! discriminator active, 2 x B/2 is therefore not exactly 1 x B.
+
+use crate::config::{DeviceKind, DistBackend, DistConfig};
+use crate::error::{Error, Result};
+use crate::optim::AdamW;
+use semhitok_nn::quantizer::CodeStats;
+use semhitok_sys::{Backend, DistEnv, ProcessGroup, ReduceOp};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tch::{Kind, Tensor};
+
+/// This process's CUDA device index: `LOCAL_RANK` once a process group is up, else 0.
+static CUDA_INDEX: OnceLock<usize> = OnceLock::new();
+
+/// The CUDA device index this process trains on (`LOCAL_RANK` in a distributed run).
+pub fn cuda_index() -> usize {
+    CUDA_INDEX.get().copied().unwrap_or(0)
+}
+
+/// A data-parallel run's process group and limits. Cheap to clone (shared group).
+#[derive(Debug, Clone)]
+pub struct Dist {
+    pg: Arc<ProcessGroup>,
+    checkpoint_timeout: Duration,
+}
+
+impl Dist {
+    /// The group of the launcher's environment (torchrun / SLURM / `cargo xtask train --gpus N`);
+    /// `Ok(None)` when no launcher set `WORLD_SIZE` (a plain run, exactly the non-distributed
+    /// trainer). Sets this process's CUDA device to `LOCAL_RANK`.
+    pub fn from_env(cfg: &DistConfig, device: DeviceKind) -> Result<Option<Self>> {
+        let Some(env) = DistEnv::from_env()? else {
+            return Ok(None);
+        };
+        Self::new(&env, cfg, device).map(Some)
+    }
+
+    /// The group of `env` (see [`Dist::from_env`]).
+    pub fn new(env: &DistEnv, cfg: &DistConfig, device: DeviceKind) -> Result<Self> {
+        let backend = match cfg.backend {
+            DistBackend::Auto => Backend::default_for(device == DeviceKind::Cuda),
+            DistBackend::Nccl => Backend::Nccl,
+            DistBackend::Gloo => Backend::Gloo,
+        };
+        if backend == Backend::Nccl && device != DeviceKind::Cuda {
+            return Err(Error::Input(
+                "dist.backend = \"nccl\" needs run.device = \"cuda\" (use gloo on CPU)".into(),
+            ));
+        }
+        // The CUDA device: cuda:LOCAL_RANK when the process sees the host's GPUs, cuda:0 when it
+        // sees only its own (CUDA_VISIBLE_DEVICES per rank, `srun --gpus-per-task 1`).
+        let mut env = env.clone();
+        if device == DeviceKind::Cuda {
+            let n = tch::Cuda::device_count() as usize;
+            env.local_rank = match n {
+                1 => 0,
+                _ if env.local_rank < n => env.local_rank,
+                _ => {
+                    return Err(Error::Input(format!(
+                        "LOCAL_RANK {} but LibTorch sees {n} CUDA device(s)",
+                        env.local_rank
+                    )))
+                }
+            };
+        }
+        let _ = CUDA_INDEX.set(env.local_rank);
+        let pg = ProcessGroup::new(&env, backend, secs(cfg.timeout_s))?;
+        Ok(Self {
+            pg: Arc::new(pg),
+            checkpoint_timeout: secs(cfg.checkpoint_timeout_s),
+        })
+    }
+
+    /// The process group (for parts outside the trainer, e.g. the SPC's k-means init).
+    pub fn process_group(&self) -> &Arc<ProcessGroup> {
+        &self.pg
+    }
+    pub fn rank(&self) -> usize {
+        self.pg.rank()
+    }
+    pub fn world_size(&self) -> usize {
+        self.pg.world_size()
+    }
+    /// Rank 0: the one that writes the run directory.
+    pub fn is_main(&self) -> bool {
+        self.pg.is_main()
+    }
+    /// The step named by errors of later collectives.
+    pub(crate) fn set_step(&self, step: u64) {
+        self.pg.set_step(step);
+    }
+
+    /// Overwrite each tensor with rank 0's values (one broadcast per tensor, in the given order,
+    /// which must be the same on every rank: names sorted).
+    pub(crate) fn broadcast_from_main(&self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for (name, t) in tensors {
+            if t.is_contiguous() {
+                self.pg.broadcast(name, &mut t.shallow_clone(), 0)?;
+            } else {
+                let mut c = t.contiguous();
+                self.pg.broadcast(name, &mut c, 0)?;
+                t.shallow_clone().f_copy_(&c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Average the optimizer's gradients over the ranks, in place (one collective for the flat
+    /// buffer).
+    pub(crate) fn average_grads(&self, what: &str, opt: &mut AdamW) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for mut g in opt.grads_for_reduce() {
+            self.pg.all_reduce(what, &mut g, ReduceOp::Avg)?;
+        }
+        Ok(())
+    }
+
+    /// Sum EMA codebook statistics over the ranks (they are plain sums: the result is the
+    /// statistics of the global batch).
+    pub fn sum_code_stats(&self, what: &str, stats: &mut CodeStats) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for t in [&mut stats.counts, &mut stats.sums] {
+            if !t.is_contiguous() {
+                *t = t.contiguous();
+            }
+            self.pg.all_reduce(what, t, ReduceOp::Sum)?;
+        }
+        Ok(())
+    }
+
+    /// Average a device tensor of values (losses to log) over the ranks, in place.
+    pub(crate) fn average(&self, what: &str, t: &mut Tensor) -> Result<()> {
+        self.pg.all_reduce(what, t, ReduceOp::Avg)?;
+        Ok(())
+    }
+
+    /// Error unless `value` is the same on every rank (e.g. the resumed step).
+    pub(crate) fn check_same(&self, what: &str, value: u64) -> Result<()> {
+        let t = Tensor::from_slice(&[value as i64]).to_kind(Kind::Int64);
+        let t = match self.pg.backend() {
+            Backend::Nccl => t.to_device(tch::Device::Cuda(cuda_index())),
+            Backend::Gloo => t,
+        };
+        let all = Vec::<i64>::try_from(self.pg.all_gather(what, &t)?.to_device(tch::Device::Cpu))?;
+        if all.iter().any(|&v| v != value as i64) {
+            return Err(Error::Input(format!(
+                "{what} differs across ranks: {all:?} (rank {} has {value})",
+                self.rank()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every rank waits here while rank 0 writes a checkpoint (the longer limit
+    /// `dist.checkpoint_timeout_s`).
+    pub(crate) fn checkpoint_barrier(&self, step: u64) -> Result<()> {
+        self.pg.barrier_with_timeout(
+            &format!("the checkpoint of step {step}"),
+            self.checkpoint_timeout,
+        )?;
+        Ok(())
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.001))
+}
+
+/// The images of rank `rank` of `world` in a global batch of `world * per_rank` images starting
+/// at global image index `start`: `[start + rank * per_rank, start + (rank + 1) * per_rank)`. So
+/// `world` ranks with per-rank batch `B / world` see, together and in rank order, exactly the
+/// images one rank with batch `B` sees, and the data position (global images consumed) does not
+/// depend on the world size.
+pub fn shard_range(start: u64, rank: usize, world: usize, per_rank: u64) -> std::ops::Range<u64> {
+    debug_assert!(rank < world.max(1));
+    let a = start + rank as u64 * per_rank;
+    a..a + per_rank
+}
