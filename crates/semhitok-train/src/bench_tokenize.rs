@@ -39,6 +39,10 @@ pub struct BenchTokenizeArgs {
     /// cpu | cuda | cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Then time the bf16-autocast teacher path (CUDA) and report the share of unified ids it
+    /// changes on the same batch (`unified_ids_changed_by_bf16_teacher`).
+    #[arg(long)]
+    pub teacher_bf16: bool,
     /// Intra-op threads (0: LibTorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
@@ -57,7 +61,7 @@ pub fn run(a: &BenchTokenizeArgs) -> Result<serde_json::Value> {
     }
     let device = parse_device(&a.device)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    let (tok, model_dir) = match (&a.model, &a.config) {
+    let (mut tok, model_dir) = match (&a.model, &a.config) {
         (Some(m), _) => (load_tokenizer(m, device)?, m.clone()),
         (None, Some(c)) => {
             let mut cfg = TrainConfig::load(c, &[])?;
@@ -101,6 +105,34 @@ pub fn run(a: &BenchTokenizeArgs) -> Result<serde_json::Value> {
         &[("unified", ids.to_device(Device::Cpu))],
         a.out.join("ids.safetensors"),
     )?;
+    let bf16 = if a.teacher_bf16 {
+        crate::amp::set_cuda_autocast_bf16();
+        tok.use_bf16_teacher()?;
+        let mut t16 = vec![];
+        let mut ids16 = tok.encode(&x)?.unified_ids;
+        sync(device);
+        for _ in 0..a.iters {
+            let t = Instant::now();
+            ids16 = tok.encode(&x)?.unified_ids;
+            sync(device);
+            t16.push(t.elapsed().as_secs_f64());
+        }
+        t16.sort_by(f64::total_cmp);
+        let changed = ids16
+            .ne_tensor(&ids)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        let med = t16.get(t16.len() / 2).copied().unwrap_or(f64::NAN);
+        serde_json::json!({
+            "median_s": med,
+            "images_per_s_median": a.batch as f64 / med,
+            "unified_ids_changed_by_bf16_teacher": changed,
+            "active": device.is_cuda(),
+        })
+    } else {
+        serde_json::Value::Null
+    };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
@@ -118,6 +150,7 @@ pub fn run(a: &BenchTokenizeArgs) -> Result<serde_json::Value> {
         "best_s": best,
         "images_per_s_median": a.batch as f64 / median,
         "images_per_s_best": a.batch as f64 / best,
+        "bf16_teacher": bf16,
     });
     let p = a.out.join("result.json");
     crate::atomic::write_atomic(

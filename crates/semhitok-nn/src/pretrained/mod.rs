@@ -60,6 +60,8 @@ pub struct Tokenizer {
     model: SemHiTok,
     teacher: Box<dyn Teacher>,
     config: PretrainedConfig,
+    /// The teacher runs under CUDA autocast ([`Tokenizer::use_bf16_teacher`]).
+    teacher_autocast: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -202,7 +204,31 @@ impl Tokenizer {
             model,
             teacher,
             config,
+            teacher_autocast: false,
         })
+    }
+
+    /// The faster, non-canonical teacher path on CUDA: the teacher's weights stored in bf16 and its
+    /// forward under CUDA autocast (the process's autocast dtype: semhitok-train's
+    /// `amp::set_cuda_autocast_bf16` makes it bf16), its features cast back to f32 before the SPC.
+    /// Some semantic ids may change (measure it: `semhitok bench-tokenize --teacher-bf16`). On the
+    /// CPU this does nothing. One-way: load the folder again for canonical ids.
+    pub fn use_bf16_teacher(&mut self) -> Result<()> {
+        if self.device().is_cuda() {
+            self.teacher.bf16_weights()?;
+            self.teacher_autocast = true;
+        }
+        Ok(())
+    }
+
+    /// Teacher features of a preprocessed batch, `[B, N, C_t]` f32.
+    fn teacher_features(&self, x: &Tensor) -> Result<Tensor> {
+        if self.teacher_autocast {
+            let f = tch::autocast(true, || self.teacher.features(x))?;
+            Ok(f.f_to_kind(Kind::Float)?)
+        } else {
+            self.teacher.features(x)
+        }
     }
 
     /// The folder config.
@@ -237,7 +263,7 @@ impl Tokenizer {
     pub fn encode(&self, images: &Tensor) -> Result<Encoded> {
         let x = self.preprocess(images)?;
         tch::no_grad(|| {
-            let feats = self.teacher.features(&x)?;
+            let feats = self.teacher_features(&x)?;
             self.model.encode(&x, &feats)
         })
     }
@@ -247,7 +273,7 @@ impl Tokenizer {
     pub fn reconstruct(&self, images: &Tensor) -> Result<Tensor> {
         let x = self.preprocess(images)?;
         tch::no_grad(|| {
-            let feats = self.teacher.features(&x)?;
+            let feats = self.teacher_features(&x)?;
             self.model.reconstruct(&x, &feats)
         })
     }
@@ -258,7 +284,7 @@ impl Tokenizer {
     pub fn analyze(&self, images: &Tensor) -> Result<Analysis> {
         let x = self.preprocess(images)?;
         tch::no_grad(|| {
-            let teacher_features = self.teacher.features(&x)?;
+            let teacher_features = self.teacher_features(&x)?;
             let (encoded, recon) = self.model.encode_reconstruct(&x, &teacher_features)?;
             let d_sem = self.config.model.spc.code_dim;
             let codes = encoded.features.f_narrow(-1, 0, d_sem)?.f_contiguous()?;

@@ -359,3 +359,32 @@ fn semantic_only_mode_never_runs_the_pixel_branch() -> anyhow::Result<()> {
     assert!(tok.encode(&x)?.features.equal(&enc.features));
     Ok(())
 }
+
+/// A folder saved on the CPU and loaded on `dev` gives the CPU's ids (the canonical ones); on CUDA
+/// this is the fp32 (TF32 off) equality of issue 15.
+fn folder_ids_match_cpu(dev: Device) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().join("m");
+    let tok = tiny(Fusion::ChannelConcat, 11);
+    saved(&tok, &d);
+    tch::manual_seed(12);
+    let x = Tensor::randint(256, [8, 3, S, S], (Kind::Uint8, Device::Cpu));
+    let want = tok.encode(&x)?;
+    let on_dev = Tokenizer::from_pretrained(&d, dev)?;
+    let got = on_dev.encode(&x)?;
+    assert!(got
+        .unified_ids
+        .to_device(Device::Cpu)
+        .equal(&want.unified_ids));
+    let diff = (got.features.to_device(Device::Cpu) - &want.features)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff <= 1e-5, "features on {dev:?}: {diff}");
+    Ok(())
+}
+semhitok_nn::test_device!(
+    folder_ids_match_cpu,
+    folder_ids_match_cpu_cpu,
+    folder_ids_match_cpu_cuda
+);
