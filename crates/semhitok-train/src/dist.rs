@@ -174,6 +174,35 @@ impl Dist {
         Ok(())
     }
 
+    /// Every rank's JSON value, in rank order (the data positions of a checkpoint): lengths are
+    /// all-gathered, then the UTF-8 bytes padded to the longest.
+    pub(crate) fn gather_json(
+        &self,
+        what: &str,
+        value: &serde_json::Value,
+    ) -> Result<Vec<serde_json::Value>> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Input(format!("{what}: {e}")))?;
+        let dev = match self.pg.backend() {
+            Backend::Nccl => tch::Device::Cuda(cuda_index()),
+            Backend::Gloo => tch::Device::Cpu,
+        };
+        let len = Tensor::from_slice(&[bytes.len() as i64]).to_device(dev);
+        let lens =
+            Vec::<i64>::try_from(self.pg.all_gather(what, &len)?.to_device(tch::Device::Cpu))?;
+        let max = lens.iter().copied().max().unwrap_or(0).max(1) as usize;
+        let mut padded = bytes.clone();
+        padded.resize(max, 0);
+        let t = Tensor::from_slice(&padded).to_device(dev);
+        let all = Vec::<u8>::try_from(self.pg.all_gather(what, &t)?.to_device(tch::Device::Cpu))?;
+        lens.iter()
+            .enumerate()
+            .map(|(r, &n)| {
+                serde_json::from_slice(&all[r * max..r * max + n as usize])
+                    .map_err(|e| Error::Input(format!("{what} of rank {r}: {e}")))
+            })
+            .collect()
+    }
+
     /// Every rank waits here while rank 0 writes a checkpoint (the longer limit
     /// `dist.checkpoint_timeout_s`).
     pub(crate) fn checkpoint_barrier(&self, step: u64) -> Result<()> {

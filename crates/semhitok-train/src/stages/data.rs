@@ -95,6 +95,9 @@ impl Batches for StreamBatches {
         })?;
         Ok(self.stream.restore(&s)?)
     }
+    fn merge_states(&self, states: &[serde_json::Value]) -> Result<serde_json::Value> {
+        merge_data_states(states)
+    }
 }
 
 /// The data state of a multi-rank checkpoint: the [`Batches::state`] of every rank combined

@@ -601,8 +601,16 @@ impl<'a> Trainer<'a> {
         let (tensors, optim_t) = self.checkpoint_tensors()?;
         // Every rank checks (the state is the same on all of them, so all stop together).
         self.check_state(done, &tensors)?;
+        // The data positions of every rank, merged, so each rank resumes where it was.
+        let data_state = match &self.dist {
+            Some(d) => {
+                let all = d.gather_json("the data positions", &self.data.state())?;
+                self.data.merge_states(&all)?
+            }
+            None => self.data.state(),
+        };
         if self.run.is_some() {
-            self.write_checkpoint(done, &tensors, optim_t)?;
+            self.write_checkpoint(done, &tensors, optim_t, data_state)?;
         }
         if let Some(d) = &self.dist {
             d.checkpoint_barrier(done)?;
@@ -650,6 +658,7 @@ impl<'a> Trainer<'a> {
         done: u64,
         tensors: &[(String, Tensor)],
         optim_t: BTreeMap<String, u64>,
+        data_state: serde_json::Value,
     ) -> Result<()> {
         let cfg = self.cfg;
         let state = CkptState {
@@ -658,7 +667,7 @@ impl<'a> Trainer<'a> {
             step: done,
             seed: cfg.run.seed,
             optim_t,
-            data_state: self.data.state(),
+            data_state,
             tensors_bytes: 0,
             tensors_sha256: String::new(),
             extra: BTreeMap::new(),

@@ -24,8 +24,14 @@ pub trait Batches {
     fn next_batch(&mut self, device: Device) -> Result<Tensor>;
     /// The iterator state (JSON) after the batches returned so far.
     fn state(&self) -> serde_json::Value;
-    /// Continue from a state produced by [`Batches::state`].
+    /// Continue from a state produced by [`Batches::state`] (or by [`Batches::merge_states`]).
     fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+    /// One state for a data-parallel checkpoint from every rank's [`Batches::state`] (in rank
+    /// order), from which each rank resumes its own position. The default keeps rank 0's, right
+    /// for sources whose position does not depend on the rank (synthetic data).
+    fn merge_states(&self, states: &[serde_json::Value]) -> Result<serde_json::Value> {
+        Ok(states.first().cloned().unwrap_or(serde_json::Value::Null))
+    }
 }
 
 /// One training stage.

@@ -365,3 +365,40 @@ fn dist_resume_with_the_same_world_size_is_exact() {
         "resumed 2-rank run differs from the uninterrupted one"
     );
 }
+
+/// A checkpoint of a 2-rank run on a real image stream (the embedded photos) holds both ranks'
+/// data positions (gathered and merged), so each rank resumes its own: the resumed run ends
+/// with the same weights and data state as the uninterrupted one. (With rank 0's position
+/// alone, rank 1 refused to resume.)
+#[test]
+fn dist_resume_on_a_photo_stream_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.assets/photos");
+    assert!(photos.exists(), "run `cargo xtask assets`");
+    let sets = [
+        "schedule.ckpt_every=2".to_string(),
+        "data.kind=\"photos\"".to_string(),
+        format!("data.root=\"{}\"", photos.display()),
+        "data.max_short_side=96".to_string(),
+        "data.workers=1".to_string(),
+    ];
+    let mut c = cfg(&tmp.path().join("full"), "spc", 4, &sets);
+    c.data.batch_size = 2;
+    c.schedule.keep_last = 2;
+    let config = write_cfg(&c, tmp.path(), "full");
+    run_ranks(&config, 2, &[]);
+    let full = latest(&c.run.out_dir);
+    assert_eq!(full.state.step, 4);
+    let copy = tmp.path().join("resumed");
+    copy_dir(&c.run.out_dir, &copy);
+    std::fs::remove_dir_all(copy.join("checkpoints/step-00000004")).unwrap();
+    let resume = copy.display().to_string();
+    run_ranks(&copy.join("config.toml"), 2, &["--resume", &resume]);
+    let again = latest(&copy);
+    assert_eq!(again.state.step, 4);
+    assert_eq!(again.state.data_state, full.state.data_state);
+    assert_eq!(
+        again.state.tensors_sha256, full.state.tensors_sha256,
+        "resumed 2-rank photo run differs from the uninterrupted one"
+    );
+}
