@@ -6,6 +6,9 @@ pub enum Error {
     /// An error raised inside LibTorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// An id of the codebook math (unified id u = k * m + j; `semhitok-quant` owns the rule).
+    #[error(transparent)]
+    Quant(#[from] semhitok_quant::Error),
     /// An id outside its range.
     #[error("{what}: {value} is outside {lo}..{hi}")]
     OutOfRange {

@@ -11,6 +11,7 @@
 //! Qwen2 vocabulary (151,646) the paper cites as the scale of an LLM vocabulary.
 
 use crate::error::{Error, Result};
+use semhitok_quant::UnifiedIndex;
 use serde::{Deserialize, Serialize};
 
 /// The extended vocabulary. Construct with [`VisualVocab::new`] (checked).
@@ -30,6 +31,8 @@ impl VisualVocab {
                 "vocab sizes must be positive: text={text}, K={k_sem}, m={m}"
             )));
         }
+        // The unified-id rule itself (and its u32 bound) is semhitok-quant's.
+        UnifiedIndex::new(k_sem as usize, m as usize)?;
         let total = text as u64 + 2 + k_sem as u64 * m as u64;
         if total > u32::MAX as u64 {
             return Err(Error::Config(format!(
@@ -91,25 +94,13 @@ impl VisualVocab {
         }
         Ok(token - r.start)
     }
+    /// The unified-id rule `u = k * m + j` of this vocabulary (semhitok-quant's definition).
+    pub fn unified_index(&self) -> Result<UnifiedIndex> {
+        Ok(UnifiedIndex::new(self.k_sem as usize, self.m as usize)?)
+    }
     /// `(semantic id k, pixel id j)` -> LLM token id.
     pub fn token_of_pair(&self, k: u32, j: u32) -> Result<u32> {
-        if k >= self.k_sem {
-            return Err(Error::OutOfRange {
-                what: "semantic id",
-                value: k as i64,
-                lo: 0,
-                hi: self.k_sem as i64,
-            });
-        }
-        if j >= self.m {
-            return Err(Error::OutOfRange {
-                what: "pixel id",
-                value: j as i64,
-                lo: 0,
-                hi: self.m as i64,
-            });
-        }
-        self.token_of(k * self.m + j)
+        self.token_of(self.unified_index()?.encode(k, j)?)
     }
     /// Text-to-image training sequence: `text ++ <boi> ++ visual(ids) ++ <eoi>`, plus the loss
     /// mask (true where the next-token loss applies: the visual tokens and `<eoi>`).
