@@ -834,6 +834,8 @@ impl TrainConfig {
         }
         match (self.data.kind, &self.data.root) {
             (DataKind::Synthetic, _) => {}
+            // A shard pattern is resolved (and a pattern matching nothing named) by the loader.
+            (DataKind::Webdataset, None) if self.data.shards.is_some() => {}
             (_, Some(r)) => exists("data.root", r)?,
             (_, None) => return Err(self.error("data.root", "is required by this data kind")),
         }

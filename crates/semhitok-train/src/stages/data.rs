@@ -204,8 +204,25 @@ fn train_loader_config(cfg: &TrainConfig) -> Result<LoaderConfig> {
     })
 }
 
+/// A config error raised below without the config at hand names the file `config`: name the
+/// real one (`TrainConfig::origin`).
+fn in_file<T>(cfg: &TrainConfig, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        Error::Config { file, key, msg } if file == Path::new("config") => Error::Config {
+            file: cfg.origin(),
+            key,
+            msg,
+        },
+        e => e,
+    })
+}
+
 /// The training stream of `cfg` (every kind but `synthetic`), opened and checked.
 pub fn build_stream(cfg: &TrainConfig) -> Result<Box<dyn BatchStream>> {
+    in_file(cfg, build_stream_inner(cfg))
+}
+
+fn build_stream_inner(cfg: &TrainConfig) -> Result<Box<dyn BatchStream>> {
     let d = &cfg.data;
     let lc = train_loader_config(cfg)?;
     Ok(match d.kind {
@@ -288,6 +305,13 @@ pub fn build_batches_for(cfg: &TrainConfig, dist: Option<&Dist>) -> Result<Box<d
 /// The held-out stream of `[eval.data]` (in order, one pass, ADM center crop at `size`, every
 /// rank reads everything), or `None` without `[eval.data]`.
 pub fn build_eval_stream(
+    cfg: &TrainConfig,
+    batch_size: usize,
+) -> Result<Option<(Box<dyn BatchStream>, String)>> {
+    in_file(cfg, build_eval_stream_inner(cfg, batch_size))
+}
+
+fn build_eval_stream_inner(
     cfg: &TrainConfig,
     batch_size: usize,
 ) -> Result<Option<(Box<dyn BatchStream>, String)>> {

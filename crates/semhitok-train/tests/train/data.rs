@@ -283,6 +283,8 @@ fn missing_data_names_key_and_path_before_any_model() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(key) && e.contains(&path), "{sets:?}: {e}");
+        // The config file it came from, not a placeholder (issue 13 item 10).
+        assert!(e.contains("test.toml"), "{sets:?}: {e}");
         assert!(
             !out.exists(),
             "{sets:?}: nothing written before the data check"
