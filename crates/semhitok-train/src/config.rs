@@ -818,9 +818,11 @@ impl TrainConfig {
         }
     }
 
-    /// Every input path the run reads exists (teacher weights, data root, `init.*`, the LPIPS
-    /// trunk): checked before any model is built, each failure naming its key, the path and
-    /// the config file. Paths are relative to the current directory.
+    /// The weight paths no builder checks by key exist (`init.*`, the LPIPS trunk): checked
+    /// before anything is built, each failure naming its key, the path and the config file.
+    /// (The data paths are checked by the data streams, `teacher.weights` by the teacher
+    /// factory, each naming key and file the same way.) Paths are relative to the current
+    /// directory.
     pub fn check_paths(&self) -> Result<()> {
         let exists = |key: &str, p: &Path| -> Result<()> {
             if p.exists() {
@@ -829,16 +831,6 @@ impl TrainConfig {
                 Err(self.error(key, format!("{} does not exist", p.display())))
             }
         };
-        if let Some(w) = &self.teacher.weights {
-            exists("teacher.weights", w)?;
-        }
-        match (self.data.kind, &self.data.root) {
-            (DataKind::Synthetic, _) => {}
-            // A shard pattern is resolved (and a pattern matching nothing named) by the loader.
-            (DataKind::Webdataset, None) if self.data.shards.is_some() => {}
-            (_, Some(r)) => exists("data.root", r)?,
-            (_, None) => return Err(self.error("data.root", "is required by this data kind")),
-        }
         if let Some(p) = &self.init.spc {
             exists("init.spc", p)?;
         }

@@ -215,19 +215,7 @@ fn dist_a_killed_rank_stops_the_others_and_the_checkpoint_resumes() {
     c.data.batch_size = 2;
     let config = write_cfg(&c, tmp.path(), "run");
     let mut kids = spawn_ranks(&config, 3, &[]);
-    let t0 = Instant::now();
-    let has_checkpoint =
-        || semhitok_train::checkpoint::list(&c.run.out_dir).is_ok_and(|l| !l.is_empty());
-    while !has_checkpoint() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 120 s"
-        );
-        for (r, k) in kids.iter_mut().enumerate() {
-            assert!(k.try_wait().unwrap().is_none(), "rank {r} exited early");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_checkpoint(&mut kids, &c.run.out_dir);
     kids[2].kill().unwrap();
     let killed_at = Instant::now();
     let _ = kids.pop().unwrap().wait();
@@ -293,30 +281,7 @@ fn dist_a_stuck_rank_makes_the_others_time_out() {
     c.data.batch_size = 2;
     let config = write_cfg(&c, tmp.path(), "run");
     let mut kids = spawn_ranks(&config, 2, &[]);
-    let t0 = Instant::now();
-    let has_checkpoint =
-        || semhitok_train::checkpoint::list(&c.run.out_dir).is_ok_and(|l| !l.is_empty());
-    while !has_checkpoint() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 120 s"
-        );
-        if let Some(r) = kids
-            .iter_mut()
-            .position(|k| k.try_wait().unwrap().is_some())
-        {
-            let out = kids.remove(r).wait_with_output().unwrap();
-            for mut k in kids {
-                let _ = k.kill();
-            }
-            panic!(
-                "rank {r} exited early ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_checkpoint(&mut kids, &c.run.out_dir);
     let stuck = kids.pop().unwrap();
     // SAFETY: signalling a child process we started and still own.
     unsafe { libc::kill(stuck.id() as i32, libc::SIGSTOP) };
@@ -339,6 +304,33 @@ fn dist_a_stuck_rank_makes_the_others_time_out() {
         "rank 0 stopped {took:?} after its peer froze (timeout 3 s)"
     );
     assert!(latest(&c.run.out_dir).state.step >= 2);
+}
+
+/// Poll until the run in `run` has a checkpoint, every rank still alive (an early exit fails
+/// with that rank's stderr; the others are killed), at most 120 s.
+fn wait_for_a_checkpoint(kids: &mut Vec<Child>, run: &Path) {
+    let t0 = Instant::now();
+    while !semhitok_train::checkpoint::list(run).is_ok_and(|l| !l.is_empty()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
+        if let Some(r) = kids
+            .iter_mut()
+            .position(|k| k.try_wait().unwrap().is_some())
+        {
+            let out = kids.remove(r).wait_with_output().unwrap();
+            for k in kids.iter_mut() {
+                let _ = k.kill();
+            }
+            panic!(
+                "rank {r} exited early ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

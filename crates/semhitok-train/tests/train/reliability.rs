@@ -5,6 +5,7 @@ use super::common::{quiet, serial, tiny_config, tiny_config_text, ToyTask};
 use semhitok_train::checkpoint;
 use semhitok_train::config::TrainConfig;
 use semhitok_train::rundir::{read_metrics, RunDir, RunStart};
+use semhitok_train::stages::run_stage;
 use semhitok_train::synthetic::SyntheticBatches;
 use semhitok_train::trainer::{train, TrainOptions};
 use semhitok_train::Error;
@@ -248,49 +249,36 @@ fn bad_guard_values_are_config_errors() {
 
 #[test]
 fn missing_input_paths_name_key_path_and_file() {
+    // Through the user's path (`semhitok train` = `run_stage`): each missing input is an error
+    // naming its key, the path and the config file, before the run directory is written.
     let tmp = tempfile::tempdir().unwrap();
-    let text = tiny_config_text(&tmp.path().join("r"), 5, 5);
-    for (set, key) in [
+    let out = tmp.path().join("r");
+    let text = tiny_config_text(&out, 5, 5);
+    for (sets, key, path) in [
         (
-            "teacher.weights=\"/nonexistent/w.safetensors\"",
+            vec!["teacher.weights=\"/nonexistent/w.safetensors\""],
             "teacher.weights",
+            "/nonexistent/w.safetensors",
         ),
-        ("init.spc=\"/nonexistent/spc-run\"", "init.spc"),
+        (
+            vec!["init.spc=\"/nonexistent/spc-run\""],
+            "init.spc",
+            "/nonexistent/spc-run",
+        ),
+        (
+            vec!["data.kind=\"photos\"", "data.root=\"/nonexistent/photos\""],
+            "data.root",
+            "/nonexistent/photos",
+        ),
     ] {
-        let cfg =
-            TrainConfig::from_toml_str(&text, Path::new("configs/p.toml"), &[set.into()]).unwrap();
-        let err = cfg.check_paths().unwrap_err().to_string();
-        assert!(err.contains(key), "{set}: {err}");
-        assert!(err.contains("/nonexistent/"), "{set}: {err}");
-        assert!(err.contains("configs/p.toml"), "{set}: {err}");
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let cfg = TrainConfig::from_toml_str(&text, Path::new("configs/p.toml"), &sets).unwrap();
+        let err = run_stage(&cfg, RunStart::Fresh, vec![], true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{sets:?}: {err}");
+        assert!(err.contains(path), "{sets:?}: {err}");
+        assert!(err.contains("configs/p.toml"), "{sets:?}: {err}");
+        assert!(!out.exists(), "{sets:?}: the run directory was written");
     }
-    let cfg = TrainConfig::from_toml_str(
-        &text,
-        Path::new("configs/p.toml"),
-        &[
-            "data.kind=\"photos\"".into(),
-            "data.root=\"/nonexistent/photos\"".into(),
-        ],
-    )
-    .unwrap();
-    let err = cfg.check_paths().unwrap_err().to_string();
-    assert!(
-        err.contains("data.root") && err.contains("/nonexistent/photos"),
-        "{err}"
-    );
-    // And a teacher built from such a config names the key and the real file, not `config`.
-    let cfg = TrainConfig::from_toml_str(
-        &text,
-        Path::new("configs/p.toml"),
-        &["teacher.weights=\"/nonexistent/w.safetensors\"".into()],
-    )
-    .unwrap();
-    let err = semhitok_train::stages::build_teacher(&cfg, tch::Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("configs/p.toml") && err.contains("teacher.weights"),
-        "{err}"
-    );
 }
