@@ -10,6 +10,7 @@ mod bench_quant;
 mod bundle;
 mod c10d_headers;
 mod data_cmd;
+mod fmnist_cmd;
 mod libtorch;
 mod train_cmd;
 mod util;
@@ -53,6 +54,10 @@ enum Cmd {
     Tokenize(train_cmd::PassArgs),
     /// The embedded-default demo: tiny SPC, SGHC and the semantic-only baseline on photo crops.
     Demo(train_cmd::PassArgs),
+    /// The Fashion-MNIST tokenizer set: SPC, SGHC, semantic-only and pixel-only VQ with one
+    /// budget; evaluated, exported to OUT/<name>/model, train/test tokenized with labels, table
+    /// OUT/tokenizers.md (`scripts/fmnist/tokenizers.sh` does the steps; resumable).
+    FmnistTokenizers(fmnist_cmd::FmnistArgs),
     /// Chat with a language model: `chat [--model PATH.gguf|HF_DIR] [--device cuda] "prompt"`
     /// (default: the embedded SmolLM2-135M-Instruct); prints the answer and tokens/s.
     Chat(train_cmd::PassArgs),
@@ -97,6 +102,7 @@ fn main() -> Result<()> {
         Cmd::Export(a) => train_cmd::pass(&root, "export", &a),
         Cmd::Tokenize(a) => train_cmd::pass(&root, "tokenize", &a),
         Cmd::Demo(a) => train_cmd::demo(&root, &a),
+        Cmd::FmnistTokenizers(a) => fmnist_cmd::run(&root, &a),
         Cmd::Chat(a) => train_cmd::chat(&root, &a),
         Cmd::Bench { which } => match which {
             BenchCmd::Quant(a) => bench_quant::run(&root, &a),

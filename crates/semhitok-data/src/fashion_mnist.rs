@@ -1,6 +1,6 @@
 //! Fashion-MNIST IDX files (`{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`) as image-caption
 //! pairs: the 28 x 28 grayscale image becomes RGB, goes through the transform, and the caption is
-//! `"a photo of a {class}"` with Zalando's class names in lower case.
+//! `"a photo of a {class}"` with Zalando's class names ([`FASHION_MNIST_CLASSES`]) in lower case.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,19 +13,34 @@ use crate::image::Rgb8Image;
 use crate::loader::{IndexedSource, Item, Loader, LoaderConfig};
 use crate::transform::Transform;
 
-/// The 10 Fashion-MNIST classes, index = label.
+/// The 10 Fashion-MNIST classes, index = label, spelled exactly as Zalando's dataset spells them
+/// (zalandoresearch/fashion-mnist README). The one definition: labels are shown with these names
+/// everywhere (token shards' `meta.json`, LLaVA answers); captions use [`fashion_mnist_caption`].
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [
-    "t-shirt/top",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ];
+
+/// The class name of `label` ([`FASHION_MNIST_CLASSES`]), `None` outside `0..10`.
+pub fn fashion_mnist_class(label: i64) -> Option<&'static str> {
+    usize::try_from(label)
+        .ok()
+        .and_then(|i| FASHION_MNIST_CLASSES.get(i).copied())
+}
+
+/// The caption of a sample of class `label`: `"a photo of a {class name in lower case}"`
+/// (e.g. "a photo of a t-shirt/top", "a photo of a ankle boot"); `None` outside `0..10`.
+pub fn fashion_mnist_caption(label: i64) -> Option<String> {
+    fashion_mnist_class(label).map(|c| format!("a photo of a {}", c.to_lowercase()))
+}
 
 /// Which IDX pair to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -200,10 +215,7 @@ impl IndexedSource for FashionMnist {
             key: index.to_string(),
             image,
             label: Some(label as i64),
-            caption: Some(format!(
-                "a photo of a {}",
-                FASHION_MNIST_CLASSES[label as usize]
-            )),
+            caption: fashion_mnist_caption(label as i64),
         })
     }
 }

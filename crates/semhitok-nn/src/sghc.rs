@@ -11,7 +11,8 @@
 
 use crate::error::{Error, Result};
 use crate::quantizer::{
-    l2_normalize, straight_through, without_autocast, CodeStats, EmaCodebook, EmaSettings,
+    l2_normalize, nearest_l2, straight_through, without_autocast, CodeStats, EmaCodebook,
+    EmaSettings,
 };
 use crate::spc::check_ids;
 use crate::weights::check_finite;
@@ -206,20 +207,31 @@ impl Sghc {
                 zf = l2_normalize(&zf)?;
             }
             let sem = sem_ids.f_reshape([mm])?;
-            let cand = self.codes()?.f_index_select(0, &sem)?; // [M, m, D]
-            let dist = zf
-                .f_unsqueeze(1)?
-                .f_sub(&cand)?
-                .f_pow_tensor_scalar(2)?
-                .f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?; // [M, m]
-            let j = dist.f_argmin(-1, false)?; // [M]
-            let zq = cand
-                .f_gather(
-                    1,
-                    &j.f_view([mm, 1, 1])?.f_expand([mm, 1, c.dim], false)?,
-                    false,
-                )?
-                .f_squeeze_dim(1)?; // [M, D]
+            let (j, zq) = if c.k_sem == 1 {
+                // One sub-codebook is one flat codebook (a plain VQ, e.g. the pixel-only
+                // baseline): the nearest-code search over `[m, D]` (fused on CUDA), without the
+                // `[M, m, D]` gather, whose backward would scatter M * m rows into the codebook.
+                let codes = self.codes()?.f_reshape([c.m, c.dim])?;
+                let j = nearest_l2(&zf.f_detach()?, &codes)?; // [M]
+                let zq = codes.f_index_select(0, &j)?; // [M, D]
+                (j, zq)
+            } else {
+                let cand = self.codes()?.f_index_select(0, &sem)?; // [M, m, D]
+                let dist = zf
+                    .f_unsqueeze(1)?
+                    .f_sub(&cand)?
+                    .f_pow_tensor_scalar(2)?
+                    .f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?; // [M, m]
+                let j = dist.f_argmin(-1, false)?; // [M]
+                let zq = cand
+                    .f_gather(
+                        1,
+                        &j.f_view([mm, 1, 1])?.f_expand([mm, 1, c.dim], false)?,
+                        false,
+                    )?
+                    .f_squeeze_dim(1)?; // [M, D]
+                (j, zq)
+            };
             let unified = sem.f_mul_scalar(c.m)?.f_add(&j)?;
             let loss_codebook = match c.update {
                 CodebookUpdate::Loss => zq.f_mse_loss(&zf.f_detach()?, tch::Reduction::Mean)?,

@@ -1058,11 +1058,17 @@ impl TrainConfig {
                 );
             }
         }
-        if matches!(self.run.stage, Stage::Pre | Stage::DecoderFt) && self.init.spc.is_none() {
+        // One semantic code (`model.spc.codebook_size = 1`) makes `pre` a flat pixel VQ: every
+        // patch's semantic id is 0, so there is no SPC to start from (configs/fmnist-pixel-vq.toml).
+        let flat_vq = self.run.stage == Stage::Pre && self.model.spc.codebook_size == 1;
+        if matches!(self.run.stage, Stage::Pre | Stage::DecoderFt)
+            && self.init.spc.is_none()
+            && !flat_vq
+        {
             return bad(
                 "init.spc",
                 format!(
-                    "stage `{}` needs the SPC checkpoint of stage 1",
+                    "stage `{}` needs the SPC checkpoint of stage 1 (or model.spc.codebook_size = 1: a flat pixel VQ)",
                     self.run.stage.as_str()
                 ),
             );

@@ -20,6 +20,13 @@ pub struct EvalArgs {
     /// Optional second model evaluated side by side (e.g. the semantic-only baseline).
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Name of `--checkpoint` in the JSON and the grid order.
+    #[arg(long, default_value = "model")]
+    pub name: String,
+    /// Further models, `NAME=RUN_OR_CHECKPOINT` (repeatable), evaluated after the others on the
+    /// same images (one reference set for every rFID).
+    #[arg(long = "also", value_name = "NAME=PATH")]
+    pub also: Vec<String>,
     /// Photos folder with the held-out split (default: the checkpoint's `data.root`).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -51,6 +58,14 @@ pub struct ModelMetrics {
     pub checkpoint: String,
     /// Whether the run's EMA weights were evaluated (`optim.ema_decay`).
     pub ema_weights: bool,
+    /// Stage and optimizer step of the checkpoint.
+    pub stage: crate::config::Stage,
+    pub step: u64,
+    /// `model.fusion`.
+    pub fusion: semhitok_nn::fusion::Fusion,
+    /// Tokens per image (`h * w`) and the unified vocabulary `K * m`.
+    pub tokens_per_image: i64,
+    pub vocab_size: i64,
     pub psnr: f64,
     pub ssim: f64,
     pub rfid: f64,
@@ -223,6 +238,11 @@ pub fn evaluate(
             name: name.to_string(),
             checkpoint: m.checkpoint.display().to_string(),
             ema_weights: m.ema_used,
+            stage: m.stage,
+            step: m.step,
+            fusion: m.cfg.model.fusion,
+            tokens_per_image: m.tok.config().grid.iter().product(),
+            vocab_size: m.cfg.model.sghc.vocab_size(),
             psnr: psnr / n as f64,
             ssim: ssim / n as f64,
             rfid,
@@ -238,13 +258,53 @@ pub fn evaluate(
         n_images: n as usize,
         protocol,
     };
-    let jpath = out.join("eval.json");
-    std::fs::write(
-        &jpath,
-        serde_json::to_string_pretty(&report).unwrap_or_default(),
-    )
-    .map_err(|e| Error::io(&jpath, e))?;
+    let md = report_markdown(&report, models);
+    crate::atomic::write_atomic(&out.join("eval.md"), md.as_bytes())?;
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    crate::atomic::write_atomic(&out.join("eval.json"), json.as_bytes())?;
     Ok(report)
+}
+
+/// `eval.md`: one table row per model. The teacher cosine is left out (`-`) for a model with a
+/// single semantic code (the flat pixel-only VQ), whose SPC is untrained and carries nothing.
+pub fn report_markdown(r: &EvalReport, models: &[(&str, &Loaded)]) -> String {
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| model | stage | fusion | step | tokens/image | vocabulary | PSNR (dB) | SSIM | rFID | teacher cos | unified codes used |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (m, (_, l)) in r.models.iter().zip(models) {
+        let cos = if l.cfg.model.spc.codebook_size > 1 {
+            format!("{:.3}", m.teacher_cosine)
+        } else {
+            "-".into()
+        };
+        let used = m.usage["unified"]["used"].as_u64().unwrap_or(0);
+        let fusion = serde_json::to_value(m.fusion)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {fusion} | {} | {} | {} | {:.2} | {:.3} | {:.2} | {cos} | {used} / {} |",
+            m.name,
+            m.stage.as_str(),
+            m.step,
+            m.tokens_per_image,
+            m.vocab_size,
+            m.psnr,
+            m.ssim,
+            m.rfid,
+            m.vocab_size
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n{} images of {}; {}",
+        r.n_images, r.protocol["reference_set"], r.protocol["crop"]
+    );
+    md
 }
 
 /// The protocol description written next to the numbers (held-out photos of `root`).
@@ -284,6 +344,19 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
         .as_ref()
         .map(|b| load_model(b, device, false))
         .transpose()?;
+    let also = a
+        .also
+        .iter()
+        .map(|spec| {
+            let (name, path) = spec.split_once('=').ok_or_else(|| {
+                Error::Input(format!("--also {spec}: expected NAME=RUN_OR_CHECKPOINT"))
+            })?;
+            Ok((
+                name.to_string(),
+                load_model(Path::new(path), device, false)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let size = main.cfg.data.image_size;
     // `--data PHOTOS` wins; else the run's `[eval.data]`; else the held-out photos of `[data]`.
     let eval_stream = match &a.data {
@@ -308,10 +381,11 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
         (images, keys, proto)
     };
     let fid = FidInception::load(&a.fid_weights, device)?;
-    let mut models: Vec<(&str, &Loaded)> = vec![("model", &main)];
+    let mut models: Vec<(&str, &Loaded)> = vec![(a.name.as_str(), &main)];
     if let Some(b) = &base {
         models.push(("baseline", b));
     }
+    models.extend(also.iter().map(|(n, m)| (n.as_str(), m)));
     let lpips = a
         .lpips_vgg16
         .as_ref()

@@ -3,7 +3,8 @@
 //! `docs/tokens-format.md`):
 //!
 //! ```text
-//! OUT/meta.json                  format, model, source, grid [h, w], K, m, K*m, shard_size, samples
+//! OUT/meta.json                  format, model, source, label names, grid [h, w], K, m, K*m,
+//!                                shard_size, samples
 //! OUT/shard-00000.safetensors    `unified` int32 [n, h, w] (row-major grid, unified = k * m + j),
 //!                                `labels` int64 [n] (-1: none) when the source has labels
 //! OUT/shard-00000.json           keys, captions (null: none) and skipped [(key, reason)] of the shard
@@ -130,6 +131,17 @@ pub fn open_source(spec: &str, tok: &Tokenizer) -> Result<Arc<dyn IndexedSource>
     })
 }
 
+/// The names of the labels of `--data` (index = label) where the source has fixed ones:
+/// Fashion-MNIST's ([`semhitok_data::FASHION_MNIST_CLASSES`]); `None` otherwise.
+pub fn label_names(spec: &str) -> Option<Vec<&'static str>> {
+    match spec.split_once(':').map(|(k, _)| k) {
+        Some("fashion-mnist" | "fashion-mnist-train") => {
+            Some(semhitok_data::FASHION_MNIST_CLASSES.to_vec())
+        }
+        _ => None,
+    }
+}
+
 /// Samples `start .. start + len` of a source, as a source.
 struct Range {
     inner: Arc<dyn IndexedSource>,
@@ -201,6 +213,7 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
         "model_source": c.source,
         "decode_mode": c.decode_mode,
         "data": a.data,
+        "label_names": label_names(&a.data),
         "samples": n,
         "shard_size": a.shard_size,
         "shards": shards,

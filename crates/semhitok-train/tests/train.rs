@@ -8,6 +8,7 @@ mod train {
     mod data;
     mod demo;
     mod dist;
+    mod fmnist;
     mod machinery;
     mod optim;
     mod reliability;

@@ -102,6 +102,34 @@ fn write_idx(dir: &Path, prefix: &str, n: usize, bad_label: bool) {
     }
 }
 
+/// The names as Zalando spells them (zalandoresearch/fashion-mnist), index = label; captions
+/// lower-case them.
+#[test]
+fn fashion_mnist_class_names_and_captions() {
+    assert_eq!(
+        semhitok_data::FASHION_MNIST_CLASSES,
+        [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot"
+        ]
+    );
+    assert_eq!(semhitok_data::fashion_mnist_class(9), Some("Ankle boot"));
+    assert_eq!(semhitok_data::fashion_mnist_class(10), None);
+    assert_eq!(semhitok_data::fashion_mnist_class(-1), None);
+    assert_eq!(
+        semhitok_data::fashion_mnist_caption(0).as_deref(),
+        Some("a photo of a t-shirt/top")
+    );
+}
+
 #[test]
 fn fashion_mnist_pairs_and_bad_files() {
     let dir = tempfile::tempdir().unwrap();

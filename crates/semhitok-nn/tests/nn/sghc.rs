@@ -142,13 +142,19 @@ test_device!(
     sghc_matches_torch_cuda
 );
 
-/// Same ids as semhitok-quant's hierarchical search on a larger random case (paper's m = 12).
+/// Same ids as semhitok-quant's hierarchical search on a larger random case (paper's m = 12),
+/// and with one semantic code (K_sem = 1: the flat-codebook path of the pixel-only VQ).
 fn sghc_matches_semhitok_quant(dev: Device) -> anyhow::Result<()> {
     tch::manual_seed(7);
-    for l2 in [true, false] {
+    for (k, m, l2) in [
+        (64, 12, true),
+        (64, 12, false),
+        (1, 300, true),
+        (1, 300, false),
+    ] {
         let c = SghcConfig {
-            k_sem: 64,
-            m: 12,
+            k_sem: k,
+            m,
             dim: 8,
             ..cfg(l2, false)
         };
@@ -157,14 +163,14 @@ fn sghc_matches_semhitok_quant(dev: Device) -> anyhow::Result<()> {
         set(
             &vs,
             "embedding",
-            &Tensor::randn([64, 12, 8], (Kind::Float, dev)),
+            &Tensor::randn([k, m, 8], (Kind::Float, dev)),
         );
         let z = Tensor::randn([3, 100, 8], (Kind::Float, dev));
-        let sem = Tensor::randint(64, [3, 100], (Kind::Int64, dev));
+        let sem = Tensor::randint(k, [3, 100], (Kind::Int64, dev));
         let out = q.forward_t(&z, &sem, false)?;
         let cb = q.codebook().to_device(Device::Cpu);
         let v = Vec::<f32>::try_from(&cb.contiguous().view([-1]))?;
-        let pix = Array3::from_shape_vec((64, 12, 8), v)?;
+        let pix = Array3::from_shape_vec((k as usize, m as usize, 8), v)?;
         let zz = to_array2(&z.reshape([-1, 8]))?;
         // Cosine = argmin of the l2 distance between normalized vectors.
         let metric = if l2 {
@@ -173,8 +179,8 @@ fn sghc_matches_semhitok_quant(dev: Device) -> anyhow::Result<()> {
             Metric::SquaredL2
         };
         let r = sghc_nearest(zz.view(), &to_ids(&sem)?, pix.view(), metric)?;
-        assert_eq!(to_ids(&out.sub_ids)?, r.sub_ids, "l2 = {l2}");
-        assert_eq!(to_ids(&out.unified)?, r.unified, "l2 = {l2}");
+        assert_eq!(to_ids(&out.sub_ids)?, r.sub_ids, "K {k}, m {m}, l2 = {l2}");
+        assert_eq!(to_ids(&out.unified)?, r.unified, "K {k}, m {m}, l2 = {l2}");
         // Lookup of unified ids gives the quantized vectors back.
         let back = q.lookup_unified(&out.unified)?;
         assert_close("lookup_unified", &back, &out.quantized, 1e-6, 1e-6)?;

@@ -10,7 +10,9 @@
 //! | `joint` | SPC head + semantic decoder + pixel decoder on semantic codes | teacher | `spc` + `pre` pixel terms |
 //!
 //! `pre` with `model.fusion = "semantic_only"` is the semantic-only decoder baseline; with
-//! `pixel_only` / `length_concat` and `model.sghc.m` it gives the paper's Tab. 5 ablations.
+//! `pixel_only` / `length_concat` and `model.sghc.m` it gives the paper's Tab. 5 ablations; with
+//! `pixel_only` and a single semantic code (`model.spc.codebook_size = 1`, no `init.spc`) it is a
+//! flat VQGAN-style pixel-only VQ of `model.sghc.m` codes (`configs/fmnist-pixel-vq.toml`).
 
 mod build;
 mod data;
@@ -82,11 +84,23 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         }
         Stage::Pre => {
             if load_init {
-                let ck = init_checkpoint(
-                    cfg.init.spc.as_deref().unwrap_or(Path::new("")),
-                    &[Stage::Spc],
-                )?;
-                load_parts(&model, &ck, &[Part::Spc])?;
+                match (&cfg.init.spc, cfg.model.spc.codebook_size) {
+                    (Some(p), _) => {
+                        let ck = init_checkpoint(p, &[Stage::Spc])?;
+                        load_parts(&model, &ck, &[Part::Spc])?;
+                    }
+                    // One semantic code: every patch's semantic id is 0 whatever the SPC's
+                    // weights, SGHC's sub-codebook 0 is one flat codebook and (with
+                    // `fusion = "pixel_only"`) the decoder never reads the semantic code: a
+                    // VQGAN-style pixel-only VQ (configs/fmnist-pixel-vq.toml).
+                    (None, 1) => {}
+                    (None, _) => {
+                        return Err(cfg.error(
+                            "init.spc",
+                            "stage `pre` needs the SPC checkpoint of stage 1",
+                        ))
+                    }
+                }
                 // Fine-tuning a `pre` run on other data (ImageNet -> COYO, as LlamaGen): its
                 // pixel encoder, sub-codebooks and decoder are the starting point.
                 if let Some(pre) = &cfg.init.pre {

@@ -275,6 +275,8 @@ fn lpips_vgg_trains_and_evaluates_with_a_given_trunk() {
     let args = |lp: Option<PathBuf>, out: &str| semhitok_train::eval::EvalArgs {
         checkpoint: pre.clone(),
         baseline: None,
+        name: "model".into(),
+        also: vec![],
         data: Some(photos.clone()),
         out: tmp.path().join(out),
         n_images: 16,

@@ -100,7 +100,7 @@ fn gz(path: &Path, bytes: &[u8]) {
 }
 
 /// Fashion-MNIST IDX files with 12 images per split.
-fn fashion_mnist(dir: &Path) -> PathBuf {
+pub(super) fn fashion_mnist(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     for prefix in ["train", "t10k"] {
         let n = 12u32;
