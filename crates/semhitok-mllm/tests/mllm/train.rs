@@ -496,3 +496,39 @@ fn extended_vocab_is_trained_and_exported() -> R {
     }
     Ok(())
 }
+
+/// LoadedLm::save_hf_dir keeps the tokenizer, the chat template and the bos / eos tokens.
+#[test]
+fn loaded_lm_round_trip() -> R {
+    use semhitok_mllm::chat::{ChatTemplate, Message, Role};
+    use semhitok_mllm::llm::load::LoadedLm;
+    let tok = TextTokenizer::from_file(
+        &super::workspace().join(".assets/tokenizers/qwen2.5/tokenizer.json"),
+    )?;
+    let eos = tok.token_to_id("<|im_end|>").unwrap();
+    let src =
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
+    let lm = LoadedLm {
+        model: load("qwen2", Device::Cpu),
+        tokenizer: tok,
+        chat_template: Some(ChatTemplate::new(src, "test", "", "<|im_end|>")?),
+        bos_to_add: None,
+        eos: vec![eos],
+    };
+    let dir = tmp_dir("loaded");
+    lm.save_hf_dir(&dir)?;
+    let back = load_hf_dir(&dir, Kind::Float, Device::Cpu)?;
+    let msgs = [Message::new(Role::User, "hi")];
+    assert_eq!(
+        back.chat_template.as_ref().unwrap().render(&msgs, false)?,
+        lm.chat_template.as_ref().unwrap().render(&msgs, false)?
+    );
+    assert!(back.eos.contains(&eos));
+    assert_eq!(back.bos_to_add, None);
+    assert_eq!(
+        back.tokenizer.encode("a photo")?,
+        lm.tokenizer.encode("a photo")?
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
