@@ -246,9 +246,22 @@ impl Attention {
         let v = split(qkv.f_narrow(2, nq + nkv, nkv)?, self.kv_heads)?;
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.update(layer, &k, &v)?, // [B, Hkv, len, D]
-            None => (k, v),
+        let (k, v, gqa) = match cache {
+            Some((cache, layer)) => {
+                let (k, v) = cache.update(layer, &k, &v)?; // [B, Hkv, len, D]
+                (k, v, self.heads != self.kv_heads)
+            }
+            // Training: keys/values repeated to [B, Hq, L, D] (HF's `repeat_kv`) so that every
+            // SDPA backend (flash, memory-efficient) takes the call, forward and backward.
+            None if self.heads != self.kv_heads => {
+                let rep = self.heads / self.kv_heads;
+                (
+                    k.f_repeat_interleave_self_int(rep, Some(1), None)?,
+                    v.f_repeat_interleave_self_int(rep, Some(1), None)?,
+                    false,
+                )
+            }
+            None => (k, v, false),
         };
         let y = Tensor::f_scaled_dot_product_attention(
             &q,
@@ -258,7 +271,7 @@ impl Attention {
             0.0,
             causal,
             None::<f64>,
-            self.heads != self.kv_heads,
+            gqa,
         )?; // [B, Hq, L, D]
         let y = y
             .f_transpose(1, 2)?
@@ -504,7 +517,8 @@ impl LlamaModel {
     }
 
     /// Training forward: autograd on (whatever [`Self::train_params`] made trainable, and an
-    /// [`Input::Embeds`] leaf), no KV cache, causal attention restricted to real keys.
+    /// [`Input::Embeds`] leaf), no KV cache, causal attention (exact for the real tokens under
+    /// right padding: padding only ever follows them).
     ///
     /// `input`: [B, L] ids or [B, L, H] embeddings; `attention_mask`: [B, L] bool (or any
     /// kind, nonzero = real token), right padding only (a real token after a padding one is an
@@ -531,52 +545,32 @@ impl LlamaModel {
                 got: attention_mask.size(),
             });
         }
-        let m = attention_mask.f_to_device(self.device)?.f_ne(0)?; // [B, L] bool
-                                                                   // One read-back: whether every token is real, and whether padding is only on the right.
-        let all = m.f_all()?;
-        let left_pad = if l > 1 {
-            m.f_narrow(1, 1, l - 1)?
+        // One read-back: a real token after a padding one (left padding) is refused.
+        if l > 1 {
+            let m = attention_mask.f_to_device(self.device)?.f_ne(0)?; // [B, L] bool
+            let left_pad = m
+                .f_narrow(1, 1, l - 1)?
                 .f_logical_and(&m.f_narrow(1, 0, l - 1)?.f_logical_not()?)?
-                .f_any()?
-        } else {
-            Tensor::f_zeros([], (Kind::Bool, self.device))?
-        };
-        let flags = Vec::<bool>::try_from(Tensor::f_stack(&[all, left_pad], 0)?)?;
-        if flags[1] {
-            return Err(Error::Config(
-                "forward_train: attention_mask has a real token after padding \
-                 (training takes right padding only)"
-                    .into(),
-            ));
+                .f_any()?;
+            if bool::try_from(left_pad)? {
+                return Err(Error::Config(
+                    "forward_train: attention_mask has a real token after padding \
+                     (training takes right padding only)"
+                        .into(),
+                ));
+            }
         }
         let positions = Tensor::f_arange(l, (Kind::Int64, self.device))?.f_unsqueeze(0)?; // [1, L]
         let (cos, sin) = rope::cos_sin(&self.inv_freq, &positions, self.kind)?;
-        let (attn_mask, causal) = if flags[0] {
-            (None, true)
-        } else {
-            // Causal, restricted to real keys; every query also sees itself, so a padding row
-            // never has all keys masked (NaN would reach real rows through the backward).
-            let q = Tensor::f_arange(l, (Kind::Int64, self.device))?.f_unsqueeze(1)?;
-            let k = q.f_view([1, l])?;
-            let causal = k.f_le_tensor(&q)?; // [L, L]
-            let own = k.f_eq_tensor(&q)?;
-            let mask = causal
-                .f_unsqueeze(0)?
-                .f_logical_and(&m.f_unsqueeze(1)?)?
-                .f_logical_or(&own.f_unsqueeze(0)?)?
-                .f_unsqueeze(1)?; // [B, 1, L, L]
-            (Some(mask), false)
-        };
+        // Plain causal attention is exact under right padding: a real query only sees earlier
+        // slots, all real. A padding query sees the real keys and the padding before it and
+        // itself (never an empty row, so no NaN); its output is one of the meaningless padding
+        // logits. No mask tensor, so SDPA can take the flash kernel.
         let mut x = x;
         for blk in &self.blocks {
-            let a = blk.attn.forward(
-                &blk.attn_norm.forward(&x)?,
-                &cos,
-                &sin,
-                attn_mask.as_ref(),
-                causal,
-                None,
-            )?;
+            let a = blk
+                .attn
+                .forward(&blk.attn_norm.forward(&x)?, &cos, &sin, None, true, None)?;
             x = x.f_add(&a)?;
             let m = blk.mlp.forward(&blk.mlp_norm.forward(&x)?)?;
             x = x.f_add(&m)?;
