@@ -1,7 +1,8 @@
 //! The stage-independent training loop, as the [`Trainer`] struct.
 //!
 //! A stage is a [`Task`]: it names its trainable parameters, its checkpointed state and
-//! computes losses. The trainer owns everything else, one method per phase:
+//! computes losses on the [`Batch`]es (images, or [`TokenBatch`]es for the LLM stages) that a
+//! [`Batches`] source yields. What the loop reads of a config is a [`LoopConfig`]. The trainer owns everything else, one method per phase:
 //! [`Trainer::new`] (run directory, optimizers, resume), `gen_step` (micro-batches, gradient
 //! accumulation, the one device-to-host read-back, the NaN stop, clipping, AdamW + EMA),
 //! `disc_step` (the discriminator's own optimizer), `log` (metrics.jsonl), `checkpoint`
