@@ -9,6 +9,7 @@ mod train {
     mod demo;
     mod dist;
     mod fmnist;
+    mod generic;
     mod machinery;
     mod optim;
     mod reliability;
