@@ -8,13 +8,16 @@
 set -euo pipefail
 out=${1:?OUT_DIR}; cap=${2:?CAP_MB}; shift 2
 rm -rf "$out"; mkdir -p "$out/all"
+pieces=()
 for spec in "$@"; do
   name=${spec%%=*}; file=${spec#*=}
   scripts/gpu/stage.sh split "$file" "$name" "$cap" "$out/all" > /dev/null
+  pieces+=($(ls "$out/all/$name".part* | sort))
 done
 call=1; used=0; capb=$((cap * 1024 * 1024))
 mkdir -p "$out/$call"
-for p in $(ls "$out/all"/*.part* | sort); do
+# Pieces in the order the files were named (what is needed first travels first).
+for p in "${pieces[@]}"; do
   sz=$(stat -c %s "$p")
   if [ $((used + sz)) -gt "$capb" ] && [ "$used" -gt 0 ]; then call=$((call + 1)); used=0; mkdir -p "$out/$call"; fi
   mv "$p" "$out/$call/"; used=$((used + sz))
