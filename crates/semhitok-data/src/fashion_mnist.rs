@@ -27,6 +27,21 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
     "ankle boot",
 ];
 
+/// The 10 class names as Zalando's Fashion-MNIST README spells them (the LLaVA-format set's
+/// answers), index = label.
+pub const FASHION_MNIST_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
 /// Which IDX pair to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

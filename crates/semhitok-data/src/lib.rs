@@ -47,7 +47,7 @@ pub mod transform;
 pub mod wds;
 
 pub use error::{Error, Result, SkipReason};
-pub use fashion_mnist::{FashionMnist, Split, FASHION_MNIST_CLASSES};
+pub use fashion_mnist::{FashionMnist, Split, FASHION_MNIST_CLASSES, FASHION_MNIST_NAMES};
 pub use folder::{ImageFolder, ImageFolderConfig};
 pub use image::{decode_rgb8, read_image_file, DecodeLimits, Rgb8Image};
 pub use llava::{load_llava, LlavaRecord, Role, Turn};

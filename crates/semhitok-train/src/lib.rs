@@ -19,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod gan;
+pub mod llava;
 pub mod metrics;
 pub mod optim;
 pub mod report;

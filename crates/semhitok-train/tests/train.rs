@@ -8,6 +8,7 @@ mod train {
     mod data;
     mod demo;
     mod dist;
+    mod llava;
     mod machinery;
     mod optim;
     mod reliability;

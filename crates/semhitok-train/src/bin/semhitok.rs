@@ -96,6 +96,9 @@ enum DataCmd {
         #[arg(long, default_value_t = 1000)]
         shard_size: usize,
     },
+    /// Fashion-MNIST -> a LLaVA-format set: images, pretrain.json (stage 1), instruct.json
+    /// (stage 2: the class question and balanced POPE-style yes/no), test.jsonl (evaluation).
+    LlavaFmnist(semhitok_train::llava::fmnist::FmnistArgs),
 }
 
 fn main() -> Result<()> {
@@ -223,6 +226,13 @@ fn main() -> Result<()> {
                     "out": out.display().to_string(),
                 })
             );
+            Ok(())
+        }
+        Cmd::Data {
+            cmd: DataCmd::LlavaFmnist(a),
+        } => {
+            let r = semhitok_train::llava::fmnist::generate(&a)?;
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Cmd::ModelPreset { name } => {

@@ -1,0 +1,3 @@
+//! LLaVA-1.5 on SemHiTok features: the Fashion-MNIST LLaVA-format set ([`fmnist`]).
+
+pub mod fmnist;

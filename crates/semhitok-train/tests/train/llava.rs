@@ -1,0 +1,3 @@
+//! LLaVA: the Fashion-MNIST LLaVA-format set, training, answering, export.
+
+mod fmnist;
