@@ -8,11 +8,13 @@
 //!   `preprocess_v1`, and generation prompts for answering.
 //! - [`splice`]: image positions expanded to the feature count, truncation, right-padded
 //!   batches, and [`splice::splice_embeddings`] (features written over the image positions).
+//! - [`answer`]: greedy batched answers from spliced embeddings with the KV cache.
 //! - [`eval`]: the benchmark scorer (VQA-normalised exact match, POPE, multiple choice).
 //!
 //! Reference: haotian-liu/LLaVA at c121f04 (`llava/conversation.py`, `llava/train/train.py`,
 //! `llava/mm_utils.py`, `llava/model/llava_arch.py`, `llava/eval/`).
 
+pub mod answer;
 pub mod eval;
 pub mod prompt;
 pub mod splice;
