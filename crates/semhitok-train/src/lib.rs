@@ -1,6 +1,8 @@
 //! SemHiTok two-stage trainer: configs, the training loop and its machinery (AdamW, schedule,
 //! EMA, checkpoints, exact resume), the stages `spc`, `pre`, `decoder-ft`, `joint`,
-//! evaluation, encode/decode, model-folder export and dataset tokenization.
+//! evaluation, encode/decode, model-folder export and dataset tokenization; `semhitok train`
+//! dispatches on `run.stage` ([`dispatch`]) to the tokenizer stages, [`llava`] or [`t2i`], all
+//! over the one [`trainer`] loop.
 //!
 //! The `semhitok` binary (`src/bin/semhitok.rs`) is a thin CLI over this library;
 //! `cargo xtask train|eval|encode|decode|demo` launch it.
@@ -14,6 +16,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod dispatch;
 pub mod dist;
 pub mod error;
 pub mod eval;
@@ -26,6 +29,7 @@ pub mod report;
 pub mod rundir;
 pub mod stages;
 pub mod synthetic;
+pub mod t2i;
 pub mod tokenize;
 pub mod trainer;
 
