@@ -43,14 +43,19 @@ pub fn answer_greedy(
         let l = p.size()[0];
         let pad = lmax - l;
         let pad_t = Tensor::f_zeros([pad, d], (kind, dev))?;
-        rows.push(Tensor::f_cat(&[pad_t, p.f_to_kind(kind)?.f_to_device(dev)?], 0)?);
+        rows.push(Tensor::f_cat(
+            &[pad_t, p.f_to_kind(kind)?.f_to_device(dev)?],
+            0,
+        )?);
         for j in pad..lmax {
             mask[(i as i64 * lmax + j) as usize] = 1;
         }
     }
     let x = Tensor::f_stack(&rows, 0)?; // [B, Lmax, D]
     let has_pad = prompts.iter().any(|p| p.size()[0] != lmax);
-    let mask = Tensor::from_slice(&mask).f_view([b, lmax])?.f_to_device(dev)?;
+    let mask = Tensor::from_slice(&mask)
+        .f_view([b, lmax])?
+        .f_to_device(dev)?;
     let mut cache = model.new_cache(b, lmax + max_new_tokens as i64 + 1)?;
     let mut logits = model.forward(
         Input::Embeds(&x),

@@ -76,7 +76,12 @@ impl LlavaModel {
     /// Assemble; the projector is initialised as PyTorch's `nn.Linear` after
     /// `tch::manual_seed(seed)`. The vision width and patch count are read from one forward of
     /// a blank image.
-    pub fn new(vision: Tokenizer, features: VisionFeatures, lm: LoadedLm, seed: i64) -> Result<Self> {
+    pub fn new(
+        vision: Tokenizer,
+        features: VisionFeatures,
+        lm: LoadedLm,
+        seed: i64,
+    ) -> Result<Self> {
         let device = lm.model.device();
         if vision.device() != device {
             return Err(Error::Input(format!(
@@ -127,7 +132,11 @@ impl LlavaModel {
         };
         let feats = self.image_features(images)?;
         let proj = self.projector.forward(&feats)?.f_to_kind(text.kind())?;
-        Ok(splice_embeddings(&text, &input_ids.f_to_device(self.device())?, &proj)?)
+        Ok(splice_embeddings(
+            &text,
+            &input_ids.f_to_device(self.device())?,
+            &proj,
+        )?)
     }
 
     /// Mean causal-LM loss over the non-ignored labels and their count (int64 scalar).
@@ -145,7 +154,10 @@ impl LlavaModel {
             semhitok_mllm::llm::Input::Embeds(&x),
             &attention_mask.f_to_device(self.device())?,
         )?;
-        Ok(causal_lm_loss(&logits, &labels.f_to_device(self.device())?)?)
+        Ok(causal_lm_loss(
+            &logits,
+            &labels.f_to_device(self.device())?,
+        )?)
     }
 
     /// Greedy answers to `questions` about `images` (`[B, 3, H, W]`, one per question), batched
@@ -213,7 +225,11 @@ impl LlavaModel {
     }
 }
 
-fn image_features_of(vision: &Tokenizer, features: VisionFeatures, images: &Tensor) -> Result<Tensor> {
+fn image_features_of(
+    vision: &Tokenizer,
+    features: VisionFeatures,
+    images: &Tensor,
+) -> Result<Tensor> {
     tch::no_grad(|| -> Result<Tensor> {
         Ok(match features {
             VisionFeatures::Quantized => vision.encode(images)?.features,
