@@ -61,6 +61,10 @@ char *guarded(F &&f) {
 std::chrono::milliseconds ms(int64_t v) { return std::chrono::milliseconds(v); }
 
 void wait(const c10::intrusive_ptr<c10d::Work> &work, int64_t timeout_ms) {
+  // A synchronous NCCL collective (`asyncOp = false`: queued on the caller's current stream)
+  // returns no Work object in PyTorch 2.11: there is nothing to wait for, stream order does it.
+  // (Calling wait() on that null handle was the H200 world-size-1 SIGSEGV.)
+  if (!work) return;
   // Throws on failure and on timeout (c10d's own message, e.g. "Operation timed out!").
   work->wait(ms(timeout_ms));
 }

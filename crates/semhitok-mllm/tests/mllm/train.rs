@@ -82,7 +82,7 @@ fn loss_matches_torch_cross_entropy() -> R {
     assert_eq!((z.double_value(&[]), c.int64_value(&[])), (0.0, 0));
     assert!(z.requires_grad());
     // Bad labels and shapes are errors.
-    let mut bad = g["loss.labels"].copy();
+    let bad = g["loss.labels"].copy();
     let _ = bad.get(0).get(3).fill_(11);
     let e = causal_lm_loss(&logits, &bad).unwrap_err().to_string();
     assert!(e.contains("label") && e.contains("11"), "{e}");
