@@ -67,3 +67,34 @@ fn fmnist_llava_set_is_valid_balanced_and_seeded() {
         .to_string()
         .contains("exists"));
 }
+
+/// The committed LLaVA configs parse and validate; a stage-1 config that trains the LLM is
+/// refused naming `llm.train`.
+#[test]
+fn llava_configs_parse() {
+    use semhitok_train::config::peek_stage;
+    use semhitok_train::llava::config::LlavaConfig;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml")
+            && peek_stage(&p, &[]).unwrap().config_kind()
+                == semhitok_train::config::ConfigKind::Llava
+        {
+            LlavaConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 4);
+    let e = LlavaConfig::load(
+        &dir.join("llava-fmnist-stage1.toml"),
+        &["llm.train=\"full\"".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("llm.train") && e.contains("llava-fmnist-stage1.toml"),
+        "{e}"
+    );
+}
