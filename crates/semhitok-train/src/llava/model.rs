@@ -141,7 +141,9 @@ impl LlavaModel {
 
     /// Mean causal-LM loss over the non-ignored labels and their count (int64 scalar).
     /// `input_ids`, `labels` `[B, L]` int64, `attention_mask` `[B, L]` bool, images as in
-    /// [`Self::embeds`].
+    /// [`Self::embeds`]. The output head runs only on the positions that predict a label
+    /// (the same numbers as `causal_lm_loss` over the full `[B, L, V]` logits, tested; the
+    /// head is the largest matmul of a small LLM, and most positions carry no label).
     pub fn loss(
         &self,
         input_ids: &Tensor,
@@ -150,14 +152,43 @@ impl LlavaModel {
         images: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let x = self.embeds(input_ids, images)?;
-        let logits = self.lm.model.forward_train(
+        let h = self.lm.model.forward_train_hidden(
             semhitok_mllm::llm::Input::Embeds(&x),
             &attention_mask.f_to_device(self.device())?,
+        )?; // [B, L, H]
+        let (b, l, hd) = h.size3()?;
+        let labels = labels.f_to_device(self.device())?;
+        if labels.size() != [b, l] {
+            return Err(Error::Input(format!(
+                "labels {:?} for hidden states [{b}, {l}, {hd}]",
+                labels.size()
+            )));
+        }
+        let hz = h.f_narrow(1, 0, l - 1)?.f_reshape([-1, hd])?;
+        let y = labels.f_narrow(1, 1, l - 1)?.f_reshape([-1])?;
+        let rows = y
+            .f_ne(semhitok_mllm::llava::IGNORE_INDEX)?
+            .f_nonzero()?
+            .f_squeeze_dim(1)?;
+        let n = rows.size()[0];
+        let count = Tensor::from(n).f_to_device(self.device())?;
+        if n == 0 {
+            return Ok((h.f_sum(Kind::Float)?.f_mul_scalar(0.0)?, count));
+        }
+        let z = hz
+            .f_index_select(0, &rows)?
+            .f_linear::<&Tensor>(self.lm.model.lm_head_weight(), None)?
+            .f_to_kind(Kind::Float)?; // [N, V]
+        let (z, y) = (z.f_unsqueeze(0)?, y.f_index_select(0, &rows)?);
+        // causal_lm_loss on [1, N + 1, V] with the labels shifted in: position i predicts y[i].
+        let pad = Tensor::f_full(
+            [1],
+            semhitok_mllm::llava::IGNORE_INDEX,
+            (Kind::Int64, self.device()),
         )?;
-        Ok(causal_lm_loss(
-            &logits,
-            &labels.f_to_device(self.device())?,
-        )?)
+        let yl = Tensor::f_cat(&[pad, y], 0)?.f_unsqueeze(0)?; // [1, N + 1]
+        let zl = Tensor::f_cat(&[&z, &z.f_narrow(1, 0, 1)?], 1)?; // [1, N + 1, V] (last unused)
+        Ok((causal_lm_loss(&zl, &yl)?.0, count))
     }
 
     /// Greedy answers to `questions` about `images` (`[B, 3, H, W]`, one per question), batched

@@ -397,3 +397,36 @@ fn stage2_lora_resumes_exactly_and_answers() {
     assert_eq!(r["n"], 8);
     assert_eq!(r["report"]["overall"]["yes_no"]["n"], 4);
 }
+
+/// The loss with the head on labelled positions only equals `causal_lm_loss` over the full
+/// logits, and gradients reach the projector either way.
+#[test]
+fn selective_head_loss_equals_full_logits_loss() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path());
+    let cfg = config(&f, &tmp.path().join("x"), "llava-finetune", &[]);
+    let (task, mut data) = prepare(&cfg, Path::new("t.toml")).unwrap();
+    use semhitok_train::trainer::Batches;
+    let batch = data.next_batch(Device::Cpu).unwrap();
+    let tb = batch.tokens().unwrap();
+    let m = &task.model;
+    let (loss, n) = m
+        .loss(
+            &tb.input_ids,
+            &tb.labels,
+            &tb.attention_mask,
+            tb.images.as_ref(),
+        )
+        .unwrap();
+    let x = m.embeds(&tb.input_ids, tb.images.as_ref()).unwrap();
+    let logits =
+        m.lm.model
+            .forward_train(semhitok_mllm::llm::Input::Embeds(&x), &tb.attention_mask)
+            .unwrap();
+    let (full, n2) = semhitok_mllm::loss::causal_lm_loss(&logits, &tb.labels).unwrap();
+    assert_eq!(n.int64_value(&[]), n2.int64_value(&[]));
+    assert!(n.int64_value(&[]) > 0);
+    let (a, b) = (loss.double_value(&[]), full.double_value(&[]));
+    assert!((a - b).abs() < 1e-5 * b.abs(), "{a} vs {b}");
+}
