@@ -71,7 +71,7 @@ impl LlmText {
         )?)
     }
 
-    /// Padding id of the batches (masked out anyway): the tokenizer's pad or eos, else 0.
+    /// Padding id of the batches: 0 (padded positions are masked out and carry no label).
     pub fn pad_id(&self) -> i64 {
         0
     }
