@@ -39,6 +39,12 @@ pub enum Error {
     /// A tokenizer file that could not be loaded or used.
     #[error("tokenizer {path}: {msg}")]
     Tokenizer { path: String, msg: String },
+    /// A conversation that cannot become a LLaVA prompt (record id or template named).
+    #[error("llava prompt ({what}): {msg}")]
+    Prompt { what: String, msg: String },
+    /// An evaluation file or answer that cannot be read (file and line named).
+    #[error("llava eval {path}: {msg}")]
+    Eval { path: String, msg: String },
 }
 
 /// Result alias of the crate.

@@ -18,6 +18,8 @@
 //! - [`gguf`]: GGUF reader, dequantizers, mapping onto [`llm::LlamaModel`], GGUF tokenizer.
 //! - [`chat`]: chat templates (Jinja via minijinja).
 //! - [`spm`]: SentencePiece `tokenizer.model` (Llama-2 / Vicuna) as a `tokenizers` tokenizer.
+//! - [`llava`]: LLaVA-1.5 prompts and labels (`plain`, `vicuna_v1`, the model's chat template),
+//!   image splicing, and the answer scorer (VQA exact match, POPE, multiple choice).
 //! - [`generate`]: on-device sampling, eos / stop strings, streaming, batched left-padded decoding.
 
 pub mod cfg;
@@ -25,6 +27,7 @@ pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod llava;
 pub mod llm;
 pub mod loss;
 pub mod projector;

@@ -18,6 +18,9 @@ mod gguf;
 #[path = "mllm/generate.rs"]
 mod generate;
 
+#[path = "mllm/llava.rs"]
+mod llava;
+
 mod vocab {
     use proptest::prelude::*;
     use semhitok_mllm::vocab::VisualVocab;

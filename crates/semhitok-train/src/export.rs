@@ -29,6 +29,19 @@ pub struct ExportArgs {
 
 /// Export `a.run` into `a.out`; returns the folder.
 pub fn export_cmd(a: &ExportArgs) -> Result<PathBuf> {
+    // A LLaVA run exports in LLaVA's layout (the LLM's HF folder + mm_projector).
+    let cfg = a.run.join("config.toml");
+    if cfg.is_file()
+        && crate::config::peek_stage(&cfg, &[])?.config_kind() == crate::config::ConfigKind::Llava
+    {
+        let out = crate::llava::run::export(&a.run, &a.out, a.overwrite)?;
+        eprintln!(
+            "exported LLaVA run {} -> {}",
+            a.run.display(),
+            out.display()
+        );
+        return Ok(out);
+    }
     let loaded = load_model(&a.run, Device::Cpu, false)?;
     let eval = match &a.eval {
         Some(p) => Some(

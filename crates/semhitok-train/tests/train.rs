@@ -10,6 +10,7 @@ mod train {
     mod dist;
     mod fmnist;
     mod generic;
+    mod llava;
     mod machinery;
     mod optim;
     mod reliability;

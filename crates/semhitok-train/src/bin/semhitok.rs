@@ -79,6 +79,12 @@ enum Cmd {
     Chat(semhitok_train::chat::ChatArgs),
     /// images/s of the encode path on one fixed batch (`scripts/bench_tokenize_torch.py`: PyTorch reference).
     BenchTokenize(semhitok_train::bench_tokenize::BenchTokenizeArgs),
+    /// Answer a question about an image with a trained LLaVA model (a run dir or an exported
+    /// folder), greedy with the KV cache; several --image are answered as one batch.
+    Ask(semhitok_train::llava::ask::AskArgs),
+    /// Score a LLaVA model on a JSONL of {image, question, answer, kind} (VQA exact match,
+    /// POPE yes/no accuracy/precision/recall/F1, multiple-choice letters).
+    LlavaEval(semhitok_train::llava::ask::LlavaEvalArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -99,6 +105,9 @@ enum DataCmd {
         #[arg(long, default_value_t = 1000)]
         shard_size: usize,
     },
+    /// Fashion-MNIST -> a LLaVA-format set: images, pretrain.json (stage 1), instruct.json
+    /// (stage 2: the class question and balanced POPE-style yes/no), test.jsonl (evaluation).
+    LlavaFmnist(semhitok_train::llava::fmnist::FmnistArgs),
 }
 
 fn main() -> Result<()> {
@@ -182,6 +191,17 @@ fn main() -> Result<()> {
         Cmd::Decode(a) => semhitok_train::codec::decode_cmd(&a)
             .map(|_| ())
             .map_err(Into::into),
+        Cmd::Ask(a) => {
+            for ans in semhitok_train::llava::ask::ask(&a)? {
+                println!("{ans}");
+            }
+            Ok(())
+        }
+        Cmd::LlavaEval(a) => {
+            let p = semhitok_train::llava::ask::llava_eval(&a)?;
+            eprintln!("report: {}", p.display());
+            Ok(())
+        }
         Cmd::Chat(a) => semhitok_train::chat::run(&a)
             .map(|_| ())
             .map_err(Into::into),
@@ -222,6 +242,13 @@ fn main() -> Result<()> {
                     "out": out.display().to_string(),
                 })
             );
+            Ok(())
+        }
+        Cmd::Data {
+            cmd: DataCmd::LlavaFmnist(a),
+        } => {
+            let r = semhitok_train::llava::fmnist::generate(&a)?;
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Cmd::ModelPreset { name } => {

@@ -1,14 +1,16 @@
-//! LLaVA-1.5 training (`run.stage = "llava-pretrain" | "llava-finetune"`): not built yet.
+//! LLaVA-1.5 on SemHiTok features (issue 17): the config ([`config`]), the model
+//! ([`model`]: frozen tokenizer -> `mm_projector` -> LLM), the trainer task ([`task`]), token
+//! batches of LLaVA records ([`data`]), training / loading / export ([`run`]), evaluation
+//! ([`evaluate`]), `semhitok ask` and `semhitok llava-eval` ([`ask`]), and the Fashion-MNIST
+//! LLaVA-format set ([`fmnist`]).
 
-use crate::dispatch::TrainRequest;
-use crate::error::{Error, Result};
-use crate::trainer::TrainReport;
+pub mod ask;
+pub mod config;
+pub mod data;
+pub mod evaluate;
+pub mod fmnist;
+pub mod model;
+pub mod run;
+pub mod task;
 
-/// Train the LLaVA run `req` describes (`semhitok train --config FILE` with a LLaVA stage;
-/// `req.config` is the LLaVA config, `req.overrides` its `--set` overrides).
-pub fn run(req: &TrainRequest) -> Result<TrainReport> {
-    Err(Error::Input(format!(
-        "{}: LLaVA training (run.stage = \"llava-pretrain\" / \"llava-finetune\") is not built yet",
-        req.config.display()
-    )))
-}
+pub use run::run;
