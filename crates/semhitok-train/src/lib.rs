@@ -25,6 +25,7 @@ pub mod report;
 pub mod rundir;
 pub mod stages;
 pub mod synthetic;
+pub mod t2i;
 pub mod tokenize;
 pub mod trainer;
 

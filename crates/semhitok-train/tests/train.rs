@@ -12,5 +12,6 @@ mod train {
     mod optim;
     mod reliability;
     pub mod stages;
+    mod t2i;
     mod tokenize;
 }

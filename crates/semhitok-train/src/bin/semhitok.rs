@@ -76,6 +76,10 @@ enum Cmd {
     Chat(semhitok_train::chat::ChatArgs),
     /// images/s of the encode path on one fixed batch (`scripts/bench_tokenize_torch.py`: PyTorch reference).
     BenchTokenize(semhitok_train::bench_tokenize::BenchTokenizeArgs),
+    /// Train the Fashion-MNIST classifier that judges generated images; reports its test accuracy.
+    FmnistClassifier(semhitok_train::t2i::classifier::ClassifierArgs),
+    /// Class accuracy and FID (vs the Fashion-MNIST test split) of generated images.
+    T2iScore(semhitok_train::t2i::judge::ScoreArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -196,6 +200,20 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::FmnistClassifier(a) => {
+            let m = semhitok_train::t2i::classifier::train(&a)?;
+            println!(
+                "test accuracy {:.4} ({} epochs, {:.0} s): {}",
+                m.test_accuracy,
+                m.epochs,
+                m.train_secs,
+                a.out.display()
+            );
+            Ok(())
+        }
+        Cmd::T2iScore(a) => semhitok_train::t2i::judge::score(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Data {
