@@ -42,6 +42,7 @@ impl Message {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    source: String,
     origin: String,
     bos_token: String,
     eos_token: String,
@@ -69,10 +70,16 @@ impl ChatTemplate {
             })?;
         Ok(Self {
             env,
+            source: source.to_string(),
             origin: origin.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
+    }
+
+    /// The template's Jinja source (as given to [`Self::new`]).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The prompt text for `messages` (with the assistant header when `add_generation_prompt`).

@@ -13,7 +13,9 @@
 //! - [`tokenizer::TextTokenizer`]: the LLM's text tokenizer (HF tokenizer.json, e.g. the embedded
 //!   Qwen2.5 one, or one built from GGUF metadata) whose size fixes where visual tokens start.
 //! - [`llm`]: the Llama-family decoder (Llama 2/3, Vicuna, SmolLM2, Qwen2/2.5) with an explicit
-//!   KV cache, HF safetensors loading and `extend_vocab`.
+//!   KV cache, HF safetensors loading and `extend_vocab`; trainable (full or LoRA) through
+//!   `forward_train`, with HF export.
+//! - [`loss::causal_lm_loss`]: next-token cross-entropy (shift, ignore -100, f32).
 //! - [`gguf`]: GGUF reader, dequantizers, mapping onto [`llm::LlamaModel`], GGUF tokenizer.
 //! - [`chat`]: chat templates (Jinja via minijinja).
 //! - [`spm`]: SentencePiece `tokenizer.model` (Llama-2 / Vicuna) as a `tokenizers` tokenizer.
@@ -25,6 +27,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod llm;
+pub mod loss;
 pub mod projector;
 pub mod spm;
 pub mod t2i;

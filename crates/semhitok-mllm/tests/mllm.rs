@@ -9,6 +9,9 @@ fn workspace() -> PathBuf {
 #[path = "mllm/llm.rs"]
 mod llm;
 
+#[path = "mllm/train.rs"]
+mod train;
+
 #[path = "mllm/gguf.rs"]
 mod gguf;
 

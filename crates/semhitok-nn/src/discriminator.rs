@@ -10,8 +10,9 @@
 
 use crate::efficientnet::BatchNorm2d;
 use crate::error::{Error, Result};
+use crate::layers::Conv2d;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 /// NLayerDiscriminator sizes.
@@ -43,7 +44,7 @@ impl PatchGanConfig {
 
 #[derive(Debug)]
 struct Layer {
-    conv: nn::Conv2D,
+    conv: Conv2d,
     bn: Option<BatchNorm2d>,
     act: bool,
 }
@@ -81,7 +82,7 @@ impl PatchGan {
                 ws_init: w_init,
                 ..Default::default()
             };
-            nn::conv2d(&main / i, cin, cout, 4, c)
+            Conv2d::new(&main / i, cin, cout, 4, c)
         };
         // Sequential indices: conv, [bn], lrelu per layer.
         let mut layers = vec![Layer {
@@ -156,7 +157,7 @@ impl PatchGan {
             xs.shallow_clone()
         };
         for l in &self.layers {
-            h = l.conv.forward(&h);
+            h = l.conv.forward(&h)?;
             if let Some(bn) = &l.bn {
                 h = bn.forward_t(&h, train)?;
             }

@@ -10,11 +10,12 @@
 
 use crate::device::to_channels_last;
 use crate::error::{Error, Result};
+use crate::layers::{Conv2d, Linear, LinearInit};
 use crate::teacher::{check_images, map_to_tokens, sorted_variables, Teacher};
 use crate::weights::{load_strict, load_strict_tensors, LoadOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 /// Where the embedded weights live under the workspace's `.assets/` (written by `cargo xtask assets`).
@@ -137,16 +138,16 @@ impl EfficientNetLiteConfig {
 
 #[derive(Debug)]
 struct Block {
-    expand: Option<(nn::Conv2D, BatchNorm2d)>,
-    depthwise: nn::Conv2D,
+    expand: Option<(Conv2d, BatchNorm2d)>,
+    depthwise: Conv2d,
     bn1: BatchNorm2d,
-    project: nn::Conv2D,
+    project: Conv2d,
     bn2: BatchNorm2d,
     stride: i64,
     skip: bool,
 }
 
-fn conv(vs: nn::Path<'_>, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
+fn conv(vs: nn::Path<'_>, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> Conv2d {
     let c = nn::ConvConfig {
         stride,
         padding: k / 2,
@@ -154,7 +155,7 @@ fn conv(vs: nn::Path<'_>, cin: i64, cout: i64, k: i64, stride: i64, groups: i64)
         bias: false,
         ..Default::default()
     };
-    nn::conv2d(vs, cin, cout, k, c)
+    Conv2d::new(vs, cin, cout, k, c)
 }
 
 impl Block {
@@ -181,13 +182,13 @@ impl Block {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut h = xs.shallow_clone();
         if let Some((c, bn)) = &self.expand {
-            h = bn.forward_t(&c.forward(&h), false)?.f_relu6()?;
+            h = bn.forward_t(&c.forward(&h)?, false)?.f_relu6()?;
         }
         h = self
             .bn1
-            .forward_t(&self.depthwise.forward(&h), false)?
+            .forward_t(&self.depthwise.forward(&h)?, false)?
             .f_relu6()?;
-        h = self.bn2.forward_t(&self.project.forward(&h), false)?;
+        h = self.bn2.forward_t(&self.project.forward(&h)?, false)?;
         if self.skip {
             h = h.f_add(xs)?;
         }
@@ -198,14 +199,14 @@ impl Block {
 /// EfficientNet-Lite in eval mode (inference only: its batch norms always use running statistics).
 #[derive(Debug)]
 pub struct EfficientNetLite {
-    conv_stem: nn::Conv2D,
+    conv_stem: Conv2d,
     bn0: BatchNorm2d,
     blocks: Vec<Block>,
     /// (stride, channels) after each block.
     block_out: Vec<(i64, i64)>,
-    conv_head: nn::Conv2D,
+    conv_head: Conv2d,
     bn1: BatchNorm2d,
-    fc: nn::Linear,
+    fc: Linear,
 }
 
 impl EfficientNetLite {
@@ -240,7 +241,13 @@ impl EfficientNetLite {
             block_out,
             conv_head: conv(&vs / "_conv_head", cin, cfg.head, 1, 1, 1),
             bn1: BatchNorm2d::new(&vs / "_bn1", cfg.head, eps, 0.01, nn::Init::Const(1.0)),
-            fc: nn::linear(&vs / "_fc", cfg.head, cfg.num_classes, Default::default()),
+            fc: Linear::new(
+                &vs / "_fc",
+                cfg.head,
+                cfg.num_classes,
+                true,
+                LinearInit::Default,
+            ),
         })
     }
 
@@ -294,7 +301,7 @@ impl EfficientNetLite {
         let last = check_taps(taps, self.blocks.len())?;
         let mut h = self
             .bn0
-            .forward_t(&self.conv_stem.forward(z), false)?
+            .forward_t(&self.conv_stem.forward(z)?, false)?
             .f_relu6()?;
         let mut out = Vec::with_capacity(taps.len());
         for (i, b) in self.blocks[..=last].iter().enumerate() {
@@ -312,10 +319,10 @@ impl EfficientNetLite {
         let h = self.block_outputs(z, &[n])?.remove(0);
         let h = self
             .bn1
-            .forward_t(&self.conv_head.forward(&h), false)?
+            .forward_t(&self.conv_head.forward(&h)?, false)?
             .f_relu6()?;
         let h = h.f_mean_dim(&[2i64, 3][..], false, Kind::Float)?;
-        Ok(self.fc.forward(&h))
+        self.fc.forward(&h)
     }
 }
 
@@ -331,7 +338,7 @@ struct FoldedConv {
 
 impl FoldedConv {
     fn new(
-        c: &nn::Conv2D,
+        c: &Conv2d,
         bn: &BatchNorm2d,
         stride: i64,
         groups: i64,
@@ -393,7 +400,7 @@ pub struct FoldedEfficientNet {
 impl EfficientNetLite {
     /// The folded inference form of this network (weights copied; `self` may be dropped).
     pub fn fold(&self, channels_last: bool) -> Result<FoldedEfficientNet> {
-        let f = |c: &nn::Conv2D, bn: &BatchNorm2d, stride, groups| {
+        let f = |c: &Conv2d, bn: &BatchNorm2d, stride, groups| {
             FoldedConv::new(c, bn, stride, groups, channels_last)
         };
         Ok(FoldedEfficientNet {

@@ -7,6 +7,7 @@ pub mod efficientnet;
 pub mod error;
 pub mod fid;
 pub mod fusion;
+pub mod layers;
 pub mod losses;
 pub mod lpips;
 pub mod model;

@@ -11,9 +11,10 @@
 //! `tests/nn/lpips.rs`.
 
 use crate::error::{Error, Result};
+use crate::layers::Conv2d;
 use crate::weights::{load_strict, LoadOptions};
 use std::path::Path;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 /// The linear heads under the workspace's `.assets/`.
@@ -34,7 +35,7 @@ pub const VGG_TAP_CHANNELS: [i64; 5] = [64, 128, 256, 512, 512];
 /// torchvision VGG16 convolutional trunk up to relu5_3 (names `features.N.*`).
 #[derive(Debug)]
 pub struct Vgg16Features {
-    slices: Vec<Vec<nn::Conv2D>>,
+    slices: Vec<Vec<Conv2d>>,
 }
 
 impl Vgg16Features {
@@ -49,7 +50,7 @@ impl Vgg16Features {
             .iter()
             .map(|s| {
                 s.iter()
-                    .map(|&(i, cin, cout)| nn::conv2d(&f / i, cin, cout, 3, c))
+                    .map(|&(i, cin, cout)| Conv2d::new(&f / i, cin, cout, 3, c))
                     .collect()
             })
             .collect();
@@ -65,7 +66,7 @@ impl Vgg16Features {
                 h = h.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
             }
             for c in convs {
-                h = c.forward(&h).f_relu()?;
+                h = c.forward(&h)?.f_relu()?;
             }
             out.push(h.shallow_clone());
         }

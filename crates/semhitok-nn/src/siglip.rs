@@ -7,11 +7,12 @@
 //! position table), so non-square images work. Golden test: `tests/nn/siglip.rs`.
 
 use crate::error::{Error, Result};
+use crate::layers::{attention, split_heads, Conv2d, LayerNorm, Linear, LinearInit};
 use crate::teacher::{check_images, sorted_variables, Teacher};
 use crate::weights::{load_strict, load_strict_tensors, LoadOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Device, Tensor};
 
 /// Activation of the MLPs, spelled as HF's `hidden_act`.
@@ -168,48 +169,33 @@ pub enum SiglipLayer {
 
 #[derive(Debug)]
 struct Mlp {
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    fc1: Linear,
+    fc2: Linear,
     act: HiddenAct,
 }
 
 impl Mlp {
     fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
-        let c = Default::default();
+        let c = LinearInit::Default;
         Self {
-            fc1: nn::linear(&vs / "fc1", cfg.hidden_size, cfg.intermediate_size, c),
-            fc2: nn::linear(&vs / "fc2", cfg.intermediate_size, cfg.hidden_size, c),
+            fc1: Linear::new(&vs / "fc1", cfg.hidden_size, cfg.intermediate_size, true, c),
+            fc2: Linear::new(&vs / "fc2", cfg.intermediate_size, cfg.hidden_size, true, c),
             act: cfg.hidden_act,
         }
     }
 
     /// xs: [B, N, D] -> [B, N, D]
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(self.fc2.forward(&self.act.apply(&self.fc1.forward(xs))?))
+        self.fc2.forward(&self.act.apply(&self.fc1.forward(xs)?)?)
     }
-}
-
-/// [B, N, D] -> [B, heads, N, D / heads]
-fn split_heads(xs: &Tensor, heads: i64) -> Result<Tensor> {
-    let (b, n, d) = xs.size3()?;
-    Ok(xs.f_view([b, n, heads, d / heads])?.f_transpose(1, 2)?)
-}
-
-/// [B, heads, N, hd] -> [B, N, heads * hd]
-fn merge_heads(xs: &Tensor) -> Result<Tensor> {
-    let (b, h, n, hd) = xs.size4()?;
-    Ok(xs
-        .f_transpose(1, 2)?
-        .f_contiguous()?
-        .f_view([b, n, h * hd])?)
 }
 
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
     heads: i64,
     /// `q_proj`, `k_proj`, `v_proj` stacked into one [3 D, D] weight and [3 D] bias, for frozen
     /// use (see [`SiglipVisionModel::fuse_qkv`]): one GEMM instead of three.
@@ -218,12 +204,12 @@ struct Attention {
 
 impl Attention {
     fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
-        let (d, c) = (cfg.hidden_size, Default::default());
+        let (d, c) = (cfg.hidden_size, LinearInit::Default);
         Self {
-            q_proj: nn::linear(&vs / "q_proj", d, d, c),
-            k_proj: nn::linear(&vs / "k_proj", d, d, c),
-            v_proj: nn::linear(&vs / "v_proj", d, d, c),
-            out_proj: nn::linear(&vs / "out_proj", d, d, c),
+            q_proj: Linear::new(&vs / "q_proj", d, d, true, c),
+            k_proj: Linear::new(&vs / "k_proj", d, d, true, c),
+            v_proj: Linear::new(&vs / "v_proj", d, d, true, c),
+            out_proj: Linear::new(&vs / "out_proj", d, d, true, c),
             heads: cfg.num_attention_heads,
             fused: None,
         }
@@ -232,7 +218,7 @@ impl Attention {
     /// Stack the current q/k/v weights into `fused` (copies: later changes to them are not seen).
     fn fuse(&mut self) -> Result<()> {
         let _g = tch::no_grad_guard();
-        let bias = |l: &nn::Linear| {
+        let bias = |l: &Linear| {
             l.bs.as_ref()
                 .map(|b| b.shallow_clone())
                 .ok_or_else(|| Error::Config("siglip attention projections have biases".into()))
@@ -253,46 +239,40 @@ impl Attention {
     /// xs: [B, N, D] -> [B, N, D]
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let [q, k, v] = match &self.fused {
-            Some((w, b)) => crate::vit::split_qkv(&xs.f_linear(w, Some(b))?, self.heads)?,
+            Some((w, b)) => crate::layers::split_qkv(&xs.f_linear(w, Some(b))?, self.heads)?,
             None => [
-                split_heads(&self.q_proj.forward(xs), self.heads)?,
-                split_heads(&self.k_proj.forward(xs), self.heads)?,
-                split_heads(&self.v_proj.forward(xs), self.heads)?,
+                split_heads(&self.q_proj.forward(xs)?, self.heads)?,
+                split_heads(&self.k_proj.forward(xs)?, self.heads)?,
+                split_heads(&self.v_proj.forward(xs)?, self.heads)?,
             ],
         };
-        let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?;
-        Ok(self.out_proj.forward(&merge_heads(&o)?))
+        self.out_proj.forward(&attention(&q, &k, &v)?)
     }
 }
 
 #[derive(Debug)]
 struct EncoderLayer {
-    layer_norm1: nn::LayerNorm,
+    layer_norm1: LayerNorm,
     self_attn: Attention,
-    layer_norm2: nn::LayerNorm,
+    layer_norm2: LayerNorm,
     mlp: Mlp,
 }
 
 impl EncoderLayer {
     fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
-        let ln = nn::LayerNormConfig {
-            eps: cfg.layer_norm_eps,
-            ..Default::default()
-        };
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Self {
-            layer_norm1: nn::layer_norm(&vs / "layer_norm1", vec![cfg.hidden_size], ln),
+            layer_norm1: LayerNorm::new(&vs / "layer_norm1", d, eps),
             self_attn: Attention::new(cfg, &vs / "self_attn"),
-            layer_norm2: nn::layer_norm(&vs / "layer_norm2", vec![cfg.hidden_size], ln),
+            layer_norm2: LayerNorm::new(&vs / "layer_norm2", d, eps),
             mlp: Mlp::new(cfg, &vs / "mlp"),
         }
     }
 
     /// xs: [B, N, D] -> [B, N, D]
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = xs.f_add(&self.self_attn.forward(&self.layer_norm1.forward(xs))?)?;
-        Ok(xs.f_add(&self.mlp.forward(&self.layer_norm2.forward(&xs))?)?)
+        let xs = xs.f_add(&self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
+        Ok(xs.f_add(&self.mlp.forward(&self.layer_norm2.forward(&xs)?)?)?)
     }
 }
 
@@ -303,8 +283,8 @@ struct PoolingHead {
     probe: Tensor,
     in_proj_weight: Tensor,
     in_proj_bias: Tensor,
-    out_proj: nn::Linear,
-    layernorm: nn::LayerNorm,
+    out_proj: Linear,
+    layernorm: LayerNorm,
     mlp: Mlp,
     heads: i64,
 }
@@ -313,10 +293,6 @@ impl PoolingHead {
     fn new(cfg: &SiglipVisionConfig, vs: nn::Path<'_>) -> Self {
         let d = cfg.hidden_size;
         let att = &vs / "attention";
-        let ln = nn::LayerNormConfig {
-            eps: cfg.layer_norm_eps,
-            ..Default::default()
-        };
         Self {
             probe: vs.var(
                 "probe",
@@ -332,8 +308,8 @@ impl PoolingHead {
                 nn::init::DEFAULT_KAIMING_UNIFORM,
             ),
             in_proj_bias: att.zeros("in_proj_bias", &[3 * d]),
-            out_proj: nn::linear(&att / "out_proj", d, d, Default::default()),
-            layernorm: nn::layer_norm(&vs / "layernorm", vec![d], ln),
+            out_proj: Linear::new(&att / "out_proj", d, d, true, LinearInit::Default),
+            layernorm: LayerNorm::new(&vs / "layernorm", d, cfg.layer_norm_eps),
             mlp: Mlp::new(cfg, &vs / "mlp"),
             heads: cfg.num_attention_heads,
         }
@@ -348,11 +324,8 @@ impl PoolingHead {
         let q = split_heads(&probe.f_linear(&w[0], Some(&bias[0]))?, self.heads)?;
         let k = split_heads(&xs.f_linear(&w[1], Some(&bias[1]))?, self.heads)?;
         let v = split_heads(&xs.f_linear(&w[2], Some(&bias[2]))?, self.heads)?;
-        let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?;
-        let h = self.out_proj.forward(&merge_heads(&o)?);
-        let h = h.f_add(&self.mlp.forward(&self.layernorm.forward(&h))?)?;
+        let h = self.out_proj.forward(&attention(&q, &k, &v)?)?;
+        let h = h.f_add(&self.mlp.forward(&self.layernorm.forward(&h)?)?)?;
         Ok(h.f_select(1, 0)?)
     }
 }
@@ -363,10 +336,10 @@ impl PoolingHead {
 #[derive(Debug)]
 pub struct SiglipVisionModel {
     cfg: SiglipVisionConfig,
-    patch_embedding: nn::Conv2D,
+    patch_embedding: Conv2d,
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
-    post_layernorm: nn::LayerNorm,
+    post_layernorm: LayerNorm,
     head: Option<PoolingHead>,
 }
 
@@ -399,12 +372,8 @@ impl SiglipVisionModel {
         };
         let grid = cfg.image_size / cfg.patch_size;
         let enc = &vs / "encoder" / "layers";
-        let ln = nn::LayerNormConfig {
-            eps: cfg.layer_norm_eps,
-            ..Default::default()
-        };
         Ok(Self {
-            patch_embedding: nn::conv2d(
+            patch_embedding: Conv2d::new(
                 &emb / "patch_embedding",
                 cfg.num_channels,
                 cfg.hidden_size,
@@ -422,7 +391,11 @@ impl SiglipVisionModel {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| EncoderLayer::new(cfg, &enc / i))
                 .collect(),
-            post_layernorm: nn::layer_norm(&vs / "post_layernorm", vec![cfg.hidden_size], ln),
+            post_layernorm: LayerNorm::new(
+                &vs / "post_layernorm",
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+            ),
             head: cfg
                 .vision_use_head
                 .then(|| PoolingHead::new(cfg, &vs / "head")),
@@ -478,7 +451,7 @@ impl SiglipVisionModel {
         }
         let (_, _, h, w) = pixel_values.size4()?;
         // The patch conv as a GEMM: [B, N, D], contiguous, so the residual stream is too.
-        let xs = crate::vit::patch_embed_gemm(
+        let xs = crate::layers::patch_embed_gemm(
             &pixel_values.f_to_kind(self.position_embedding.kind())?,
             &self.patch_embedding.ws,
             self.patch_embedding.bs.as_ref(),
@@ -499,7 +472,7 @@ impl SiglipVisionModel {
             Some(l) => l.forward(&penultimate)?,
             None => penultimate.shallow_clone(),
         };
-        let last_hidden_state = self.post_layernorm.forward(&last);
+        let last_hidden_state = self.post_layernorm.forward(&last)?;
         let pooler_output = match &self.head {
             Some(h) => Some(h.forward(&last_hidden_state)?),
             None => None,
@@ -516,9 +489,9 @@ impl SiglipVisionModel {
         let n = self.layers.len();
         match layer {
             SiglipLayer::Penultimate => self.embed_and_encode(pixel_values, n.saturating_sub(1)),
-            SiglipLayer::Last => Ok(self
+            SiglipLayer::Last => self
                 .post_layernorm
-                .forward(&self.embed_and_encode(pixel_values, n)?)),
+                .forward(&self.embed_and_encode(pixel_values, n)?),
         }
     }
 }

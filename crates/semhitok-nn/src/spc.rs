@@ -23,6 +23,7 @@
 //! alone runs the k-means and broadcasts the codes, so every rank starts from one codebook.
 
 use crate::error::{Error, Result};
+use crate::layers::{Linear, LinearInit};
 use crate::quantizer::{
     l2_normalize, nearest_l2, straight_through, without_autocast, CodeStats, EmaCodebook,
     EmaSettings,
@@ -32,7 +33,7 @@ use crate::weights::check_finite;
 use semhitok_sys::ProcessGroup;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, OnceLock};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 /// SPC configuration.
@@ -125,21 +126,7 @@ impl SpcConfig {
     /// Builds the SPC under `p`.
     pub fn init(&self, p: &nn::Path<'_>) -> Result<Spc> {
         self.validate()?;
-        let lin = |p: nn::Path<'_>, i: i64, o: i64| {
-            nn::linear(
-                p,
-                i,
-                o,
-                nn::LinearConfig {
-                    ws_init: nn::Init::Randn {
-                        mean: 0.0,
-                        stdev: 0.02,
-                    },
-                    bs_init: Some(nn::Init::Const(0.0)),
-                    bias: true,
-                },
-            )
-        };
+        let lin = |p: nn::Path<'_>, i: i64, o: i64| Linear::new(p, i, o, true, LinearInit::Vit);
         let enc = p / "encode_task_layer";
         let head0 = lin(&enc / 0, self.teacher_dim, self.head_hidden);
         let head2 = lin(&enc / 2, self.head_hidden, self.code_dim);
@@ -213,15 +200,15 @@ pub struct SpcOutput {
 /// The Semantic-Priority Codebook model (head, EMA codebook, semantic decoder).
 #[derive(Debug)]
 pub struct Spc {
-    head0: nn::Linear,
-    head2: nn::Linear,
+    head0: Linear,
+    head2: Linear,
     codebook: Tensor,
     ema: Mutex<EmaCodebook>,
     initted: Tensor,
-    dec_embed: nn::Linear,
+    dec_embed: Linear,
     dec_trunk: Trunk,
-    dec0: nn::Linear,
-    dec2: nn::Linear,
+    dec0: Linear,
+    dec2: Linear,
     kmeans_buf: Mutex<Vec<Tensor>>,
     /// Data-parallel group of the k-means init (unset: a single process).
     dist: OnceLock<Arc<ProcessGroup>>,
@@ -268,8 +255,8 @@ impl Spc {
     /// Head: teacher features `[B, N, C_t]` -> l2-normalized code-space vectors `[B, N, D]` fp32.
     pub fn encode_z(&self, feats: &Tensor) -> Result<Tensor> {
         self.check_feats(feats)?;
-        let h = self.head0.forward(feats).f_tanh()?;
-        let z = self.head2.forward(&h).f_to_kind(Kind::Float)?;
+        let h = self.head0.forward(feats)?.f_tanh()?;
+        let z = self.head2.forward(&h)?.f_to_kind(Kind::Float)?;
         without_autocast(|| l2_normalize(&z))
     }
 
@@ -299,10 +286,10 @@ impl Spc {
 
     /// Semantic decoder: codes `[B, N, D]` -> teacher-space features `[B, N, C_t]`.
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        let x = self.dec_embed.forward(codes);
+        let x = self.dec_embed.forward(codes)?;
         let x = self.dec_trunk.forward(&x)?;
-        let x = self.dec0.forward(&x).f_tanh()?;
-        Ok(self.dec2.forward(&x))
+        let x = self.dec0.forward(&x)?.f_tanh()?;
+        self.dec2.forward(&x)
     }
 
     /// Stage-1 forward. `train` collects k-means vectors (and initialises the codebook once

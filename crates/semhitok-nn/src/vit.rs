@@ -10,8 +10,11 @@
 //! Golden test: `tests/nn/vit.rs` against `scripts/fixtures/vit.py`.
 
 use crate::error::{Error, Result};
+use crate::layers::{
+    attention, patch_embed_gemm, split_qkv, Conv2d, LayerNorm, Linear, LinearInit,
+};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 /// Transformer trunk of a ViT: width, depth, heads.
@@ -89,38 +92,15 @@ impl VitConfig {
     }
 }
 
-fn linear_init(p: nn::Path<'_>, i: i64, o: i64, bias: bool) -> nn::Linear {
-    nn::linear(
-        p,
-        i,
-        o,
-        nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias,
-        },
-    )
-}
-
-fn layer_norm(p: nn::Path<'_>, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
-        vec![dim],
-        nn::LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-    )
+fn linear_init(p: nn::Path<'_>, i: i64, o: i64, bias: bool) -> Linear {
+    Linear::new(p, i, o, bias, LinearInit::Vit)
 }
 
 /// Multi-head self-attention (timm `Attention`): `qkv`, `proj`.
 #[derive(Debug)]
 struct Attention {
-    qkv: nn::Linear,
-    proj: nn::Linear,
+    qkv: Linear,
+    proj: Linear,
     num_heads: i64,
 }
 
@@ -136,41 +116,24 @@ impl Attention {
 
     /// xs: [B, N, C] -> [B, N, C]
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = xs.size3()?;
-        let [q, k, v] = split_qkv(&self.qkv.forward(xs), self.num_heads)?;
-        let o = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?; // [B, h, N, hd]
-        let o = o.f_transpose(1, 2)?.f_reshape([b, n, c])?;
-        Ok(self.proj.forward(&o))
+        let [q, k, v] = split_qkv(&self.qkv.forward(xs)?, self.num_heads)?;
+        self.proj.forward(&attention(&q, &k, &v)?)
     }
-}
-
-/// qkv: [B, N, 3 C] (q, k, v stacked along channels, as timm's `qkv` and SigLIP's fused
-/// projections) -> [q, k, v], each [B, heads, N, C / heads] (views). By `unbind`, not three
-/// selects: its backward is one stack instead of three zero-filled scatters and two adds.
-pub(crate) fn split_qkv(qkv: &Tensor, heads: i64) -> Result<[Tensor; 3]> {
-    let (b, n, c3) = qkv.size3()?;
-    qkv.f_reshape([b, n, 3, heads, c3 / (3 * heads)])?
-        .f_permute([2, 0, 3, 1, 4])? // [3, B, heads, N, hd]
-        .f_unbind(0)?
-        .try_into()
-        .map_err(|_| Error::Config("qkv unbind".into()))
 }
 
 /// timm `Mlp`: `fc1`, GELU (erf), `fc2`.
 #[derive(Debug)]
 struct Mlp {
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 /// Pre-norm transformer block (timm `Block`), weight names `norm1`, `attn.*`, `norm2`, `mlp.*`.
 #[derive(Debug)]
 pub struct Block {
-    norm1: nn::LayerNorm,
+    norm1: LayerNorm,
     attn: Attention,
-    norm2: nn::LayerNorm,
+    norm2: LayerNorm,
     mlp: Mlp,
 }
 
@@ -180,9 +143,9 @@ impl Block {
         let c = cfg.hidden_size;
         let h = cfg.mlp_hidden();
         Self {
-            norm1: layer_norm(&p / "norm1", c, cfg.layer_norm_eps),
+            norm1: LayerNorm::new(&p / "norm1", c, cfg.layer_norm_eps),
             attn: Attention::new(&p / "attn", cfg),
-            norm2: layer_norm(&p / "norm2", c, cfg.layer_norm_eps),
+            norm2: LayerNorm::new(&p / "norm2", c, cfg.layer_norm_eps),
             mlp: Mlp {
                 fc1: linear_init(&p / "mlp" / "fc1", c, h, true),
                 fc2: linear_init(&p / "mlp" / "fc2", h, c, true),
@@ -192,13 +155,13 @@ impl Block {
 
     /// xs: [B, N, C] -> [B, N, C]
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = xs.f_add(&self.attn.forward(&self.norm1.forward(xs))?)?;
+        let xs = xs.f_add(&self.attn.forward(&self.norm1.forward(xs)?)?)?;
         let h = self
             .mlp
             .fc1
-            .forward(&self.norm2.forward(&xs))
+            .forward(&self.norm2.forward(&xs)?)?
             .f_gelu("none")?;
-        Ok(xs.f_add(&self.mlp.fc2.forward(&h))?)
+        Ok(xs.f_add(&self.mlp.fc2.forward(&h)?)?)
     }
 }
 
@@ -207,7 +170,7 @@ impl Block {
 pub struct Trunk {
     pos_embed: Tensor,
     blocks: Vec<Block>,
-    norm: nn::LayerNorm,
+    norm: LayerNorm,
     num_tokens: i64,
     hidden: i64,
 }
@@ -229,7 +192,7 @@ impl Trunk {
         Self {
             pos_embed,
             blocks,
-            norm: layer_norm(p / "norm", cfg.hidden_size, cfg.layer_norm_eps),
+            norm: LayerNorm::new(p / "norm", cfg.hidden_size, cfg.layer_norm_eps),
             num_tokens,
             hidden: cfg.hidden_size,
         }
@@ -251,7 +214,7 @@ impl Trunk {
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
-        Ok(self.norm.forward(&h))
+        self.norm.forward(&h)
     }
 }
 
@@ -304,7 +267,7 @@ impl VitEncoderConfig {
     /// Builds the encoder under `p` (weights `patch_embed.proj.*`, `pos_embed`, `blocks.*`, `norm.*`, `proj.*`).
     pub fn init(&self, p: &nn::Path<'_>) -> Result<VitEncoder> {
         self.validate()?;
-        let patch_embed = nn::conv2d(
+        let patch_embed = Conv2d::new(
             p / "patch_embed" / "proj",
             self.in_channels,
             self.vit.hidden_size,
@@ -336,9 +299,9 @@ fn check_patch(what: &str, image_size: i64, patch: i64) -> Result<()> {
 /// ViT pixel encoder (patchify conv, learned position embedding, pre-norm blocks, norm, projection).
 #[derive(Debug)]
 pub struct VitEncoder {
-    patch_embed: nn::Conv2D,
+    patch_embed: Conv2d,
     trunk: Trunk,
-    proj: nn::Linear,
+    proj: Linear,
     cfg: VitEncoderConfig,
 }
 
@@ -372,29 +335,8 @@ impl VitEncoder {
             c.patch_size,
         )?; // [B, N, C]
         let x = self.trunk.forward(&x)?;
-        Ok(self.proj.forward(&x))
+        self.proj.forward(&x)
     }
-}
-
-/// A stride-P, P x P patchify convolution computed as one matmul over flattened patches: the
-/// same result as the conv followed by `flatten(2).transpose(1, 2)`, but contiguous (a transposed
-/// residual stream makes every later add and layer norm strided) and without cuDNN's slow
-/// weight-gradient kernel for this shape on the GPU.
-/// images: [B, C, H, W] (H, W multiples of P), weight: [D, C, P, P], bias: [D]
-/// -> [B, (H / P) * (W / P), D], patches in row-major order.
-pub(crate) fn patch_embed_gemm(
-    images: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    p: i64,
-) -> Result<Tensor> {
-    let (b, c, h, w) = images.size4()?;
-    let (gh, gw) = (h / p, w / p);
-    let patches = images
-        .f_reshape([b, c, gh, p, gw, p])?
-        .f_permute([0, 2, 4, 1, 3, 5])? // [B, gh, gw, C, P, P]
-        .f_reshape([b, gh * gw, c * p * p])?;
-    Ok(patches.f_linear(&weight.f_reshape([weight.size()[0], -1])?, bias)?)
 }
 
 /// Pixel decoder configuration: tokens [B, T*N, in_dim] -> images [B, 3, S, S], N = (S/P)^2.
@@ -478,9 +420,9 @@ impl VitDecoderConfig {
 /// pixels, unpatchify).
 #[derive(Debug)]
 pub struct VitDecoder {
-    embed: nn::Linear,
+    embed: Linear,
     trunk: Trunk,
-    head: nn::Linear,
+    head: Linear,
     cfg: VitDecoderConfig,
 }
 
@@ -512,13 +454,13 @@ impl VitDecoder {
             }
         }
         let b = tokens.size()[0];
-        let x = self.trunk.forward(&self.embed.forward(tokens))?;
+        let x = self.trunk.forward(&self.embed.forward(tokens)?)?;
         let x = if c.groups > 1 {
             x.f_narrow(1, (c.groups - 1) * n, n)?
         } else {
             x
         };
-        let x = self.head.forward(&x); // [B, N, P*P*C]
+        let x = self.head.forward(&x)?; // [B, N, P*P*C]
         let p = c.patch_size;
         let img = x
             .f_reshape([b, g, g, p, p, c.out_channels])?

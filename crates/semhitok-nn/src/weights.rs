@@ -105,8 +105,8 @@ pub fn save_atomic(vs: &VarStore, path: &Path) -> Result<()> {
     let vars: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .map(|(k, v)| (k, v.to_kind(v.kind()).to_device(tch::Device::Cpu)))
-        .collect();
+        .map(|(k, v)| Ok((k, v.f_to_device(tch::Device::Cpu)?)))
+        .collect::<Result<_>>()?;
     Tensor::write_safetensors(&vars, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|source| Error::Io {
         path: path.to_path_buf(),

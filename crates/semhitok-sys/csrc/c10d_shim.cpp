@@ -15,6 +15,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <execinfo.h>
+#include <signal.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -67,7 +71,59 @@ void wait(const c10::intrusive_ptr<c10d::Work> &work, int64_t timeout_ms) {
 // kernels queued before and after stay ordered without extra stream synchronisation.
 static bool on_current_stream(const shk_pg *pg) { return pg->kind == 1; }
 
+// Fatal-signal reporter (see shk_install_crash_handler): writes the native stack with glibc's
+// backtrace_symbols_fd (dynamic symbol names: LibTorch, NCCL and the shim's exported functions),
+// then puts the previous handler back and returns, so the faulting instruction runs again under
+// it (Rust's stack-overflow handler, or the default action: the core dump and exit status stay).
+namespace {
+struct sigaction g_previous[32];
+
+void on_fatal_signal(int sig, siginfo_t *info, void *) {
+  char head[160];
+  int n = snprintf(head, sizeof head,
+                   "\nsemhitok-sys: fatal signal %d (%s) at address %p; native stack:\n", sig,
+                   strsignal(sig), info != nullptr ? info->si_addr : nullptr);
+  if (n > 0) {
+    ssize_t ignored = write(STDERR_FILENO, head, static_cast<size_t>(n));
+    (void)ignored;
+  }
+  void *frames[128];
+  int depth = backtrace(frames, 128);
+  backtrace_symbols_fd(frames, depth, STDERR_FILENO);
+  if (sig > 0 && sig < 32) {
+    sigaction(sig, &g_previous[sig], nullptr);
+  }
+  if (sig == SIGABRT) {
+    raise(sig);  // abort() does not re-execute anything: deliver it again to the old action
+  }
+}
+}  // namespace
+
 extern "C" {
+
+int shk_install_crash_handler(void) {
+  static bool installed = false;
+  if (installed) return 0;
+  installed = true;
+  // Load libgcc's unwinder now: backtrace() would otherwise dlopen it inside the handler.
+  void *warm[1];
+  backtrace(warm, 1);
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_fatal_signal;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  int rc = 0;
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) {
+    rc |= sigaction(sig, &sa, &g_previous[sig]);
+  }
+  return rc;
+}
+
+void shk_crash_for_test(void) {
+  volatile int *p = nullptr;
+  *p = 1;  // NOLINT: deliberate, the crash handler's test
+}
 
 int shk_has_backend(int backend) {
   if (backend == 0) return 1;

@@ -11,6 +11,13 @@ extern "C" {
 
 typedef struct shk_pg shk_pg;
 
+// Prints the native stack (glibc backtrace_symbols_fd) to stderr on SIGSEGV, SIGBUS, SIGFPE,
+// SIGILL and SIGABRT, then hands the signal to the previously installed handler. Idempotent.
+// Returns 0 on success.
+int shk_install_crash_handler(void);
+// Dereferences NULL (the crash handler's test; never call it otherwise).
+void shk_crash_for_test(void);
+
 // 0 = gloo, 1 = nccl.
 int shk_has_backend(int backend);
 

@@ -8,6 +8,8 @@ pub(crate) struct ShkPg {
 }
 
 extern "C" {
+    pub(crate) fn shk_install_crash_handler() -> c_int;
+    pub(crate) fn shk_crash_for_test();
     pub(crate) fn shk_has_backend(backend: c_int) -> c_int;
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn shk_pg_new(

@@ -18,3 +18,24 @@ mod process_group;
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
 pub use process_group::{ProcessGroup, ReduceOp, DEFAULT_TIMEOUT};
+
+/// Print the native stack to stderr when the process dies of SIGSEGV, SIGBUS, SIGFPE, SIGILL or
+/// SIGABRT (glibc's `backtrace_symbols_fd`: the dynamic symbol names of LibTorch, NCCL and the
+/// shim), then let the signal take its usual course (Rust's stack-overflow report, the core dump,
+/// the exit status). A crash inside LibTorch or NCCL otherwise ends a run with only
+/// "Segmentation fault", and GPU hosts often have no debugger. Idempotent; [`ProcessGroup`]
+/// installs it, and a binary may call it first thing in `main`.
+pub fn install_crash_handler() {
+    // SAFETY: installs signal handlers through sigaction; no Rust state is touched.
+    unsafe {
+        ffi::shk_install_crash_handler();
+    }
+}
+
+/// Dereference NULL inside the shim: the crash handler's own test (a child process calls it).
+#[doc(hidden)]
+pub fn crash_for_test() -> ! {
+    // SAFETY: deliberately not safe: it kills the process.
+    unsafe { ffi::shk_crash_for_test() };
+    std::process::abort()
+}

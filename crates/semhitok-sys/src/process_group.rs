@@ -78,6 +78,7 @@ impl ProcessGroup {
             port: env.master_port,
             msg,
         };
+        crate::install_crash_handler();
         if !backend.compiled() {
             return Err(Error::Unsupported(format!(
                 "the {backend} backend is not compiled into this build (NCCL needs the CUDA headers \

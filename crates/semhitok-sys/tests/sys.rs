@@ -4,6 +4,7 @@
 
 mod sys {
     pub mod common;
+    mod crash;
     mod env;
     mod gloo;
     mod nccl;

@@ -9,15 +9,21 @@
 //! - [`model`]: [`LlamaModel`] (RMSNorm, GQA attention through SDPA, SwiGLU, tied head,
 //!   `extend_vocab`).
 //! - [`load`]: one entry point for an HF folder or a GGUF file.
+//! - [`train`]: [`TrainSpec`] (frozen / full / LoRA), [`LmParam`], `train_params`,
+//!   `hf_state_dict`, `load_trained`.
+//! - [`export`]: `save_hf_dir` (HF folder, atomic, LoRA merged).
 
 pub mod config;
+pub mod export;
 pub mod kv_cache;
 pub mod load;
 pub mod model;
 pub mod rope;
+pub mod train;
 pub mod weights;
 
 pub use config::{Arch, LlamaConfig, RopeScaling};
 pub use kv_cache::KvCache;
 pub use model::{Input, LlamaModel, LogitsAt};
+pub use train::{LmParam, TrainSpec};
 pub use weights::Weights;

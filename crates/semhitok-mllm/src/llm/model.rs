@@ -7,12 +7,15 @@
 //! `model.layers.{i}.self_attn.{q,k,v,o}_proj.{weight,bias}`, `model.layers.{i}.mlp.{gate,up,down}_proj.weight`,
 //! `model.norm.weight`, `lm_head.weight` (absent when tied).
 //!
-//! Frozen-network fusions (inference only): q/k/v and gate/up projections are stacked into one
-//! matrix each at load time (fewer, larger matmuls per decode step); the HF tensors are the
-//! source and are not kept separately.
+//! Fusions: q/k/v and gate/up projections are stacked into one matrix each at load time (fewer,
+//! larger matmuls per decode step); the HF tensors are the source and are not kept separately.
+//! The stacks are the only copy, so full fine-tuning trains them as stacks (`self_attn.qkv_proj`,
+//! `mlp.gate_up_proj`, rows in HF order) and export un-stacks them (`llm::train`, `llm::export`).
+//! LoRA adapters sit beside the stacks, one per HF module (PEFT semantics).
 //!
-//! The model is immutable while decoding (`forward(&self, ..)`); all state lives in the caller's
-//! [`KvCache`].
+//! The model is immutable while decoding (`forward(&self, ..)`, no autograd); all state lives in
+//! the caller's [`KvCache`]. Training goes through [`LlamaModel::forward_train`] (autograd, no
+//! cache); only [`LlamaModel::train_params`], `extend_vocab` and `load_trained` mutate it.
 
 use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
@@ -40,10 +43,47 @@ pub enum LogitsAt {
     Last,
 }
 
+/// A LoRA adapter on one (part of a) linear layer: `delta(x) = scale * (x A^T) B^T`.
 #[derive(Debug)]
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
+pub(super) struct Lora {
+    /// lora_A: [r, in] (kaiming-uniform(a = sqrt 5) as PEFT: U(-1/sqrt(in), 1/sqrt(in))).
+    pub(super) a: Tensor,
+    /// lora_B: [out_part, r] (zero at init).
+    pub(super) b: Tensor,
+    /// alpha / r.
+    pub(super) scale: f64,
+}
+
+impl Lora {
+    /// [.., in] -> [.., out_part]
+    fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear::<&Tensor>(&self.a, None)?
+            .f_linear::<&Tensor>(&self.b, None)?
+            .f_mul_scalar(self.scale)?)
+    }
+}
+
+/// One HF linear module inside a (possibly stacked) [`Linear`]: its module path
+/// (`model.layers.0.self_attn.k_proj`), its first output row in the stack and its row count.
+#[derive(Debug, Clone)]
+pub(super) struct Part {
+    pub(super) name: String,
+    pub(super) offset: i64,
+    pub(super) rows: i64,
+}
+
+#[derive(Debug)]
+pub(super) struct Linear {
+    /// [out, in]; for a stack the parts' rows in order.
+    pub(super) w: Tensor,
+    /// [out].
+    pub(super) b: Option<Tensor>,
+    /// Module path of this layer as trained (a stack gets its own: `..self_attn.qkv_proj`).
+    pub(super) name: String,
+    /// The HF modules it computes (one unless stacked).
+    pub(super) parts: Vec<Part>,
+    /// One adapter per part when LoRA is on, empty otherwise.
+    pub(super) lora: Vec<Lora>,
 }
 
 impl Linear {
@@ -55,16 +95,38 @@ impl Linear {
             } else {
                 None
             },
+            name: p.prefix().to_string(),
+            parts: vec![Part {
+                name: p.prefix().to_string(),
+                offset: 0,
+                rows: out,
+            }],
+            lora: Vec::new(),
         })
     }
-    /// [.., inp] -> [.., out]
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.w, self.b.as_ref())?)
+    /// [.., in] -> [.., out] (plus the LoRA deltas of the parts, concatenated, when present).
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.f_linear(&self.w, self.b.as_ref())?;
+        if self.lora.is_empty() {
+            return Ok(y);
+        }
+        let mut d = self
+            .lora
+            .iter()
+            .map(|l| l.delta(x))
+            .collect::<Result<Vec<_>>>()?;
+        let d = if d.len() == 1 {
+            d.remove(0)
+        } else {
+            Tensor::f_cat(&d, -1)?
+        };
+        Ok(y.f_add(&d)?)
     }
     /// One linear layer computing `parts` side by side (outputs concatenated in order): one
     /// matmul instead of several per step (q/k/v, gate/up). The parts are consumed, so the
-    /// stacked copy is the only copy of these frozen weights.
-    fn stack(parts: Vec<Linear>) -> Result<Self> {
+    /// stacked copy is the only copy of these weights (and, when trained, the leaf). `name`
+    /// is the stack's module path.
+    fn stack(parts: Vec<Linear>, name: String) -> Result<Self> {
         let ws: Vec<&Tensor> = parts.iter().map(|l| &l.w).collect();
         let w = Tensor::f_cat(&ws, 0)?;
         let b = if parts.iter().all(|l| l.b.is_some()) {
@@ -83,13 +145,31 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { w, b })
+        let mut offset = 0;
+        let mut ps = Vec::with_capacity(parts.len());
+        for l in &parts {
+            let rows = l.w.size()[0];
+            ps.push(Part {
+                name: l.name.clone(),
+                offset,
+                rows,
+            });
+            offset += rows;
+        }
+        Ok(Self {
+            w,
+            b,
+            name,
+            parts: ps,
+            lora: Vec::new(),
+        })
     }
 }
 
 #[derive(Debug)]
-struct RmsNorm {
-    w: Tensor,
+pub(super) struct RmsNorm {
+    /// [D].
+    pub(super) w: Tensor,
     eps: f64,
 }
 
@@ -110,10 +190,10 @@ impl RmsNorm {
 }
 
 #[derive(Debug)]
-struct Attention {
-    /// q_proj, k_proj, v_proj stacked: [(Hq + 2 Hkv) * D, H].
-    qkv: Linear,
-    o: Linear,
+pub(super) struct Attention {
+    /// q_proj, k_proj, v_proj stacked: [(Hq + 2 Hkv) * D, H] (trained as `self_attn.qkv_proj`).
+    pub(super) qkv: Linear,
+    pub(super) o: Linear,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -125,11 +205,14 @@ impl Attention {
         let q = cfg.num_attention_heads * cfg.head_dim;
         let kv = cfg.num_key_value_heads * cfg.head_dim;
         Ok(Self {
-            qkv: Linear::stack(vec![
-                Linear::new(&p.pp("q_proj"), q, h, cfg.qkv_bias)?,
-                Linear::new(&p.pp("k_proj"), kv, h, cfg.qkv_bias)?,
-                Linear::new(&p.pp("v_proj"), kv, h, cfg.qkv_bias)?,
-            ])?,
+            qkv: Linear::stack(
+                vec![
+                    Linear::new(&p.pp("q_proj"), q, h, cfg.qkv_bias)?,
+                    Linear::new(&p.pp("k_proj"), kv, h, cfg.qkv_bias)?,
+                    Linear::new(&p.pp("v_proj"), kv, h, cfg.qkv_bias)?,
+                ],
+                p.pp("qkv_proj").prefix().to_string(),
+            )?,
             o: Linear::new(&p.pp("o_proj"), h, q, cfg.o_bias)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
@@ -137,9 +220,12 @@ impl Attention {
         })
     }
 
-    /// x: [B, L, H] -> [B, L, H]. Keys/values of the new tokens go into `cache` slot range
-    /// `[len - L, len)`; attention covers every filled slot under `mask` ([B, 1, L, len] bool)
-    /// or plain causal / full attention when `mask` is `None`.
+    /// x: [B, L, H] -> [B, L, H]. With a cache (`Some((cache, layer))`), keys/values of the new
+    /// tokens go into slot range `[len - L, len)` and attention covers every filled slot under
+    /// `mask` ([B, 1, L, len] bool) or plain causal / full attention when `mask` is `None`.
+    /// Without a cache (training), attention covers the L new tokens under `mask`
+    /// ([B, 1, L, L] bool) or plain causal attention.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
@@ -147,8 +233,7 @@ impl Attention {
         sin: &Tensor,
         mask: Option<&Tensor>,
         causal: bool,
-        cache: &mut KvCache,
-        layer: usize,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, l) = (x.size()[0], x.size()[1]);
         let split = |t: Tensor, n: i64| -> Result<Tensor> {
@@ -161,7 +246,23 @@ impl Attention {
         let v = split(qkv.f_narrow(2, nq + nkv, nkv)?, self.kv_heads)?;
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
-        let (k, v) = cache.update(layer, &k, &v)?; // [B, Hkv, len, D]
+        let (k, v, gqa) = match cache {
+            Some((cache, layer)) => {
+                let (k, v) = cache.update(layer, &k, &v)?; // [B, Hkv, len, D]
+                (k, v, self.heads != self.kv_heads)
+            }
+            // Training: keys/values repeated to [B, Hq, L, D] (HF's `repeat_kv`) so that every
+            // SDPA backend (flash, memory-efficient) takes the call, forward and backward.
+            None if self.heads != self.kv_heads => {
+                let rep = self.heads / self.kv_heads;
+                (
+                    k.f_repeat_interleave_self_int(rep, Some(1), None)?,
+                    v.f_repeat_interleave_self_int(rep, Some(1), None)?,
+                    false,
+                )
+            }
+            None => (k, v, false),
+        };
         let y = Tensor::f_scaled_dot_product_attention(
             &q,
             &k,
@@ -170,7 +271,7 @@ impl Attention {
             0.0,
             causal,
             None::<f64>,
-            self.heads != self.kv_heads,
+            gqa,
         )?; // [B, Hq, L, D]
         let y = y
             .f_transpose(1, 2)?
@@ -180,10 +281,10 @@ impl Attention {
 }
 
 #[derive(Debug)]
-struct Mlp {
-    /// gate_proj, up_proj stacked: [2 F, H].
-    gate_up: Linear,
-    down: Linear,
+pub(super) struct Mlp {
+    /// gate_proj, up_proj stacked: [2 F, H] (trained as `mlp.gate_up_proj`).
+    pub(super) gate_up: Linear,
+    pub(super) down: Linear,
     inner: i64,
 }
 
@@ -191,10 +292,13 @@ impl Mlp {
     fn new(p: &WeightPath<'_>, cfg: &LlamaConfig) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_up: Linear::stack(vec![
-                Linear::new(&p.pp("gate_proj"), f, h, cfg.mlp_bias)?,
-                Linear::new(&p.pp("up_proj"), f, h, cfg.mlp_bias)?,
-            ])?,
+            gate_up: Linear::stack(
+                vec![
+                    Linear::new(&p.pp("gate_proj"), f, h, cfg.mlp_bias)?,
+                    Linear::new(&p.pp("up_proj"), f, h, cfg.mlp_bias)?,
+                ],
+                p.pp("gate_up_proj").prefix().to_string(),
+            )?,
             down: Linear::new(&p.pp("down_proj"), h, f, cfg.mlp_bias)?,
             inner: f,
         })
@@ -210,25 +314,28 @@ impl Mlp {
 }
 
 #[derive(Debug)]
-struct Block {
-    attn_norm: RmsNorm,
-    attn: Attention,
-    mlp_norm: RmsNorm,
-    mlp: Mlp,
+pub(super) struct Block {
+    pub(super) attn_norm: RmsNorm,
+    pub(super) attn: Attention,
+    pub(super) mlp_norm: RmsNorm,
+    pub(super) mlp: Mlp,
 }
 
-/// `LlamaForCausalLM` / `Qwen2ForCausalLM` for inference.
+/// `LlamaForCausalLM` / `Qwen2ForCausalLM`: decoding with a [`KvCache`] ([`Self::forward`],
+/// no autograd) and training ([`Self::forward_train`], see `llm::train` for which tensors are
+/// trained).
 #[derive(Debug)]
 pub struct LlamaModel {
-    cfg: LlamaConfig,
-    embed: Tensor,
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    /// `None`: tied to `embed`.
-    lm_head: Option<Tensor>,
+    pub(super) cfg: LlamaConfig,
+    /// [V, H].
+    pub(super) embed: Tensor,
+    pub(super) blocks: Vec<Block>,
+    pub(super) norm: RmsNorm,
+    /// [V, H]; `None`: tied to `embed`.
+    pub(super) lm_head: Option<Tensor>,
     inv_freq: Tensor,
-    kind: Kind,
-    device: Device,
+    pub(super) kind: Kind,
+    pub(super) device: Device,
 }
 
 impl LlamaModel {
@@ -354,6 +461,37 @@ impl LlamaModel {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
+        let x = self.input_embeds(input)?;
+        let (b, l) = (x.size()[0], x.size()[1]);
+        if b != cache.batch() {
+            return Err(Error::Shape {
+                what: "batch (KV cache rows)",
+                expected: format!("[{}, ..]", cache.batch()),
+                got: x.size(),
+            });
+        }
+        let (positions, attn_mask, causal) = cache.advance(l, mask)?;
+        let (cos, sin) = rope::cos_sin(&self.inv_freq, &positions, self.kind)?;
+        let mut x = x;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let a = blk.attn.forward(
+                &blk.attn_norm.forward(&x)?,
+                &cos,
+                &sin,
+                attn_mask.as_ref(),
+                causal,
+                Some((&mut *cache, i)),
+            )?;
+            x = x.f_add(&a)?;
+            let m = blk.mlp.forward(&blk.mlp_norm.forward(&x)?)?;
+            x = x.f_add(&m)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// [`Input`] -> [B, L, H] embeddings in the model's kind on its device (differentiable
+    /// for [`Input::Embeds`]); L >= 1.
+    fn input_embeds(&self, input: Input<'_>) -> Result<Tensor> {
         let x = match input {
             Input::Ids(ids) => self.embed(ids)?,
             Input::Embeds(e) => {
@@ -368,34 +506,71 @@ impl LlamaModel {
                 e.f_to_device(self.device)?.f_to_kind(self.kind)?
             }
         };
-        let (b, l) = (x.size()[0], x.size()[1]);
-        if b != cache.batch() {
-            return Err(Error::Shape {
-                what: "batch (KV cache rows)",
-                expected: format!("[{}, ..]", cache.batch()),
-                got: x.size(),
-            });
-        }
-        if l < 1 {
+        if x.size()[1] < 1 {
             return Err(Error::Shape {
                 what: "input",
                 expected: "[B, L >= 1, ..]".into(),
                 got: x.size(),
             });
         }
-        let (positions, attn_mask, causal) = cache.advance(l, mask)?;
+        Ok(x)
+    }
+
+    /// Training forward: autograd on (whatever [`Self::train_params`] made trainable, and an
+    /// [`Input::Embeds`] leaf), no KV cache, causal attention (exact for the real tokens under
+    /// right padding: padding only ever follows them).
+    ///
+    /// `input`: [B, L] ids or [B, L, H] embeddings; `attention_mask`: [B, L] bool (or any
+    /// kind, nonzero = real token), right padding only (a real token after a padding one is an
+    /// error). Positions are 0..L in every row. Returns logits [B, L, V] in the model's kind
+    /// ([`crate::loss::causal_lm_loss`] upcasts to f32); at padding positions they are
+    /// well-defined but meaningless. For the same real tokens they equal [`Self::forward`]'s.
+    pub fn forward_train(&self, input: Input<'_>, attention_mask: &Tensor) -> Result<Tensor> {
+        let h = self.forward_train_hidden(input, attention_mask)?;
+        Ok(h.f_linear::<&Tensor>(self.lm_head_weight(), None)?)
+    }
+
+    /// Like [`Self::forward_train`] but returns the final-norm hidden states [B, L, H].
+    pub fn forward_train_hidden(
+        &self,
+        input: Input<'_>,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let x = self.input_embeds(input)?;
+        let (b, l) = (x.size()[0], x.size()[1]);
+        if attention_mask.size() != [b, l] {
+            return Err(Error::Shape {
+                what: "attention_mask",
+                expected: format!("[{b}, {l}] (the input's [B, L])"),
+                got: attention_mask.size(),
+            });
+        }
+        // One read-back: a real token after a padding one (left padding) is refused.
+        if l > 1 {
+            let m = attention_mask.f_to_device(self.device)?.f_ne(0)?; // [B, L] bool
+            let left_pad = m
+                .f_narrow(1, 1, l - 1)?
+                .f_logical_and(&m.f_narrow(1, 0, l - 1)?.f_logical_not()?)?
+                .f_any()?;
+            if bool::try_from(left_pad)? {
+                return Err(Error::Config(
+                    "forward_train: attention_mask has a real token after padding \
+                     (training takes right padding only)"
+                        .into(),
+                ));
+            }
+        }
+        let positions = Tensor::f_arange(l, (Kind::Int64, self.device))?.f_unsqueeze(0)?; // [1, L]
         let (cos, sin) = rope::cos_sin(&self.inv_freq, &positions, self.kind)?;
+        // Plain causal attention is exact under right padding: a real query only sees earlier
+        // slots, all real. A padding query sees the real keys and the padding before it and
+        // itself (never an empty row, so no NaN); its output is one of the meaningless padding
+        // logits. No mask tensor, so SDPA can take the flash kernel.
         let mut x = x;
-        for (i, blk) in self.blocks.iter().enumerate() {
-            let a = blk.attn.forward(
-                &blk.attn_norm.forward(&x)?,
-                &cos,
-                &sin,
-                attn_mask.as_ref(),
-                causal,
-                cache,
-                i,
-            )?;
+        for blk in &self.blocks {
+            let a = blk
+                .attn
+                .forward(&blk.attn_norm.forward(&x)?, &cos, &sin, None, true, None)?;
             x = x.f_add(&a)?;
             let m = blk.mlp.forward(&blk.mlp_norm.forward(&x)?)?;
             x = x.f_add(&m)?;

@@ -251,6 +251,10 @@ impl<'a> WeightPath<'a> {
         };
         Self { w: self.w, prefix }
     }
+    /// The path itself (`model.layers.0.self_attn`; "" at the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     /// The full name of `leaf` under this path.
     pub fn name(&self, leaf: &str) -> String {
         if self.prefix.is_empty() {

@@ -76,15 +76,21 @@ pub fn nearest_l2_fused(z: &Tensor, codes: &Tensor) -> Result<Tensor, CudaError>
             "fused search: {k} codes (at most 2^31 - 1)"
         )));
     }
-    let c = codes.to_kind(Kind::Float);
+    let torch = |e: tch::TchError| CudaError(format!("fused search operands: {e}"));
+    let c = codes.f_to_kind(Kind::Float).map_err(torch)?;
     let cc = c
-        .square()
-        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
-        .contiguous();
+        .f_square()
+        .and_then(|t| t.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
+        .and_then(|t| t.f_contiguous())
+        .map_err(torch)?;
     // Dimension-major copies (8 MiB for 65,536 x 32): coalesced, conflict-free tile loads.
-    let z = z.to_kind(Kind::Float).tr().contiguous();
-    let c = c.tr().contiguous();
-    let ids = Tensor::empty([m], (Kind::Int64, z.device()));
+    let z = z
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_tr())
+        .and_then(|t| t.f_contiguous())
+        .map_err(torch)?;
+    let c = c.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
+    let ids = Tensor::f_empty([m], (Kind::Int64, z.device())).map_err(torch)?;
     if m == 0 {
         return Ok(ids);
     }

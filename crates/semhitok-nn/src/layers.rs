@@ -1,0 +1,192 @@
+//! The layers the networks of this crate share (ViT and SPC transformers, SigLIP, LPIPS'
+//! VGG16, the PatchGAN, EfficientNet-Lite), with fallible forwards.
+//!
+//! tch's `nn::Linear`, `nn::LayerNorm` and `nn::Conv2D` implement `Module::forward`, which panics
+//! on a shape or device error; every forward of this crate returns `Result`, so the layers here
+//! wrap the same VarStore variables (created by tch's own constructors: the names `weight` /
+//! `bias` under the caller's path and the seeded initialisation are unchanged) and run the
+//! `f_*` operations instead. Shared helpers for multi-head attention (the q/k/v split, SDPA) live
+//! here too, so the transformers of this crate compute attention one way.
+
+use crate::error::{Error, Result};
+use tch::nn;
+use tch::Tensor;
+
+/// How a [`Linear`]'s weight is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinearInit {
+    /// N(0, 0.02) weight, zero bias: timm's ViT init (`trunc_normal_(std=.02)` without the
+    /// truncation), used by the ViT pixel encoder/decoder and the SPC head and decoder.
+    Vit,
+    /// tch's default (`nn::LinearConfig::default()`: Kaiming-uniform weight, uniform bias), for
+    /// networks whose weights are always loaded (SigLIP, EfficientNet's classifier).
+    Default,
+}
+
+/// `y = x W^T + b` over the VarStore variables `weight [out, in]` and `bias [out]`.
+#[derive(Debug)]
+pub struct Linear {
+    /// weight [out, in]
+    pub ws: Tensor,
+    /// bias [out]
+    pub bs: Option<Tensor>,
+}
+
+impl Linear {
+    /// `weight` (and `bias` if `bias`) under `p`.
+    pub fn new(p: nn::Path<'_>, inp: i64, out: i64, bias: bool, init: LinearInit) -> Self {
+        let cfg = match init {
+            LinearInit::Vit => nn::LinearConfig {
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias,
+            },
+            LinearInit::Default => nn::LinearConfig {
+                bias,
+                ..Default::default()
+            },
+        };
+        let l = nn::linear(p, inp, out, cfg);
+        Self { ws: l.ws, bs: l.bs }
+    }
+
+    /// [.., in] -> [.., out]
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(xs.f_linear(&self.ws, self.bs.as_ref())?)
+    }
+}
+
+/// Layer norm over the last dimension with affine `weight [D]`, `bias [D]`.
+#[derive(Debug)]
+pub struct LayerNorm {
+    ws: Option<Tensor>,
+    bs: Option<Tensor>,
+    dim: i64,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// `weight` and `bias` under `p`.
+    pub fn new(p: nn::Path<'_>, dim: i64, eps: f64) -> Self {
+        let l = nn::layer_norm(
+            p,
+            vec![dim],
+            nn::LayerNormConfig {
+                eps,
+                ..Default::default()
+            },
+        );
+        Self {
+            ws: l.ws,
+            bs: l.bs,
+            dim,
+            eps,
+        }
+    }
+
+    /// [.., D] -> [.., D]
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(xs.f_layer_norm(
+            [self.dim],
+            self.ws.as_ref(),
+            self.bs.as_ref(),
+            self.eps,
+            true,
+        )?)
+    }
+}
+
+/// 2-D convolution over the VarStore variables `weight [out, in / groups, k, k]`, `bias [out]`
+/// (zero padding).
+#[derive(Debug)]
+pub struct Conv2d {
+    /// weight [out, in / groups, k, k]
+    pub ws: Tensor,
+    /// bias [out]
+    pub bs: Option<Tensor>,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+}
+
+impl Conv2d {
+    /// `weight` (and `bias` if `cfg.bias`) under `p`, initialised as `cfg` says.
+    pub fn new(p: nn::Path<'_>, cin: i64, cout: i64, k: i64, cfg: nn::ConvConfig) -> Self {
+        let c = nn::conv2d(p, cin, cout, k, cfg);
+        Self {
+            ws: c.ws,
+            bs: c.bs,
+            stride: cfg.stride,
+            padding: cfg.padding,
+            groups: cfg.groups,
+        }
+    }
+
+    /// Stride of the convolution.
+    pub fn stride(&self) -> i64 {
+        self.stride
+    }
+
+    /// [B, in, H, W] -> [B, out, H', W']
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(xs.f_conv2d(
+            &self.ws,
+            self.bs.as_ref(),
+            [self.stride],
+            [self.padding],
+            [1],
+            self.groups,
+        )?)
+    }
+}
+
+/// qkv: [B, N, 3 C] (q, k, v stacked along channels, as timm's `qkv` and SigLIP's fused
+/// projections) -> [q, k, v], each [B, heads, N, C / heads] (views). By `unbind`, not three
+/// selects: its backward is one stack instead of three zero-filled scatters and two adds.
+pub fn split_qkv(qkv: &Tensor, heads: i64) -> Result<[Tensor; 3]> {
+    let (b, n, c3) = qkv.size3()?;
+    qkv.f_reshape([b, n, 3, heads, c3 / (3 * heads)])?
+        .f_permute([2, 0, 3, 1, 4])? // [3, B, heads, N, hd]
+        .f_unbind(0)?
+        .try_into()
+        .map_err(|_| Error::Config("qkv unbind".into()))
+}
+
+/// [B, N, D] -> [B, heads, N, D / heads]
+pub fn split_heads(xs: &Tensor, heads: i64) -> Result<Tensor> {
+    let (b, n, d) = xs.size3()?;
+    Ok(xs.f_view([b, n, heads, d / heads])?.f_transpose(1, 2)?)
+}
+
+/// Bidirectional (non-causal, unmasked) scaled dot-product attention, heads merged back:
+/// q, k, v [B, heads, N, hd] -> [B, N, heads * hd].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let o =
+        Tensor::f_scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, false)?;
+    let (b, h, n, hd) = o.size4()?;
+    Ok(o.f_transpose(1, 2)?.f_reshape([b, n, h * hd])?)
+}
+
+/// A stride-P, P x P patchify convolution computed as one matmul over flattened patches: the
+/// same result as the conv followed by `flatten(2).transpose(1, 2)`, but contiguous (a transposed
+/// residual stream makes every later add and layer norm strided) and without cuDNN's slow
+/// weight-gradient kernel for this shape on the GPU.
+/// images: [B, C, H, W] (H, W multiples of P), weight: [D, C, P, P], bias: [D]
+/// -> [B, (H / P) * (W / P), D], patches in row-major order.
+pub fn patch_embed_gemm(
+    images: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    p: i64,
+) -> Result<Tensor> {
+    let (b, c, h, w) = images.size4()?;
+    let (gh, gw) = (h / p, w / p);
+    let patches = images
+        .f_reshape([b, c, gh, p, gw, p])?
+        .f_permute([0, 2, 4, 1, 3, 5])? // [B, gh, gw, C, P, P]
+        .f_reshape([b, gh * gw, c * p * p])?;
+    Ok(patches.f_linear(&weight.f_reshape([weight.size()[0], -1])?, bias)?)
+}
