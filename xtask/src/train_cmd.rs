@@ -10,7 +10,8 @@ use std::path::Path;
 /// `cargo xtask train`.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Stage: spc | pre | decoder-ft | joint (must match `run.stage` of the config, or sets it).
+    /// Stage: spc | pre | decoder-ft | joint | llava-pretrain | llava-finetune | t2i (optional;
+    /// must match `run.stage` of the config, which picks the trainer).
     #[arg(long)]
     pub stage: Option<String>,
     /// The TOML config (configs/*.toml). With `--resume` alone, RUN_DIR/config.toml is used.

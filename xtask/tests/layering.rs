@@ -54,11 +54,29 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
 /// Crates whose whole dependency tree must be free of LibTorch (tch, torch-sys).
 const NO_TORCH: &[&str] = &["semhitok-quant", "semhitok-data", "xtask"];
 
+/// The host's target triple (`rustc -vV`).
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host")
+}
+
+/// The workspace's dependency graph for the host platform. `--filter-platform`: offline, cargo
+/// can only resolve packages it has downloaded, and a build downloads only the host's (a fresh
+/// clone has no Windows-only crates such as anstyle-wincon), so the unfiltered graph fails there.
 fn metadata() -> serde_json::Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let host = host_triple();
     let out = Command::new(env!("CARGO"))
         .current_dir(&root)
         .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", host.as_str()])
         .output()
         .expect("cargo metadata runs");
     assert!(

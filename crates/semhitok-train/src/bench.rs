@@ -12,7 +12,7 @@
 
 use crate::config::{Stage, TrainConfig};
 use crate::error::{Error, Result};
-use crate::trainer::{train, Batches, TrainOptions};
+use crate::trainer::{train, Batch, Batches, TrainOptions};
 use semhitok_nn::vit::VitConfig;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -50,8 +50,8 @@ pub struct BenchArgs {
 struct FixedBatch(Tensor);
 
 impl Batches for FixedBatch {
-    fn next_batch(&mut self, device: Device) -> Result<Tensor> {
-        Ok(self.0.to_device(device))
+    fn next_batch(&mut self, device: Device) -> Result<Batch> {
+        Ok(Batch::Images(self.0.to_device(device)))
     }
     fn state(&self) -> serde_json::Value {
         serde_json::json!({})
@@ -134,7 +134,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     // Warm-up, then timed steps (each step ends with a host read of the loss: a sync).
     let mut c1 = cfg.clone();
     c1.schedule.steps = a.warmup.max(1);
-    train(&c1, task.as_mut(), &mut data, &quiet)?;
+    train(&c1.loop_config(), task.as_mut(), &mut data, &quiet)?;
     sync();
     // The timed run must not include the end-of-run checkpoint (gigabytes written and hashed):
     // a schedule longer than the run, stopped after `steps` optimizer steps, writes none.
@@ -147,7 +147,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         ..quiet.clone()
     };
     let t = Instant::now();
-    train(&c2, task.as_mut(), &mut data, &timed)?;
+    train(&c2.loop_config(), task.as_mut(), &mut data, &timed)?;
     sync();
     let dt = t.elapsed().as_secs_f64();
     let imgs = (a.steps * cfg.data.batch_size as u64 * cfg.optim.accum_steps * world as u64) as f64;
@@ -171,7 +171,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
             profile: true,
             ..timed.clone()
         };
-        let r = train(&c3, task.as_mut(), &mut data, &prof)?;
+        let r = train(&c3.loop_config(), task.as_mut(), &mut data, &prof)?;
         let per = 1e3 / a.steps.max(1) as f64;
         serde_json::json!(r
             .phases
@@ -191,7 +191,7 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
             cuda_profile_step: Some(1),
             ..quiet.clone()
         };
-        train(&c4, task.as_mut(), &mut data, &two)?;
+        train(&c4.loop_config(), task.as_mut(), &mut data, &two)?;
     }
     // The FLOP formula is the `pre` stage's; for `spc` only throughput is reported.
     let (fpi, mfu) = if cfg.run.stage == Stage::Pre {

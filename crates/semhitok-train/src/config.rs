@@ -5,6 +5,16 @@
 //! key and the file (or the `--set` override it came from). Defaults live in exactly one place:
 //! the `#[serde(default = ..)]` functions below; presets state everything else explicitly.
 
+mod llm;
+mod load;
+
+pub use crate::trainer::{DiscOptim, LoopConfig};
+pub use llm::{LlmConfig, LlmDtype, LlmTrain, LlmTrainMode};
+pub use load::{
+    config_error, from_toml_str, from_value, load_toml, origin_of, parse_override, peek_stage,
+    peek_stage_str, Loaded,
+};
+
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -15,7 +25,8 @@ use std::path::{Path, PathBuf};
 /// `--set model.sghc.m=8` are single switches.
 pub type ModelConfig = semhitok_nn::model::SemHiTokConfig;
 
-/// Training stage (issue 6 §1).
+/// Training stage (issue 6 §1): the four tokenizer stages (read from a [`TrainConfig`]) and the
+/// LLM stages around the tokenizer, each with its own config type (see [`Stage::config_kind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
@@ -29,31 +40,74 @@ pub enum Stage {
     /// The "texture incorporation" baseline: one codebook trained with semantic and pixel
     /// losses together (MUSE-VL style).
     Joint,
+    /// LLaVA-1.5 stage 1: only the MLP projector trains (tokenizer and LLM frozen).
+    LlavaPretrain,
+    /// LLaVA-1.5 stage 2: projector + LLM (full or LoRA, `[llm] train`).
+    LlavaFinetune,
+    /// Autoregressive text-to-image: the LLM with the visual-token vocabulary.
+    T2i,
+}
+
+/// Which config type (and `semhitok train` path) a [`Stage`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// [`TrainConfig`] (`stages::run_stage`).
+    Tokenizer,
+    /// The LLaVA training config (`crate::llava::run`).
+    Llava,
+    /// The text-to-image training config (`crate::t2i::run`).
+    T2i,
 }
 
 impl Stage {
+    /// Every stage, in declaration order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Spc,
+        Stage::Pre,
+        Stage::DecoderFt,
+        Stage::Joint,
+        Stage::LlavaPretrain,
+        Stage::LlavaFinetune,
+        Stage::T2i,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Spc => "spc",
             Stage::Pre => "pre",
             Stage::DecoderFt => "decoder-ft",
             Stage::Joint => "joint",
+            Stage::LlavaPretrain => "llava-pretrain",
+            Stage::LlavaFinetune => "llava-finetune",
+            Stage::T2i => "t2i",
         }
+    }
+
+    /// The config type that describes a run of this stage.
+    pub fn config_kind(self) -> ConfigKind {
+        match self {
+            Stage::Spc | Stage::Pre | Stage::DecoderFt | Stage::Joint => ConfigKind::Tokenizer,
+            Stage::LlavaPretrain | Stage::LlavaFinetune => ConfigKind::Llava,
+            Stage::T2i => ConfigKind::T2i,
+        }
+    }
+
+    /// A tokenizer stage (its run is described by a [`TrainConfig`]).
+    pub fn is_tokenizer(self) -> bool {
+        self.config_kind() == ConfigKind::Tokenizer
     }
 }
 
 impl std::str::FromStr for Stage {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "spc" => Ok(Stage::Spc),
-            "pre" => Ok(Stage::Pre),
-            "decoder-ft" => Ok(Stage::DecoderFt),
-            "joint" => Ok(Stage::Joint),
-            _ => Err(format!(
-                "unknown stage `{s}` (expected spc, pre, decoder-ft or joint)"
-            )),
-        }
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Stage::ALL.iter().map(|st| st.as_str()).collect();
+                format!("unknown stage `{s}` (expected one of {})", names.join(", "))
+            })
     }
 }
 
@@ -717,49 +771,6 @@ impl Default for EvalConfig {
     }
 }
 
-/// Parse `key.path=value`. The value is read as a TOML literal (`1e-4`, `true`, `"x"`,
-/// `[0.9, 0.95]`); anything that is not a valid literal is taken as a bare string.
-pub fn parse_override(s: &str) -> Result<(String, toml::Value)> {
-    let (k, v) = s.split_once('=').ok_or_else(|| Error::Config {
-        file: PathBuf::from("--set"),
-        key: s.to_string(),
-        msg: "expected `key.path=value`".into(),
-    })?;
-    let k = k.trim().to_string();
-    let v = v.trim();
-    let value = match toml::from_str::<toml::Table>(&format!("v = {v}")) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(v.into())),
-        Err(_) => toml::Value::String(v.into()),
-    };
-    Ok((k, value))
-}
-
-fn set_path(root: &mut toml::Value, key: &str, value: toml::Value) -> Result<()> {
-    let err = |msg: &str| Error::Config {
-        file: PathBuf::from("--set"),
-        key: key.to_string(),
-        msg: msg.to_string(),
-    };
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err(err("empty key segment"));
-    }
-    let mut cur = root;
-    for p in &parts[..parts.len() - 1] {
-        let table = cur
-            .as_table_mut()
-            .ok_or_else(|| err(&format!("`{p}` is inside a non-table value")))?;
-        cur = table
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-    }
-    let table = cur
-        .as_table_mut()
-        .ok_or_else(|| err("parent is not a table"))?;
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
-}
-
 impl TrainConfig {
     /// Read `path`, apply `overrides` (`key.path=value`), and parse strictly.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -767,36 +778,24 @@ impl TrainConfig {
         Self::from_toml_str(&text, path, overrides)
     }
 
-    /// Parse TOML text (`file` is only used in error messages).
+    /// Parse TOML text (`file` is only used in error messages). A config of a non-tokenizer
+    /// stage (`run.stage = "llava-pretrain"`, ...) is refused first, naming `run.stage` and the
+    /// config type it needs.
     pub fn from_toml_str(text: &str, file: &Path, overrides: &[String]) -> Result<Self> {
-        // First a strict parse of the file alone, so an error in the file names the file.
-        let raw: toml::Value = toml::from_str(text).map_err(|e| Error::Config {
-            file: file.to_path_buf(),
-            key: "(syntax)".into(),
-            msg: e.to_string(),
-        })?;
-        let mut cfg = Self::from_value(raw.clone(), file)?;
-        cfg.resolve();
-        if overrides.is_empty() {
-            cfg.origin = file.to_path_buf();
-            cfg.validate(file)?;
-            return Ok(cfg);
+        // (When the stage cannot be read, the full parse below names the problem.)
+        if let Ok(stage) = load::peek_stage_str(text, file, overrides) {
+            if !stage.is_tokenizer() {
+                return Err(not_a_tokenizer_stage(
+                    &load::origin_of(file, overrides),
+                    stage,
+                ));
+            }
         }
-        let mut v = raw;
-        for o in overrides {
-            let (k, val) = parse_override(o)?;
-            set_path(&mut v, &k, val)?;
-        }
-        let origin = PathBuf::from(format!(
-            "{} + --set {}",
-            file.display(),
-            overrides.join(" ")
-        ));
-        let mut cfg = Self::from_value(v, &origin)?;
-        cfg.resolve();
-        cfg.validate(&origin)?;
-        cfg.origin = origin;
-        Ok(cfg)
+        let Loaded { mut config, origin } = load::from_toml_str::<Self>(text, file, overrides)?;
+        config.resolve();
+        config.validate(&origin)?;
+        config.origin = origin;
+        Ok(config)
     }
 
     /// The file (and overrides) this config came from, for error messages (`config` when it
@@ -843,17 +842,6 @@ impl TrainConfig {
         Ok(())
     }
 
-    fn from_value(v: toml::Value, file: &Path) -> Result<Self> {
-        serde_path_to_error::deserialize(v).map_err(|e| {
-            let key = e.path().to_string();
-            Error::Config {
-                file: file.to_path_buf(),
-                key,
-                msg: e.into_inner().to_string(),
-            }
-        })
-    }
-
     /// Fill the derived model fields (see [`ModelConfig`]).
     fn resolve(&mut self) {
         let m = &mut self.model;
@@ -865,6 +853,9 @@ impl TrainConfig {
 
     /// Cross-field checks (each names its key).
     pub fn validate(&self, file: &Path) -> Result<()> {
+        if !self.run.stage.is_tokenizer() {
+            return Err(not_a_tokenizer_stage(file, self.run.stage));
+        }
         if let Err(e) = self.model.validate() {
             return Err(Error::Config {
                 file: file.to_path_buf(),
@@ -1080,4 +1071,45 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# serialisation failed: {e}\n"))
     }
+
+    /// What the training loop reads of this config.
+    pub fn loop_config(&self) -> LoopConfig {
+        LoopConfig {
+            run: self.run.clone(),
+            optim: self.optim.clone(),
+            schedule: self.schedule.clone(),
+            guard: self.guard.clone(),
+            dist: self.dist.clone(),
+            disc: Some(DiscOptim {
+                lr: self.disc.lr,
+                betas: self.disc.betas,
+            }),
+            batch_size: self.data.batch_size as usize,
+            config_toml: self.to_toml(),
+        }
+    }
+}
+
+/// The error of a tokenizer [`TrainConfig`] given a stage that another config type describes.
+fn not_a_tokenizer_stage(file: &Path, stage: Stage) -> Error {
+    let what = match stage.config_kind() {
+        ConfigKind::Tokenizer => "a tokenizer stage",
+        ConfigKind::Llava => {
+            "a LLaVA stage: its config is the LLaVA training config (`semhitok_train::llava`, \
+             sections [run], [llm], ...), not the tokenizer's TrainConfig"
+        }
+        ConfigKind::T2i => {
+            "the text-to-image stage: its config is the T2I training config \
+             (`semhitok_train::t2i`, sections [run], [llm], ...), not the tokenizer's TrainConfig"
+        }
+    };
+    load::config_error(
+        file,
+        "run.stage",
+        format!(
+            "`{}` is {what}; `semhitok train --config FILE` reads the right type from run.stage \
+             (the tokenizer stages are spc, pre, decoder-ft, joint)",
+            stage.as_str()
+        ),
+    )
 }

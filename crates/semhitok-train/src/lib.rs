@@ -1,6 +1,8 @@
 //! SemHiTok two-stage trainer: configs, the training loop and its machinery (AdamW, schedule,
 //! EMA, checkpoints, exact resume), the stages `spc`, `pre`, `decoder-ft`, `joint`,
-//! evaluation, encode/decode, model-folder export and dataset tokenization.
+//! evaluation, encode/decode, model-folder export and dataset tokenization; `semhitok train`
+//! dispatches on `run.stage` ([`dispatch`]) to the tokenizer stages, [`llava`] or [`t2i`], all
+//! over the one [`trainer`] loop.
 //!
 //! The `semhitok` binary (`src/bin/semhitok.rs`) is a thin CLI over this library;
 //! `cargo xtask train|eval|encode|decode|demo` launch it.
@@ -14,11 +16,13 @@ pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod dispatch;
 pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod export;
 pub mod gan;
+pub mod llava;
 pub mod metrics;
 pub mod optim;
 pub mod report;

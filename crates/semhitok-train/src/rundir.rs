@@ -12,8 +12,8 @@
 //! [`RunStart::Overwrite`] is asked for, which deletes the old run's files first (stated on
 //! stderr); [`RunStart::Resume`] continues it, or starts it when there is nothing to resume.
 
-use crate::config::TrainConfig;
 use crate::error::{Error, Result};
+use crate::trainer::LoopConfig;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -112,7 +112,7 @@ fn read_head(git: &Path) -> Option<String> {
 impl RunDir {
     /// Create (or reopen, when resuming) `cfg.run.out_dir`, take its lock, apply the
     /// [`RunStart`] rule, and write `config.toml` and `run.json`.
-    pub fn create(cfg: &TrainConfig, command_line: &[String], start: RunStart) -> Result<Self> {
+    pub fn create(cfg: &LoopConfig, command_line: &[String], start: RunStart) -> Result<Self> {
         let path = cfg.run.out_dir.clone();
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         let lock = lock(&path)?;
@@ -148,7 +148,7 @@ impl RunDir {
             "# resolved config of run `{}` (stage {}), written before the first step\n{}",
             cfg.run.name,
             cfg.run.stage.as_str(),
-            cfg.to_toml()
+            cfg.config_toml
         );
         std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));

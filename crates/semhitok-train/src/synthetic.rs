@@ -3,7 +3,7 @@
 //! `(seed, i)`, so the iterator state is one counter.
 
 use crate::error::{Error, Result};
-use crate::trainer::Batches;
+use crate::trainer::{Batch, Batches};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
@@ -82,8 +82,10 @@ pub fn image(seed: u64, i: u64, size: i64) -> Vec<f32> {
     out
 }
 
-impl Batches for SyntheticBatches {
-    fn next_batch(&mut self, device: Device) -> Result<Tensor> {
+impl SyntheticBatches {
+    /// The next batch of images `[B, 3, H, W]` in [-1, 1] on `device` (what
+    /// [`Batches::next_batch`] wraps as [`Batch::Images`]).
+    pub fn next_images(&mut self, device: Device) -> Result<Tensor> {
         let mut data = Vec::with_capacity((self.batch_size * 3 * self.size * self.size) as usize);
         let (rank, world) = self.shard;
         let per_rank = self.batch_size as u64;
@@ -95,6 +97,12 @@ impl Batches for SyntheticBatches {
             .reshape([self.batch_size, 3, self.size, self.size])
             .to_kind(Kind::Float)
             .to_device(device))
+    }
+}
+
+impl Batches for SyntheticBatches {
+    fn next_batch(&mut self, device: Device) -> Result<Batch> {
+        self.next_images(device).map(Batch::Images)
     }
     fn state(&self) -> serde_json::Value {
         serde_json::json!({ "kind": "synthetic", "seed": self.seed, "index": self.index })

@@ -8,6 +8,7 @@ mod train {
     mod data;
     mod demo;
     mod dist;
+    mod generic;
     mod machinery;
     mod optim;
     mod reliability;

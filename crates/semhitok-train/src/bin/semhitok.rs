@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use semhitok_train::config::{DeviceKind, Stage, TrainConfig};
+use semhitok_train::config::{DeviceKind, Stage};
 use semhitok_train::rundir::RunStart;
 use std::path::PathBuf;
 
@@ -20,12 +20,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Train one stage from a TOML config.
+    /// Train one stage from a TOML config: `run.stage` picks the config type (spc, pre,
+    /// decoder-ft, joint: the tokenizer; llava-pretrain, llava-finetune: LLaVA; t2i:
+    /// text-to-image).
     Train {
         /// configs/*.toml (with `--resume` alone: RUN_DIR/config.toml).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// spc | pre | decoder-ft | joint; must agree with `run.stage`.
+        /// spc | pre | decoder-ft | joint | llava-pretrain | llava-finetune | t2i; must agree
+        /// with `run.stage`.
         #[arg(long)]
         stage: Option<Stage>,
         /// Continue the run in RUN_DIR from its newest readable checkpoint; `auto`: continue the
@@ -153,18 +156,14 @@ fn main() -> Result<()> {
                 }
                 set.push(format!("dist.backend=\"{b}\""));
             }
-            let cfg = TrainConfig::load(&path, &set)?;
-            if let Some(s) = stage {
-                if s != cfg.run.stage {
-                    bail!(
-                        "--stage {} but {} has run.stage = \"{}\"",
-                        s.as_str(),
-                        path.display(),
-                        cfg.run.stage.as_str()
-                    );
-                }
-            }
-            let report = semhitok_train::stages::run_stage(&cfg, start, argv, quiet)?;
+            let req = semhitok_train::dispatch::TrainRequest {
+                config: path,
+                overrides: set,
+                start,
+                command_line: argv,
+                quiet,
+            };
+            let report = semhitok_train::dispatch::train(&req, stage)?;
             eprintln!(
                 "done: {} steps, last checkpoint {}",
                 report.steps_done,

@@ -10,7 +10,7 @@ use crate::config::{DataKind, EvalDataConfig, TrainConfig, TrainTransform};
 use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::synthetic::SyntheticBatches;
-use crate::trainer::Batches;
+use crate::trainer::{Batch, Batches};
 use semhitok_data::{BatchStream, LoaderConfig, PixelFormat, StreamState, Transform};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -74,14 +74,14 @@ impl StreamBatches {
 }
 
 impl Batches for StreamBatches {
-    fn next_batch(&mut self, device: Device) -> Result<Tensor> {
+    fn next_batch(&mut self, device: Device) -> Result<Batch> {
         let b = self.stream.next_batch().ok_or_else(|| {
             Error::Input(format!(
                 "the training data ended (it should be endless): no usable samples left; skipped {:?}",
                 self.stream.skip_stats().reasons
             ))
         })?;
-        batch_tensor(&b, device)
+        batch_tensor(&b, device).map(Batch::Images)
     }
     fn state(&self) -> serde_json::Value {
         serde_json::to_value(self.stream.state()).unwrap_or(serde_json::Value::Null)

@@ -129,6 +129,13 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
             model.freeze(Part::Pixel);
             vec![Part::Spc, Part::Decoder]
         }
+        // (A loaded TrainConfig refuses these stages; this is one built in code.)
+        Stage::LlavaPretrain | Stage::LlavaFinetune | Stage::T2i => {
+            return Err(cfg.error(
+                "run.stage",
+                format!("`{}` is not a tokenizer stage", stage.as_str()),
+            ))
+        }
     };
     let perceptual = match cfg.loss.perceptual {
         _ if cfg.loss.perceptual_weight == 0.0 => None,
@@ -197,5 +204,5 @@ pub fn run_stage(
         dist,
         ..Default::default()
     };
-    train(cfg, task.as_mut(), data.as_mut(), &opts)
+    train(&cfg.loop_config(), task.as_mut(), data.as_mut(), &opts)
 }

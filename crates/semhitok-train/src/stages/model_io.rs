@@ -113,6 +113,12 @@ pub fn load_model(path: &Path, device: Device, allow_spc: bool) -> Result<Loaded
                 "is a `spc` checkpoint; this command needs a `pre`, `decoder-ft` or `joint` checkpoint (pixel decoder)",
             ))
         }
+        s => {
+            return Err(Error::ckpt(
+                &ck.dir,
+                format!("is a `{}` checkpoint, not a tokenizer's", s.as_str()),
+            ))
+        }
     };
     let teacher = build_teacher(&cfg, device)?;
     let mut model = SemHiTok::new(&cfg.model, device)?;

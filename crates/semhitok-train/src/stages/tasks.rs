@@ -8,7 +8,7 @@ use crate::dist::Dist;
 use crate::error::Result;
 use crate::gan::Gan;
 use crate::optim::{decays, Param};
-use crate::trainer::{LossOut, Task};
+use crate::trainer::{Batch, LossOut, Task};
 use semhitok_nn::losses::PixelLoss;
 use semhitok_nn::model::{Part, SemHiTok};
 use semhitok_nn::quantizer::CodeStats;
@@ -97,7 +97,8 @@ impl Task for SpcTask {
     fn state(&self) -> BTreeMap<String, Tensor> {
         state_of(&self.model, &[Part::Spc])
     }
-    fn loss(&mut self, images: &Tensor, _step: u64) -> Result<LossOut> {
+    fn loss(&mut self, batch: &Batch, _step: u64) -> Result<LossOut> {
+        let images = batch.images()?;
         let feats = self.teacher.features(images)?;
         let out = self.model.spc().forward_t(&feats, true)?;
         merge_stats(&mut self.pending, out.stats)?;
@@ -174,7 +175,8 @@ impl Task for PixelTask {
         }
         s
     }
-    fn loss(&mut self, images: &Tensor, step: u64) -> Result<LossOut> {
+    fn loss(&mut self, batch: &Batch, step: u64) -> Result<LossOut> {
+        let images = batch.images()?;
         let feats = self.teacher.features(images)?;
         let mut parts = vec![];
         let (recon, total) = if self.stage == Stage::Joint {

@@ -1,7 +1,8 @@
 //! The stage-independent training loop, as the [`Trainer`] struct.
 //!
 //! A stage is a [`Task`]: it names its trainable parameters, its checkpointed state and
-//! computes losses. The trainer owns everything else, one method per phase:
+//! computes losses on the [`Batch`]es (images, or [`TokenBatch`]es for the LLM stages) that a
+//! [`Batches`] source yields. What the loop reads of a config is a [`LoopConfig`]. The trainer owns everything else, one method per phase:
 //! [`Trainer::new`] (run directory, optimizers, resume), `gen_step` (micro-batches, gradient
 //! accumulation, the one device-to-host read-back, the NaN stop, clipping, AdamW + EMA),
 //! `disc_step` (the discriminator's own optimizer), `log` (metrics.jsonl), `checkpoint`
@@ -19,17 +20,21 @@
 //! iterator, whose state is checkpointed. With the model, EMA and optimizer tensors restored
 //! bit for bit, a resumed CPU run recomputes exactly the losses of the uninterrupted run.
 
+mod batch;
 mod device;
 mod guard;
+mod loop_config;
 mod progress;
 mod task;
 
+pub use batch::{Batch, TokenBatch, IGNORE_INDEX, IMAGE_TOKEN_INDEX};
 pub(crate) use device::cuda_sync;
 pub use device::with_autocast;
+pub use loop_config::{DiscOptim, LoopConfig};
 pub use task::{Batches, LossOut, Task};
 
 use crate::checkpoint::{self, CkptState};
-use crate::config::{DeviceKind, TrainConfig};
+use crate::config::DeviceKind;
 use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::optim::{lr_at, AdamW, Ema};
@@ -96,11 +101,16 @@ struct StepOut {
     disc_pairs: Vec<(Tensor, Tensor)>,
     /// Seconds this step waited for its batches (loader + host-to-device copy).
     data_s: f64,
+    /// Samples in this step's micro-batches, over every rank.
+    samples: f64,
+    /// Real tokens (attention-mask count) of this step's token batches, over every rank
+    /// (`None`: image batches).
+    tokens: Option<f64>,
 }
 
 /// One training run of one stage: the task, its data, the optimizers and the run directory.
 pub struct Trainer<'a> {
-    cfg: &'a TrainConfig,
+    cfg: &'a LoopConfig,
     task: &'a mut dyn Task,
     data: &'a mut dyn Batches,
     opts: &'a TrainOptions,
@@ -136,7 +146,7 @@ impl std::fmt::Debug for Trainer<'_> {
 
 /// Run (or resume) the training described by `cfg` on `task` with batches from `data`.
 pub fn train(
-    cfg: &TrainConfig,
+    cfg: &LoopConfig,
     task: &mut dyn Task,
     data: &mut dyn Batches,
     opts: &TrainOptions,
@@ -168,7 +178,7 @@ impl<'a> Trainer<'a> {
     /// Open the run directory, build the optimizers (and the weight EMA) over the task's
     /// parameters, and resume from the newest checkpoint when `opts.resume` is set.
     pub fn new(
-        cfg: &'a TrainConfig,
+        cfg: &'a LoopConfig,
         task: &'a mut dyn Task,
         data: &'a mut dyn Batches,
         opts: &'a TrainOptions,
@@ -210,9 +220,16 @@ impl<'a> Trainer<'a> {
         let dopt = if dparams.is_empty() {
             None
         } else {
+            let disc = cfg.disc.ok_or_else(|| {
+                Error::Input(
+                    "the task has discriminator parameters but its LoopConfig has no `disc` \
+                     optimizer settings"
+                        .into(),
+                )
+            })?;
             let mut oc = cfg.optim.clone();
-            oc.lr = cfg.disc.lr;
-            oc.betas = cfg.disc.betas;
+            oc.lr = disc.lr;
+            oc.betas = disc.betas;
             Some(AdamW::new(dparams, &oc))
         };
         let ema = cfg.optim.ema_decay.map(|d| Ema::for_optimizer(d, &opt));
@@ -259,19 +276,17 @@ impl<'a> Trainer<'a> {
             run.record_data_parallel(
                 d.world_size(),
                 d.process_group().backend().as_str(),
-                self.cfg.data.batch_size,
+                self.cfg.batch_size as i64,
                 self.cfg.optim.accum_steps,
             )?;
         }
         if d.is_main() {
             eprintln!(
-                "data-parallel: {} ranks ({}), {} images per step ({} per rank x {} accumulation)",
+                "data-parallel: {} ranks ({}), {} samples per step ({} per rank x {} accumulation)",
                 d.world_size(),
                 d.process_group().backend(),
-                self.cfg.data.batch_size as u64
-                    * d.world_size() as u64
-                    * self.cfg.optim.accum_steps,
-                self.cfg.data.batch_size,
+                self.cfg.batch_size as u64 * d.world_size() as u64 * self.cfg.optim.accum_steps,
+                self.cfg.batch_size,
                 self.cfg.optim.accum_steps
             );
         }
@@ -342,9 +357,6 @@ impl<'a> Trainer<'a> {
         let total = self.cfg.schedule.steps;
         let end = self.opts.stop_after.map_or(total, |s| s.min(total));
         let mut progress = Progress::new(self.start_step, total, self.opts.quiet);
-        let world = self.dist.as_ref().map_or(1, Dist::world_size);
-        let images_per_step =
-            self.cfg.data.batch_size as f64 * self.cfg.optim.accum_steps as f64 * world as f64;
         let seed = rank_seed(self.cfg.run.seed, self.dist.as_ref().map_or(0, Dist::rank));
         let main = self.run.is_some();
         for step in self.start_step..end {
@@ -369,10 +381,18 @@ impl<'a> Trainer<'a> {
             }
             self.losses.push((step, out.loss));
             let done = step + 1;
-            progress.step_done(done, end, images_per_step, out.loss, out.lr, out.data_s);
+            progress.step_done(
+                done,
+                end,
+                out.samples,
+                out.tokens,
+                out.loss,
+                out.lr,
+                out.data_s,
+            );
             let s = &self.cfg.schedule;
             if main && (done % s.log_every == 0 || done == total || done == end) {
-                self.log(done, &out, d_loss, progress.img_per_s)?;
+                self.log(done, &out, d_loss, &progress)?;
             }
             if done % s.ckpt_every == 0 || done == total || self.ckpt_held {
                 if self.guard.spiking() && done != total {
@@ -423,17 +443,29 @@ impl<'a> Trainer<'a> {
         // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
         let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
         let mut data_s = 0.0;
+        let mut samples = 0usize;
+        // Real tokens of the token batches, summed on the device (read back with the losses).
+        let mut tokens: Option<Tensor> = None;
         for _ in 0..accum {
             let t_data = std::time::Instant::now();
-            let images = self.data.next_batch(device)?;
+            let batch = self.data.next_batch(device)?;
             data_s += t_data.elapsed().as_secs_f64();
+            samples += batch.len();
+            if let Batch::Tokens(tb) = &batch {
+                tb.check()?;
+                let n = tb.n_tokens()?.to_kind(tch::Kind::Double);
+                tokens = Some(match tokens {
+                    Some(t) => t + n,
+                    None => n,
+                });
+            }
             self.phases.lap("data");
             // Forward and backward with the bf16 working copy of the weights when there is one;
             // the variables point back at the f32 masters afterwards, also on an error.
             self.opt.enter_bf16()?;
             let (task, phases) = (&mut *self.task, &mut self.phases);
             let fwd_bwd = (|| -> Result<LossOut> {
-                let out = with_autocast(device, amp, || task.loss(&images, step))?;
+                let out = with_autocast(device, amp, || task.loss(&batch, step))?;
                 phases.lap("forward");
                 // Backward first; the losses are read back after the last micro-batch together
                 // with the gradient norm (one device-to-host sync per step). A non-finite value
@@ -471,10 +503,21 @@ impl<'a> Trainer<'a> {
         if let Some(d) = &self.dist {
             d.average("the step's losses", &mut vals)?;
         }
-        let flat = [vals, norm_sq.reshape([1]), param_sq.reshape([1])];
+        let mut flat = vec![vals];
+        if let Some(t) = &tokens {
+            let mut t = t.to_device(norm_sq.device()).reshape([1]);
+            if let Some(d) = &self.dist {
+                // The mean over ranks; times the world size below: the sum.
+                d.average("the step's token count", &mut t)?;
+            }
+            flat.push(t);
+        }
+        flat.extend([norm_sq.reshape([1]), param_sq.reshape([1])]);
         let host = Vec::<f64>::try_from(Tensor::f_cat(&flat, 0)?.f_to_device(Device::Cpu)?)?;
         let grad_norm = host[host.len() - 2].sqrt();
         let param_norm_sq = host[host.len() - 1];
+        let world = self.dist.as_ref().map_or(1, Dist::world_size) as f64;
+        let tokens = tokens.map(|_| host[host.len() - 3] * world);
         let (mut loss, mut parts_sum) = (0f64, BTreeMap::new());
         let mut at = 0;
         for (names, v) in &pending {
@@ -515,6 +558,8 @@ impl<'a> Trainer<'a> {
             lr,
             disc_pairs,
             data_s,
+            samples: samples as f64 * world,
+            tokens,
         })
     }
 
@@ -561,7 +606,7 @@ impl<'a> Trainer<'a> {
             d.clip_grad_norm(cfg.optim.grad_clip);
             let dlr = lr_at(
                 step,
-                cfg.disc.lr,
+                cfg.disc.map_or(cfg.optim.lr, |c| c.lr),
                 cfg.optim.warmup_steps,
                 cfg.schedule.steps,
                 cfg.optim.min_lr_ratio,
@@ -573,16 +618,29 @@ impl<'a> Trainer<'a> {
         Ok(d_loss)
     }
 
-    /// One metrics.jsonl record for step `done` (1-based).
-    fn log(&mut self, done: u64, out: &StepOut, d_loss: Option<f64>, img_per_s: f64) -> Result<()> {
+    /// One metrics.jsonl record for step `done` (1-based): throughput as `img_per_s` for image
+    /// batches, `samples_per_s` and `tok_per_s` for token batches.
+    fn log(
+        &mut self,
+        done: u64,
+        out: &StepOut,
+        d_loss: Option<f64>,
+        progress: &Progress,
+    ) -> Result<()> {
         let mut rec = serde_json::json!({
             "step": done,
             "loss": out.loss,
             "lr": out.lr,
             "grad_norm": out.grad_norm,
-            "img_per_s": img_per_s,
-            "data_s": out.data_s,
         });
+        match progress.tok_per_s {
+            None => rec["img_per_s"] = serde_json::json!(progress.samples_per_s),
+            Some(t) => {
+                rec["samples_per_s"] = serde_json::json!(progress.samples_per_s);
+                rec["tok_per_s"] = serde_json::json!(t);
+            }
+        }
+        rec["data_s"] = serde_json::json!(out.data_s);
         for (k, v) in &out.parts {
             rec[*k] = serde_json::json!(v);
         }

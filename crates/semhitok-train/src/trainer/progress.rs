@@ -1,21 +1,24 @@
 //! What a run shows while it trains: the progress bar on a terminal, a plain status line every
-//! 30 s into logs, images/s, and the phase timer of `semhitok bench --profile`.
+//! 30 s into logs, images/s (samples/s and tokens/s for token batches), and the phase timer of `semhitok bench --profile`.
 
 use super::device::cuda_sync;
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tch::Device;
 
-/// Progress bar (terminal) or periodic plain lines (CI logs, redirects), and the img/s figure.
+/// Progress bar (terminal) or periodic plain lines (CI logs, redirects), and the throughput.
 pub(super) struct Progress {
     pb: indicatif::ProgressBar,
     plain_lines: bool,
     t_run: Instant,
     t_line: Instant,
     t_last: Instant,
-    imgs_since: f64,
-    /// Images per second over the last >= 0.5 s window.
-    pub img_per_s: f64,
+    samples_since: f64,
+    tokens_since: f64,
+    /// Samples (images, sequences) per second over the last >= 0.5 s window.
+    pub samples_per_s: f64,
+    /// Real tokens per second over the same window (`None`: image batches).
+    pub tok_per_s: Option<f64>,
     /// Data wait per step (exponential average over steps, seconds).
     data_s: f64,
     start: u64,
@@ -46,21 +49,25 @@ impl Progress {
             t_run: now,
             t_line: now,
             t_last: now,
-            imgs_since: 0.0,
-            img_per_s: 0.0,
+            samples_since: 0.0,
+            tokens_since: 0.0,
+            samples_per_s: 0.0,
+            tok_per_s: None,
             data_s: 0.0,
             start,
             total,
         }
     }
 
-    /// Step `done` (1-based) of a call that ends at `end` finished with `images` images, after
-    /// waiting `data_s` seconds for its batches.
+    /// Step `done` (1-based) of a call that ends at `end` finished with `samples` samples (and
+    /// `tokens` real tokens for token batches), after waiting `data_s` seconds for its batches.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn step_done(
         &mut self,
         done: u64,
         end: u64,
-        images: f64,
+        samples: f64,
+        tokens: Option<f64>,
         loss: f64,
         lr: f64,
         data_s: f64,
@@ -71,23 +78,33 @@ impl Progress {
             0.9 * self.data_s + 0.1 * data_s
         };
         let data_ms = self.data_s * 1e3;
-        self.imgs_since += images;
+        if tokens.is_some() && self.tok_per_s.is_none() {
+            // Token batches: tokens/s from the first step on (0 until the first window closes).
+            self.tok_per_s = Some(0.0);
+        }
+        self.samples_since += samples;
+        self.tokens_since += tokens.unwrap_or(0.0);
         let dt = self.t_last.elapsed().as_secs_f64();
         if dt > 0.5 || done == end {
-            self.img_per_s = self.imgs_since / dt.max(1e-9);
-            self.imgs_since = 0.0;
+            self.samples_per_s = self.samples_since / dt.max(1e-9);
+            self.tok_per_s = tokens.map(|_| self.tokens_since / dt.max(1e-9));
+            self.samples_since = 0.0;
+            self.tokens_since = 0.0;
             self.t_last = Instant::now();
         }
-        let img_per_s = self.img_per_s;
+        let rate = match self.tok_per_s {
+            None => format!("{:.1} img/s", self.samples_per_s),
+            Some(t) => format!("{:.1} samples/s {t:.0} tok/s", self.samples_per_s),
+        };
         self.pb.set_position(done);
         self.pb.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s data {data_ms:.1} ms/step"
+            "loss {loss:.4} lr {lr:.2e} {rate} data {data_ms:.1} ms/step"
         ));
         if self.plain_lines && (self.t_line.elapsed().as_secs() >= 30 || done == end) {
             self.t_line = Instant::now();
             let per_step = self.t_run.elapsed().as_secs_f64() / (done - self.start).max(1) as f64;
             eprintln!(
-                "step {done}/{} loss {loss:.4} lr {lr:.2e} {img_per_s:.1} img/s data {data_ms:.1} ms/step ETA {:.0} s",
+                "step {done}/{} loss {loss:.4} lr {lr:.2e} {rate} data {data_ms:.1} ms/step ETA {:.0} s",
                 self.total,
                 per_step * end.saturating_sub(done) as f64
             );

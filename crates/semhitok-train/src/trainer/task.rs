@@ -1,6 +1,7 @@
 //! What a stage plugs into the [`Trainer`](super::Trainer): a [`Task`] (parameters, state,
 //! losses) and a [`Batches`] source (training inputs with a resumable position).
 
+use super::Batch;
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::optim::Param;
@@ -20,8 +21,9 @@ pub struct LossOut {
 
 /// A source of training batches with a serializable position.
 pub trait Batches {
-    /// Next batch of images `[B, 3, H, W]` in [-1, 1] on `device`.
-    fn next_batch(&mut self, device: Device) -> Result<Tensor>;
+    /// Next batch on `device`: images `[B, 3, H, W]` in [-1, 1] for the tokenizer stages,
+    /// token sequences for the LLM ones.
+    fn next_batch(&mut self, device: Device) -> Result<Batch>;
     /// The iterator state (JSON) after the batches returned so far.
     fn state(&self) -> serde_json::Value;
     /// Continue from a state produced by [`Batches::state`] (or by [`Batches::merge_states`]).
@@ -46,7 +48,8 @@ pub trait Task {
     /// codebooks and discriminator weights), by name. Checkpointed under `model.`.
     fn state(&self) -> BTreeMap<String, Tensor>;
     /// Forward + losses on one micro-batch at optimizer step `step`.
-    fn loss(&mut self, images: &Tensor, step: u64) -> Result<LossOut>;
+    /// ([`Batch::images`] / [`Batch::tokens`] give the variant the task trains on, or an error.)
+    fn loss(&mut self, batch: &Batch, step: u64) -> Result<LossOut>;
     /// Discriminator loss on one (real, fake) pair at `step` (`None`: no discriminator update).
     fn disc_loss(&mut self, _real: &Tensor, _fake: &Tensor, _step: u64) -> Result<Option<Tensor>> {
         Ok(None)

@@ -11,7 +11,6 @@ use semhitok_train::export::{export_cmd, ExportArgs};
 use semhitok_train::report::save_png;
 use semhitok_train::stages::load_model;
 use semhitok_train::synthetic::SyntheticBatches;
-use semhitok_train::trainer::Batches;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +85,7 @@ fn exported_folder_in_a_fresh_process_gives_the_trainers_ids_and_images() {
 
     // Images on disk, as `encode` reads them.
     let imgs = SyntheticBatches::new(21, 3, 48)
-        .next_batch(Device::Cpu)
+        .next_images(Device::Cpu)
         .unwrap();
     let mut files = vec![];
     for i in 0..3 {

@@ -8,7 +8,6 @@ use semhitok_train::codec::{decode_cmd, encode_cmd, DecodeArgs, EncodeArgs};
 use semhitok_train::report::save_png;
 use semhitok_train::stages::load_model;
 use semhitok_train::synthetic::SyntheticBatches;
-use semhitok_train::trainer::Batches;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -41,7 +40,7 @@ fn encode_then_decode_round_trips_and_reports_bad_files() {
     let (spc, pre) = trained(tmp.path());
     // Three good PNGs, an undecodable file and a missing one.
     let imgs = SyntheticBatches::new(11, 3, 32)
-        .next_batch(Device::Cpu)
+        .next_images(Device::Cpu)
         .unwrap();
     let mut files = vec![];
     for i in 0..3 {
@@ -265,7 +264,7 @@ fn lpips_vgg_trains_and_evaluates_with_a_given_trunk() {
     let photos = tmp.path().join("photos");
     std::fs::create_dir_all(&photos).unwrap();
     let imgs = SyntheticBatches::new(3, 12, 96)
-        .next_batch(Device::Cpu)
+        .next_images(Device::Cpu)
         .unwrap();
     for i in 0..12 {
         save_png(&imgs.get(i), &photos.join(format!("p{i:02}.png"))).unwrap();

@@ -3,7 +3,7 @@
 
 use semhitok_train::config::TrainConfig;
 use semhitok_train::optim::{decays, Param};
-use semhitok_train::trainer::{LossOut, Task};
+use semhitok_train::trainer::{Batch, LossOut, Task};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::nn::{self, Module};
@@ -135,7 +135,8 @@ impl Task for ToyTask {
         }
         Ok(())
     }
-    fn loss(&mut self, images: &Tensor, step: u64) -> semhitok_train::Result<LossOut> {
+    fn loss(&mut self, batch: &Batch, step: u64) -> semhitok_train::Result<LossOut> {
+        let images = batch.images()?;
         let z = self.enc.forward(images).gelu("none").dropout(0.1, true);
         let rec = self.dec.forward(&z).tanh();
         let mut l = (rec - images).square().mean(Kind::Float);

@@ -1,7 +1,9 @@
 //! Strict config parsing and `--set` overrides.
 
 use super::common::tiny_config_text;
-use semhitok_train::config::TrainConfig;
+use semhitok_train::config::{peek_stage, Stage, TrainConfig};
+use semhitok_train::dispatch::{self, TrainRequest};
+use semhitok_train::rundir::RunStart;
 use semhitok_train::Error;
 use std::path::Path;
 
@@ -58,6 +60,11 @@ fn every_preset_in_configs_parses() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
+            // LLaVA and text-to-image configs are other types (their own tests parse them).
+            let stage = peek_stage(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+            if !stage.is_tokenizer() {
+                continue;
+            }
             let c = TrainConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
             c.model
                 .validate()
@@ -80,4 +87,103 @@ fn every_preset_in_configs_parses() {
         }
     }
     assert!(n >= 4, "expected the presets in {}", dir.display());
+}
+
+/// The LLM stages parse as stages but a tokenizer TrainConfig refuses them, naming `run.stage`
+/// and the config type the stage needs, from the file and from a `--set` override alike.
+#[test]
+fn tokenizer_config_rejects_llm_stages() {
+    let text = tiny_config_text(Path::new("/tmp/x"), 5, 5);
+    for (stage, wants) in [
+        ("llava-pretrain", "LLaVA"),
+        ("llava-finetune", "LLaVA"),
+        ("t2i", "T2I"),
+    ] {
+        assert_eq!(stage.parse::<Stage>().unwrap().as_str(), stage);
+        let file = text.replace("stage = \"spc\"", &format!("stage = \"{stage}\""));
+        let err = TrainConfig::from_toml_str(&file, Path::new("llm.toml"), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Config { .. }), "{msg}");
+        for part in ["llm.toml", "run.stage", stage, wants, "TrainConfig"] {
+            assert!(msg.contains(part), "{stage}: `{part}` missing in {msg}");
+        }
+        let set = [format!("run.stage=\"{stage}\"")];
+        let msg = TrainConfig::from_toml_str(&text, Path::new("a.toml"), &set)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("run.stage") && msg.contains("--set") && msg.contains(wants),
+            "{msg}"
+        );
+        // A config built in code with such a stage fails validation the same way.
+        let mut c = TrainConfig::from_toml_str(&text, Path::new("a.toml"), &[]).unwrap();
+        c.run.stage = stage.parse().unwrap();
+        let msg = c.validate(Path::new("code")).unwrap_err().to_string();
+        assert!(msg.contains("run.stage") && msg.contains(wants), "{msg}");
+    }
+    let e = "llava".parse::<Stage>().unwrap_err();
+    assert!(e.contains("llava-pretrain") && e.contains("t2i"), "{e}");
+}
+
+/// `semhitok train` reads the stage first and hands LLM stages to their own code (not to the
+/// tokenizer config, which would refuse them); `--stage` must agree with the file.
+#[test]
+fn train_dispatches_on_the_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (stage, family) in [
+        ("llava-pretrain", "LLaVA"),
+        ("llava-finetune", "LLaVA"),
+        ("t2i", "text-to-image"),
+    ] {
+        let file = tmp.path().join(format!("{stage}.toml"));
+        let out = tmp.path().join(format!("run-{stage}"));
+        std::fs::write(
+            &file,
+            format!(
+                "[run]\nname = \"x\"\nout_dir = \"{}\"\nstage = \"{stage}\"\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        let req = TrainRequest {
+            config: file.clone(),
+            overrides: vec![],
+            start: RunStart::Fresh,
+            command_line: vec![],
+            quiet: true,
+        };
+        let msg = dispatch::train(&req, None).unwrap_err().to_string();
+        // Whatever the stage's own code says about this minimal file, it names the file and
+        // is not the tokenizer config's refusal.
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert!(
+            !msg.contains("TrainConfig"),
+            "{stage} reached the tokenizer config: {msg}"
+        );
+        assert!(
+            msg.contains(family) || !msg.contains("not built yet"),
+            "{msg}"
+        );
+        let msg = dispatch::train(&req, Some(Stage::Spc))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("--stage spc") && msg.contains(&format!("run.stage = \"{stage}\"")),
+            "{msg}"
+        );
+    }
+    // A tokenizer config still goes to the tokenizer config (here: its validation).
+    let file = tmp.path().join("tok.toml");
+    let text = tiny_config_text(&tmp.path().join("run-tok"), 5, 5)
+        .replace("batch_size = 4", "batch_size = 0");
+    std::fs::write(&file, text).unwrap();
+    let req = TrainRequest {
+        config: file,
+        overrides: vec![],
+        start: RunStart::Fresh,
+        command_line: vec![],
+        quiet: true,
+    };
+    let msg = dispatch::train(&req, None).unwrap_err().to_string();
+    assert!(msg.contains("data.batch_size"), "{msg}");
 }

@@ -205,7 +205,7 @@ fn resume_on_shards_and_class_folders_is_bit_exact() {
             let c = tiny_config(&tmp.path().join(format!("{kind}-{dir}")), 9, ckpt, &sets);
             let mut task = ToyTask::new(3);
             let mut data = build_batches(&c).unwrap();
-            train(&c, &mut task, data.as_mut(), &opts).unwrap()
+            train(&c.loop_config(), &mut task, data.as_mut(), &opts).unwrap()
         };
         let full = run("a", 100, quiet());
         run(
@@ -329,7 +329,7 @@ fn merged_rank_states_resume_at_another_world_size() {
     for rank in 0..2 {
         let mut b = batches(rank, 2);
         for _ in 0..1 {
-            seen += b.next_batch(tch::Device::Cpu).unwrap().size()[0];
+            seen += b.next_batch(tch::Device::Cpu).unwrap().len() as i64;
         }
         states.push(b.state());
     }
@@ -346,7 +346,7 @@ fn merged_rank_states_resume_at_another_world_size() {
         let epoch_of = |v: &serde_json::Value| v["ranks"][0][1]["epoch"].as_u64().unwrap();
         assert_eq!(epoch_of(&st0), 0, "rank {rank} resumes in epoch 0: {st0}");
         loop {
-            let n = b.next_batch(tch::Device::Cpu).unwrap().size()[0];
+            let n = b.next_batch(tch::Device::Cpu).unwrap().len() as i64;
             if epoch_of(&b.state()) > 0 {
                 break;
             }

@@ -15,7 +15,7 @@ fn resume_is_bit_exact_on_cpu() {
     let cfg_a = tiny_config(&a_dir, 10, 4, &[]);
     let mut task = ToyTask::new(1);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    let full = train(&cfg_a, &mut task, &mut data, &quiet()).unwrap();
+    let full = train(&cfg_a.loop_config(), &mut task, &mut data, &quiet()).unwrap();
     assert_eq!(full.losses.len(), 10);
     let full_state = snapshot(&task.vs);
 
@@ -24,7 +24,7 @@ fn resume_is_bit_exact_on_cpu() {
     let mut task_b = ToyTask::new(1);
     let mut data_b = SyntheticBatches::new(3, 4, 16);
     let first = train(
-        &cfg_b,
+        &cfg_b.loop_config(),
         &mut task_b,
         &mut data_b,
         &TrainOptions {
@@ -37,7 +37,7 @@ fn resume_is_bit_exact_on_cpu() {
     let mut task_c = ToyTask::new(99); // different init: everything must come from the checkpoint
     let mut data_c = SyntheticBatches::new(3, 4, 16);
     let resumed = train(
-        &cfg_b,
+        &cfg_b.loop_config(),
         &mut task_c,
         &mut data_c,
         &TrainOptions {
@@ -75,7 +75,7 @@ fn lr_zero_moves_no_parameter() {
     let mut task = ToyTask::new(2);
     let before = snapshot(&task.vs);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    let r = train(&cfg, &mut task, &mut data, &quiet()).unwrap();
+    let r = train(&cfg.loop_config(), &mut task, &mut data, &quiet()).unwrap();
     assert!(r.losses.iter().all(|(_, l)| l.is_finite() && *l > 0.0));
     assert!(bit_equal(&before, &snapshot(&task.vs)));
 }
@@ -87,7 +87,7 @@ fn loss_falls_on_toy_problem() {
     let cfg = tiny_config(tmp.path(), 60, 60, &["optim.lr=1e-2"]);
     let mut task = ToyTask::new(3);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    let r = train(&cfg, &mut task, &mut data, &quiet()).unwrap();
+    let r = train(&cfg.loop_config(), &mut task, &mut data, &quiet()).unwrap();
     let first = r.losses[0].1;
     let last: f64 = r.losses[50..].iter().map(|(_, l)| l).sum::<f64>() / 10.0;
     assert!(last < 0.5 * first, "loss {first} -> {last}");
@@ -100,7 +100,7 @@ fn truncated_latest_checkpoint_falls_back_to_previous() {
     let cfg = tiny_config(tmp.path(), 8, 4, &[]);
     let mut task = ToyTask::new(4);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    train(&cfg, &mut task, &mut data, &quiet()).unwrap();
+    train(&cfg.loop_config(), &mut task, &mut data, &quiet()).unwrap();
     let all = checkpoint::list(tmp.path()).unwrap();
     assert_eq!(all.len(), 2);
     let t = all[1].join("tensors.safetensors");
@@ -117,7 +117,7 @@ fn truncated_latest_checkpoint_falls_back_to_previous() {
     let mut task2 = ToyTask::new(4);
     let mut data2 = SyntheticBatches::new(3, 4, 16);
     let r = train(
-        &cfg,
+        &cfg.loop_config(),
         &mut task2,
         &mut data2,
         &TrainOptions {
@@ -138,7 +138,7 @@ fn nan_loss_stops_with_diagnostic_and_keeps_last_good_checkpoint() {
     let mut task = ToyTask::new(5);
     task.nan_at = Some(6);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    let err = train(&cfg, &mut task, &mut data, &quiet()).unwrap_err();
+    let err = train(&cfg.loop_config(), &mut task, &mut data, &quiet()).unwrap_err();
     match &err {
         Error::NonFinite { step, detail } => {
             // Numbered as metrics.jsonl numbers steps: step index 6 is the 7th optimizer step.
@@ -165,7 +165,7 @@ fn keeps_only_last_n_checkpoints() {
     let cfg = tiny_config(tmp.path(), 10, 2, &[]);
     let mut task = ToyTask::new(6);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    train(&cfg, &mut task, &mut data, &quiet()).unwrap();
+    train(&cfg.loop_config(), &mut task, &mut data, &quiet()).unwrap();
     let names: Vec<String> = checkpoint::list(tmp.path())
         .unwrap()
         .iter()

@@ -18,7 +18,7 @@ fn toy_run(
 ) -> semhitok_train::Result<semhitok_train::trainer::TrainReport> {
     let mut task = ToyTask::new(1);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    train(cfg, &mut task, &mut data, &opts)
+    train(&cfg.loop_config(), &mut task, &mut data, &opts)
 }
 
 /// The steps metrics.jsonl of `dir` holds, in file order.
@@ -56,9 +56,9 @@ fn bad_hyperparameters_name_key_and_file() {
 fn second_process_on_a_run_dir_is_refused_naming_the_holder() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(&tmp.path().join("r"), 5, 5, &[]);
-    let held = RunDir::create(&cfg, &[], RunStart::Fresh).unwrap();
+    let held = RunDir::create(&cfg.loop_config(), &[], RunStart::Fresh).unwrap();
     // flock locks belong to the open file, so a second open in this process conflicts too.
-    let err = RunDir::create(&cfg, &[], RunStart::Resume)
+    let err = RunDir::create(&cfg.loop_config(), &[], RunStart::Resume)
         .unwrap_err()
         .to_string();
     assert!(err.contains("in use by another process"), "{err}");
@@ -72,7 +72,7 @@ fn second_process_on_a_run_dir_is_refused_naming_the_holder() {
     );
     drop(held);
     // Released with its holder (the kernel does the same when a process dies).
-    RunDir::create(&cfg, &[], RunStart::Resume).unwrap();
+    RunDir::create(&cfg.loop_config(), &[], RunStart::Resume).unwrap();
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn toy_run_with(
     let mut task = ToyTask::new(1);
     setup(&mut task);
     let mut data = SyntheticBatches::new(3, 4, 16);
-    train(cfg, &mut task, &mut data, &opts)
+    train(&cfg.loop_config(), &mut task, &mut data, &opts)
 }
 
 /// Every checkpoint of `dir`: (step, all floating tensors finite, largest |value|).

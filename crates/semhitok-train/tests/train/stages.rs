@@ -8,7 +8,7 @@ use semhitok_train::config::TrainConfig;
 use semhitok_train::rundir::read_metrics;
 use semhitok_train::stages::{build_batches, build_task, f32_bits, load_model};
 use semhitok_train::synthetic::SyntheticBatches;
-use semhitok_train::trainer::{train, Batches, TrainOptions, TrainReport};
+use semhitok_train::trainer::{train, Batch, Batches, TrainOptions, TrainReport};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
@@ -79,8 +79,8 @@ fn quiet() -> TrainOptions {
 struct Fixed(tch::Tensor);
 
 impl Batches for Fixed {
-    fn next_batch(&mut self, device: Device) -> semhitok_train::Result<tch::Tensor> {
-        Ok(self.0.to_device(device))
+    fn next_batch(&mut self, device: Device) -> semhitok_train::Result<Batch> {
+        Ok(Batch::Images(self.0.to_device(device)))
     }
     fn state(&self) -> serde_json::Value {
         serde_json::json!({})
@@ -94,10 +94,10 @@ pub(super) fn run(c: &TrainConfig) -> TrainReport {
     let mut task = build_task(c).unwrap_or_else(|e| panic!("{e}"));
     let mut data = Fixed(
         SyntheticBatches::new(5, 4, 32)
-            .next_batch(Device::Cpu)
+            .next_images(Device::Cpu)
             .unwrap(),
     );
-    train(c, task.as_mut(), &mut data, &quiet()).unwrap_or_else(|e| panic!("{e}"))
+    train(&c.loop_config(), task.as_mut(), &mut data, &quiet()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn mean(r: &TrainReport, range: std::ops::Range<usize>) -> f64 {
@@ -155,7 +155,7 @@ fn pre_loss_falls_and_spc_is_untouched() {
     assert!(!wa.is_empty());
     assert_eq!(wa, wb, "SPC weights changed in stage 2");
     let images = SyntheticBatches::new(77, 8, 32)
-        .next_batch(Device::Cpu)
+        .next_images(Device::Cpu)
         .unwrap();
     let (ia, ib) = (
         a.semantic_ids(&images).unwrap(),
@@ -248,7 +248,7 @@ fn lr_zero_moves_no_trainable_parameter_in_any_stage() {
             assert!(!task.disc_params().is_empty(), "{stage}: no discriminator");
         }
         let mut data = build_batches(&c).unwrap();
-        let r = train(&c, task.as_mut(), data.as_mut(), &quiet()).unwrap();
+        let r = train(&c.loop_config(), task.as_mut(), data.as_mut(), &quiet()).unwrap();
         assert!(r.losses.iter().all(|(_, l)| l.is_finite()));
         assert_eq!(
             before,
@@ -268,14 +268,14 @@ fn pre_resume_is_bit_exact_with(sets: &[&str]) {
     let a = cfg(&tmp.path().join("a"), "pre", 8, &init);
     let mut task = build_task(&a).unwrap();
     let mut data = build_batches(&a).unwrap();
-    let full = train(&a, task.as_mut(), data.as_mut(), &quiet()).unwrap();
+    let full = train(&a.loop_config(), task.as_mut(), data.as_mut(), &quiet()).unwrap();
     let mut sets_b = init.clone();
     sets_b.push("schedule.ckpt_every=4".into());
     let c = cfg(&tmp.path().join("b"), "pre", 8, &sets_b);
     let mut task = build_task(&c).unwrap();
     let mut data = build_batches(&c).unwrap();
     train(
-        &c,
+        &c.loop_config(),
         task.as_mut(),
         data.as_mut(),
         &TrainOptions {
@@ -287,7 +287,7 @@ fn pre_resume_is_bit_exact_with(sets: &[&str]) {
     let mut task = build_task(&c).unwrap();
     let mut data = build_batches(&c).unwrap();
     let r = train(
-        &c,
+        &c.loop_config(),
         task.as_mut(),
         data.as_mut(),
         &TrainOptions {
@@ -373,14 +373,14 @@ fn gan_switches_on_at_start_step_and_discriminator_learns() {
     let mut task = build_task(&c).unwrap();
     let mut data = Fixed(
         SyntheticBatches::new(5, 4, 32)
-            .next_batch(Device::Cpu)
+            .next_images(Device::Cpu)
             .unwrap(),
     );
     let opts = TrainOptions {
         stop_after: Some(10),
         ..quiet()
     };
-    train(&c, task.as_mut(), &mut data, &opts).unwrap();
+    train(&c.loop_config(), task.as_mut(), &mut data, &opts).unwrap();
     let at_start: Vec<(String, Vec<u32>)> = task
         .disc_params()
         .iter()
@@ -398,7 +398,7 @@ fn gan_switches_on_at_start_step_and_discriminator_learns() {
 
     // From the start step on: both terms logged, and the critic learns.
     let r = train(
-        &c,
+        &c.loop_config(),
         task.as_mut(),
         &mut data,
         &TrainOptions {
@@ -496,7 +496,7 @@ fn spc_resume_during_multi_step_kmeans_init_is_bit_exact() {
     let a = cfg(&tmp.path().join("a"), "spc", 6, &sets(&[]));
     let mut task = build_task(&a).unwrap();
     let mut data = build_batches(&a).unwrap();
-    let full = train(&a, task.as_mut(), data.as_mut(), &quiet()).unwrap();
+    let full = train(&a.loop_config(), task.as_mut(), data.as_mut(), &quiet()).unwrap();
     let b = cfg(
         &tmp.path().join("b"),
         "spc",
@@ -506,7 +506,7 @@ fn spc_resume_during_multi_step_kmeans_init_is_bit_exact() {
     let run_b = |opts: TrainOptions| {
         let mut task = build_task(&b).unwrap();
         let mut data = build_batches(&b).unwrap();
-        train(&b, task.as_mut(), data.as_mut(), &opts).unwrap()
+        train(&b.loop_config(), task.as_mut(), data.as_mut(), &opts).unwrap()
     };
     run_b(TrainOptions {
         stop_after: Some(3),

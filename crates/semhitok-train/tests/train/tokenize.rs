@@ -9,7 +9,6 @@ use semhitok_train::codec::load_image;
 use semhitok_train::report::save_png;
 use semhitok_train::synthetic::SyntheticBatches;
 use semhitok_train::tokenize::{run, TokenizeArgs};
-use semhitok_train::trainer::Batches;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 /// root/{cat,dog}/*.png: 7 decodable images, and `cat/broken.png`.
 fn dataset(root: &Path) -> Vec<PathBuf> {
     let imgs = SyntheticBatches::new(31, 7, 40)
-        .next_batch(Device::Cpu)
+        .next_images(Device::Cpu)
         .unwrap();
     let mut good = vec![];
     for i in 0..7 {
