@@ -14,5 +14,6 @@ mod train {
     mod reliability;
     pub mod stages;
     mod t2i;
+    mod t2i_run;
     mod tokenize;
 }

@@ -79,6 +79,10 @@ enum Cmd {
     Chat(semhitok_train::chat::ChatArgs),
     /// images/s of the encode path on one fixed batch (`scripts/bench_tokenize_torch.py`: PyTorch reference).
     BenchTokenize(semhitok_train::bench_tokenize::BenchTokenizeArgs),
+    /// Text-to-image from a T2I run or exported folder: PNGs, a grid and images.jsonl.
+    Generate(semhitok_train::t2i::generate_cmd::GenerateArgs),
+    /// N images per class for each CFG scale (u8 files for `t2i-score`, grids).
+    T2iEval(semhitok_train::t2i::eval::T2iEvalArgs),
     /// Train the Fashion-MNIST classifier that judges generated images; reports its test accuracy.
     FmnistClassifier(semhitok_train::t2i::classifier::ClassifierArgs),
     /// Class accuracy and FID (vs the Fashion-MNIST test split) of generated images.
@@ -212,6 +216,12 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Generate(a) => semhitok_train::t2i::generate_cmd::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::T2iEval(a) => semhitok_train::t2i::eval::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
         Cmd::T2iScore(a) => semhitok_train::t2i::judge::score(&a)
             .map(|_| ())
             .map_err(Into::into),

@@ -91,9 +91,12 @@ pub struct T2iConfig {
 pub const PRESETS: &[(&str, &str)] = &[
     (
         "fmnist-smollm2",
-        include_str!("presets/fmnist-smollm2.toml"),
+        include_str!("../../../../configs/t2i-fmnist-smollm2.toml"),
     ),
-    ("tiny-cpu", include_str!("presets/tiny-cpu.toml")),
+    (
+        "tiny-cpu",
+        include_str!("../../../../configs/t2i-tiny-cpu.toml"),
+    ),
 ];
 
 impl T2iConfig {

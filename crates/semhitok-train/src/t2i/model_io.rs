@@ -163,6 +163,14 @@ pub fn load_t2i(path: &Path, kind: Kind, device: Device) -> Result<T2iModel> {
     })
 }
 
+/// Whether `path` is a T2I run directory (`config.toml` with `run.stage = "t2i"`) or an
+/// exported T2I folder (`t2i.json`).
+pub fn is_t2i(path: &Path) -> bool {
+    path.join("t2i.json").exists()
+        || crate::config::peek_stage(&path.join("config.toml"), &[])
+            .is_ok_and(|s| s == crate::config::Stage::T2i)
+}
+
 /// Export a T2I run (or re-export a folder) to `out` (see the module docs).
 pub fn export_t2i(run: &Path, out: &Path) -> Result<PathBuf> {
     let m = load_t2i(run, Kind::Float, Device::Cpu)?;
