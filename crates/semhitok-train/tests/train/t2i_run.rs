@@ -306,3 +306,21 @@ fn t2i_batches_drop_captions_and_mask_the_loss() {
     assert!(e.contains("typo"), "{e}");
     let _ = PathBuf::new();
 }
+
+/// The committed configs and the embedded presets parse and validate.
+#[test]
+fn t2i_configs_and_presets_parse() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    for f in [
+        "t2i-qwen2.5-3b.toml",
+        "t2i-fmnist-smollm2.toml",
+        "t2i-tiny-cpu.toml",
+    ] {
+        let c = T2iConfig::load(&root.join(f), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(c.t2i.cfg_dropout, 0.1, "{f}");
+    }
+    for (name, _) in semhitok_train::t2i::config::PRESETS {
+        T2iConfig::preset(name, &[]).unwrap();
+    }
+    assert!(T2iConfig::preset("nope", &[]).is_err());
+}
