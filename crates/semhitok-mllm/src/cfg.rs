@@ -48,6 +48,59 @@ impl TextDropout {
     }
 }
 
+/// Classifier-free guidance at sampling time: the scale and the image-token steps it applies to.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guidance {
+    /// `s` of `u + s (c - u)`; 1 = no guidance (and no unconditional pass).
+    pub scale: f64,
+    /// Guidance interval: steps `start..end` (0 = the first image token) are guided, the others
+    /// take the conditional logits (LlamaGen's `cfg_interval = c` is `0..c + 2`). `None`: all.
+    pub interval: Option<(usize, usize)>,
+}
+
+impl Default for Guidance {
+    fn default() -> Self {
+        Self {
+            scale: 1.0,
+            interval: None,
+        }
+    }
+}
+
+impl Guidance {
+    /// Guidance with `scale` at every step.
+    pub fn scale(scale: f64) -> Self {
+        Self {
+            scale,
+            interval: None,
+        }
+    }
+    /// Errors when the scale is not finite or the interval is reversed.
+    pub fn validate(&self) -> Result<()> {
+        if !self.scale.is_finite() {
+            return Err(Error::Config(format!(
+                "cfg scale {} must be finite",
+                self.scale
+            )));
+        }
+        if let Some((a, b)) = self.interval {
+            if a > b {
+                return Err(Error::Config(format!("cfg interval {a}..{b} is reversed")));
+            }
+        }
+        Ok(())
+    }
+    /// Whether the unconditional rows run at all (scale != 1 and a non-empty interval).
+    pub fn needs_uncond(&self) -> bool {
+        self.scale != 1.0 && self.interval.is_none_or(|(a, b)| a < b)
+    }
+    /// Whether step `t` (0 = first image token) is guided.
+    pub fn guides(&self, t: usize) -> bool {
+        self.needs_uncond() && self.interval.is_none_or(|(a, b)| (a..b).contains(&t))
+    }
+}
+
 /// Guided logits `uncond + scale * (cond - uncond)`; `scale = 1` gives `cond`.
 /// cond, uncond: [B, V] (or any equal shapes) -> same shape.
 pub fn guided_logits(cond: &Tensor, uncond: &Tensor, scale: f64) -> Result<Tensor> {

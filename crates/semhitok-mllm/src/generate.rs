@@ -4,7 +4,7 @@
 //! The logits never leave the device: each step copies only the sampled ids ([B] int64) to the
 //! host (for eos, stop strings and streaming). Sampling draws from LibTorch's generator, seeded
 //! with `GenerationConfig::seed` at the start, so a run is reproducible on one device.
-//! (The CPU sampler of [`crate::sampling`] serves visual tokens with CFG.)
+//! (Visual tokens with CFG are sampled by [`crate::t2i`], reproducibly across devices.)
 
 use crate::error::{Error, Result};
 use crate::llm::{Input, KvCache, LlamaModel, LogitsAt};

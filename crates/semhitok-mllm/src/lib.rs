@@ -1,12 +1,13 @@
 //! LLaVA-style understanding and autoregressive text-to-image glue around SemHiTok ids.
 //!
 //! - [`vocab::VisualVocab`]: the LLM vocabulary extended by the 196,608 unified visual ids
-//!   (`u = k * m + j`) plus `<boi>`/`<eoi>`, with checked conversions both ways and the
-//!   text-to-image training sequence layout.
+//!   (`u = k * m + j`) plus `<boi>`/`<eoi>`, starting at the model's embedding row count, with
+//!   checked conversions both ways.
 //! - [`cfg`]: classifier-free guidance: text dropped with p = 0.1 at training time (seeded), and
 //!   guided logits `uncond + s * (cond - uncond)` at sampling time.
-//! - [`sampling`]: next-visual-token sampling restricted to the visual range (temperature,
-//!   top-k, top-p) and the autoregressive generation loop over any [`sampling::NextTokenModel`].
+//! - [`t2i`]: text-to-image: the sequence layout and loss mask, the guided sampler (2B rows,
+//!   KV cache, temperature / top-k / top-p over the visual range on the device, inverse CDF
+//!   with host uniforms so CPU and CUDA pick the same tokens).
 //! - [`projector::MlpProjector`]: LLaVA-1.5's `mlp2x_gelu` projector from quantized SemHiTok
 //!   features to the LLM width, with LLaVA's weight names (`model.mm_projector.{0,2}`).
 //! - [`tokenizer::TextTokenizer`]: the LLM's text tokenizer (HF tokenizer.json, e.g. the embedded
@@ -31,8 +32,8 @@ pub mod llava;
 pub mod llm;
 pub mod loss;
 pub mod projector;
-pub mod sampling;
 pub mod spm;
+pub mod t2i;
 pub mod tokenizer;
 pub mod vocab;
 

@@ -2,10 +2,10 @@
 //! one built from GGUF metadata ([`crate::gguf::tokenizer`]).
 
 use crate::error::{Error, Result};
-use crate::vocab::VisualVocab;
 use std::path::Path;
 
-/// A text tokenizer whose full size (added tokens included) is where visual tokens start.
+/// A text tokenizer. (Visual tokens start at the model's embedding row count, which can exceed
+/// the tokenizer's size: [`crate::vocab::VisualVocab::for_model`].)
 #[derive(Debug)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -51,10 +51,6 @@ impl TextTokenizer {
     /// Number of text tokens, added/special tokens included.
     pub fn vocab_size(&self) -> u32 {
         self.inner.get_vocab_size(true) as u32
-    }
-    /// The extended vocabulary for a SemHiTok with `k_sem` semantic codes and `m` pixel codes each.
-    pub fn extended_vocab(&self, k_sem: u32, m: u32) -> Result<VisualVocab> {
-        VisualVocab::new(self.vocab_size(), k_sem, m)
     }
     /// Text -> token ids (no special tokens added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -1,73 +1,103 @@
 //! The LLM vocabulary extended by SemHiTok's unified visual ids.
 //!
-//! Layout (token ids of the extended LLM):
+//! Layout (token ids of the extended LLM; `rows` = the model's embedding row count, i.e.
+//! `vocab_size` of its `config.json`, **not** the tokenizer's size):
 //! ```text
-//! [0, text)                     text tokens (the LLM's own tokenizer, added tokens included)
-//! text + 0                      <boi>  begin of image
-//! text + 1                      <eoi>  end of image
-//! [text + 2, text + 2 + K * m)  visual token of unified id u = k * m + j
+//! [0, rows)                     the LLM's own rows (text tokens, and padding rows no token uses)
+//! [rows, rows + K * m)          visual token of unified id u = k * m + j
+//! rows + K * m                  <boi>  begin of image
+//! rows + K * m + 1              <eoi>  end of image
 //! ```
-//! With the paper's K = 16384, m = 12 that is 196,608 visual tokens, comparable to the
-//! Qwen2 vocabulary (151,646) the paper cites as the scale of an LLM vocabulary.
+//! Qwen2.5 has 151,936 rows for 151,665 tokens: the 271 rows no token uses were never trained,
+//! so the new rows start after them and none of them becomes a visual token. With the paper's
+//! K = 16384, m = 12 that is 196,608 visual tokens.
 
 use crate::error::{Error, Result};
+use crate::llm::LlamaConfig;
 use semhitok_quant::UnifiedIndex;
 use serde::{Deserialize, Serialize};
 
-/// The extended vocabulary. Construct with [`VisualVocab::new`] (checked).
+/// The extended vocabulary. Construct with [`VisualVocab::new`] (checked) or
+/// [`VisualVocab::for_model`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VisualVocab {
-    text: u32,
+    /// Embedding rows of the LLM before the extension.
+    rows: u32,
     k_sem: u32,
     m: u32,
 }
 
 impl VisualVocab {
-    /// `text`: size of the LLM's text vocabulary; `k_sem`: semantic codebook size; `m`: pixel
-    /// sub-codebook size. Errors if any is zero or the total does not fit in `u32`.
-    pub fn new(text: u32, k_sem: u32, m: u32) -> Result<Self> {
-        if text == 0 || k_sem == 0 || m == 0 {
+    /// `rows`: embedding rows of the LLM before the extension (`vocab_size` in its config.json);
+    /// `k_sem`: semantic codebook size; `m`: pixel sub-codebook size. Errors if any is zero or
+    /// the total does not fit in `u32`.
+    pub fn new(rows: u32, k_sem: u32, m: u32) -> Result<Self> {
+        if rows == 0 || k_sem == 0 || m == 0 {
             return Err(Error::Config(format!(
-                "vocab sizes must be positive: text={text}, K={k_sem}, m={m}"
+                "vocab sizes must be positive: rows={rows}, K={k_sem}, m={m}"
             )));
         }
         // The unified-id rule itself (and its u32 bound) is semhitok-quant's.
         UnifiedIndex::new(k_sem as usize, m as usize)?;
-        let total = text as u64 + 2 + k_sem as u64 * m as u64;
+        let total = rows as u64 + 2 + k_sem as u64 * m as u64;
         if total > u32::MAX as u64 {
             return Err(Error::Config(format!(
                 "extended vocabulary of {total} tokens does not fit in u32"
             )));
         }
-        Ok(Self { text, k_sem, m })
+        Ok(Self { rows, k_sem, m })
     }
-    /// The paper's SemHiTok vocabulary (K = 16384, m = 12) on top of `text` tokens.
-    pub fn paper(text: u32) -> Result<Self> {
-        Self::new(text, 16384, 12)
+    /// The vocabulary on top of a model that has not been extended yet: the new rows start at
+    /// its `vocab_size` (embedding rows).
+    pub fn for_model(cfg: &LlamaConfig, k_sem: u32, m: u32) -> Result<Self> {
+        let rows = u32::try_from(cfg.vocab_size).map_err(|_| {
+            Error::Config(format!("vocab_size {} does not fit in u32", cfg.vocab_size))
+        })?;
+        Self::new(rows, k_sem, m)
     }
-    /// Size of the text vocabulary.
-    pub fn text_size(&self) -> u32 {
-        self.text
+    /// The paper's SemHiTok vocabulary (K = 16384, m = 12) on top of `rows` embedding rows.
+    pub fn paper(rows: u32) -> Result<Self> {
+        Self::new(rows, 16384, 12)
+    }
+    /// Embedding rows of the LLM before the extension (text ids are below this).
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+    /// Semantic codebook size K.
+    pub fn k_sem(&self) -> u32 {
+        self.k_sem
+    }
+    /// Pixel sub-codebook size m.
+    pub fn m(&self) -> u32 {
+        self.m
     }
     /// Number of unified visual ids, K * m.
     pub fn n_visual(&self) -> u32 {
         self.k_sem * self.m
     }
+    /// Rows the extension adds: K * m visual tokens, `<boi>`, `<eoi>` (what `extend_vocab` takes).
+    pub fn n_new(&self) -> u32 {
+        self.n_visual() + 2
+    }
     /// Size of the whole extended vocabulary (the LLM's new embedding / lm_head rows).
     pub fn total(&self) -> u32 {
-        self.text + 2 + self.n_visual()
+        self.rows + self.n_new()
+    }
+    /// First visual token id (= `rows`).
+    pub fn visual_start(&self) -> u32 {
+        self.rows
     }
     /// `<boi>` token id.
     pub fn boi(&self) -> u32 {
-        self.text
+        self.rows + self.n_visual()
     }
     /// `<eoi>` token id.
     pub fn eoi(&self) -> u32 {
-        self.text + 1
+        self.rows + self.n_visual() + 1
     }
     /// Token-id range of the visual tokens.
     pub fn visual_range(&self) -> std::ops::Range<u32> {
-        self.text + 2..self.total()
+        self.rows..self.rows + self.n_visual()
     }
     /// Unified id -> LLM token id.
     pub fn token_of(&self, unified: u32) -> Result<u32> {
@@ -79,7 +109,7 @@ impl VisualVocab {
                 hi: self.n_visual() as i64,
             });
         }
-        Ok(self.text + 2 + unified)
+        Ok(self.rows + unified)
     }
     /// LLM token id -> unified id (errors for text and special tokens).
     pub fn unified_of(&self, token: u32) -> Result<u32> {
@@ -101,27 +131,5 @@ impl VisualVocab {
     /// `(semantic id k, pixel id j)` -> LLM token id.
     pub fn token_of_pair(&self, k: u32, j: u32) -> Result<u32> {
         self.token_of(self.unified_index()?.encode(k, j)?)
-    }
-    /// Text-to-image training sequence: `text ++ <boi> ++ visual(ids) ++ <eoi>`, plus the loss
-    /// mask (true where the next-token loss applies: the visual tokens and `<eoi>`).
-    pub fn t2i_sequence(&self, text: &[u32], unified_ids: &[u32]) -> Result<(Vec<u32>, Vec<bool>)> {
-        if let Some(&t) = text.iter().find(|&&t| t >= self.text) {
-            return Err(Error::OutOfRange {
-                what: "text token id",
-                value: t as i64,
-                lo: 0,
-                hi: self.text as i64,
-            });
-        }
-        let mut seq = Vec::with_capacity(text.len() + unified_ids.len() + 2);
-        seq.extend_from_slice(text);
-        seq.push(self.boi());
-        for &u in unified_ids {
-            seq.push(self.token_of(u)?);
-        }
-        seq.push(self.eoi());
-        let n_text = text.len() + 1;
-        let mask = (0..seq.len()).map(|i| i >= n_text).collect();
-        Ok((seq, mask))
     }
 }

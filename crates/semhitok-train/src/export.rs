@@ -13,7 +13,8 @@ use tch::Device;
 /// `semhitok export`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
-    /// A `pre` / `decoder-ft` / `joint` run dir (its newest checkpoint) or checkpoint dir.
+    /// A `pre` / `decoder-ft` / `joint` run dir (its newest checkpoint) or checkpoint dir, or a
+    /// `t2i` run (then the extended LLM is written as an HF folder plus `t2i.json`).
     #[arg(long)]
     pub run: PathBuf,
     /// The model folder to write.
@@ -41,6 +42,15 @@ pub fn export_cmd(a: &ExportArgs) -> Result<PathBuf> {
             out.display()
         );
         return Ok(out);
+    }
+    if crate::t2i::model_io::is_t2i(&a.run) {
+        if a.out.exists() && !a.overwrite {
+            return Err(crate::Error::Input(format!(
+                "{} exists (--overwrite replaces it)",
+                a.out.display()
+            )));
+        }
+        return crate::t2i::model_io::export_t2i(&a.run, &a.out);
     }
     let loaded = load_model(&a.run, Device::Cpu, false)?;
     let eval = match &a.eval {

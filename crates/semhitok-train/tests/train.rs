@@ -15,5 +15,7 @@ mod train {
     mod optim;
     mod reliability;
     pub mod stages;
+    mod t2i;
+    mod t2i_run;
     mod tokenize;
 }

@@ -85,6 +85,14 @@ enum Cmd {
     /// Score a LLaVA model on a JSONL of {image, question, answer, kind} (VQA exact match,
     /// POPE yes/no accuracy/precision/recall/F1, multiple-choice letters).
     LlavaEval(semhitok_train::llava::ask::LlavaEvalArgs),
+    /// Text-to-image from a T2I run or exported folder: PNGs, a grid and images.jsonl.
+    Generate(semhitok_train::t2i::generate_cmd::GenerateArgs),
+    /// N images per class for each CFG scale (u8 files for `t2i-score`, grids).
+    T2iEval(semhitok_train::t2i::eval::T2iEvalArgs),
+    /// Train the Fashion-MNIST classifier that judges generated images; reports its test accuracy.
+    FmnistClassifier(semhitok_train::t2i::classifier::ClassifierArgs),
+    /// Class accuracy and FID (vs the Fashion-MNIST test split) of generated images.
+    T2iScore(semhitok_train::t2i::judge::ScoreArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -215,6 +223,26 @@ fn main() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Bench(a) => semhitok_train::bench::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::FmnistClassifier(a) => {
+            let m = semhitok_train::t2i::classifier::train(&a)?;
+            println!(
+                "test accuracy {:.4} ({} epochs, {:.0} s): {}",
+                m.test_accuracy,
+                m.epochs,
+                m.train_secs,
+                a.out.display()
+            );
+            Ok(())
+        }
+        Cmd::Generate(a) => semhitok_train::t2i::generate_cmd::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::T2iEval(a) => semhitok_train::t2i::eval::run(&a)
+            .map(|_| ())
+            .map_err(Into::into),
+        Cmd::T2iScore(a) => semhitok_train::t2i::judge::score(&a)
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Data {

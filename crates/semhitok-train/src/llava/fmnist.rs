@@ -22,7 +22,7 @@
 use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use semhitok_data::{FashionMnist, Split, Transform, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASSES};
+use semhitok_data::{fashion_mnist_caption, FashionMnist, Split, Transform, FASHION_MNIST_CLASSES};
 use semhitok_mllm::llava::eval::{prompt_text, write_jsonl, EvalItem, QaKind};
 use std::path::{Path, PathBuf};
 
@@ -209,7 +209,7 @@ fn write_all(args: &FmnistArgs, root: &Path) -> Result<FmnistReport> {
                     format!("{sname}-{i:05}"),
                     &rel,
                     "<image>".into(),
-                    &format!("a photo of a {}", FASHION_MNIST_CLASSES[label]),
+                    &fashion_mnist_caption(label as i64).unwrap_or_default(),
                 ));
                 for (it, answer) in [
                     (&class_item, class),
