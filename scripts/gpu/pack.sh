@@ -2,7 +2,7 @@
 # Plan the device calls that carry FILES to the GPU host: every file is split into sha256-checked
 # pieces (scripts/gpu/stage.sh split) and the pieces are dealt, in order, into call folders of at
 # most CAP_MB each (the device carries at most 64 MiB per call, working tree included).
-# Usage: scripts/gpu/pack.sh OUT_DIR CAP_MB NAME=FILE [NAME=FILE ...]
+# Usage: [PIECE_MB=8] scripts/gpu/pack.sh OUT_DIR CAP_MB NAME=FILE [NAME=FILE ...]  (pieces of PIECE_MB MiB pack tightly)
 #   -> OUT_DIR/1, OUT_DIR/2, ... ; carry OUT_DIR/N in call N and run
 #      `scripts/gpu/stage.sh take OUT_DIR/N .gpu/stash` there; files appear as .gpu/stash/NAME.
 set -euo pipefail
@@ -11,7 +11,7 @@ rm -rf "$out"; mkdir -p "$out/all"
 pieces=()
 for spec in "$@"; do
   name=${spec%%=*}; file=${spec#*=}
-  scripts/gpu/stage.sh split "$file" "$name" "$cap" "$out/all" > /dev/null
+  scripts/gpu/stage.sh split "$file" "$name" "${PIECE_MB:-8}" "$out/all" > /dev/null
   pieces+=($(ls "$out/all/$name".part* | sort))
 done
 call=1; used=0; capb=$((cap * 1024 * 1024))
