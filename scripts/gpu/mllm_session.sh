@@ -15,7 +15,8 @@
 set -uo pipefail
 mkdir -p .gpu/stash .gpu/work
 if [ ! -e /work/main/Cargo.toml ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
-[ -d .gpu/call ] && scripts/gpu/stage.sh take .gpu/call .gpu/stash
+CALL=${CALL:-.gpu/call}
+[ -d "$CALL" ] && scripts/gpu/stage.sh take "$CALL" .gpu/stash
 S=.gpu/stash; W=.gpu/work
 unpack() { # NAME MARKER CMD...
   local name=$1 marker=$2; shift 2
