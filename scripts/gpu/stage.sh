@@ -34,7 +34,7 @@ case "$cmd" in
     for h in "$stash"/*.sha256; do
       name=$(basename "$h" .sha256); read -r want n < "$h"
       [ -e "$stash/$name" ] && continue
-      have=$(ls "$stash/$name.parts" 2>/dev/null | wc -l)
+      have=$( (ls "$stash/$name.parts" 2>/dev/null || true) | wc -l)
       if [ "$have" -lt "$n" ]; then echo "waiting for $name: $have of $n pieces"; continue; fi
       cat "$stash/$name.parts"/"$name".part* > "$stash/$name.tmp"
       got=$(sha256sum < "$stash/$name.tmp" | cut -d' ' -f1)
