@@ -301,8 +301,10 @@ pub fn report_markdown(r: &EvalReport, models: &[(&str, &Loaded)]) -> String {
     }
     let _ = writeln!(
         md,
-        "\n{} images of {}; {}",
-        r.n_images, r.protocol["reference_set"], r.protocol["crop"]
+        "\n{} images of {}; {}.",
+        r.n_images,
+        r.protocol["reference_set"].as_str().unwrap_or("?"),
+        r.protocol["crop"].as_str().unwrap_or("?")
     );
     md
 }
