@@ -183,6 +183,33 @@ fn rope_of(v: &serde_json::Value, origin: &str) -> Result<(Option<f64>, RopeScal
 }
 
 impl LlamaConfig {
+    /// A tiny Llama shape for tests, examples and smoke runs (random weights): 2 layers, width 32,
+    /// SwiGLU 64, 4 query / 2 key-value heads of 8, tied head, 256 positions, bos 1, eos 2.
+    /// Adjust fields with struct update syntax (`LlamaConfig { tie_word_embeddings: false,
+    /// ..LlamaConfig::tiny(400) }`).
+    pub fn tiny(vocab_size: i64) -> Self {
+        Self {
+            arch: Arch::Llama,
+            vocab_size,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::Default,
+            max_position_embeddings: 256,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+        }
+    }
+
     /// Read and resolve `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let origin = path.display().to_string();

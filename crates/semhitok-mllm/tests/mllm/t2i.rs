@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use semhitok_mllm::cfg::{guided_logits, Guidance, TextDropout};
-use semhitok_mllm::llm::{Arch, Input, LlamaConfig, LlamaModel, RopeScaling, Weights};
+use semhitok_mllm::llm::{Input, LlamaConfig, LlamaModel, Weights};
 use semhitok_mllm::t2i::generate::{visual_head, visual_logits};
 use semhitok_mllm::t2i::{
     generate_images, generate_visual, right_pad, CachedVisualLm, ImageRequest, T2iLayout,
@@ -497,26 +497,7 @@ fn guidance_uses_2b_rows_and_cfg_1_skips_the_unconditional_pass() {
 }
 
 pub fn tiny_config(vocab: i64) -> LlamaConfig {
-    LlamaConfig {
-        arch: Arch::Llama,
-        vocab_size: vocab,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: RopeScaling::Default,
-        max_position_embeddings: 256,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-    }
+    LlamaConfig::tiny(vocab)
 }
 
 /// A tiny random Llama with `rows` text rows, extended to `vocab`.

@@ -1,6 +1,7 @@
 //! Text-to-image (issue 18): the Fashion-MNIST judge (classifier, accuracy, FID of generated
 //! image files).
 
+use super::common::serial;
 use semhitok_data::Split;
 use semhitok_nn::fid::{FidInception, FID_INCEPTION_ASSET};
 use semhitok_train::t2i::classifier::{self, ClassifierArgs, FmnistClassifier};
@@ -17,6 +18,8 @@ fn assets() -> PathBuf {
 /// images labelled with their true classes score exactly the classifier's test accuracy.
 #[test]
 fn classifier_trains_and_judge_scores_an_images_file() {
+    // LibTorch's generator is process-global: training tests re-seed it every step.
+    let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("clf.safetensors");
     let a = ClassifierArgs {
@@ -84,6 +87,8 @@ fn classifier_trains_and_judge_scores_an_images_file() {
 /// FID statistics of u8 image sets: a set against itself is ~0, against a shifted set > 0.
 #[test]
 fn fid_of_u8_image_sets() {
+    // LibTorch's generator is process-global: training tests re-seed it every step.
+    let _g = serial();
     let fid = FidInception::load(&assets().join(FID_INCEPTION_ASSET), Device::Cpu).unwrap();
     let (x, _) =
         classifier::load_split(&assets().join("fashion-mnist"), Split::Test, 32, 8).unwrap();

@@ -5,7 +5,7 @@
 use super::common::{quiet, serial};
 use semhitok_data::FASHION_MNIST_CLASSES;
 use semhitok_mllm::llm::load::LoadedLm;
-use semhitok_mllm::llm::{Arch, LlamaConfig, LlamaModel, RopeScaling, Weights};
+use semhitok_mllm::llm::{LlamaConfig, LlamaModel, Weights};
 use semhitok_mllm::tokenizer::TextTokenizer;
 use semhitok_train::checkpoint;
 use semhitok_train::t2i::config::T2iConfig;
@@ -50,24 +50,8 @@ fn fixtures(root: &Path) {
     let tp = root.join("tokenizer.json");
     write(&tp, &tj.to_string());
     let cfg = LlamaConfig {
-        arch: Arch::Llama,
-        vocab_size: ROWS,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: RopeScaling::Default,
         max_position_embeddings: 128,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
+        ..LlamaConfig::tiny(ROWS)
     };
     let model = LlamaModel::new(&cfg, &Weights::random(0.2, 1, Kind::Float, Device::Cpu)).unwrap();
     LoadedLm {
@@ -262,6 +246,7 @@ fn t2i_training_resumes_exactly_and_generates_from_the_run_and_the_export() {
 
 #[test]
 fn t2i_batches_drop_captions_and_mask_the_loss() {
+    let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     fixtures(root);

@@ -6,7 +6,7 @@
 use super::super::common::{quiet, serial};
 use semhitok_mllm::chat::ChatTemplate;
 use semhitok_mllm::llm::load::LoadedLm;
-use semhitok_mllm::llm::{Arch, LlamaConfig, LlamaModel, RopeScaling, Weights};
+use semhitok_mllm::llm::{LlamaConfig, LlamaModel, Weights};
 use semhitok_mllm::spm::SpmModel;
 use semhitok_mllm::tokenizer::TextTokenizer;
 use semhitok_nn::model::SemHiTokConfig;
@@ -61,24 +61,9 @@ fn fixture(root: &Path) -> Fixture {
         .unwrap();
     // LLM: 2 layers, width 32, the golden SentencePiece tokenizer (<s> = 1, </s> = 2).
     let lcfg = LlamaConfig {
-        arch: Arch::Llama,
-        vocab_size: 400,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: RopeScaling::Default,
         max_position_embeddings: 512,
         tie_word_embeddings: false,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
+        ..LlamaConfig::tiny(400)
     };
     let w = Weights::random(0.3, 11, Kind::Float, Device::Cpu);
     let spm = ws().join("crates/semhitok-mllm/tests/fixtures/llava/tokenizer.model");
