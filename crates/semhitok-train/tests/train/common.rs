@@ -114,16 +114,22 @@ impl ToyTask {
     }
 }
 
+/// Every variable of `vs` as an optimizer parameter (sorted by name; weight decay by the trainer's
+/// own rule), for the toy tasks of these tests.
+pub fn vs_params(vs: &tch::nn::VarStore) -> Vec<Param> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    vars.into_iter()
+        .map(|(name, var)| Param {
+            decay: decays(&name, &var),
+            name,
+            var,
+        })
+        .collect()
+}
+
 impl Task for ToyTask {
     fn params(&self) -> Vec<Param> {
-        let vars: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
-        vars.into_iter()
-            .map(|(name, var)| Param {
-                decay: decays(&name, &var),
-                name,
-                var,
-            })
-            .collect()
+        vs_params(&self.vs)
     }
     fn state(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()

@@ -7,7 +7,7 @@ use semhitok_train::checkpoint;
 use semhitok_train::config::{
     DeviceKind, DistConfig, GuardConfig, OptimConfig, Precision, RunConfig, ScheduleConfig, Stage,
 };
-use semhitok_train::optim::{decays, Param};
+use semhitok_train::optim::Param;
 use semhitok_train::trainer::{
     train, Batch, Batches, LoopConfig, LossOut, Task, TokenBatch, TrainOptions, IGNORE_INDEX,
 };
@@ -39,14 +39,7 @@ impl TokenLm {
 
 impl Task for TokenLm {
     fn params(&self) -> Vec<Param> {
-        let vars: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
-        vars.into_iter()
-            .map(|(name, var)| Param {
-                decay: decays(&name, &var),
-                name,
-                var,
-            })
-            .collect()
+        super::common::vs_params(&self.vs)
     }
     fn state(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
