@@ -42,20 +42,31 @@ pub fn from_toml_str<C: DeserializeOwned>(
     file: &Path,
     overrides: &[String],
 ) -> Result<Loaded<C>> {
+    Ok(from_toml_str_with(text, file, overrides, |_| ())?.0)
+}
+
+/// As [`from_toml_str`], with `prepare` applied to the TOML value right before each strict
+/// deserialization (the file alone, then the file plus overrides); returns what the last
+/// `prepare` returned. [`TrainConfig`](super::TrainConfig) takes its derived keys out this way.
+pub fn from_toml_str_with<C: DeserializeOwned, T>(
+    text: &str,
+    file: &Path,
+    overrides: &[String],
+    prepare: impl Fn(&mut toml::Value) -> T,
+) -> Result<(Loaded<C>, T)> {
     let raw = parse_raw(text, file)?;
     // The file alone first: an error that is in the file names the file.
-    let config = from_value::<C>(raw.clone(), file)?;
+    let mut alone = raw.clone();
+    let taken = prepare(&mut alone);
+    let config = from_value::<C>(alone, file)?;
     if overrides.is_empty() {
-        return Ok(Loaded {
-            config,
-            origin: file.to_path_buf(),
-        });
+        let origin = file.to_path_buf();
+        return Ok((Loaded { config, origin }, taken));
     }
-    let (v, origin) = apply_overrides(raw, file, overrides)?;
-    Ok(Loaded {
-        config: from_value::<C>(v, &origin)?,
-        origin,
-    })
+    let (mut v, origin) = apply_overrides(raw, file, overrides)?;
+    let taken = prepare(&mut v);
+    let config = from_value::<C>(v, &origin)?;
+    Ok((Loaded { config, origin }, taken))
 }
 
 /// `[run] stage` of the config at `path` (after `overrides`), read without parsing the rest:

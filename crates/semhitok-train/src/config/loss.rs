@@ -43,9 +43,15 @@ pub struct LossConfig {
     /// LPIPS v0.1 linear heads (relative paths: from the current directory).
     #[serde(default = "default_lpips_heads")]
     pub lpips_heads: PathBuf,
-    /// Commitment weight of the quantizers (beta).
-    #[serde(default = "default_commit")]
-    pub commit_weight: f64,
+    /// EfficientNet-Lite0 weights of `perceptual = "effnet"` (relative paths: from the current
+    /// directory; the default is where `cargo xtask assets` puts them).
+    #[serde(default = "default_effnet_weights")]
+    pub effnet_weights: PathBuf,
+    /// Removed key (it was parsed but never read): a config that still sets it is refused,
+    /// naming the keys that hold the commitment weights (`model.spc.commit_beta`,
+    /// `model.sghc.beta`). Never serialized.
+    #[serde(default, skip_serializing)]
+    pub commit_weight: Option<serde::de::IgnoredAny>,
     /// Weight of the semantic (cosine) loss in `spc` and `joint`.
     #[serde(default = "one_f")]
     pub semantic_weight: f64,
@@ -60,8 +66,8 @@ fn default_perc() -> PerceptualKind {
 fn default_lpips_heads() -> PathBuf {
     PathBuf::from(crate::stages::LPIPS_HEADS)
 }
-fn default_commit() -> f64 {
-    0.25
+fn default_effnet_weights() -> PathBuf {
+    PathBuf::from(crate::stages::EFFNET_WEIGHTS)
 }
 
 impl Default for LossConfig {
@@ -73,7 +79,8 @@ impl Default for LossConfig {
             perceptual_weight: 0.0,
             lpips_vgg16: None,
             lpips_heads: default_lpips_heads(),
-            commit_weight: default_commit(),
+            effnet_weights: default_effnet_weights(),
+            commit_weight: None,
             semantic_weight: 1.0,
         }
     }

@@ -39,7 +39,8 @@ use std::path::{Path, PathBuf};
 /// The model config (semhitok-nn's, strict as well). `sghc.k_sem`, `encoder.out_dim`,
 /// `decoder.in_dim` and `decoder.groups` are derived (from `spc.codebook_size`, `sghc.dim` and
 /// `fusion`) when the config is loaded, so `--set model.fusion=pixel_only` or
-/// `--set model.sghc.m=8` are single switches.
+/// `--set model.spc.codebook_size=512` are single switches. A config may leave them out; one
+/// that states them must state the derived values (a conflict is an error naming both).
 pub type ModelConfig = semhitok_nn::model::SemHiTokConfig;
 
 /// The whole training config.
@@ -99,8 +100,10 @@ impl TrainConfig {
                 ));
             }
         }
-        let Loaded { mut config, origin } = load::from_toml_str::<Self>(text, file, overrides)?;
+        let (Loaded { mut config, origin }, stated) =
+            load::from_toml_str_with::<Self, _>(text, file, overrides, take_derived)?;
         config.resolve();
+        config.check_derived(&stated, &origin)?;
         config.validate(&origin)?;
         config.origin = origin;
         Ok(config)
@@ -125,7 +128,8 @@ impl TrainConfig {
         }
     }
 
-    /// The weight paths no builder checks by key exist (`init.*`, the LPIPS trunk): checked
+    /// The weight paths no builder checks by key exist (`init.*`, the LPIPS trunk, the
+    /// EfficientNet perceptual weights): checked
     /// before anything is built, each failure naming its key, the path and the config file.
     /// (The data paths are checked by the data streams, `teacher.weights` by the teacher
     /// factory, each naming key and file the same way.) Paths are relative to the current
@@ -147,6 +151,9 @@ impl TrainConfig {
         if let Some(p) = &self.loss.lpips_vgg16 {
             exists("loss.lpips_vgg16", p)?;
         }
+        if self.loss.perceptual == PerceptualKind::Effnet && self.loss.perceptual_weight != 0.0 {
+            exists("loss.effnet_weights", &self.loss.effnet_weights)?;
+        }
         Ok(())
     }
 
@@ -157,6 +164,33 @@ impl TrainConfig {
         m.encoder.out_dim = m.sghc.dim;
         let fusion = m.fusion;
         *m = m.clone().with_fusion(fusion);
+    }
+
+    /// The derived model fields the file (or an override) stated anyway must equal what
+    /// [`Self::resolve`] derived: a conflict is an error naming the key and both values.
+    fn check_derived(&self, stated: &[(&'static str, toml::Value)], origin: &Path) -> Result<()> {
+        for (key, value) in stated {
+            let (derived, from) = match *key {
+                "model.sghc.k_sem" => (self.model.sghc.k_sem, "model.spc.codebook_size"),
+                "model.encoder.out_dim" => (self.model.encoder.out_dim, "model.sghc.dim"),
+                "model.decoder.in_dim" => (
+                    self.model.decoder.in_dim,
+                    "model.fusion, model.spc.code_dim and model.sghc.dim",
+                ),
+                _ => (self.model.decoder.groups, "model.fusion"),
+            };
+            if value.as_integer() != Some(derived) {
+                return Err(load::config_error(
+                    origin,
+                    key,
+                    format!(
+                        "{key} = {value} conflicts with {derived}, derived from {from}: \
+                         drop {key} (it is derived)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The resolved config as TOML (written into the run dir before the first step).
@@ -180,6 +214,37 @@ impl TrainConfig {
             config_toml: self.to_toml(),
         }
     }
+}
+
+/// The model fields [`TrainConfig::resolve`] derives (dotted keys).
+const DERIVED: [&str; 4] = [
+    "model.sghc.k_sem",
+    "model.encoder.out_dim",
+    "model.decoder.in_dim",
+    "model.decoder.groups",
+];
+
+/// Takes the [`DERIVED`] keys out of a config's TOML value (returning the stated ones) and
+/// puts a placeholder where their table exists, so the strict parse does not need them;
+/// [`TrainConfig::resolve`] then fills them.
+fn take_derived(v: &mut toml::Value) -> Vec<(&'static str, toml::Value)> {
+    let mut stated = Vec::new();
+    for key in DERIVED {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let Some(leaf) = parts.pop() else { continue };
+        let mut cur = Some(&mut *v);
+        for p in parts {
+            cur = cur
+                .and_then(|c| c.as_table_mut())
+                .and_then(|t| t.get_mut(p));
+        }
+        if let Some(table) = cur.and_then(|c| c.as_table_mut()) {
+            if let Some(value) = table.insert(leaf.to_string(), toml::Value::Integer(1)) {
+                stated.push((key, value));
+            }
+        }
+    }
+    stated
 }
 
 /// The error of a tokenizer [`TrainConfig`] given a stage that another config type describes.

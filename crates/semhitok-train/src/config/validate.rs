@@ -34,6 +34,14 @@ impl TrainConfig {
                 msg,
             })
         };
+        if self.loss.commit_weight.is_some() {
+            return bad(
+                "loss.commit_weight",
+                "was removed (it was never read): the commitment weights (beta) are \
+                 model.spc.commit_beta (SPC) and model.sghc.beta (SGHC)"
+                    .into(),
+            );
+        }
         if self.data.batch_size < 1 {
             return bad("data.batch_size", "must be >= 1".into());
         }

@@ -10,8 +10,9 @@ use semhitok_nn::siglip::{SiglipTeacher, SiglipVisionConfig};
 use semhitok_nn::teacher::Teacher;
 use tch::{Device, Tensor};
 
-/// EfficientNet-Lite0 weights of the embedded perceptual loss (fetched by `cargo xtask assets`).
-pub(super) const EFFNET_WEIGHTS: &str = ".assets/weights/efficientnet_lite0.safetensors";
+/// EfficientNet-Lite0 weights of the embedded perceptual loss (fetched by `cargo xtask assets`):
+/// the default of `loss.effnet_weights`.
+pub const EFFNET_WEIGHTS: &str = ".assets/weights/efficientnet_lite0.safetensors";
 /// LPIPS v0.1 linear heads (fetched by `cargo xtask assets`).
 pub const LPIPS_HEADS: &str = ".assets/weights/lpips_vgg.safetensors";
 

@@ -20,7 +20,8 @@ mod model_io;
 mod tasks;
 
 pub use build::{
-    build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, LPIPS_HEADS,
+    build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, EFFNET_WEIGHTS,
+    LPIPS_HEADS,
 };
 pub use data::{
     batch_tensor, build_batches, build_batches_for, build_eval_stream, build_stream,
@@ -35,7 +36,6 @@ use crate::error::Result;
 use crate::gan::Gan;
 use crate::rundir::RunStart;
 use crate::trainer::{train, Task, TrainOptions, TrainReport};
-use build::EFFNET_WEIGHTS;
 use semhitok_nn::losses::PixelLoss;
 use semhitok_nn::lpips::Lpips;
 use semhitok_nn::model::{Part, SemHiTok};
@@ -156,7 +156,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
         PerceptualKind::None => None,
         PerceptualKind::Effnet => Some((
             Perceptual::Effnet(Box::new(EffNetPerceptual::load(
-                Path::new(EFFNET_WEIGHTS),
+                &cfg.loss.effnet_weights,
                 device,
             )?)),
             cfg.loss.perceptual_weight,

@@ -187,3 +187,123 @@ fn train_dispatches_on_the_stage() {
     let msg = dispatch::train(&req, None).unwrap_err().to_string();
     assert!(msg.contains("data.batch_size"), "{msg}");
 }
+
+/// `tiny_config_text` without the derived model keys (what a preset states now).
+fn without_derived(text: &str) -> String {
+    let mut t: toml::Table = toml::from_str(text).unwrap();
+    let m = t["model"].as_table_mut().unwrap();
+    for (part, key) in [
+        ("sghc", "k_sem"),
+        ("encoder", "out_dim"),
+        ("decoder", "in_dim"),
+        ("decoder", "groups"),
+    ] {
+        assert!(
+            m[part].as_table_mut().unwrap().remove(key).is_some(),
+            "{part}.{key}"
+        );
+    }
+    toml::to_string(&t).unwrap()
+}
+
+#[test]
+fn derived_model_keys_are_filled_and_a_conflict_names_both_values() {
+    let text = tiny_config_text(Path::new("/tmp/x"), 5, 5);
+    let stated = TrainConfig::from_toml_str(&text, Path::new("a.toml"), &[]).unwrap();
+    // Left out: derived, to the same config as one that states them.
+    let bare = without_derived(&text);
+    let cfg = TrainConfig::from_toml_str(&bare, Path::new("a.toml"), &[]).unwrap();
+    assert_eq!(cfg.to_toml(), stated.to_toml());
+    // One switch: the derived fields follow.
+    let cfg = TrainConfig::from_toml_str(
+        &bare,
+        Path::new("a.toml"),
+        &[
+            "model.spc.codebook_size=8".into(),
+            "model.fusion=\"pixel_only\"".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.model.sghc.k_sem, 8);
+    assert_eq!(
+        cfg.model.decoder.in_dim, cfg.model.sghc.dim,
+        "pixel_only decodes the pixel codes alone"
+    );
+    // Stated and different: an error naming the key and both values, never an overwrite.
+    let err =
+        TrainConfig::from_toml_str(&text, Path::new("a.toml"), &["model.sghc.k_sem=99".into()])
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("model.sghc.k_sem") && err.contains("99") && err.contains("16"),
+        "{err}"
+    );
+    assert!(err.contains("model.spc.codebook_size"), "{err}");
+    let err = TrainConfig::from_toml_str(
+        &text,
+        Path::new("a.toml"),
+        &["model.spc.codebook_size=8".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.sghc.k_sem = 16") && err.contains("conflicts with 8"),
+        "{err}"
+    );
+    let err = TrainConfig::from_toml_str(
+        &text.replace("groups = 1", "groups = 2"),
+        Path::new("mine.toml"),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.decoder.groups") && err.contains("mine.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn removed_commit_weight_is_refused_naming_the_beta_keys() {
+    let text = tiny_config_text(Path::new("/tmp/x"), 5, 5);
+    let err = TrainConfig::from_toml_str(
+        &text,
+        Path::new("a.toml"),
+        &["loss.commit_weight=0.25".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("loss.commit_weight")
+            && err.contains("model.sghc.beta")
+            && err.contains("model.spc.commit_beta"),
+        "{err}"
+    );
+    let cfg = TrainConfig::from_toml_str(&text, Path::new("a.toml"), &[]).unwrap();
+    assert!(!cfg.to_toml().contains("commit_weight"));
+}
+
+#[test]
+fn effnet_perceptual_weights_are_a_checked_key() {
+    let text = tiny_config_text(Path::new("/tmp/x"), 5, 5);
+    let cfg = TrainConfig::from_toml_str(&text, Path::new("a.toml"), &[]).unwrap();
+    assert_eq!(
+        cfg.loss.effnet_weights,
+        Path::new(".assets/weights/efficientnet_lite0.safetensors")
+    );
+    let cfg = TrainConfig::from_toml_str(
+        &text,
+        Path::new("a.toml"),
+        &[
+            "loss.perceptual=\"effnet\"".into(),
+            "loss.perceptual_weight=1.0".into(),
+            "loss.effnet_weights=\"/nonexistent/lite0.safetensors\"".into(),
+        ],
+    )
+    .unwrap();
+    let err = cfg.check_paths().unwrap_err().to_string();
+    assert!(
+        err.contains("loss.effnet_weights") && err.contains("/nonexistent/lite0.safetensors"),
+        "{err}"
+    );
+}
