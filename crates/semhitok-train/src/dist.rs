@@ -5,7 +5,7 @@
 //! | where | what |
 //! |---|---|
 //! | `Trainer::new` | rank 0's model state and weight EMA broadcast to every rank; the resumed step checked equal on all ranks |
-//! | `gen_step` | the flat gradient buffer all-reduced (average) before the norm, clipping and AdamW; the logged losses averaged |
+//! | `gen_step` | the flat gradient buffer all-reduced (average) before the norm, clipping and AdamW, as one collective or in `dist.bucket_mb` buckets, launched during the backward pass with `dist.overlap` ([`GradReducer`]); the logged losses averaged |
 //! | `disc_step` | the discriminator's gradients likewise; its logged loss averaged |
 //! | `Task::after_step` | EMA codebook statistics (`CodeStats`, plain sums) all-reduced (sum) before the one EMA update |
 //! | SPC k-means init | all-gathered encoder outputs, k-means on rank 0, codes broadcast (semhitok-nn) |
@@ -21,7 +21,7 @@ use crate::config::{DeviceKind, DistBackend, DistConfig};
 use crate::error::{Error, Result};
 use crate::optim::AdamW;
 use semhitok_nn::quantizer::CodeStats;
-use semhitok_sys::{Backend, DistEnv, ProcessGroup, ReduceOp};
+use semhitok_sys::{bucket_starts, Backend, DistEnv, GradReducer, ProcessGroup, ReduceOp};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tch::{Kind, Tensor};
@@ -39,6 +39,9 @@ pub fn cuda_index() -> usize {
 pub struct Dist {
     pg: Arc<ProcessGroup>,
     checkpoint_timeout: Duration,
+    /// `dist.bucket_mb` in bytes (0: one collective for the flat buffer).
+    bucket_bytes: u64,
+    overlap: bool,
 }
 
 impl Dist {
@@ -59,6 +62,19 @@ impl Dist {
             DistBackend::Nccl => Backend::Nccl,
             DistBackend::Gloo => Backend::Gloo,
         };
+        if !(cfg.bucket_mb.is_finite() && (0.0..=1e6).contains(&cfg.bucket_mb)) {
+            return Err(Error::Input(format!(
+                "dist.bucket_mb = {}: expected a size in MiB in [0, 1e6] (0: one collective)",
+                cfg.bucket_mb
+            )));
+        }
+        if cfg.overlap && cfg.bucket_mb == 0.0 {
+            return Err(Error::Input(
+                "dist.overlap = true needs dist.bucket_mb > 0 (e.g. 25, DDP's default): a single \
+                 bucket is only complete at the end of the backward pass"
+                    .into(),
+            ));
+        }
         if backend == Backend::Nccl && device != DeviceKind::Cuda {
             return Err(Error::Input(
                 "dist.backend = \"nccl\" needs run.device = \"cuda\" (use gloo on CPU)".into(),
@@ -90,6 +106,8 @@ impl Dist {
         Ok(Self {
             pg: Arc::new(pg),
             checkpoint_timeout: secs(cfg.checkpoint_timeout_s),
+            bucket_bytes: (cfg.bucket_mb * 1024.0 * 1024.0) as u64,
+            overlap: cfg.overlap,
         })
     }
 
@@ -135,6 +153,65 @@ impl Dist {
         for mut g in opt.grads_for_reduce() {
             self.pg.all_reduce(what, &mut g, ReduceOp::Avg)?;
         }
+        Ok(())
+    }
+
+    /// Whether the generator's buckets are launched from the backward pass (`dist.overlap`).
+    pub(crate) fn overlap(&self) -> bool {
+        self.overlap
+    }
+
+    /// The bucketed reducer of the optimizer's flat gradient buffer (`dist.bucket_mb > 0`), once
+    /// every gradient lives in that buffer (from the second step on: gradients exist only after
+    /// a backward). `None`: reduce with [`Dist::average_grads`] (one collective). The buckets
+    /// follow the buffer's layout; their launch order starts as the reverse of it (gradients
+    /// come roughly in reverse forward order) and is then learned ([`Dist::learn_order`]).
+    pub(crate) fn grad_reducer(&self, what: &str, opt: &mut AdamW) -> Result<Option<GradReducer>> {
+        if self.bucket_bytes == 0 {
+            return Ok(None);
+        }
+        let grads = opt.grads_for_reduce();
+        let [flat] = grads.as_slice() else {
+            return Ok(None);
+        };
+        let Some(views) = opt.views_into(flat) else {
+            return Ok(None);
+        };
+        let elt = flat.kind().elt_size_in_bytes() as i64;
+        let base = flat.data_ptr() as i64;
+        let params: Vec<(Tensor, i64)> = opt
+            .params()
+            .iter()
+            .zip(&views)
+            .map(|(p, v)| (p.var.shallow_clone(), (v.data_ptr() as i64 - base) / elt))
+            .collect();
+        let layout: Vec<(i64, i64)> = params
+            .iter()
+            .map(|(v, off)| (*off, v.numel() as i64))
+            .collect();
+        let starts = bucket_starts(&layout, self.bucket_bytes as i64 / elt);
+        let r = GradReducer::new(self.pg.clone(), what, flat, &params, &starts, ReduceOp::Avg)?;
+        let reverse: Vec<i64> = (0..starts.len() as i64).rev().collect();
+        r.set_order(&reverse)?;
+        Ok(Some(r))
+    }
+
+    /// After the first overlapped step: launch the buckets from now on in the order they became
+    /// complete on rank 0 (then the ones that did not), the same order on every rank.
+    pub(crate) fn learn_order(&self, r: &GradReducer, completed: &[i64]) -> Result<()> {
+        let mut order = completed.to_vec();
+        let mut rest: Vec<i64> = (0..r.n_buckets() as i64)
+            .rev()
+            .filter(|b| !completed.contains(b))
+            .collect();
+        order.append(&mut rest);
+        let mut t = Tensor::from_slice(&order);
+        if self.pg.backend() == Backend::Nccl {
+            t = t.to_device(tch::Device::Cuda(cuda_index()));
+        }
+        self.pg
+            .broadcast("the gradient buckets' order", &mut t, 0)?;
+        r.set_order(&Vec::<i64>::try_from(t.to_device(tch::Device::Cpu))?)?;
         Ok(())
     }
 

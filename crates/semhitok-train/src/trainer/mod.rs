@@ -42,6 +42,7 @@ use crate::rundir::{RunDir, RunStart};
 use device::cuda_profiler;
 use guard::{nan_stop, nonfinite_state_stop, Guard, Verdict};
 use progress::{Phases, Progress};
+use semhitok_sys::GradReducer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
@@ -133,6 +134,10 @@ pub struct Trainer<'a> {
     guard: Guard,
     /// A checkpoint was due during a spike streak and is written once the streak ends.
     ckpt_held: bool,
+    /// The bucketed reducer of the generator's gradients (`dist.bucket_mb > 0`, built once the
+    /// gradients live in the optimizer's flat buffer) and whether its launch order was learned.
+    reducer: Option<GradReducer>,
+    order_learned: bool,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -252,6 +257,8 @@ impl<'a> Trainer<'a> {
             losses: vec![],
             guard: Guard::new(&cfg.guard),
             ckpt_held: false,
+            reducer: None,
+            order_learned: false,
         };
         if opts.resume {
             t.resume()?;
@@ -439,6 +446,24 @@ impl<'a> Trainer<'a> {
         );
         let accum = cfg.optim.accum_steps;
         self.opt.zero_grad();
+        if let (Some(d), None) = (&self.dist, &self.reducer) {
+            self.reducer = d.grad_reducer("generator gradients", &mut self.opt)?;
+            if let (Some(r), true) = (&self.reducer, d.is_main()) {
+                eprintln!(
+                    "data-parallel: generator gradients in {} buckets{}",
+                    r.n_buckets(),
+                    if d.overlap() {
+                        ", launched during the backward pass"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        // Overlap: the last micro-batch's backward launches the buckets (the earlier ones only
+        // accumulate), when every gradient is still its view of the flat buffer.
+        let bucketed = self.reducer.is_some() && self.opt.grads_for_reduce().len() == 1;
+        let overlap = bucketed && self.dist.as_ref().is_some_and(Dist::overlap);
         let mut disc_pairs = vec![];
         // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
         let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
@@ -446,7 +471,7 @@ impl<'a> Trainer<'a> {
         let mut samples = 0usize;
         // Real tokens of the token batches, summed on the device (read back with the losses).
         let mut tokens: Option<Tensor> = None;
-        for _ in 0..accum {
+        for micro in 0..accum {
             let t_data = std::time::Instant::now();
             let batch = self.data.next_batch(device)?;
             data_s += t_data.elapsed().as_secs_f64();
@@ -464,9 +489,16 @@ impl<'a> Trainer<'a> {
             // the variables point back at the f32 masters afterwards, also on an error.
             self.opt.enter_bf16()?;
             let (task, phases) = (&mut *self.task, &mut self.phases);
+            let arm = self
+                .reducer
+                .as_ref()
+                .filter(|_| overlap && micro + 1 == accum);
             let fwd_bwd = (|| -> Result<LossOut> {
                 let out = with_autocast(device, amp, || task.loss(&batch, step))?;
                 phases.lap("forward");
+                if let Some(r) = arm {
+                    r.arm();
+                }
                 // Backward first; the losses are read back after the last micro-batch together
                 // with the gradient norm (one device-to-host sync per step). A non-finite value
                 // still stops the run before any optimizer step.
@@ -488,7 +520,24 @@ impl<'a> Trainer<'a> {
         }
         if let Some(d) = &self.dist {
             // Clipping, the norm and AdamW below all see the averaged gradient.
-            d.average_grads("generator gradients", &mut self.opt)?;
+            match self.reducer.as_ref().filter(|_| bucketed) {
+                Some(r) => {
+                    let completed = r.finish()?;
+                    if overlap && !self.order_learned {
+                        d.learn_order(r, &completed)?;
+                        self.order_learned = true;
+                        if d.is_main() {
+                            eprintln!(
+                                "data-parallel: {} of {} buckets were complete before the end of \
+                                 the backward pass; launch order {completed:?} (then the rest)",
+                                completed.len(),
+                                r.n_buckets()
+                            );
+                        }
+                    }
+                }
+                None => d.average_grads("generator gradients", &mut self.opt)?,
+            }
             self.phases.lap("all_reduce");
         }
         let norm_sq = self.opt.grad_norm_sq();

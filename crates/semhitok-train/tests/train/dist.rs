@@ -70,14 +70,18 @@ fn check(out: Output, what: &str) {
     );
 }
 
-fn run_ranks(config: &Path, world: usize, extra: &[&str]) {
+/// Run `world` ranks to success; rank 0's stderr.
+fn run_ranks(config: &Path, world: usize, extra: &[&str]) -> String {
     let kids = spawn_ranks(config, world, extra);
+    let mut first = String::new();
     for (r, k) in kids.into_iter().enumerate() {
-        check(
-            k.wait_with_output().unwrap(),
-            &format!("rank {r} of {world}"),
-        );
+        let out = k.wait_with_output().unwrap();
+        if r == 0 {
+            first = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        check(out, &format!("rank {r} of {world}"));
     }
+    first
 }
 
 fn run_plain(config: &Path, extra: &[&str]) {
@@ -408,5 +412,84 @@ fn dist_resume_on_a_photo_stream_is_exact() {
     assert_eq!(
         again.state.tensors_sha256, full.state.tensors_sha256,
         "resumed 2-rank photo run differs from the uninterrupted one"
+    );
+}
+
+/// `dist.bucket_mb` / `dist.overlap`: the generator's gradients all-reduced in buckets after the
+/// backward pass, or launched from it by the post-accumulate-grad hooks, give bit for bit the run
+/// of one collective over the flat buffer (2 ranks: each element is the same a + b, only split
+/// into several collectives), with gradient accumulation (only the last micro-batch launches).
+#[test]
+fn dist_bucketed_and_overlapped_all_reduce_equal_the_flat_one_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sums = vec![];
+    for (name, sets) in [
+        ("flat", vec![]),
+        ("bucketed", vec!["dist.bucket_mb=0.02".to_string()]),
+        (
+            "overlapped",
+            vec![
+                "dist.bucket_mb=0.02".to_string(),
+                "dist.overlap=true".to_string(),
+            ],
+        ),
+    ] {
+        let mut sets = sets;
+        sets.push("optim.accum_steps=2".into());
+        let mut c = cfg(&tmp.path().join(name), "spc", 6, &sets);
+        c.data.batch_size = 2;
+        let log = run_ranks(&write_cfg(&c, tmp.path(), name), 2, &[]);
+        // The reducer really ran: several buckets, and with overlap some launched by the hooks.
+        let buckets = log
+            .lines()
+            .find_map(|l| l.strip_prefix("data-parallel: generator gradients in "))
+            .and_then(|l| l.split(' ').next()?.parse::<usize>().ok());
+        match name {
+            "flat" => assert_eq!(buckets, None, "{log}"),
+            _ => assert!(buckets.is_some_and(|n| n >= 4), "{log}"),
+        }
+        let hooked = log.lines().find_map(|l| {
+            l.strip_prefix("data-parallel: ")?
+                .split(" of ")
+                .next()?
+                .parse::<usize>()
+                .ok()
+        });
+        if name == "overlapped" {
+            assert!(hooked.is_some_and(|n| n >= 2), "{log}");
+        } else {
+            assert_eq!(hooked, None, "{log}");
+        }
+        let ck = latest(&c.run.out_dir);
+        assert_eq!(ck.state.step, 6);
+        let losses: Vec<f64> = semhitok_train::rundir::read_metrics(&c.run.out_dir)
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect();
+        sums.push((name, ck.state.tensors_sha256.clone(), losses));
+    }
+    for (name, sha, losses) in &sums[1..] {
+        assert_eq!(
+            sha, &sums[0].1,
+            "{name}: checkpoint differs from the flat all-reduce's"
+        );
+        assert_eq!(losses, &sums[0].2, "{name}");
+    }
+    // A bucketed run's config refuses overlap without buckets, naming the keys.
+    let c = cfg(
+        &tmp.path().join("bad"),
+        "spc",
+        2,
+        &["dist.overlap=true".to_string()],
+    );
+    let out = spawn_ranks(&write_cfg(&c, tmp.path(), "bad"), 1, &[])
+        .pop()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("dist.bucket_mb"),
+        "{err}"
     );
 }
