@@ -3,10 +3,11 @@
 //! parameter without a gradient is reduced at `finish`; misuse is an error, not a hang.
 
 use super::common::on_ranks;
-use semhitok_sys::{bucket_starts, GradReducer, ProcessGroup, ReduceOp};
+use super::common::{env, free_port};
+use semhitok_sys::{bucket_starts, Backend, GradReducer, ProcessGroup, ReduceOp};
 use std::sync::Arc;
 use std::time::Duration;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -33,16 +34,18 @@ fn var(m: &Model, name: &str) -> Tensor {
 
 impl Model {
     fn new() -> Self {
+        Self::on(Device::Cpu)
+    }
+
+    fn on(dev: Device) -> Self {
         let total: i64 = SHAPES.iter().map(|s| s.1.iter().product::<i64>()).sum();
-        let p = Tensor::zeros([total], (Kind::Float, tch::Device::Cpu));
+        let p = Tensor::zeros([total], (Kind::Float, dev));
         let mut params = vec![];
         let mut off = 0;
         for (k, (_, shape)) in SHAPES.iter().enumerate() {
             let n: i64 = shape.iter().product();
-            let init =
-                (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * (0.7 + k as f64)).sin() * 0.3;
-            let mut v =
-                Tensor::zeros(*shape, (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let init = (Tensor::arange(n, (Kind::Float, dev)) * (0.7 + k as f64)).sin() * 0.3;
+            let mut v = Tensor::zeros(*shape, (Kind::Float, dev)).set_requires_grad(true);
             tch::no_grad(|| {
                 p.narrow(0, off, n).copy_(&init.reshape([n]));
                 let stride = v.stride();
@@ -75,8 +78,7 @@ impl Model {
 
     /// A loss on rank-dependent inputs (`unused` takes no part).
     fn loss(&self, rank: usize) -> Tensor {
-        let x = (Tensor::arange(48, (Kind::Float, tch::Device::Cpu))
-            * (0.37 * (rank as f64 + 1.0)))
+        let x = (Tensor::arange(48, (Kind::Float, self.g.device())) * (0.37 * (rank as f64 + 1.0)))
             .cos()
             .view([6, 8]);
         let h = (x.matmul(&var(self, "w1")) + var(self, "b1")).tanh();
@@ -95,7 +97,7 @@ impl Model {
 }
 
 fn grads(m: &Model) -> Vec<f32> {
-    Vec::<f32>::try_from(&m.g).unwrap()
+    Vec::<f32>::try_from(m.g.to_device(Device::Cpu)).unwrap()
 }
 
 #[test]
@@ -193,5 +195,36 @@ fn two_backwards_in_one_armed_step_are_an_error_on_every_rank() {
             "{e}"
         );
         assert_eq!(x, 2.0);
+    }
+}
+
+/// On a CUDA host (the bundle's tests on the H200): NCCL, world size 1; the hooks run on
+/// autograd's CUDA thread and launch asynchronous NCCL work on its stream; the result is the
+/// local gradient (the average over one rank), bit for bit.
+#[test]
+fn nccl_overlapped_reducer_world_size_one_on_cuda() {
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: the NCCL reducer is not run here");
+        return;
+    }
+    let pg = ProcessGroup::new(&env(free_port(), 0, 1), Backend::Nccl, T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pg = Arc::new(pg);
+    let m = Model::on(Device::Cuda(0));
+    let _ = m.g.shallow_clone().zero_();
+    m.loss(0).backward();
+    let local = grads(&m);
+    let starts = bucket_starts(&m.layout(), 40);
+    let r = GradReducer::new(pg.clone(), "grads", &m.g, &m.params, &starts, ReduceOp::Avg).unwrap();
+    for _ in 0..3 {
+        let _ = m.g.shallow_clone().zero_();
+        r.arm();
+        m.loss(0).backward();
+        let done = r.finish().unwrap();
+        assert!(
+            !done.is_empty(),
+            "no bucket completed during the backward pass"
+        );
+        assert_eq!(grads(&m), local);
     }
 }
