@@ -7,6 +7,7 @@
 //! | `Trainer::new` | rank 0's model state and weight EMA broadcast to every rank; the resumed step checked equal on all ranks |
 //! | `gen_step` | the flat gradient buffer all-reduced (average) before the norm, clipping and AdamW, as one collective or in `dist.bucket_mb` buckets, launched during the backward pass with `dist.overlap` ([`GradReducer`]); the logged losses averaged |
 //! | `disc_step` | the discriminator's gradients likewise; its logged loss averaged |
+//! | `gen_step`, token batches | each rank's token-mean loss weighted by its share of the global batch's loss tokens ([`Dist::token_weight`]): the step optimizes the mean over every token, as one process with the whole batch |
 //! | `Task::after_step` | EMA codebook statistics (`CodeStats`, plain sums) all-reduced (sum) before the one EMA update |
 //! | SPC k-means init | all-gathered encoder outputs, k-means on rank 0, codes broadcast (semhitok-nn) |
 //! | `checkpoint` | rank 0 writes (atomically), every rank then meets at a barrier with the longer `dist.checkpoint_timeout_s` |
@@ -20,6 +21,7 @@
 use crate::config::{DeviceKind, DistBackend, DistConfig};
 use crate::error::{Error, Result};
 use crate::optim::AdamW;
+use crate::trainer::TokenBatch;
 use semhitok_nn::quantizer::CodeStats;
 use semhitok_sys::{bucket_starts, Backend, DistEnv, GradReducer, ProcessGroup, ReduceOp};
 use std::sync::{Arc, OnceLock};
@@ -213,6 +215,23 @@ impl Dist {
             .broadcast("the gradient buckets' order", &mut t, 0)?;
         r.set_order(&Vec::<i64>::try_from(t.to_device(tch::Device::Cpu))?)?;
         Ok(())
+    }
+
+    /// The weight of this rank's token-mean loss in a data-parallel step: `world * n / N` with
+    /// `n` its loss tokens ([`TokenBatch::n_loss_tokens`]) and `N` those of every rank (one
+    /// all-reduce of a scalar; no host sync). The ranks' average of `weight * mean` is then the
+    /// mean over all `N` tokens, as one process with the whole batch computes it; the gradient
+    /// likewise. A 0-d f32 tensor on the batch's device (exactly 1 at world size 1).
+    pub(crate) fn token_weight(&self, tb: &TokenBatch) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        let n = tb.n_loss_tokens()?.f_to_kind(Kind::Double)?;
+        let mut all = n.f_reshape([1])?.f_mul_scalar(1.0)?; // a new tensor
+        self.pg
+            .all_reduce("the micro-batch's loss tokens", &mut all, ReduceOp::Sum)?;
+        let w = n
+            .f_mul_scalar(self.world_size() as f64)?
+            .f_div(&all.f_reshape([])?.f_clamp_min(1.0)?)?;
+        Ok(w.f_to_kind(Kind::Float)?)
     }
 
     /// Sum EMA codebook statistics over the ranks (they are plain sums: the result is the

@@ -484,6 +484,13 @@ impl<'a> Trainer<'a> {
                     None => n,
                 });
             }
+            // A data-parallel token batch: the loss is a mean over this rank's loss tokens;
+            // weighted by its share of the global batch's, the average over ranks is the mean over
+            // all of them, as one process with the whole batch computes it.
+            let weight = match (&self.dist, &batch) {
+                (Some(d), Batch::Tokens(tb)) => Some(d.token_weight(tb)?),
+                _ => None,
+            };
             self.phases.lap("data");
             // Forward and backward with the bf16 working copy of the weights when there is one;
             // the variables point back at the f32 masters afterwards, also on an error.
@@ -493,22 +500,26 @@ impl<'a> Trainer<'a> {
                 .reducer
                 .as_ref()
                 .filter(|_| overlap && micro + 1 == accum);
-            let fwd_bwd = (|| -> Result<LossOut> {
+            let fwd_bwd = (|| -> Result<(LossOut, Tensor)> {
                 let out = with_autocast(device, amp, || task.loss(&batch, step))?;
                 phases.lap("forward");
                 if let Some(r) = arm {
                     r.arm();
                 }
+                let total = match &weight {
+                    Some(w) => out.total.f_mul(w)?,
+                    None => out.total.shallow_clone(),
+                };
                 // Backward first; the losses are read back after the last micro-batch together
                 // with the gradient norm (one device-to-host sync per step). A non-finite value
                 // still stops the run before any optimizer step.
-                (&out.total / accum as f64).backward();
+                (&total / accum as f64).backward();
                 phases.lap("backward");
-                Ok(out)
+                Ok((out, total))
             })();
             self.opt.exit_bf16()?;
-            let out = fwd_bwd?;
-            let total = out.total.detach();
+            let (out, total) = fwd_bwd?;
+            let total = total.detach();
             let vals: Vec<Tensor> = std::iter::once(&total)
                 .chain(out.parts.iter().map(|(_, t)| t))
                 .map(|t| t.detach().to_kind(tch::Kind::Double).reshape([1]))

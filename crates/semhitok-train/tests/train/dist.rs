@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 /// Write `c` as `dir/NAME.toml` and return the path.
-fn write_cfg(c: &TrainConfig, dir: &Path, name: &str) -> PathBuf {
+pub(super) fn write_cfg(c: &TrainConfig, dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, c.to_toml()).unwrap();
@@ -31,7 +31,7 @@ fn write_cfg(c: &TrainConfig, dir: &Path, name: &str) -> PathBuf {
 }
 
 /// `semhitok train --config CFG --quiet` (one intra-op thread: the ranks share 2 cores).
-fn train_cmd(config: &Path, extra: &[&str]) -> Command {
+pub(super) fn train_cmd(config: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_semhitok"));
     cmd.args(["train", "--quiet", "--dist-backend", "gloo", "--config"])
         .arg(config)
@@ -45,7 +45,7 @@ fn train_cmd(config: &Path, extra: &[&str]) -> Command {
 }
 
 /// Start `world` ranks with torchrun's variables.
-fn spawn_ranks(config: &Path, world: usize, extra: &[&str]) -> Vec<Child> {
+pub(super) fn spawn_ranks(config: &Path, world: usize, extra: &[&str]) -> Vec<Child> {
     let port = free_port().to_string();
     (0..world)
         .map(|r| {
@@ -61,7 +61,7 @@ fn spawn_ranks(config: &Path, world: usize, extra: &[&str]) -> Vec<Child> {
         .collect()
 }
 
-fn check(out: Output, what: &str) {
+pub(super) fn check(out: Output, what: &str) {
     assert!(
         out.status.success(),
         "{what} failed ({}): {}",
@@ -71,7 +71,7 @@ fn check(out: Output, what: &str) {
 }
 
 /// Run `world` ranks to success; rank 0's stderr.
-fn run_ranks(config: &Path, world: usize, extra: &[&str]) -> String {
+pub(super) fn run_ranks(config: &Path, world: usize, extra: &[&str]) -> String {
     let kids = spawn_ranks(config, world, extra);
     let mut first = String::new();
     for (r, k) in kids.into_iter().enumerate() {
@@ -84,11 +84,11 @@ fn run_ranks(config: &Path, world: usize, extra: &[&str]) -> String {
     first
 }
 
-fn run_plain(config: &Path, extra: &[&str]) {
+pub(super) fn run_plain(config: &Path, extra: &[&str]) {
     check(train_cmd(config, extra).output().unwrap(), "plain run");
 }
 
-fn latest(run: &Path) -> Checkpoint {
+pub(super) fn latest(run: &Path) -> Checkpoint {
     load_latest(run)
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("no checkpoint in {}", run.display()))
@@ -96,7 +96,7 @@ fn latest(run: &Path) -> Checkpoint {
 
 /// Largest |a - b| over the `model.` and `ema.` tensors (every key of `a` must be in `b`), and
 /// the key where it occurs.
-fn max_diff(a: &Checkpoint, b: &Checkpoint) -> (f64, String) {
+pub(super) fn max_diff(a: &Checkpoint, b: &Checkpoint) -> (f64, String) {
     let mut worst = (0f64, String::new());
     for (k, t) in a
         .tensors
@@ -120,7 +120,7 @@ fn max_diff(a: &Checkpoint, b: &Checkpoint) -> (f64, String) {
 /// moves values by a few ulps per step; AdamW's normalised update and the EMA codebook keep
 /// that at ~1e-6 after 20 steps. A wrong reduction (sum instead of mean, stale statistics,
 /// different data) moves them by > 1e-2.
-const TOL: f64 = 1e-4;
+pub(super) const TOL: f64 = 1e-4;
 
 /// 20 steps of `stage` as one process with batch 4 and as 2 ranks with batch 2 each.
 fn two_halves_equal_one_whole(stage: &str, sets: &[String]) {
