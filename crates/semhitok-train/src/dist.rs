@@ -14,9 +14,21 @@
 //!
 //! Only rank 0 opens the run directory (its lock, config, metrics, checkpoints); the other ranks
 //! read checkpoints from it on resume (so multi-node resume needs the run directory on a shared
-//! filesystem). Not synchronized: the PatchGAN's BatchNorm statistics (each rank normalises its
-//! own micro-batch) and the adaptive GAN weight (each rank's own gradient ratio); with the
-//! discriminator active, 2 x B/2 is therefore not exactly 1 x B.
+//! filesystem).
+//!
+//! Deliberately per rank, as in the reference recipe (LlamaGen's `vq_train.py` wraps the
+//! PatchGAN in plain DDP, no `SyncBatchNorm`): the PatchGAN's
+//! BatchNorm batch statistics (each rank normalises its own B/W images; the discriminator always
+//! runs in train mode, so the running statistics, rank 0's in the checkpoint, never enter a
+//! step) and the adaptive GAN weight (each rank's own gradient-norm ratio, as taming's
+//! `autograd.grad` on the local loss). With the discriminator active, W x B/W is therefore the
+//! reference's W-GPU recipe with B/W per GPU, not one process with batch B; without it (or before
+//! `disc.start_step`) it is one process with batch B up to float summation order.
+//!
+//! Token batches (LLaVA, T2I): every rank's token-mean loss is weighted by its share of the
+//! global batch's loss tokens ([`Dist::token_weight`]), so the step's loss and gradient are the
+//! mean over all the global batch's tokens, as one process with the whole batch computes them.
+//! Gradient accumulation keeps the trainer's rule (the mean of the micro-batch means).
 
 use crate::config::{DeviceKind, DistBackend, DistConfig};
 use crate::error::{Error, Result};
