@@ -460,6 +460,7 @@ fn dist_bucketed_and_overlapped_all_reduce_equal_the_flat_one_bit_for_bit() {
         } else {
             assert_eq!(hooked, None, "{log}");
         }
+        eprintln!("{name}: {buckets:?} buckets, {hooked:?} completed inside the backward");
         let ck = latest(&c.run.out_dir);
         assert_eq!(ck.state.step, 6);
         let losses: Vec<f64> = semhitok_train::rundir::read_metrics(&c.run.out_dir)
