@@ -6,6 +6,7 @@
 // when the CUDA headers are installed, -DUSE_C10D_NCCL. Only LibTorch's own constructors and
 // virtual methods are called; the shim never touches a Gloo type beyond the device factory.
 #include "c10d_shim.h"
+#include "shim_internal.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -25,51 +26,7 @@
 #include <string>
 #include <vector>
 
-struct shk_pg {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
-  int kind;  // 0 gloo, 1 nccl
-  int world_size;
-  int device_index;
-};
-
-namespace {
-
-char *dup(const std::string &s) {
-  char *p = static_cast<char *>(std::malloc(s.size() + 1));
-  if (p != nullptr) {
-    std::memcpy(p, s.c_str(), s.size() + 1);
-  }
-  return p;
-}
-
-// Runs f, turning any C++ exception into a message (NULL: success).
-template <typename F>
-char *guarded(F &&f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return dup(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return dup(e.what());
-  } catch (...) {
-    return dup("unknown C++ exception");
-  }
-}
-
-std::chrono::milliseconds ms(int64_t v) { return std::chrono::milliseconds(v); }
-
-void wait(const c10::intrusive_ptr<c10d::Work> &work, int64_t timeout_ms) {
-  // A synchronous NCCL collective (`asyncOp = false`: queued on the caller's current stream)
-  // returns no Work object in PyTorch 2.11: there is nothing to wait for, stream order does it.
-  // (Calling wait() on that null handle was the H200 world-size-1 SIGSEGV.)
-  if (!work) return;
-  // Throws on failure and on timeout (c10d's own message, e.g. "Operation timed out!").
-  work->wait(ms(timeout_ms));
-}
-
-}  // namespace
+using namespace shk;
 
 // NCCL collectives run on the caller's (tch's) current CUDA stream (`asyncOp = false`), so
 // kernels queued before and after stay ordered without extra stream synchronisation.

@@ -40,6 +40,25 @@ char *shk_broadcast(shk_pg *pg, void *tensor, int root, int64_t timeout_ms);
 char *shk_all_gather(shk_pg *pg, void *output, void *input, int64_t timeout_ms);
 char *shk_barrier(shk_pg *pg, int64_t timeout_ms);
 
+// Bucketed gradient all-reduce overlapping the backward pass (grad_reducer.cpp).
+typedef struct shk_reducer shk_reducer;
+// `flat`: the 1-d gradient buffer; `params[i]` (at::Tensor*) has its gradient at
+// [offsets[i], offsets[i] + numel); buckets are [bucket_starts[b], bucket_starts[b + 1]) (the
+// last one to the end), each holding whole parameters. Installs a post-accumulate-grad hook on
+// every parameter (removed by shk_reducer_free). `avg`: average (else sum).
+char *shk_reducer_new(shk_pg *pg, void *flat, void *const *params, const int64_t *offsets,
+                      int64_t n_params, const int64_t *bucket_starts, int64_t n_buckets, int avg,
+                      int64_t timeout_ms, shk_reducer **out);
+void shk_reducer_free(shk_reducer *r);
+// The order buckets are launched in (a permutation; the same on every rank). Default 0, 1, ...
+char *shk_reducer_set_order(shk_reducer *r, const int64_t *order, int64_t n);
+// The next backward launches each bucket as soon as its gradients are accumulated.
+void shk_reducer_arm(shk_reducer *r);
+// After the backward: launch the buckets not launched yet, wait for all, average. Writes the
+// buckets in the order they became complete during the armed backward (n_buckets slots) and
+// their count. Disarms.
+char *shk_reducer_finish(shk_reducer *r, int64_t *completion_out, int64_t *n_complete);
+
 void shk_free_string(char *s);
 
 #ifdef __cplusplus

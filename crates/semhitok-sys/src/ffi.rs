@@ -7,6 +7,11 @@ pub(crate) struct ShkPg {
     _private: [u8; 0],
 }
 
+#[repr(C)]
+pub(crate) struct ShkReducer {
+    _private: [u8; 0],
+}
+
 extern "C" {
     pub(crate) fn shk_install_crash_handler() -> c_int;
     pub(crate) fn shk_crash_for_test();
@@ -45,6 +50,31 @@ extern "C" {
         timeout_ms: i64,
     ) -> *mut c_char;
     pub(crate) fn shk_barrier(pg: *mut ShkPg, timeout_ms: i64) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn shk_reducer_new(
+        pg: *mut ShkPg,
+        flat: *mut c_void,
+        params: *const *mut c_void,
+        offsets: *const i64,
+        n_params: i64,
+        bucket_starts: *const i64,
+        n_buckets: i64,
+        avg: c_int,
+        timeout_ms: i64,
+        out: *mut *mut ShkReducer,
+    ) -> *mut c_char;
+    pub(crate) fn shk_reducer_free(r: *mut ShkReducer);
+    pub(crate) fn shk_reducer_set_order(
+        r: *mut ShkReducer,
+        order: *const i64,
+        n: i64,
+    ) -> *mut c_char;
+    pub(crate) fn shk_reducer_arm(r: *mut ShkReducer);
+    pub(crate) fn shk_reducer_finish(
+        r: *mut ShkReducer,
+        completion_out: *mut i64,
+        n_complete: *mut i64,
+    ) -> *mut c_char;
     pub(crate) fn shk_free_string(s: *mut c_char);
 }
 

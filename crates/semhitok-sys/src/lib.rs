@@ -4,7 +4,10 @@
 //! Today it binds PyTorch's distributed engine, c10d: a [`ProcessGroup`] (Gloo on CPU, NCCL on
 //! CUDA) that rendezvous through a `TCPStore` with torchrun's environment ([`DistEnv`]) and runs
 //! `all_reduce`, `broadcast`, `all_gather` and `barrier` in place on tch tensors, each bounded by a
-//! timeout whose expiry is an [`Error::Collective`] naming the collective, the rank and the step.
+//! timeout whose expiry is an [`Error::Collective`] naming the collective, the rank and the step;
+//! and a [`GradReducer`]: a flat gradient buffer all-reduced in buckets, each launched from an
+//! autograd post-accumulate-grad hook as soon as the backward pass has produced its gradients
+//! (the overlap DDP's Reducer gives PyTorch users; tch 0.24 has no autograd hooks).
 //! The same door is meant for run-time-compiled CUDA kernels (NVRTC), CUDA streams and graphs.
 //!
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
@@ -13,10 +16,12 @@
 mod env;
 mod error;
 mod ffi;
+mod grad_reducer;
 mod process_group;
 
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
+pub use grad_reducer::{bucket_starts, GradReducer};
 pub use process_group::{ProcessGroup, ReduceOp, DEFAULT_TIMEOUT};
 
 /// Print the native stack to stderr when the process dies of SIGSEGV, SIGBUS, SIGFPE, SIGILL or

@@ -41,7 +41,7 @@ unsafe impl Send for ProcessGroup {}
 // SAFETY: as above; all methods take `&self` and c10d serialises work internally.
 unsafe impl Sync for ProcessGroup {}
 
-fn millis(d: Duration) -> i64 {
+pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
@@ -148,12 +148,16 @@ impl ProcessGroup {
     pub fn is_main(&self) -> bool {
         self.rank == 0
     }
+    /// The raw handle (for the shim's other objects, e.g. the gradient reducer).
+    pub(crate) fn raw(&self) -> *mut ffi::ShkPg {
+        self.raw
+    }
     /// The training step named by errors of later collectives.
     pub fn set_step(&self, step: u64) {
         self.step.store(step, Ordering::Relaxed);
     }
 
-    fn check(
+    pub(crate) fn check(
         &self,
         op: &'static str,
         what: &str,
@@ -174,7 +178,7 @@ impl ProcessGroup {
         }
     }
 
-    fn dense(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
+    pub(crate) fn dense(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
         if !t.defined() || !t.is_contiguous() {
             return Err(Error::Tensor {
                 op,

@@ -8,4 +8,5 @@ mod sys {
     mod env;
     mod gloo;
     mod nccl;
+    mod reducer;
 }

@@ -213,6 +213,8 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         "batch": cfg.data.batch_size,
         "world_size": world,
         "dist_backend": dist.as_ref().map(|d| d.process_group().backend().as_str()),
+        "dist_bucket_mb": dist.as_ref().map(|_| cfg.dist.bucket_mb),
+        "dist_overlap": dist.as_ref().map(|_| cfg.dist.overlap),
         "steps": a.steps,
         "seconds": dt,
         "images_per_s": ips,

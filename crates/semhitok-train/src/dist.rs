@@ -5,23 +5,37 @@
 //! | where | what |
 //! |---|---|
 //! | `Trainer::new` | rank 0's model state and weight EMA broadcast to every rank; the resumed step checked equal on all ranks |
-//! | `gen_step` | the flat gradient buffer all-reduced (average) before the norm, clipping and AdamW; the logged losses averaged |
+//! | `gen_step` | the flat gradient buffer all-reduced (average) before the norm, clipping and AdamW, as one collective or in `dist.bucket_mb` buckets, launched during the backward pass with `dist.overlap` ([`GradReducer`]); the logged losses averaged |
 //! | `disc_step` | the discriminator's gradients likewise; its logged loss averaged |
+//! | `gen_step`, token batches | each rank's token-mean loss weighted by its share of the global batch's loss tokens ([`Dist::token_weight`]): the step optimizes the mean over every token, as one process with the whole batch |
 //! | `Task::after_step` | EMA codebook statistics (`CodeStats`, plain sums) all-reduced (sum) before the one EMA update |
 //! | SPC k-means init | all-gathered encoder outputs, k-means on rank 0, codes broadcast (semhitok-nn) |
 //! | `checkpoint` | rank 0 writes (atomically), every rank then meets at a barrier with the longer `dist.checkpoint_timeout_s` |
 //!
 //! Only rank 0 opens the run directory (its lock, config, metrics, checkpoints); the other ranks
 //! read checkpoints from it on resume (so multi-node resume needs the run directory on a shared
-//! filesystem). Not synchronized: the PatchGAN's BatchNorm statistics (each rank normalises its
-//! own micro-batch) and the adaptive GAN weight (each rank's own gradient ratio); with the
-//! discriminator active, 2 x B/2 is therefore not exactly 1 x B.
+//! filesystem).
+//!
+//! Deliberately per rank, as in the reference recipe (LlamaGen's `vq_train.py` wraps the
+//! PatchGAN in plain DDP, no `SyncBatchNorm`): the PatchGAN's
+//! BatchNorm batch statistics (each rank normalises its own B/W images; the discriminator always
+//! runs in train mode, so the running statistics, rank 0's in the checkpoint, never enter a
+//! step) and the adaptive GAN weight (each rank's own gradient-norm ratio, as taming's
+//! `autograd.grad` on the local loss). With the discriminator active, W x B/W is therefore the
+//! reference's W-GPU recipe with B/W per GPU, not one process with batch B; without it (or before
+//! `disc.start_step`) it is one process with batch B up to float summation order.
+//!
+//! Token batches (LLaVA, T2I): every rank's token-mean loss is weighted by its share of the
+//! global batch's loss tokens ([`Dist::token_weight`]), so the step's loss and gradient are the
+//! mean over all the global batch's tokens, as one process with the whole batch computes them.
+//! Gradient accumulation keeps the trainer's rule (the mean of the micro-batch means).
 
 use crate::config::{DeviceKind, DistBackend, DistConfig};
 use crate::error::{Error, Result};
 use crate::optim::AdamW;
+use crate::trainer::TokenBatch;
 use semhitok_nn::quantizer::CodeStats;
-use semhitok_sys::{Backend, DistEnv, ProcessGroup, ReduceOp};
+use semhitok_sys::{bucket_starts, Backend, DistEnv, GradReducer, ProcessGroup, ReduceOp};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tch::{Kind, Tensor};
@@ -39,6 +53,9 @@ pub fn cuda_index() -> usize {
 pub struct Dist {
     pg: Arc<ProcessGroup>,
     checkpoint_timeout: Duration,
+    /// `dist.bucket_mb` in bytes (0: one collective for the flat buffer).
+    bucket_bytes: u64,
+    overlap: bool,
 }
 
 impl Dist {
@@ -59,6 +76,19 @@ impl Dist {
             DistBackend::Nccl => Backend::Nccl,
             DistBackend::Gloo => Backend::Gloo,
         };
+        if !(cfg.bucket_mb.is_finite() && (0.0..=1e6).contains(&cfg.bucket_mb)) {
+            return Err(Error::Input(format!(
+                "dist.bucket_mb = {}: expected a size in MiB in [0, 1e6] (0: one collective)",
+                cfg.bucket_mb
+            )));
+        }
+        if cfg.overlap && cfg.bucket_mb == 0.0 {
+            return Err(Error::Input(
+                "dist.overlap = true needs dist.bucket_mb > 0 (e.g. 25, DDP's default): a single \
+                 bucket is only complete at the end of the backward pass"
+                    .into(),
+            ));
+        }
         if backend == Backend::Nccl && device != DeviceKind::Cuda {
             return Err(Error::Input(
                 "dist.backend = \"nccl\" needs run.device = \"cuda\" (use gloo on CPU)".into(),
@@ -90,6 +120,8 @@ impl Dist {
         Ok(Self {
             pg: Arc::new(pg),
             checkpoint_timeout: secs(cfg.checkpoint_timeout_s),
+            bucket_bytes: (cfg.bucket_mb * 1024.0 * 1024.0) as u64,
+            overlap: cfg.overlap,
         })
     }
 
@@ -136,6 +168,82 @@ impl Dist {
             self.pg.all_reduce(what, &mut g, ReduceOp::Avg)?;
         }
         Ok(())
+    }
+
+    /// Whether the generator's buckets are launched from the backward pass (`dist.overlap`).
+    pub(crate) fn overlap(&self) -> bool {
+        self.overlap
+    }
+
+    /// The bucketed reducer of the optimizer's flat gradient buffer (`dist.bucket_mb > 0`), once
+    /// every gradient lives in that buffer (from the second step on: gradients exist only after
+    /// a backward). `None`: reduce with [`Dist::average_grads`] (one collective). The buckets
+    /// follow the buffer's layout; their launch order starts as the reverse of it (gradients
+    /// come roughly in reverse forward order) and is then learned ([`Dist::learn_order`]).
+    pub(crate) fn grad_reducer(&self, what: &str, opt: &mut AdamW) -> Result<Option<GradReducer>> {
+        if self.bucket_bytes == 0 {
+            return Ok(None);
+        }
+        let grads = opt.grads_for_reduce();
+        let [flat] = grads.as_slice() else {
+            return Ok(None);
+        };
+        let Some(views) = opt.views_into(flat) else {
+            return Ok(None);
+        };
+        let elt = flat.kind().elt_size_in_bytes() as i64;
+        let base = flat.data_ptr() as i64;
+        let params: Vec<(Tensor, i64)> = opt
+            .params()
+            .iter()
+            .zip(&views)
+            .map(|(p, v)| (p.var.shallow_clone(), (v.data_ptr() as i64 - base) / elt))
+            .collect();
+        let layout: Vec<(i64, i64)> = params
+            .iter()
+            .map(|(v, off)| (*off, v.numel() as i64))
+            .collect();
+        let starts = bucket_starts(&layout, self.bucket_bytes as i64 / elt);
+        let r = GradReducer::new(self.pg.clone(), what, flat, &params, &starts, ReduceOp::Avg)?;
+        let reverse: Vec<i64> = (0..starts.len() as i64).rev().collect();
+        r.set_order(&reverse)?;
+        Ok(Some(r))
+    }
+
+    /// After the first overlapped step: launch the buckets from now on in the order they became
+    /// complete on rank 0 (then the ones that did not), the same order on every rank.
+    pub(crate) fn learn_order(&self, r: &GradReducer, completed: &[i64]) -> Result<()> {
+        let mut order = completed.to_vec();
+        let mut rest: Vec<i64> = (0..r.n_buckets() as i64)
+            .rev()
+            .filter(|b| !completed.contains(b))
+            .collect();
+        order.append(&mut rest);
+        let mut t = Tensor::from_slice(&order);
+        if self.pg.backend() == Backend::Nccl {
+            t = t.to_device(tch::Device::Cuda(cuda_index()));
+        }
+        self.pg
+            .broadcast("the gradient buckets' order", &mut t, 0)?;
+        r.set_order(&Vec::<i64>::try_from(t.to_device(tch::Device::Cpu))?)?;
+        Ok(())
+    }
+
+    /// The weight of this rank's token-mean loss in a data-parallel step: `world * n / N` with
+    /// `n` its loss tokens ([`TokenBatch::n_loss_tokens`]) and `N` those of every rank (one
+    /// all-reduce of a scalar; no host sync). The ranks' average of `weight * mean` is then the
+    /// mean over all `N` tokens, as one process with the whole batch computes it; the gradient
+    /// likewise. A 0-d f32 tensor on the batch's device (exactly 1 at world size 1).
+    pub(crate) fn token_weight(&self, tb: &TokenBatch) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        let n = tb.n_loss_tokens()?.f_to_kind(Kind::Double)?;
+        let mut all = n.f_reshape([1])?.f_mul_scalar(1.0)?; // a new tensor
+        self.pg
+            .all_reduce("the micro-batch's loss tokens", &mut all, ReduceOp::Sum)?;
+        let w = n
+            .f_mul_scalar(self.world_size() as f64)?
+            .f_div(&all.f_reshape([])?.f_clamp_min(1.0)?)?;
+        Ok(w.f_to_kind(Kind::Float)?)
     }
 
     /// Sum EMA codebook statistics over the ranks (they are plain sums: the result is the

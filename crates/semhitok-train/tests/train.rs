@@ -8,6 +8,7 @@ mod train {
     mod data;
     mod demo;
     mod dist;
+    mod dist_tokens;
     mod fmnist;
     mod generic;
     mod llava;

@@ -108,6 +108,12 @@ pub struct DistConfig {
     /// Limit of the barrier where the other ranks wait while rank 0 writes a checkpoint.
     #[serde(default = "default_dist_ckpt_timeout")]
     pub checkpoint_timeout_s: f64,
+    /// Generator gradients all-reduced in buckets of at most this many MiB (0: one collective).
+    #[serde(default)]
+    pub bucket_mb: f64,
+    /// Launch each bucket from the backward pass as soon as its gradients exist (needs bucket_mb > 0).
+    #[serde(default)]
+    pub overlap: bool,
 }
 
 fn default_dist_timeout() -> f64 {
@@ -124,6 +130,8 @@ impl Default for DistConfig {
             timeout_s: default_dist_timeout(),
             rendezvous_timeout_s: default_dist_timeout(),
             checkpoint_timeout_s: default_dist_ckpt_timeout(),
+            bucket_mb: 0.0,
+            overlap: false,
         }
     }
 }

@@ -13,7 +13,7 @@ use semhitok_data::{
     decode_rgb8, load_llava, read_image_file, DecodeLimits, LlavaRecord, SkipStats,
 };
 use semhitok_mllm::chat::ChatTemplate;
-use semhitok_mllm::llava::splice::{collate, expand};
+use semhitok_mllm::llava::splice::{collate, expand, Sequence};
 use semhitok_mllm::llava::{PromptBuilder, PromptStats, Template};
 use semhitok_mllm::llm::load::LoadedLm;
 use semhitok_mllm::tokenizer::TextTokenizer;
@@ -110,6 +110,9 @@ pub struct LlavaBatches {
     order: Vec<usize>,
     pos: Pos,
     limits: DecodeLimits,
+    /// Data-parallel shard: this rank's `batch_size` records of each global batch.
+    rank: usize,
+    world: usize,
     pub report: DataReport,
 }
 
@@ -178,7 +181,48 @@ impl LlavaBatches {
             order,
             pos: Pos { epoch: 0, index: 0 },
             limits: DecodeLimits::default(),
+            rank: 0,
+            world: 1,
         })
+    }
+
+    /// Rank `rank` of `world` of a data-parallel run: each global batch is the next
+    /// `world x batch_size` records of the one record order; this rank builds records
+    /// `[rank x batch_size, (rank + 1) x batch_size)` of it, so the ranks together train on exactly
+    /// what one process with batch `world x batch_size` trains on, and the position (records
+    /// consumed) is the same on every rank and independent of the world size. A record that
+    /// fails to build leaves its rank's batch one row short (one process would take the next
+    /// record instead; the loss weighting by tokens keeps the step a mean over what was built).
+    pub fn sharded(mut self, rank: usize, world: usize) -> Self {
+        self.rank = rank;
+        self.world = world.max(1);
+        self
+    }
+
+    /// Build record `i` into a row (and its image), counting a failure as skipped.
+    fn build(&mut self, i: usize, device: Device) -> Option<(Sequence, Tensor)> {
+        let rec = &self.records[i];
+        let built = self
+            .text
+            .builder()
+            .and_then(|b| Ok(b.example(&rec.conversations, &rec.id)?))
+            .map_err(|e| e.to_string())
+            .and_then(|ex| Ok((ex, self.image(rec, device)?)));
+        match built {
+            Ok((ex, img)) => {
+                let seq = expand(&ex, self.n_image, self.text.max_len);
+                self.report.prompts.record(&ex, &seq);
+                Some((seq, img))
+            }
+            Err(e) => {
+                self.report.batch_skipped += 1;
+                if self.report.batch_skip_examples.len() < 100 {
+                    let id = self.records[i].id.clone();
+                    self.report.batch_skip_examples.push(format!("{id}: {e}"));
+                }
+                None
+            }
+        }
     }
 
     /// Valid records.
@@ -226,8 +270,29 @@ impl Batches for LlavaBatches {
     fn next_batch(&mut self, device: Device) -> Result<Batch> {
         let mut rows = vec![];
         let mut images = vec![];
+        if self.world > 1 {
+            // This rank's slots of the next global batch (see `sharded`).
+            let own = self.rank * self.batch_size..(self.rank + 1) * self.batch_size;
+            for slot in 0..self.world * self.batch_size {
+                let i = self.next_record();
+                if own.contains(&slot) {
+                    if let Some((seq, img)) = self.build(i, device) {
+                        rows.push(seq);
+                        images.push(img);
+                    }
+                }
+            }
+            if rows.is_empty() {
+                return Err(Error::Input(format!(
+                    "llava data: none of rank {}'s {} records of this global batch could be used (e.g. {:?})",
+                    self.rank,
+                    self.batch_size,
+                    self.report.batch_skip_examples.last()
+                )));
+            }
+        }
         let mut tries = 0usize;
-        while rows.len() < self.batch_size {
+        while self.world == 1 && rows.len() < self.batch_size {
             tries += 1;
             if tries > self.records.len() * 2 + self.batch_size {
                 return Err(Error::Input(format!(
@@ -237,28 +302,9 @@ impl Batches for LlavaBatches {
                 )));
             }
             let i = self.next_record();
-            let rec = &self.records[i];
-            let built = self
-                .text
-                .builder()
-                .and_then(|b| Ok(b.example(&rec.conversations, &rec.id)?))
-                .map_err(|e| e.to_string())
-                .and_then(|ex| Ok((ex, self.image(rec, device)?)));
-            match built {
-                Ok((ex, img)) => {
-                    let seq = expand(&ex, self.n_image, self.text.max_len);
-                    self.report.prompts.record(&ex, &seq);
-                    rows.push(seq);
-                    images.push(img);
-                }
-                Err(e) => {
-                    self.report.batch_skipped += 1;
-                    if self.report.batch_skip_examples.len() < 100 {
-                        self.report
-                            .batch_skip_examples
-                            .push(format!("{}: {e}", rec.id));
-                    }
-                }
+            if let Some((seq, img)) = self.build(i, device) {
+                rows.push(seq);
+                images.push(img);
             }
         }
         let (input_ids, labels, attention_mask) = collate(&rows, self.text.pad_id(), device)?;

@@ -223,25 +223,31 @@ pub fn finish(cfg: &LlavaConfig, task: &LlavaTask, data: &LlavaBatches, dir: &Pa
 /// `semhitok train --config FILE` for `run.stage = "llava-pretrain" | "llava-finetune"`.
 pub fn run(req: &TrainRequest) -> Result<TrainReport> {
     let (cfg, origin) = LlavaConfig::load(&req.config, &req.overrides)?;
-    if std::env::var("WORLD_SIZE").is_ok_and(|w| w != "1") {
-        return Err(Error::Input(
-            "LLaVA training runs in one process (data-parallel LLaVA is not built)".into(),
-        ));
-    }
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
-    let (mut task, mut data) = prepare(&cfg, &origin)?;
+    // Under a launcher: data-parallel (before the model is built: it picks the CUDA device).
+    let dist = crate::dist::Dist::from_env(&cfg.dist, cfg.run.device)?;
+    let (mut task, data) = prepare(&cfg, &origin)?;
+    let mut data = match &dist {
+        Some(d) => data.sharded(d.rank(), d.world_size()),
+        None => data,
+    };
+    let main = dist.as_ref().is_none_or(crate::dist::Dist::is_main);
     let loop_cfg = loop_config(&cfg);
     let opts = TrainOptions {
         resume: req.start == RunStart::Resume,
         overwrite: req.start == RunStart::Overwrite,
         command_line: req.command_line.clone(),
-        quiet: req.quiet,
+        quiet: req.quiet || !main,
+        dist,
         ..Default::default()
     };
     let report = train(&loop_cfg, &mut task, &mut data, &opts)?;
-    finish(&cfg, &task, &data, &report.run_dir)?;
+    // Rank 0 writes the projector and the data report and evaluates.
+    if main {
+        finish(&cfg, &task, &data, &report.run_dir)?;
+    }
     Ok(report)
 }
 

@@ -8,8 +8,8 @@
 //! than the memory. The position (`epoch`, `cursor` = samples consumed in the epoch) is the
 //! checkpointed state, and a sample's dropout decision is keyed on (`run.seed`, epoch, its
 //! global index), so a resumed run reads and drops exactly what the uninterrupted one did.
-//! Single process only (a data-parallel T2I run is not supported yet: every rank would read
-//! the same samples).
+//! Data-parallel ([`T2iBatches::sharded`]): each global batch is the next `world x batch`
+//! positions of that one order, rank r taking its block of them; the dropout keys do not change.
 
 use crate::error::{Error, Result};
 use crate::trainer::{Batch, Batches, TokenBatch};
@@ -232,6 +232,9 @@ pub struct T2iBatches {
     offsets: Vec<usize>,
     loaded: Option<(usize, Shard, Vec<usize>)>,
     token_cache: HashMap<String, Vec<u32>>,
+    /// Data-parallel shard (0 of 1: a single process).
+    rank: usize,
+    world: usize,
 }
 
 impl std::fmt::Debug for T2iBatches {
@@ -285,9 +288,32 @@ impl T2iBatches {
             offsets,
             loaded: None,
             token_cache: HashMap::new(),
+            rank: 0,
+            world: 1,
         };
         b.start_epoch();
         Ok(b)
+    }
+
+    /// Rank `rank` of `world` of a data-parallel run: of each global batch (the next `world x
+    /// batch` positions of the epoch order), this rank reads positions `[rank x batch, (rank + 1)
+    /// x batch)`; so the ranks together read, and drop captions of, exactly what one process with
+    /// batch `world x batch` does, and the position (`epoch`, `cursor`) is the same on every rank
+    /// and does not depend on the world size.
+    pub fn sharded(mut self, rank: usize, world: usize) -> Self {
+        self.rank = rank;
+        self.world = world.max(1);
+        self
+    }
+
+    /// Step over the next position without reading it (another rank's sample).
+    fn skip_example(&mut self) {
+        if self.cursor >= self.shards.len() {
+            self.epoch += 1;
+            self.cursor = 0;
+            self.start_epoch();
+        }
+        self.cursor += 1;
     }
 
     fn rng(&self, stream: u64) -> ChaCha8Rng {
@@ -358,8 +384,13 @@ impl T2iBatches {
 impl Batches for T2iBatches {
     fn next_batch(&mut self, device: Device) -> Result<Batch> {
         let mut ex = Vec::with_capacity(self.batch);
-        for _ in 0..self.batch {
-            ex.push(self.next_example()?.0);
+        let own = self.rank * self.batch..(self.rank + 1) * self.batch;
+        for slot in 0..self.world * self.batch {
+            if own.contains(&slot) {
+                ex.push(self.next_example()?.0);
+            } else {
+                self.skip_example();
+            }
         }
         let (ids, labels, mask) = right_pad(&ex, 0)?;
         Ok(Batch::Tokens(TokenBatch {

@@ -7,6 +7,7 @@
 use super::config::T2iConfig;
 use super::data::{CaptionSource, T2iBatches, TokenShards};
 use crate::dispatch::TrainRequest;
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::optim::Param;
 use crate::rundir::RunStart;
@@ -138,6 +139,11 @@ impl Task for T2iTask {
 
 /// Model and batches of a config (the data is opened, and a missing path reported, first).
 pub fn build(cfg: &T2iConfig) -> Result<(T2iTask, T2iBatches)> {
+    build_for(cfg, None)
+}
+
+/// [`build`] for rank `dist` of a data-parallel run (its shard of every global batch).
+pub fn build_for(cfg: &T2iConfig, dist: Option<&Dist>) -> Result<(T2iTask, T2iBatches)> {
     cfg.check_paths()?;
     let shards = TokenShards::open(&cfg.data.tokens)?;
     check_tokenizer_folder(&cfg.t2i.tokenizer, &shards)?;
@@ -172,6 +178,10 @@ pub fn build(cfg: &T2iConfig) -> Result<(T2iTask, T2iBatches)> {
         cfg.data.batch_size,
         cfg.llm.max_seq_len as usize,
     )?;
+    let batches = match dist {
+        Some(d) => batches.sharded(d.rank(), d.world_size()),
+        None => batches,
+    };
     Ok((T2iTask::new(ext.lm.model)?, batches))
 }
 
@@ -207,12 +217,15 @@ pub fn train_config(
     command_line: Vec<String>,
     quiet: bool,
 ) -> Result<TrainReport> {
-    let (mut task, mut data) = build(cfg)?;
+    // Under a launcher: data-parallel (before the model is built: it picks the CUDA device).
+    let dist = Dist::from_env(&cfg.dist, cfg.run.device)?;
+    let (mut task, mut data) = build_for(cfg, dist.as_ref())?;
     let opts = TrainOptions {
         resume: start == RunStart::Resume,
         overwrite: start == RunStart::Overwrite,
         command_line,
-        quiet,
+        quiet: quiet || dist.as_ref().is_some_and(|d| !d.is_main()),
+        dist,
         ..Default::default()
     };
     train(&cfg.loop_config(), &mut task, &mut data, &opts)

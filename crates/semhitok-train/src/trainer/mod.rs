@@ -21,7 +21,9 @@
 //! bit for bit, a resumed CPU run recomputes exactly the losses of the uninterrupted run.
 
 mod batch;
+mod ckpt;
 mod device;
+mod disc;
 mod guard;
 mod loop_config;
 mod progress;
@@ -33,15 +35,16 @@ pub use device::with_autocast;
 pub use loop_config::{DiscOptim, LoopConfig};
 pub use task::{Batches, LossOut, Task};
 
-use crate::checkpoint::{self, CkptState};
+use crate::checkpoint;
 use crate::config::DeviceKind;
 use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::optim::{lr_at, AdamW, Ema};
 use crate::rundir::{RunDir, RunStart};
 use device::cuda_profiler;
-use guard::{nan_stop, nonfinite_state_stop, Guard, Verdict};
+use guard::{nan_stop, Guard, Verdict};
 use progress::{Phases, Progress};
+use semhitok_sys::GradReducer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
@@ -133,6 +136,10 @@ pub struct Trainer<'a> {
     guard: Guard,
     /// A checkpoint was due during a spike streak and is written once the streak ends.
     ckpt_held: bool,
+    /// The bucketed reducer of the generator's gradients (`dist.bucket_mb > 0`, built once the
+    /// gradients live in the optimizer's flat buffer) and whether its launch order was learned.
+    reducer: Option<GradReducer>,
+    order_learned: bool,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -252,6 +259,8 @@ impl<'a> Trainer<'a> {
             losses: vec![],
             guard: Guard::new(&cfg.guard),
             ckpt_held: false,
+            reducer: None,
+            order_learned: false,
         };
         if opts.resume {
             t.resume()?;
@@ -290,65 +299,6 @@ impl<'a> Trainer<'a> {
                 self.cfg.optim.accum_steps
             );
         }
-        Ok(())
-    }
-
-    /// Restore model, optimizers, EMA and data position from the newest readable checkpoint
-    /// of the run directory (none: start fresh).
-    fn resume(&mut self) -> Result<()> {
-        let cfg = self.cfg;
-        let Some(ck) = checkpoint::load_latest(&self.run_path)? else {
-            eprintln!(
-                "--resume: no checkpoint in {}, starting fresh",
-                self.run_path.display()
-            );
-            // A run that died before its first checkpoint left metrics of steps that will be
-            // run again: drop them.
-            if let Some(run) = self.run.as_mut() {
-                run.truncate_metrics_after(0)?;
-            }
-            return Ok(());
-        };
-        if ck.state.stage != cfg.run.stage {
-            return Err(Error::ckpt(
-                &ck.dir,
-                format!(
-                    "written by stage `{}`, cannot resume stage `{}`",
-                    ck.state.stage.as_str(),
-                    cfg.run.stage.as_str()
-                ),
-            ));
-        }
-        checkpoint::restore_vars(&ck, "model.", &self.task.state())?;
-        let t = |k: &str| ck.state.optim_t.get(k).copied().unwrap_or(0);
-        self.opt
-            .load_state("optim.gen", t("gen"), &ck.tensors)
-            .map_err(|m| Error::ckpt(&ck.dir, m))?;
-        if let Some(d) = self.dopt.as_mut() {
-            d.load_state("optim.disc", t("disc"), &ck.tensors)
-                .map_err(|m| Error::ckpt(&ck.dir, m))?;
-        }
-        if let Some(e) = self.ema.as_mut() {
-            e.load_state(&ck.tensors)
-                .map_err(|m| Error::ckpt(&ck.dir, m))?;
-        }
-        let extra: BTreeMap<String, Tensor> = ck
-            .tensors
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("task.")?.to_string(), v.shallow_clone())))
-            .collect();
-        self.task.restore_extra_state(&extra)?;
-        self.data.restore(&ck.state.data_state)?;
-        self.start_step = ck.state.step;
-        if let Some(run) = self.run.as_mut() {
-            run.truncate_metrics_after(self.start_step)?;
-        }
-        eprintln!(
-            "resumed from {} (step {})",
-            ck.dir.display(),
-            self.start_step
-        );
-        self.last_checkpoint = Some(ck.dir.clone());
         Ok(())
     }
 
@@ -439,6 +389,24 @@ impl<'a> Trainer<'a> {
         );
         let accum = cfg.optim.accum_steps;
         self.opt.zero_grad();
+        if let (Some(d), None) = (&self.dist, &self.reducer) {
+            self.reducer = d.grad_reducer("generator gradients", &mut self.opt)?;
+            if let (Some(r), true) = (&self.reducer, d.is_main()) {
+                eprintln!(
+                    "data-parallel: generator gradients in {} buckets{}",
+                    r.n_buckets(),
+                    if d.overlap() {
+                        ", launched during the backward pass"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        // Overlap: the last micro-batch's backward launches the buckets (the earlier ones only
+        // accumulate), when every gradient is still its view of the flat buffer.
+        let bucketed = self.reducer.is_some() && self.opt.grads_for_reduce().len() == 1;
+        let overlap = bucketed && self.dist.as_ref().is_some_and(Dist::overlap);
         let mut disc_pairs = vec![];
         // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
         let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
@@ -446,7 +414,7 @@ impl<'a> Trainer<'a> {
         let mut samples = 0usize;
         // Real tokens of the token batches, summed on the device (read back with the losses).
         let mut tokens: Option<Tensor> = None;
-        for _ in 0..accum {
+        for micro in 0..accum {
             let t_data = std::time::Instant::now();
             let batch = self.data.next_batch(device)?;
             data_s += t_data.elapsed().as_secs_f64();
@@ -459,24 +427,42 @@ impl<'a> Trainer<'a> {
                     None => n,
                 });
             }
+            // A data-parallel token batch: the loss is a mean over this rank's loss tokens;
+            // weighted by its share of the global batch's, the average over ranks is the mean over
+            // all of them, as one process with the whole batch computes it.
+            let weight = match (&self.dist, &batch) {
+                (Some(d), Batch::Tokens(tb)) => Some(d.token_weight(tb)?),
+                _ => None,
+            };
             self.phases.lap("data");
             // Forward and backward with the bf16 working copy of the weights when there is one;
             // the variables point back at the f32 masters afterwards, also on an error.
             self.opt.enter_bf16()?;
             let (task, phases) = (&mut *self.task, &mut self.phases);
-            let fwd_bwd = (|| -> Result<LossOut> {
+            let arm = self
+                .reducer
+                .as_ref()
+                .filter(|_| overlap && micro + 1 == accum);
+            let fwd_bwd = (|| -> Result<(LossOut, Tensor)> {
                 let out = with_autocast(device, amp, || task.loss(&batch, step))?;
                 phases.lap("forward");
+                if let Some(r) = arm {
+                    r.arm();
+                }
+                let total = match &weight {
+                    Some(w) => out.total.f_mul(w)?,
+                    None => out.total.shallow_clone(),
+                };
                 // Backward first; the losses are read back after the last micro-batch together
                 // with the gradient norm (one device-to-host sync per step). A non-finite value
                 // still stops the run before any optimizer step.
-                (&out.total / accum as f64).backward();
+                (&total / accum as f64).backward();
                 phases.lap("backward");
-                Ok(out)
+                Ok((out, total))
             })();
             self.opt.exit_bf16()?;
-            let out = fwd_bwd?;
-            let total = out.total.detach();
+            let (out, total) = fwd_bwd?;
+            let total = total.detach();
             let vals: Vec<Tensor> = std::iter::once(&total)
                 .chain(out.parts.iter().map(|(_, t)| t))
                 .map(|t| t.detach().to_kind(tch::Kind::Double).reshape([1]))
@@ -488,7 +474,24 @@ impl<'a> Trainer<'a> {
         }
         if let Some(d) = &self.dist {
             // Clipping, the norm and AdamW below all see the averaged gradient.
-            d.average_grads("generator gradients", &mut self.opt)?;
+            match self.reducer.as_ref().filter(|_| bucketed) {
+                Some(r) => {
+                    let completed = r.finish()?;
+                    if overlap && !self.order_learned {
+                        d.learn_order(r, &completed)?;
+                        self.order_learned = true;
+                        if d.is_main() {
+                            eprintln!(
+                                "data-parallel: {} of {} buckets were complete before the end of \
+                                 the backward pass; launch order {completed:?} (then the rest)",
+                                completed.len(),
+                                r.n_buckets()
+                            );
+                        }
+                    }
+                }
+                None => d.average_grads("generator gradients", &mut self.opt)?,
+            }
             self.phases.lap("all_reduce");
         }
         let norm_sq = self.opt.grad_norm_sq();
@@ -563,61 +566,6 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The discriminator's step on the detached (real, fake) pairs of this step's micro-batches.
-    /// Returns its mean loss, or `None` when it did not update (no discriminator, or not active
-    /// yet at `step`).
-    fn disc_step(&mut self, step: u64, pairs: &[(Tensor, Tensor)]) -> Result<Option<f64>> {
-        let cfg = self.cfg;
-        let (device, amp) = (self.device, self.amp);
-        let Some(d) = self.dopt.as_mut() else {
-            self.phases.lap("discriminator");
-            return Ok(None);
-        };
-        d.zero_grad();
-        let mut d_loss = None;
-        let mut dl_sum = 0f64;
-        for (real, fake) in pairs {
-            let dl = with_autocast(device, amp, || self.task.disc_loss(real, fake, step))?;
-            if let Some(dl) = dl {
-                let v = scalar(&dl);
-                if !v.is_finite() {
-                    let parts = BTreeMap::from([("disc_loss", v)]);
-                    let run = self.run.as_ref().map(|r| r.path.as_path());
-                    return Err(nan_stop(
-                        run,
-                        step + 1,
-                        v,
-                        &parts,
-                        self.last_checkpoint.as_deref(),
-                    ));
-                }
-                dl_sum += v / pairs.len() as f64;
-                (dl / pairs.len() as f64).backward();
-                d_loss = Some(dl_sum);
-            }
-        }
-        if let (Some(dl), Some(dist)) = (d_loss.as_mut(), self.dist.as_ref()) {
-            dist.average_grads("discriminator gradients", d)?;
-            let mut t = Tensor::from_slice(&[*dl]).to_device(device);
-            dist.average("the discriminator loss", &mut t)?;
-            *dl = t.f_to_device(Device::Cpu)?.double_value(&[0]);
-        }
-        if d_loss.is_some() {
-            d.clip_grad_norm(cfg.optim.grad_clip);
-            let dlr = lr_at(
-                step,
-                cfg.disc.map_or(cfg.optim.lr, |c| c.lr),
-                cfg.optim.warmup_steps,
-                cfg.schedule.steps,
-                cfg.optim.min_lr_ratio,
-            );
-            d.step(dlr);
-        }
-        d.zero_grad();
-        self.phases.lap("discriminator");
-        Ok(d_loss)
-    }
-
     /// One metrics.jsonl record for step `done` (1-based): throughput as `img_per_s` for image
     /// batches, `samples_per_s` and `tok_per_s` for token batches.
     fn log(
@@ -651,133 +599,6 @@ impl<'a> Trainer<'a> {
             Some(run) => run.log(&rec),
             None => Ok(()),
         }
-    }
-
-    /// Write the checkpoint of step `done` (atomically; older ones pruned to `keep_last`). In a
-    /// data-parallel run rank 0 writes it and every rank then meets at the checkpoint barrier.
-    fn checkpoint(&mut self, done: u64) -> Result<()> {
-        let (tensors, optim_t) = self.checkpoint_tensors()?;
-        // Every rank checks (the state is the same on all of them, so all stop together).
-        self.check_state(done, &tensors)?;
-        // The data positions of every rank, merged, so each rank resumes where it was.
-        let data_state = match &self.dist {
-            Some(d) => {
-                let all = d.gather_json("the data positions", &self.data.state())?;
-                self.data.merge_states(&all)?
-            }
-            None => self.data.state(),
-        };
-        if self.run.is_some() {
-            self.write_checkpoint(done, &tensors, optim_t, data_state)?;
-        }
-        if let Some(d) = &self.dist {
-            d.checkpoint_barrier(done)?;
-            if self.run.is_none() {
-                self.last_checkpoint = Some(
-                    self.run_path
-                        .join(checkpoint::CKPT_DIR)
-                        .join(checkpoint::step_dir_name(done)),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// The checkpoint's tensors (model, optimizers, weight EMA, task extras) and the AdamW
-    /// update counts.
-    #[allow(clippy::type_complexity)]
-    fn checkpoint_tensors(&self) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, u64>)> {
-        let mut tensors: Vec<(String, Tensor)> = self
-            .task
-            .state()
-            .into_iter()
-            .map(|(k, v)| (format!("model.{k}"), v))
-            .collect();
-        tensors.extend(self.opt.state_tensors("optim.gen"));
-        let mut optim_t = BTreeMap::from([("gen".to_string(), self.opt.t)]);
-        if let Some(d) = self.dopt.as_ref() {
-            tensors.extend(d.state_tensors("optim.disc"));
-            optim_t.insert("disc".to_string(), d.t);
-        }
-        if let Some(e) = self.ema.as_ref() {
-            tensors.extend(e.state_tensors());
-        }
-        tensors.extend(
-            self.task
-                .extra_state()?
-                .into_iter()
-                .map(|(k, v)| (format!("task.{k}"), v)),
-        );
-        Ok((tensors, optim_t))
-    }
-
-    fn write_checkpoint(
-        &mut self,
-        done: u64,
-        tensors: &[(String, Tensor)],
-        optim_t: BTreeMap<String, u64>,
-        data_state: serde_json::Value,
-    ) -> Result<()> {
-        let cfg = self.cfg;
-        let state = CkptState {
-            format: checkpoint::FORMAT.into(),
-            stage: cfg.run.stage,
-            step: done,
-            seed: cfg.run.seed,
-            optim_t,
-            data_state,
-            tensors_bytes: 0,
-            tensors_sha256: String::new(),
-            extra: BTreeMap::new(),
-        };
-        self.last_checkpoint = Some(checkpoint::save(
-            &self.run_path,
-            state,
-            tensors,
-            cfg.schedule.keep_last,
-        )?);
-        Ok(())
-    }
-
-    /// Before a checkpoint of step `done` is committed: every floating tensor finite, and the
-    /// step's update within `guard.max_weight_growth` (one device reduction, one read-back).
-    fn check_state(&self, done: u64, tensors: &[(String, Tensor)]) -> Result<()> {
-        let _g = tch::no_grad_guard();
-        let after = self.opt.param_norm_sq();
-        let dev = after.device();
-        let floats: Vec<&(String, Tensor)> = tensors
-            .iter()
-            .filter(|(_, t)| t.is_floating_point())
-            .collect();
-        let mut flags: Vec<Tensor> = floats
-            .iter()
-            .map(|(_, t)| {
-                t.isfinite()
-                    .logical_not()
-                    .any()
-                    .to_kind(tch::Kind::Double)
-                    .to_device(dev)
-                    .reshape([1])
-            })
-            .collect();
-        flags.push(after.reshape([1]));
-        let host = Vec::<f64>::try_from(Tensor::f_cat(&flags, 0)?.f_to_device(Device::Cpu)?)?;
-        let bad: Vec<String> = floats
-            .iter()
-            .zip(&host)
-            .filter(|(_, &f)| f != 0.0)
-            .map(|((n, _), _)| n.clone())
-            .collect();
-        let last = self.last_checkpoint.as_deref();
-        if !bad.is_empty() {
-            return Err(nonfinite_state_stop(self.run_dir(), done, &bad, last));
-        }
-        if let Some(before) = self.guard.norm_sq_before_last_step() {
-            if let Some((what, values)) = self.guard.growth(before, host[host.len() - 1]) {
-                return Err(Guard::stop(self.run_dir(), done, &what, &values, last));
-            }
-        }
-        Ok(())
     }
 
     /// The run directory when this process owns it (rank 0, or a single process).

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 /// Write `c` as `dir/NAME.toml` and return the path.
-fn write_cfg(c: &TrainConfig, dir: &Path, name: &str) -> PathBuf {
+pub(super) fn write_cfg(c: &TrainConfig, dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, c.to_toml()).unwrap();
@@ -31,7 +31,7 @@ fn write_cfg(c: &TrainConfig, dir: &Path, name: &str) -> PathBuf {
 }
 
 /// `semhitok train --config CFG --quiet` (one intra-op thread: the ranks share 2 cores).
-fn train_cmd(config: &Path, extra: &[&str]) -> Command {
+pub(super) fn train_cmd(config: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_semhitok"));
     cmd.args(["train", "--quiet", "--dist-backend", "gloo", "--config"])
         .arg(config)
@@ -45,7 +45,7 @@ fn train_cmd(config: &Path, extra: &[&str]) -> Command {
 }
 
 /// Start `world` ranks with torchrun's variables.
-fn spawn_ranks(config: &Path, world: usize, extra: &[&str]) -> Vec<Child> {
+pub(super) fn spawn_ranks(config: &Path, world: usize, extra: &[&str]) -> Vec<Child> {
     let port = free_port().to_string();
     (0..world)
         .map(|r| {
@@ -61,7 +61,7 @@ fn spawn_ranks(config: &Path, world: usize, extra: &[&str]) -> Vec<Child> {
         .collect()
 }
 
-fn check(out: Output, what: &str) {
+pub(super) fn check(out: Output, what: &str) {
     assert!(
         out.status.success(),
         "{what} failed ({}): {}",
@@ -70,21 +70,25 @@ fn check(out: Output, what: &str) {
     );
 }
 
-fn run_ranks(config: &Path, world: usize, extra: &[&str]) {
+/// Run `world` ranks to success; rank 0's stderr.
+pub(super) fn run_ranks(config: &Path, world: usize, extra: &[&str]) -> String {
     let kids = spawn_ranks(config, world, extra);
+    let mut first = String::new();
     for (r, k) in kids.into_iter().enumerate() {
-        check(
-            k.wait_with_output().unwrap(),
-            &format!("rank {r} of {world}"),
-        );
+        let out = k.wait_with_output().unwrap();
+        if r == 0 {
+            first = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        check(out, &format!("rank {r} of {world}"));
     }
+    first
 }
 
-fn run_plain(config: &Path, extra: &[&str]) {
+pub(super) fn run_plain(config: &Path, extra: &[&str]) {
     check(train_cmd(config, extra).output().unwrap(), "plain run");
 }
 
-fn latest(run: &Path) -> Checkpoint {
+pub(super) fn latest(run: &Path) -> Checkpoint {
     load_latest(run)
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("no checkpoint in {}", run.display()))
@@ -92,7 +96,7 @@ fn latest(run: &Path) -> Checkpoint {
 
 /// Largest |a - b| over the `model.` and `ema.` tensors (every key of `a` must be in `b`), and
 /// the key where it occurs.
-fn max_diff(a: &Checkpoint, b: &Checkpoint) -> (f64, String) {
+pub(super) fn max_diff(a: &Checkpoint, b: &Checkpoint) -> (f64, String) {
     let mut worst = (0f64, String::new());
     for (k, t) in a
         .tensors
@@ -116,7 +120,7 @@ fn max_diff(a: &Checkpoint, b: &Checkpoint) -> (f64, String) {
 /// moves values by a few ulps per step; AdamW's normalised update and the EMA codebook keep
 /// that at ~1e-6 after 20 steps. A wrong reduction (sum instead of mean, stale statistics,
 /// different data) moves them by > 1e-2.
-const TOL: f64 = 1e-4;
+pub(super) const TOL: f64 = 1e-4;
 
 /// 20 steps of `stage` as one process with batch 4 and as 2 ranks with batch 2 each.
 fn two_halves_equal_one_whole(stage: &str, sets: &[String]) {
@@ -408,5 +412,85 @@ fn dist_resume_on_a_photo_stream_is_exact() {
     assert_eq!(
         again.state.tensors_sha256, full.state.tensors_sha256,
         "resumed 2-rank photo run differs from the uninterrupted one"
+    );
+}
+
+/// `dist.bucket_mb` / `dist.overlap`: the generator's gradients all-reduced in buckets after the
+/// backward pass, or launched from it by the post-accumulate-grad hooks, give bit for bit the run
+/// of one collective over the flat buffer (2 ranks: each element is the same a + b, only split
+/// into several collectives), with gradient accumulation (only the last micro-batch launches).
+#[test]
+fn dist_bucketed_and_overlapped_all_reduce_equal_the_flat_one_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sums = vec![];
+    for (name, sets) in [
+        ("flat", vec![]),
+        ("bucketed", vec!["dist.bucket_mb=0.02".to_string()]),
+        (
+            "overlapped",
+            vec![
+                "dist.bucket_mb=0.02".to_string(),
+                "dist.overlap=true".to_string(),
+            ],
+        ),
+    ] {
+        let mut sets = sets;
+        sets.push("optim.accum_steps=2".into());
+        let mut c = cfg(&tmp.path().join(name), "spc", 6, &sets);
+        c.data.batch_size = 2;
+        let log = run_ranks(&write_cfg(&c, tmp.path(), name), 2, &[]);
+        // The reducer really ran: several buckets, and with overlap some launched by the hooks.
+        let buckets = log
+            .lines()
+            .find_map(|l| l.strip_prefix("data-parallel: generator gradients in "))
+            .and_then(|l| l.split(' ').next()?.parse::<usize>().ok());
+        match name {
+            "flat" => assert_eq!(buckets, None, "{log}"),
+            _ => assert!(buckets.is_some_and(|n| n >= 4), "{log}"),
+        }
+        let hooked = log.lines().find_map(|l| {
+            l.strip_prefix("data-parallel: ")?
+                .split(" of ")
+                .next()?
+                .parse::<usize>()
+                .ok()
+        });
+        if name == "overlapped" {
+            assert!(hooked.is_some_and(|n| n >= 2), "{log}");
+        } else {
+            assert_eq!(hooked, None, "{log}");
+        }
+        eprintln!("{name}: {buckets:?} buckets, {hooked:?} completed inside the backward");
+        let ck = latest(&c.run.out_dir);
+        assert_eq!(ck.state.step, 6);
+        let losses: Vec<f64> = semhitok_train::rundir::read_metrics(&c.run.out_dir)
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect();
+        sums.push((name, ck.state.tensors_sha256.clone(), losses));
+    }
+    for (name, sha, losses) in &sums[1..] {
+        assert_eq!(
+            sha, &sums[0].1,
+            "{name}: checkpoint differs from the flat all-reduce's"
+        );
+        assert_eq!(losses, &sums[0].2, "{name}");
+    }
+    // A bucketed run's config refuses overlap without buckets, naming the keys.
+    let c = cfg(
+        &tmp.path().join("bad"),
+        "spc",
+        2,
+        &["dist.overlap=true".to_string()],
+    );
+    let out = spawn_ranks(&write_cfg(&c, tmp.path(), "bad"), 1, &[])
+        .pop()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("dist.bucket_mb"),
+        "{err}"
     );
 }

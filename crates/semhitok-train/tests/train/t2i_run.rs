@@ -26,7 +26,7 @@ fn write(p: &Path, s: &str) {
 
 /// The fixtures under `root`: llm/, tok/config.json, tokens/ (2 shards, 14 + 10 samples,
 /// grid 2 x 2, K = 4, m = 3; an image's ids depend on its label).
-fn fixtures(root: &Path) {
+pub(super) fn fixtures(root: &Path) {
     let mut words: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
     for w in "a photo of"
         .split(' ')
@@ -103,7 +103,7 @@ fn fixtures(root: &Path) {
     );
 }
 
-fn config(root: &Path, run: &str, steps: u64, sets: &[String]) -> T2iConfig {
+pub(super) fn config(root: &Path, run: &str, steps: u64, sets: &[String]) -> T2iConfig {
     let text = format!(
         r#"
 [run]

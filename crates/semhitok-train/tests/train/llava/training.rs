@@ -24,13 +24,13 @@ fn ws() -> PathBuf {
 }
 
 /// Tokenizer folder, LLM folder and data set under `root` (built once per test).
-struct Fixture {
+pub(crate) struct Fixture {
     tok: PathBuf,
     llm: PathBuf,
     data: PathBuf,
 }
 
-fn fixture(root: &Path) -> Fixture {
+pub(crate) fn fixture(root: &Path) -> Fixture {
     // SemHiTok: random SigLIP-shaped teacher, tiny model.
     let vision = SiglipVisionConfig {
         hidden_size: 16,
@@ -92,7 +92,7 @@ fn fixture(root: &Path) -> Fixture {
     Fixture { tok, llm, data }
 }
 
-fn config(f: &Fixture, out: &Path, stage: &str, extra: &[&str]) -> LlavaConfig {
+pub(crate) fn config(f: &Fixture, out: &Path, stage: &str, extra: &[&str]) -> LlavaConfig {
     let (json, template, train) = if stage == "llava-pretrain" {
         ("pretrain.json", "plain", "train = \"frozen\"")
     } else {
