@@ -32,7 +32,7 @@ pub fn straight_through(z: &Tensor, zq: &Tensor) -> Result<Tensor> {
 
 /// Runs `f` with CUDA autocast disabled (a no-op on CPU-only builds).
 pub fn without_autocast<T>(f: impl FnOnce() -> T) -> T {
-    tch::autocast(false, f)
+    crate::amp::autocast(false, f)
 }
 
 /// Per-code counts `[K]` and input sums `[K, D]` (fp32) of one batch: plain sums, so workers'
