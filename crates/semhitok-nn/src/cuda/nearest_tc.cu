@@ -174,8 +174,9 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
           for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
             for (int cc2 = 0; cc2 < 2; ++cc2) {
-              if (acc[mt][nt][hf * 2 + cc2] >= thr[q]) {
-                int gk = k0 + wn * 64 + nt * 8 + t * 2 + cc2;
+              int gk = k0 + wn * 64 + nt * 8 + t * 2 + cc2;
+              // gk < k: a row of NaN scores has thr = -inf, which codes past k (-inf) reach.
+              if (acc[mt][nt][hf * 2 + cc2] >= thr[q] && gk < k) {
                 int slot = atomicAdd(&ncand, 1);
                 if (slot < CAP) {
                   cand_k[slot] = gk;
