@@ -1,14 +1,15 @@
 //! The fused nearest-code search on CUDA: `ids[i] = argmin_k |c_k|^2 - 2 z_i . c_k` (ties to the
 //! lowest `k`, as `torch.argmin`), computed tile by tile in registers without writing the
-//! `M x K` score matrix. Three kernels, selectable at run time ([`Kernel`],
-//! `SEMHITOK_SEARCH_KERNEL=v2|v3|tc`):
+//! `M x K` score matrix. Four kernels, selectable at run time ([`Kernel`],
+//! `SEMHITOK_SEARCH_KERNEL=v2|v3|tc|tc256`):
 //!
 //! * `v2` (`nearest.cu`, `nearest_l2_f32`): fp32 FMA, score `cc - 2 z.c`, argmin.
 //! * `v3` (`nearest.cu`, `nearest_v3`): fp32 FMA, score `F = -cc/2 + z.c` (the FMA chain starts
 //!   at `-cc/2`, d ascending), argmax with a max-first per-tile fold.
 //! * `tc` (`nearest_tc.cu`): a TF32 tensor-core score pass, then `F` recomputed exactly for every
 //!   code within a proven bound of the row's best: returns exactly `v3`'s ids (`D <= 32`,
-//!   sm_80+).
+//!   sm_80+); `tc256` the same with blocks of 256 rows (512 threads: half the code-tile
+//!   traffic per row).
 //!
 //! Each fp32 score's rounding error is at most `gamma_{D+1} (|c|^2 + 2 sum_d |z_d c_d|)` in the
 //! units of `cc - 2 z.c` (`gamma_n = n u / (1 - n u)`, `u = 2^-24`; `|c|^2` itself rounded by at
@@ -32,7 +33,6 @@ const SOURCE_TC: &str = include_str!("nearest_tc.cu");
 pub const MAX_DIM: i64 = 44;
 /// The tensor-core kernel's tiles (`2 * 136 * 4 * ceil(D / 8) * 8` bytes + 10 KiB) fit up to 32.
 pub const MAX_DIM_TC: i64 = 32;
-const ROWS_PER_BLOCK: i64 = 128;
 
 /// The fused search kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,11 +43,13 @@ pub enum Kernel {
     V3,
     /// TF32 tensor-core scores + exact fp32 re-check of the candidates: `V3`'s ids.
     Tc,
+    /// [`Kernel::Tc`] with blocks of 256 rows.
+    Tc256,
 }
 
 impl Kernel {
     /// Every kernel, for benchmarks and tests.
-    pub const ALL: [Kernel; 3] = [Kernel::V2, Kernel::V3, Kernel::Tc];
+    pub const ALL: [Kernel; 4] = [Kernel::V2, Kernel::V3, Kernel::Tc, Kernel::Tc256];
 
     /// The name used by `SEMHITOK_SEARCH_KERNEL` and the benchmark.
     pub fn name(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Kernel {
             Kernel::V2 => "v2",
             Kernel::V3 => "v3",
             Kernel::Tc => "tc",
+            Kernel::Tc256 => "tc256",
         }
     }
 
@@ -65,7 +68,7 @@ impl Kernel {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 CudaError(format!(
-                    "unknown search kernel {s:?} (SEMHITOK_SEARCH_KERNEL: v2, v3 or tc)"
+                    "unknown search kernel {s:?} (SEMHITOK_SEARCH_KERNEL: v2, v3, tc or tc256)"
                 ))
             })
     }
@@ -79,11 +82,36 @@ impl Kernel {
         }
     }
 
-    fn entry(self) -> (&'static str, &'static str, &'static str) {
+    /// (source, file name, entry, extra define, rows per block, threads per block).
+    fn entry(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        i64,
+        u32,
+    ) {
         match self {
-            Kernel::V2 => (SOURCE, "nearest.cu", "nearest_l2_f32"),
-            Kernel::V3 => (SOURCE, "nearest.cu", "nearest_v3"),
-            Kernel::Tc => (SOURCE_TC, "nearest_tc.cu", "nearest_tc"),
+            Kernel::V2 => (SOURCE, "nearest.cu", "nearest_l2_f32", "", 128, 256),
+            Kernel::V3 => (SOURCE, "nearest.cu", "nearest_v3", "", 128, 256),
+            Kernel::Tc => (
+                SOURCE_TC,
+                "nearest_tc.cu",
+                "nearest_tc",
+                "TC_BM=128",
+                128,
+                256,
+            ),
+            Kernel::Tc256 => (
+                SOURCE_TC,
+                "nearest_tc.cu",
+                "nearest_tc256",
+                "TC_BM=256",
+                256,
+                512,
+            ),
         }
     }
 
@@ -91,7 +119,7 @@ impl Kernel {
     pub fn supports(self, d: i64, arch: u32) -> bool {
         match self {
             Kernel::V2 | Kernel::V3 => (1..=MAX_DIM).contains(&d),
-            Kernel::Tc => (1..=MAX_DIM_TC).contains(&d) && arch >= 80,
+            Kernel::Tc | Kernel::Tc256 => (1..=MAX_DIM_TC).contains(&d) && arch >= 80,
         }
     }
 }
@@ -100,18 +128,22 @@ impl Kernel {
 /// CPU-side test that the sources compile). Returns the cubin and ptxas's resource report
 /// (registers, spills).
 pub fn compile(kernel: Kernel, dim: i64, arch: u32) -> Result<(Vec<u8>, String), CudaError> {
-    let (src, file, _) = kernel.entry();
-    let defines = [format!("DIM={dim}")];
+    let (src, file, _, def, _, _) = kernel.entry();
+    let mut defines = vec![format!("DIM={dim}")];
+    if !def.is_empty() {
+        defines.push(def.to_string());
+    }
     nvrtc()?.compile(src, file, arch, &defines, &["--ptxas-options=-v"])
 }
 
-/// A compiled kernel of `source` (entry `name`, `-DDIM=dim`) for device `ordinal`, cached for
-/// the process.
+/// A compiled kernel of `source` (entry `name`, `-DDIM=dim` and `define` unless empty) for
+/// device `ordinal`, cached for the process (entry names are unique per define).
 pub(crate) fn function(
     ordinal: i32,
     source: &'static str,
     file: &'static str,
     name: &'static str,
+    define: &'static str,
     dim: i64,
 ) -> Result<Function, CudaError> {
     type Cache = HashMap<(i32, &'static str, i64), Function>;
@@ -126,7 +158,10 @@ pub(crate) fn function(
     let drv = driver()?;
     drv.ensure_context(ordinal)?;
     let arch = drv.compute_capability(ordinal)?;
-    let defines = [format!("DIM={dim}")];
+    let mut defines = vec![format!("DIM={dim}")];
+    if !define.is_empty() {
+        defines.push(define.to_string());
+    }
     let (cubin, _) = nvrtc()?.compile(source, file, arch, &defines, &[])?;
     let f = drv.load(&cubin, name)?;
     map.insert((ordinal, name, dim), f);
@@ -189,8 +224,8 @@ pub fn nearest_l2_fused_with(
             kernel.name()
         )));
     };
-    let (src, file, name) = kernel.entry();
-    let f = function(ordinal as i32, src, file, name, d)?;
+    let (src, file, name, def, rows_per_block, threads) = kernel.entry();
+    let f = function(ordinal as i32, src, file, name, def, d)?;
     let torch = |e: tch::TchError| CudaError(format!("fused search operands: {e}"));
     let c = codes
         .f_to_kind(Kind::Float)
@@ -216,7 +251,7 @@ pub fn nearest_l2_fused_with(
         (zt.data_ptr(), ct.data_ptr(), cc.data_ptr(), ids.data_ptr());
     let (mut pz, mut pc) = (zr.data_ptr(), c.data_ptr());
     let (mut n, mut kk) = (m, k as i32);
-    let blocks = ((m + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK) as u32;
+    let blocks = ((m + rows_per_block - 1) / rows_per_block) as u32;
     match kernel {
         Kernel::V2 | Kernel::V3 => {
             let mut args: [*mut c_void; 6] = [
@@ -234,7 +269,7 @@ pub fn nearest_l2_fused_with(
             // uses of them are ordered after).
             unsafe { driver()?.launch(f, (blocks, 1, 1), (16, 16, 1), &mut args)? };
         }
-        Kernel::Tc => {
+        Kernel::Tc | Kernel::Tc256 => {
             // max_k |c_k|^2 for the candidate window (nearest_tc.cu), on the device: no sync.
             let ccmax = cc.f_max().map_err(torch)?;
             let mut pmax = ccmax.data_ptr();
@@ -253,7 +288,7 @@ pub fn nearest_l2_fused_with(
             // int k) as nearest_tc declares; zt [d, m], ct [d, k], z [m, d], c [k, d], cc [k],
             // ccmax [] contiguous fp32 and ids int64 [m] on the device, alive until the launch
             // is queued on LibTorch's stream.
-            unsafe { driver()?.launch(f, (blocks, 1, 1), (256, 1, 1), &mut args)? };
+            unsafe { driver()?.launch(f, (blocks, 1, 1), (threads, 1, 1), &mut args)? };
         }
     }
     Ok(ids)

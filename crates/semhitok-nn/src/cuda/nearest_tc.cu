@@ -19,13 +19,14 @@
 // Every candidate's F is recomputed with the chain above, from the fp32 row-major z and codes,
 // and the largest (F, -k) wins (one 64-bit atomicMax per candidate on a shared key).
 //
-// Layout: a block of 256 threads (8 warps) owns 128 rows and walks the codebook twice in tiles
-// of 128 codes. Warp w covers rows (w / 2) * 32 .. +32 and codes (w % 2) * 64 .. +64 of a tile:
+// Layout: a block of 2 * BM threads (BM / 16 warps) owns BM rows and walks the codebook twice in
+// tiles of 128 codes. Warp w covers rows (w / 2) * 32 .. +32 and codes (w % 2) * 64 .. +64 of a tile:
 // 2 x 8 mma.m16n8k8 per k-step, 64 fp32 accumulators. Pass 1 keeps the running max of A per
 // row; pass 2 recomputes A and records every (row, code) with A >= max - W in a shared list
 // (on overflow it checks the candidate at once: slower, same result). The A fragments (z, TF32)
-// stay in registers for the whole kernel. Shared tiles are dimension-major with a row stride
-// of 136 words, so the fragment loads (lane = 4 g + t reads [t][g]) are conflict-free.
+// stay in registers for the whole kernel, so the z tile's shared buffer is reused for the code
+// tiles. Shared tiles are dimension-major with row strides of BM + 8 and 136 words (both 8 mod
+// 32), so the fragment loads (lane = 4 g + t reads [t][g]) are conflict-free.
 //
 // Inputs: zt [DIM, n] f32, ct [DIM, k] f32 (dimension-major copies), z [n, DIM] f32, c [k, DIM]
 // f32 (row-major, for the re-check), cc [k] f32 (|c|^2), ccmax [1] f32 (max_k cc[k], so
@@ -35,11 +36,18 @@
 #error "DIM must be defined"
 #endif
 
-#define BM 128
+// TC_BM = 128 (256 threads) or 256 (512 threads, entry nearest_tc256: half the code-tile
+// traffic per row).
+#ifndef TC_BM
+#define TC_BM 128
+#endif
+#define BM TC_BM
+#define NT (BM * 2)
 #define BN 128
 #define KS ((DIM + 7) / 8)
 #define DP (KS * 8)
 #define LDS_ 136
+#define LDZ (BM + 8)
 #define CAP 1536
 
 __device__ __forceinline__ unsigned to_tf32(float x) {
@@ -75,13 +83,32 @@ __device__ __forceinline__ unsigned long long exact_key(const float* __restrict_
   return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (unsigned)gk);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2)
-nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
+#if TC_BM == 256
+#define TC_ENTRY nearest_tc256
+#define TC_MINB 1
+#else
+#define TC_ENTRY nearest_tc
+#define TC_MINB 2
+#endif
+
+extern "C" __global__ void __launch_bounds__(NT, TC_MINB)
+TC_ENTRY(const float* __restrict__ zt, const float* __restrict__ ct,
            const float* __restrict__ z, const float* __restrict__ c,
            const float* __restrict__ cc, const float* __restrict__ ccmax,
            long long* __restrict__ ids, long long n, int k) {
-  __shared__ __align__(16) unsigned zs[DP][LDS_];
+  // One buffer: first the z tile ([DP][LDZ]: its A fragments then live in registers), then the
+  // code tiles ([DP][LDS_]).
+  // (TC_BM = 128 keeps two buffers: the shared index math of one costs registers there.)
+#if TC_BM == 256
+  __shared__ __align__(16) unsigned buf[DP * (LDZ > LDS_ ? LDZ : LDS_)];
+#define ZS(d, r) buf[(d) * LDZ + (r)]
+#define CS(d, r) buf[(d) * LDS_ + (r)]
+#else
+  __shared__ __align__(16) unsigned zs[DP][LDZ];
   __shared__ __align__(16) unsigned cs[DP][LDS_];
+#define ZS(d, r) zs[d][r]
+#define CS(d, r) cs[d][r]
+#endif
   __shared__ float hs[BN];
   __shared__ float rmax[2][BM];
   __shared__ float thr_s[BM];
@@ -96,10 +123,10 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
   const int wm = warp >> 1, wn = warp & 1;
   const long long row0 = (long long)blockIdx.x * BM;
 
-  for (int e = tid; e < BM * DP; e += 256) {
+  for (int e = tid; e < BM * DP; e += NT) {
     int d = e / BM, r = e % BM;
     long long gr = row0 + r;
-    zs[d][r] = to_tf32((d < DIM && gr < n) ? zt[(long long)d * n + gr] : 0.0f);
+    ZS(d, r) = to_tf32((d < DIM && gr < n) ? zt[(long long)d * n + gr] : 0.0f);
   }
   if (tid < BM) key[tid] = 0ull;
   if (tid == 0) ncand = 0;
@@ -111,25 +138,25 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
       int r = wm * 32 + mt * 16 + g;
-      a[ks][mt][0] = zs[ks * 8 + t][r];
-      a[ks][mt][1] = zs[ks * 8 + t][r + 8];
-      a[ks][mt][2] = zs[ks * 8 + t + 4][r];
-      a[ks][mt][3] = zs[ks * 8 + t + 4][r + 8];
+      a[ks][mt][0] = ZS(ks * 8 + t, r);
+      a[ks][mt][1] = ZS(ks * 8 + t, r + 8);
+      a[ks][mt][2] = ZS(ks * 8 + t + 4, r);
+      a[ks][mt][3] = ZS(ks * 8 + t + 4, r + 8);
     }
 
   // Rows of this thread: q = mt * 2 + hf -> wm * 32 + mt * 16 + hf * 8 + g.
-  float run[4];
-  float thr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  // rt: the running max of A in pass 0, then the candidate threshold in pass 1.
+  float rt[4];
 #pragma unroll
-  for (int q = 0; q < 4; ++q) run[q] = __int_as_float(0xff800000);
+  for (int q = 0; q < 4; ++q) rt[q] = __int_as_float(0xff800000);
 
   for (int pass = 0; pass < 2; ++pass) {
     for (int k0 = 0; k0 < k; k0 += BN) {
-      __syncthreads();  // the previous tile's readers are done
-      for (int e = tid; e < BN * DP; e += 256) {
+      __syncthreads();  // the previous tile's (or the z tile's) readers are done
+      for (int e = tid; e < BN * DP; e += NT) {
         int d = e / BN, r = e % BN;
         int gk = k0 + r;
-        cs[d][r] = to_tf32((d < DIM && gk < k) ? ct[(long long)d * k + gk] : 0.0f);
+        CS(d, r) = to_tf32((d < DIM && gk < k) ? ct[(long long)d * k + gk] : 0.0f);
       }
       if (tid < BN) {
         int gk = k0 + tid;
@@ -143,14 +170,14 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
         int col = wn * 64 + nt * 8 + t * 2;
         float h0 = hs[col], h1 = hs[col + 1];
         int cb = wn * 64 + nt * 8 + g;
-        unsigned b0 = cs[t][cb], b1 = cs[t + 4][cb];
+        unsigned b0 = CS(t, cb), b1 = CS(t + 4, cb);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
           mma_tf32(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3], a[0][mt],
                    b0, b1, h0, h1, h0, h1);
 #pragma unroll
         for (int ks = 1; ks < KS; ++ks) {
-          unsigned b0k = cs[ks * 8 + t][cb], b1k = cs[ks * 8 + t + 4][cb];
+          unsigned b0k = CS(ks * 8 + t, cb), b1k = CS(ks * 8 + t + 4, cb);
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt)
             mma_tf32(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3],
@@ -167,8 +194,8 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
         for (int nt = 0; nt < 8; ++nt)
           m = fmaxf(m, fmaxf(acc[mt][nt][hf * 2], acc[mt][nt][hf * 2 + 1]));
         if (pass == 0) {
-          run[q] = fmaxf(run[q], m);
-        } else if (m >= thr[q]) {
+          rt[q] = fmaxf(rt[q], m);
+        } else if (m >= rt[q]) {
           const int r = wm * 32 + mt * 16 + hf * 8 + g;
 #pragma unroll
           for (int nt = 0; nt < 8; ++nt)
@@ -176,7 +203,7 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
             for (int cc2 = 0; cc2 < 2; ++cc2) {
               int gk = k0 + wn * 64 + nt * 8 + t * 2 + cc2;
               // gk < k: a row of NaN scores has thr = -inf, which codes past k (-inf) reach.
-              if (acc[mt][nt][hf * 2 + cc2] >= thr[q] && gk < k) {
+              if (acc[mt][nt][hf * 2 + cc2] >= rt[q] && gk < k) {
                 int slot = atomicAdd(&ncand, 1);
                 if (slot < CAP) {
                   cand_k[slot] = gk;
@@ -194,7 +221,7 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
       // Row max over the 4 lanes t of a row, then over the two column warps.
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        float m = run[q];
+        float m = rt[q];
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
         if (t == 0) rmax[wn][wm * 32 + (q >> 1) * 16 + (q & 1) * 8 + g] = m;
@@ -215,13 +242,13 @@ nearest_tc(const float* __restrict__ zt, const float* __restrict__ ct,
       }
       __syncthreads();
 #pragma unroll
-      for (int q = 0; q < 4; ++q) thr[q] = thr_s[wm * 32 + (q >> 1) * 16 + (q & 1) * 8 + g];
+      for (int q = 0; q < 4; ++q) rt[q] = thr_s[wm * 32 + (q >> 1) * 16 + (q & 1) * 8 + g];
     }
   }
 
   __syncthreads();
   const int nc = min(ncand, CAP);
-  for (int s = tid; s < nc; s += 256) {
+  for (int s = tid; s < nc; s += NT) {
     int r = cand_r[s];
     if (row0 + r < n) atomicMax(&key[r], exact_key(z, c, cc, row0 + r, cand_k[s]));
   }

@@ -50,7 +50,7 @@ pub fn sghc_nearest_fused(
             sem.size()
         )));
     }
-    let f = function(ordinal as i32, SOURCE, "sghc.cu", NAME, d)?;
+    let f = function(ordinal as i32, SOURCE, "sghc.cu", NAME, "", d)?;
     let torch = |e: tch::TchError| CudaError(format!("SGHC fused search operands: {e}"));
     let z = z
         .f_to_kind(Kind::Float)

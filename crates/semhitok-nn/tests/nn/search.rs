@@ -131,7 +131,7 @@ fn searches(dev: Device, z: &Tensor, c: &Tensor) -> Vec<(String, Tensor)> {
     out
 }
 
-/// Every search's ids against fp64; on CUDA also: `tc` returns exactly `v3`'s ids.
+/// Every search's ids against fp64; on CUDA also: `tc` and `tc256` return exactly `v3`'s ids.
 fn check_all(dev: Device, z: &Tensor, c: &Tensor, what: &str, inside: &mut Vec<String>) {
     let all = searches(dev, z, c);
     for (name, ids) in &all {
@@ -139,9 +139,13 @@ fn check_all(dev: Device, z: &Tensor, c: &Tensor, what: &str, inside: &mut Vec<S
         inside.push(format!("{what} [{name}]: {n}"));
     }
     let get = |n: &str| all.iter().find(|(k, _)| k == n).map(|(_, t)| t);
-    if let (Some(v3), Some(tc)) = (get("v3"), get("tc")) {
-        let differ = v3.ne_tensor(tc).sum(Kind::Int64).int64_value(&[]);
-        assert_eq!(differ, 0, "{what}: tc differs from v3 on {differ} rows");
+    if let Some(v3) = get("v3") {
+        for name in ["tc", "tc256"] {
+            if let Some(tc) = get(name) {
+                let differ = v3.ne_tensor(tc).sum(Kind::Int64).int64_value(&[]);
+                assert_eq!(differ, 0, "{what}: {name} differs from v3 on {differ} rows");
+            }
+        }
     }
 }
 
