@@ -9,8 +9,13 @@
 * `bare_ms`: z @ c^T then argmax (a GEMM-based search's floor), eager and `torch.compile`.
 * `addmm_ms`: the same search as semhitok's GEMM path (addmm with the |c|^2 row, then argmin).
 
+With --sghc 1 also SGHC's sub-codebook search at the pixel stage's shapes (65,536 tokens,
+16,384 semantic codes x m = 12 sub-codes, D = 8): `sghc_gather_ms` is the gather computation of
+semhitok-nn's `sghc::search_gather` (index_select of the [M, m, D] candidates, squared
+distances, argmin, gather of the chosen codes), eager and `torch.compile`.
+
 Each figure: mean of --iters calls after --warmup, between two syncs; --rounds repeats. JSON lines.
-    python3 scripts/bench_quant_gpu_torch.py --iters 50 --rounds 3
+    python3 scripts/bench_quant_gpu_torch.py --iters 50 --rounds 3 --sghc 1
 """
 import argparse
 import json
@@ -39,6 +44,11 @@ def main():
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sghc", type=int, default=0)
+    p.add_argument("--sghc-n", type=int, default=65536)
+    p.add_argument("--sghc-k", type=int, default=16384)
+    p.add_argument("--sghc-m", type=int, default=12)
+    p.add_argument("--sghc-d", type=int, default=8)
     a = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = "cuda"
@@ -84,6 +94,29 @@ def main():
         rec["bare_compile_ms"] = timed(bare_c, a.iters, a.warmup)
         rec["addmm_ms"] = timed(addmm, a.iters, a.warmup)
         print(json.dumps(rec), flush=True)
+        if a.sghc:
+            print(json.dumps(bench_sghc(a, r)), flush=True)
+
+
+def bench_sghc(a, r):
+    torch.manual_seed(1)
+    dev = "cuda"
+    z = F.normalize(torch.randn(a.sghc_n, a.sghc_d, device=dev), dim=-1)
+    codes = F.normalize(torch.randn(a.sghc_k, a.sghc_m, a.sghc_d, device=dev), dim=-1)
+    sem = torch.randint(a.sghc_k, (a.sghc_n,), device=dev)
+
+    def gather():
+        cand = codes.index_select(0, sem)  # [M, m, D]
+        j = (z.unsqueeze(1) - cand).pow(2).sum(-1).argmin(-1)
+        zq = cand.gather(1, j.view(-1, 1, 1).expand(-1, 1, a.sghc_d)).squeeze(1)
+        return j, zq
+
+    gather_c = torch.compile(gather)
+    rec = {"impl": "torch", "bench": "sghc", "torch": torch.__version__, "round": r,
+           "n": a.sghc_n, "k_sem": a.sghc_k, "m": a.sghc_m, "d": a.sghc_d}
+    rec["sghc_gather_ms"] = timed(gather, a.iters, a.warmup)
+    rec["sghc_gather_compile_ms"] = timed(gather_c, a.iters, a.warmup)
+    return rec
 
 
 if __name__ == "__main__":

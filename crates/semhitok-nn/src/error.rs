@@ -36,6 +36,9 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid config: {0}")]
     Config(String),
+    /// A run-time-compiled CUDA kernel could not be compiled or launched (`crate::cuda`).
+    #[error("CUDA kernel: {0}")]
+    Cuda(String),
     /// An id or index was out of range.
     #[error("{what}: {value} is out of range 0..{bound}")]
     OutOfRange {

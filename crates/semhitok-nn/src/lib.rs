@@ -1,5 +1,6 @@
 //! The SemHiTok model in tch (LibTorch 2.11).
 
+pub mod amp;
 pub mod cuda;
 pub mod device;
 pub mod discriminator;

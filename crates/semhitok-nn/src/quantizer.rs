@@ -32,7 +32,7 @@ pub fn straight_through(z: &Tensor, zq: &Tensor) -> Result<Tensor> {
 
 /// Runs `f` with CUDA autocast disabled (a no-op on CPU-only builds).
 pub fn without_autocast<T>(f: impl FnOnce() -> T) -> T {
-    tch::autocast(false, f)
+    crate::amp::autocast(false, f)
 }
 
 /// Per-code counts `[K]` and input sums `[K, D]` (fp32) of one batch: plain sums, so workers'
@@ -203,11 +203,13 @@ impl EmaCodebook {
 /// Nearest code by squared l2 distance in fp32 (autocast off): z `[M, D]`, codes `[K, D]` -> ids `[M]` int64.
 /// Ties go to the lowest index (torch argmin).
 ///
-/// On CUDA with `D <= 44` this is one fused kernel (`crate::cuda::nearest`) that never writes
-/// the `M x K` score matrix; elsewhere (or when NVRTC is unavailable: a warning once, then the
-/// GEMM path) a GEMM with the `|c|^2` row as addend, then argmin. Both compute fp32 scores with
-/// different summation orders: ids agree except between codes whose scores are within the
-/// rounding bound stated in `crate::cuda::nearest`.
+/// On CUDA with `D <= 44` this is one fused kernel (`crate::cuda::nearest`, chosen by
+/// `SEMHITOK_SEARCH_KERNEL=v2|v3|tc`, default [`crate::cuda::nearest::Kernel::from_env`]) that
+/// never writes the `M x K` score matrix; elsewhere (or when NVRTC is unavailable or
+/// `SEMHITOK_FUSED_SEARCH=0`: a warning once, then the GEMM path) a GEMM with the `|c|^2` row as
+/// addend, then argmin. Both compute fp32 scores with different summation orders: ids agree
+/// except between codes whose scores are within the rounding bound stated in
+/// `crate::cuda::nearest`.
 pub fn nearest_l2(z: &Tensor, codes: &Tensor) -> Result<Tensor> {
     if z.device().is_cuda() && crate::cuda::nearest::enabled() {
         match crate::cuda::nearest::nearest_l2_fused(z, codes) {

@@ -149,6 +149,56 @@ pub struct SghcOutput {
     pub stats: Option<CodeStats>,
 }
 
+/// The sub-codebook search of every token: z `[M, D]` (fp32), codes `[K_sem, m, D]` (fp32,
+/// normalized when configured), sem `[M]` int64 in `0..K_sem` -> (j `[M]` int64 in `0..m`,
+/// zq `[M, D]` = the chosen codes, differentiable with respect to `codes`). On CUDA (unless
+/// `SEMHITOK_FUSED_SEARCH=0`) one kernel (`crate::cuda::sghc`) and a lookup by unified id;
+/// elsewhere, or if the kernel cannot run (a warning once), [`search_gather`].
+pub fn search(z: &Tensor, codes: &Tensor, sem: &Tensor) -> Result<(Tensor, Tensor)> {
+    if z.device().is_cuda() && crate::cuda::nearest::enabled() {
+        match search_fused(z, codes, sem) {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!("warning: fused SGHC search unavailable ({e}); using the gather path")
+                });
+            }
+        }
+    }
+    search_gather(z, codes, sem)
+}
+
+/// [`search`] by the fused CUDA kernel; `Err` where it cannot run.
+pub fn search_fused(z: &Tensor, codes: &Tensor, sem: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (ks, m, d) = codes.size3()?;
+    let flat = codes.f_reshape([ks * m, d])?;
+    let j = crate::cuda::sghc::sghc_nearest_fused(&z.f_detach()?, &flat.f_detach()?, sem, m)
+        .map_err(|e| Error::Cuda(e.0))?;
+    let zq = flat.f_index_select(0, &sem.f_mul_scalar(m)?.f_add(&j)?)?;
+    Ok((j, zq))
+}
+
+/// [`search`] by gathering every token's `m` candidates (`[M, m, D]`), any device.
+pub fn search_gather(z: &Tensor, codes: &Tensor, sem: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (mm, d) = z.size2()?;
+    let cand = codes.f_index_select(0, sem)?; // [M, m, D]
+    let dist = z
+        .f_unsqueeze(1)?
+        .f_sub(&cand)?
+        .f_pow_tensor_scalar(2)?
+        .f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?; // [M, m]
+    let j = dist.f_argmin(-1, false)?; // [M]
+    let zq = cand
+        .f_gather(
+            1,
+            &j.f_view([mm, 1, 1])?.f_expand([mm, 1, d], false)?,
+            false,
+        )?
+        .f_squeeze_dim(1)?; // [M, D]
+    Ok((j, zq))
+}
+
 /// The hierarchical pixel quantizer.
 #[derive(Debug)]
 pub struct Sghc {
@@ -207,30 +257,17 @@ impl Sghc {
                 zf = l2_normalize(&zf)?;
             }
             let sem = sem_ids.f_reshape([mm])?;
+            let codes = self.codes()?;
             let (j, zq) = if c.k_sem == 1 {
                 // One sub-codebook is one flat codebook (a plain VQ, e.g. the pixel-only
                 // baseline): the nearest-code search over `[m, D]` (fused on CUDA), without the
                 // `[M, m, D]` gather, whose backward would scatter M * m rows into the codebook.
-                let codes = self.codes()?.f_reshape([c.m, c.dim])?;
+                let codes = codes.f_reshape([c.m, c.dim])?;
                 let j = nearest_l2(&zf.f_detach()?, &codes)?; // [M]
                 let zq = codes.f_index_select(0, &j)?; // [M, D]
                 (j, zq)
             } else {
-                let cand = self.codes()?.f_index_select(0, &sem)?; // [M, m, D]
-                let dist = zf
-                    .f_unsqueeze(1)?
-                    .f_sub(&cand)?
-                    .f_pow_tensor_scalar(2)?
-                    .f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)?; // [M, m]
-                let j = dist.f_argmin(-1, false)?; // [M]
-                let zq = cand
-                    .f_gather(
-                        1,
-                        &j.f_view([mm, 1, 1])?.f_expand([mm, 1, c.dim], false)?,
-                        false,
-                    )?
-                    .f_squeeze_dim(1)?; // [M, D]
-                (j, zq)
+                search(&zf, &codes, &sem)?
             };
             let unified = sem.f_mul_scalar(c.m)?.f_add(&j)?;
             let loss_codebook = match c.update {

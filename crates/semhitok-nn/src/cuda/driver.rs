@@ -22,6 +22,8 @@ impl std::fmt::Display for CudaError {
     }
 }
 
+impl std::error::Error for CudaError {}
+
 type R<T> = std::result::Result<T, CudaError>;
 
 fn err(msg: impl Into<String>) -> CudaError {

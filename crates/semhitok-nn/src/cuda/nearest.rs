@@ -1,9 +1,25 @@
 //! The fused nearest-code search on CUDA: `ids[i] = argmin_k |c_k|^2 - 2 z_i . c_k` (ties to the
 //! lowest `k`, as `torch.argmin`), computed tile by tile in registers without writing the
-//! `M x K` score matrix (see `nearest.cu`). fp32 FMA: each dot product sums `d = 0 .. D-1` in
-//! order, so its rounding error is at most `gamma_D * sum_d |z_d c_d|` (`gamma_D = D u / (1 - D
-//! u)`, `u = 2^-24`); ids can differ from another fp32 summation order (cuBLAS's, the CPU's) only
-//! where two codes' exact scores are within twice that bound plus the rounding of `|c|^2`.
+//! `M x K` score matrix. Four kernels, selectable at run time ([`Kernel`],
+//! `SEMHITOK_SEARCH_KERNEL=v2|v3|tc|tc256`):
+//!
+//! * `v2` (`nearest.cu`, `nearest_l2_f32`): fp32 FMA, score `cc - 2 z.c`, argmin.
+//! * `v3` (`nearest.cu`, `nearest_v3`): fp32 FMA, score `F = -cc/2 + z.c` (the FMA chain starts
+//!   at `-cc/2`, d ascending), argmax with a max-first per-tile fold.
+//! * `tc` (`nearest_tc.cu`): a TF32 tensor-core score pass, then `F` recomputed exactly for every
+//!   code within a proven bound of the row's best: returns exactly `v3`'s ids (`D <= 32`,
+//!   sm_80+); `tc256` the same with blocks of 256 rows (512 threads: half the code-tile
+//!   traffic per row).
+//!
+//! Each fp32 score's rounding error is at most `gamma_{D+1} (|c|^2 + 2 sum_d |z_d c_d|)` in the
+//! units of `cc - 2 z.c` (`gamma_n = n u / (1 - n u)`, `u = 2^-24`; `|c|^2` itself rounded by at
+//! most `gamma_D |c|^2`), so ids can differ from another fp32 summation order (cuBLAS's, the
+//! CPU's) or from an fp64 argmin only between codes whose exact scores are within twice that;
+//! the tests check against fp64 with `4 gamma_{D+1} (cc_max + z_max c1_max) + 8 u (..)`.
+//!
+//! The search is the argmin of `|z - c|^2` for any codebook; for an l2-normalized codebook
+//! (the SPC's EMA codebook: `|c|^2 = 1` up to rounding) it is the argmax of `z . c`, which
+//! `-cc/2` then only shifts by the rounding of `|c|^2`: the kernels keep `cc` for every codebook.
 
 use super::driver::{driver, nvrtc, CudaError, Function};
 use std::collections::HashMap;
@@ -12,41 +28,149 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 const SOURCE: &str = include_str!("nearest.cu");
-const NAME: &str = "nearest_l2_f32";
-/// Static shared memory is `2 * D * 128 * 4 + 512` bytes; 48 KiB allows D <= 47.
+const SOURCE_TC: &str = include_str!("nearest_tc.cu");
+/// Static shared memory of v2 / v3 is `2 * D * 128 * 4 + 512` bytes; 48 KiB allows D <= 47.
 pub const MAX_DIM: i64 = 44;
-const ROWS_PER_BLOCK: i64 = 128;
+/// The tensor-core kernel's tiles (`2 * 136 * 4 * ceil(D / 8) * 8` bytes + 10 KiB) fit up to 32.
+pub const MAX_DIM_TC: i64 = 32;
 
-/// Compile the kernel for code dimension `dim` and `sm_{arch}` (no GPU needed: used by the
-/// CPU-side test that the source compiles). Returns the cubin and ptxas's resource report
-/// (registers, spills).
-pub fn compile(dim: i64, arch: u32) -> Result<(Vec<u8>, String), CudaError> {
-    let defines = [format!("DIM={dim}")];
-    nvrtc()?.compile(
-        SOURCE,
-        "nearest.cu",
-        arch,
-        &defines,
-        &["--ptxas-options=-v"],
-    )
+/// The fused search kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// fp32, `cc - 2 z.c`, argmin (kernel v2 of 2026-12-02).
+    V2,
+    /// fp32, `-cc/2 + z.c` as one FMA chain, argmax, max-first fold.
+    V3,
+    /// TF32 tensor-core scores + exact fp32 re-check of the candidates: `V3`'s ids.
+    Tc,
+    /// [`Kernel::Tc`] with blocks of 256 rows.
+    Tc256,
 }
 
-fn function(ordinal: i32, dim: i64) -> Result<Function, CudaError> {
-    static CACHE: Mutex<Option<HashMap<(i32, i64), Function>>> = Mutex::new(None);
+impl Kernel {
+    /// Every kernel, for benchmarks and tests.
+    pub const ALL: [Kernel; 4] = [Kernel::V2, Kernel::V3, Kernel::Tc, Kernel::Tc256];
+
+    /// The name used by `SEMHITOK_SEARCH_KERNEL` and the benchmark.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::V2 => "v2",
+            Kernel::V3 => "v3",
+            Kernel::Tc => "tc",
+            Kernel::Tc256 => "tc256",
+        }
+    }
+
+    /// Parses a [`Kernel::name`].
+    pub fn parse(s: &str) -> Result<Kernel, CudaError> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                CudaError(format!(
+                    "unknown search kernel {s:?} (SEMHITOK_SEARCH_KERNEL: v2, v3, tc or tc256)"
+                ))
+            })
+    }
+
+    /// The default: `SEMHITOK_SEARCH_KERNEL` when set, else the fastest kernel measured exact
+    /// on the H200 (docs/benchmarks/quant-gpu.md).
+    pub fn from_env() -> Result<Kernel, CudaError> {
+        match std::env::var("SEMHITOK_SEARCH_KERNEL") {
+            Ok(s) => Kernel::parse(&s),
+            Err(_) => Ok(Kernel::V3),
+        }
+    }
+
+    /// (source, file name, entry, extra define, rows per block, threads per block).
+    fn entry(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        i64,
+        u32,
+    ) {
+        match self {
+            Kernel::V2 => (SOURCE, "nearest.cu", "nearest_l2_f32", "", 128, 256),
+            Kernel::V3 => (SOURCE, "nearest.cu", "nearest_v3", "", 128, 256),
+            Kernel::Tc => (
+                SOURCE_TC,
+                "nearest_tc.cu",
+                "nearest_tc",
+                "TC_BM=128",
+                128,
+                256,
+            ),
+            Kernel::Tc256 => (
+                SOURCE_TC,
+                "nearest_tc.cu",
+                "nearest_tc256",
+                "TC_BM=256",
+                256,
+                512,
+            ),
+        }
+    }
+
+    /// Whether this kernel handles code dimension `d` on `sm_{arch}`.
+    pub fn supports(self, d: i64, arch: u32) -> bool {
+        match self {
+            Kernel::V2 | Kernel::V3 => (1..=MAX_DIM).contains(&d),
+            Kernel::Tc | Kernel::Tc256 => (1..=MAX_DIM_TC).contains(&d) && arch >= 80,
+        }
+    }
+}
+
+/// Compile `kernel` for code dimension `dim` and `sm_{arch}` (no GPU needed: used by the
+/// CPU-side test that the sources compile). Returns the cubin and ptxas's resource report
+/// (registers, spills).
+pub fn compile(kernel: Kernel, dim: i64, arch: u32) -> Result<(Vec<u8>, String), CudaError> {
+    let (src, file, _, def, _, _) = kernel.entry();
+    let mut defines = vec![format!("DIM={dim}")];
+    if !def.is_empty() {
+        defines.push(def.to_string());
+    }
+    nvrtc()?.compile(src, file, arch, &defines, &["--ptxas-options=-v"])
+}
+
+/// A compiled kernel of `source` (entry `name`, `-DDIM=dim` and `define` unless empty) for
+/// device `ordinal`, cached for the process (entry names are unique per define).
+pub(crate) fn function(
+    ordinal: i32,
+    source: &'static str,
+    file: &'static str,
+    name: &'static str,
+    define: &'static str,
+    dim: i64,
+) -> Result<Function, CudaError> {
+    type Cache = HashMap<(i32, &'static str, i64), Function>;
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
     let mut g = CACHE
         .lock()
         .map_err(|_| CudaError("kernel cache poisoned".into()))?;
     let map = g.get_or_insert_with(HashMap::new);
-    if let Some(f) = map.get(&(ordinal, dim)) {
+    if let Some(f) = map.get(&(ordinal, name, dim)) {
         return Ok(*f);
     }
     let drv = driver()?;
     drv.ensure_context(ordinal)?;
     let arch = drv.compute_capability(ordinal)?;
-    let (cubin, _) = compile(dim, arch)?;
-    let f = drv.load(&cubin, NAME)?;
-    map.insert((ordinal, dim), f);
+    let mut defines = vec![format!("DIM={dim}")];
+    if !define.is_empty() {
+        defines.push(define.to_string());
+    }
+    let (cubin, _) = nvrtc()?.compile(source, file, arch, &defines, &[])?;
+    let f = drv.load(&cubin, name)?;
+    map.insert((ordinal, name, dim), f);
     Ok(f)
+}
+
+/// The compute capability of device `ordinal` (`10 * major + minor`).
+pub fn compute_capability(ordinal: i32) -> Result<u32, CudaError> {
+    driver()?.compute_capability(ordinal)
 }
 
 /// Whether the fused search is switched on (`SEMHITOK_FUSED_SEARCH=0` turns it off, for
@@ -56,60 +180,116 @@ pub fn enabled() -> bool {
 }
 
 /// z `[M, D]`, codes `[K, D]`, both fp32 on the same CUDA device, `D <= MAX_DIM` -> ids `[M]`
-/// int64. `Err` when the kernel cannot be compiled or launched (the caller falls back).
+/// int64, with the kernel of [`Kernel::from_env`] (`tc` falls back to `v3` where it does not
+/// apply: `D > 32` or before sm_80). `Err` when the kernel cannot be compiled or launched (the
+/// caller falls back to the GEMM path).
 pub fn nearest_l2_fused(z: &Tensor, codes: &Tensor) -> Result<Tensor, CudaError> {
+    let kernel = Kernel::from_env()?;
+    nearest_l2_fused_with(z, codes, kernel, true)
+}
+
+/// [`nearest_l2_fused`] with an explicit kernel. `fallback`: use `v3` where `kernel` does not
+/// apply (else that is an error).
+pub fn nearest_l2_fused_with(
+    z: &Tensor,
+    codes: &Tensor,
+    kernel: Kernel,
+    fallback: bool,
+) -> Result<Tensor, CudaError> {
     let Device::Cuda(ordinal) = z.device() else {
         return Err(CudaError("fused search: z is not on a CUDA device".into()));
     };
     let (m, d) = z.size2().map_err(|e| CudaError(e.to_string()))?;
     let (k, dc) = codes.size2().map_err(|e| CudaError(e.to_string()))?;
-    if d != dc || d > MAX_DIM || k == 0 || codes.device() != z.device() {
+    if d != dc || d > MAX_DIM || d < 1 || k == 0 || codes.device() != z.device() {
         return Err(CudaError(format!(
             "fused search: z [{m}, {d}] / codes [{k}, {dc}] on {:?}/{:?} not supported",
             z.device(),
             codes.device()
         )));
     }
-    let f = function(ordinal as i32, d)?;
     if k > i32::MAX as i64 {
         return Err(CudaError(format!(
             "fused search: {k} codes (at most 2^31 - 1)"
         )));
     }
+    let arch = compute_capability(ordinal as i32)?;
+    let kernel = if kernel.supports(d, arch) {
+        kernel
+    } else if fallback {
+        Kernel::V3
+    } else {
+        return Err(CudaError(format!(
+            "fused search: kernel {} does not support D = {d} on sm_{arch}",
+            kernel.name()
+        )));
+    };
+    let (src, file, name, def, rows_per_block, threads) = kernel.entry();
+    let f = function(ordinal as i32, src, file, name, def, d)?;
     let torch = |e: tch::TchError| CudaError(format!("fused search operands: {e}"));
-    let c = codes.f_to_kind(Kind::Float).map_err(torch)?;
+    let c = codes
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_contiguous())
+        .map_err(torch)?;
+    let zr = z
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_contiguous())
+        .map_err(torch)?;
     let cc = c
         .f_square()
         .and_then(|t| t.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
         .and_then(|t| t.f_contiguous())
         .map_err(torch)?;
     // Dimension-major copies (8 MiB for 65,536 x 32): coalesced, conflict-free tile loads.
-    let z = z
-        .f_to_kind(Kind::Float)
-        .and_then(|t| t.f_tr())
-        .and_then(|t| t.f_contiguous())
-        .map_err(torch)?;
-    let c = c.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
+    let zt = zr.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
+    let ct = c.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
     let ids = Tensor::f_empty([m], (Kind::Int64, z.device())).map_err(torch)?;
     if m == 0 {
         return Ok(ids);
     }
-    let (mut pz, mut pc, mut pcc, mut pids) =
-        (z.data_ptr(), c.data_ptr(), cc.data_ptr(), ids.data_ptr());
+    let (mut pzt, mut pct, mut pcc, mut pids) =
+        (zt.data_ptr(), ct.data_ptr(), cc.data_ptr(), ids.data_ptr());
+    let (mut pz, mut pc) = (zr.data_ptr(), c.data_ptr());
     let (mut n, mut kk) = (m, k as i32);
-    let mut args: [*mut c_void; 6] = [
-        &mut pz as *mut _ as *mut c_void,
-        &mut pc as *mut _ as *mut c_void,
-        &mut pcc as *mut _ as *mut c_void,
-        &mut pids as *mut _ as *mut c_void,
-        &mut n as *mut _ as *mut c_void,
-        &mut kk as *mut _ as *mut c_void,
-    ];
-    let blocks = ((m + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK) as u32;
-    // SAFETY: the six arguments are (const float*, const float*, const float*, long long*,
-    // long long, int) as the kernel declares; z, c, cc are contiguous fp32 of [d, m],
-    // [d, k], [k] and ids int64 [m] on the device, all alive until the launch has been queued
-    // on the stream that also runs LibTorch's kernels (later uses of them are ordered after).
-    unsafe { driver()?.launch(f, (blocks, 1, 1), (16, 16, 1), &mut args)? };
+    let blocks = ((m + rows_per_block - 1) / rows_per_block) as u32;
+    match kernel {
+        Kernel::V2 | Kernel::V3 => {
+            let mut args: [*mut c_void; 6] = [
+                &mut pzt as *mut _ as *mut c_void,
+                &mut pct as *mut _ as *mut c_void,
+                &mut pcc as *mut _ as *mut c_void,
+                &mut pids as *mut _ as *mut c_void,
+                &mut n as *mut _ as *mut c_void,
+                &mut kk as *mut _ as *mut c_void,
+            ];
+            // SAFETY: the six arguments are (const float*, const float*, const float*,
+            // long long*, long long, int) as both kernels declare; zt, ct, cc are contiguous
+            // fp32 of [d, m], [d, k], [k] and ids int64 [m] on the device, all alive until the
+            // launch has been queued on the stream that also runs LibTorch's kernels (later
+            // uses of them are ordered after).
+            unsafe { driver()?.launch(f, (blocks, 1, 1), (16, 16, 1), &mut args)? };
+        }
+        Kernel::Tc | Kernel::Tc256 => {
+            // max_k |c_k|^2 for the candidate window (nearest_tc.cu), on the device: no sync.
+            let ccmax = cc.f_max().map_err(torch)?;
+            let mut pmax = ccmax.data_ptr();
+            let mut args: [*mut c_void; 9] = [
+                &mut pzt as *mut _ as *mut c_void,
+                &mut pct as *mut _ as *mut c_void,
+                &mut pz as *mut _ as *mut c_void,
+                &mut pc as *mut _ as *mut c_void,
+                &mut pcc as *mut _ as *mut c_void,
+                &mut pmax as *mut _ as *mut c_void,
+                &mut pids as *mut _ as *mut c_void,
+                &mut n as *mut _ as *mut c_void,
+                &mut kk as *mut _ as *mut c_void,
+            ];
+            // SAFETY: (const float* zt, ct, z, c, cc, ccmax, long long* ids, long long n,
+            // int k) as nearest_tc declares; zt [d, m], ct [d, k], z [m, d], c [k, d], cc [k],
+            // ccmax [] contiguous fp32 and ids int64 [m] on the device, alive until the launch
+            // is queued on LibTorch's stream.
+            unsafe { driver()?.launch(f, (blocks, 1, 1), (threads, 1, 1), &mut args)? };
+        }
+    }
     Ok(ids)
 }

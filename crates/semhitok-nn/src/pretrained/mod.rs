@@ -224,7 +224,7 @@ impl Tokenizer {
     /// Teacher features of a preprocessed batch, `[B, N, C_t]` f32.
     fn teacher_features(&self, x: &Tensor) -> Result<Tensor> {
         if self.teacher_autocast {
-            let f = tch::autocast(true, || self.teacher.features(x))?;
+            let f = crate::amp::autocast(true, || self.teacher.features(x))?;
             Ok(f.f_to_kind(Kind::Float)?)
         } else {
             self.teacher.features(x)

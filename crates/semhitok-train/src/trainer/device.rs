@@ -11,7 +11,7 @@ pub fn with_autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) ->
         return f();
     }
     crate::amp::set_cuda_autocast_bf16();
-    tch::autocast(true, f)
+    semhitok_nn::amp::autocast(true, f)
 }
 
 /// Wait for the work queued on `device` (no-op on CPU).

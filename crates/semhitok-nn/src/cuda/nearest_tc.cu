@@ -1,0 +1,262 @@
+// Nearest-code search with a TF32 tensor-core score pass and an exact fp32 re-check: returns
+// exactly the ids of nearest_v3 (nearest.cu), i.e. argmax_k F(i, k) with ties to the lowest k,
+// where F is the fp32 FMA chain F = fmaf(z_{D-1}, c_{D-1}, ... fmaf(z_0, c_0, -0.5f * cc[k])).
+// Compiled at run time by NVRTC with -DDIM=<code dim>; needs sm_80+ (mma.sync .tf32).
+//
+// Why the result is F's argmax. Let T(i, k) = z.c - cc/2 in exact arithmetic (of the fp32
+// inputs) and A(i, k) the tensor-core score (operands rounded to TF32 with cvt.rna, relative
+// error <= 2^-11 each; products and sums in the tensor core's fp32 accumulation, -cc/2 as the
+// C operand). With S = sum_d |z_d c_d| <= |z|_2 |c|_2 (Cauchy-Schwarz) and H = |cc/2|:
+//   |A - T| <= eA = (2^-10 + 2^-22) S + 2^-10 (S + H)    (the second term allows an accumulation
+//                 as coarse as 10 bits, far coarser than any fp32 tensor-core accumulation)
+//   |F - T| <= eF = gamma_D (S + H) < 2^-18 (S + H) for D <= 44.
+// For the F-argmax k* and any k: A(k*) >= T(k*) - eA >= F(k*) - eF - eA >= F(k) - eF - eA
+// >= T(k) - 2 eF - eA >= A(k) - 2 (eF + eA). So k* is among the candidates
+// { k : A(k) >= max_j A(j) - W } whenever W >= 2 (eA + eF); we take
+//   W_i = 2^-7 (|z_i|_2 * cmax + hmax) + 1e-30 >= 2 (eA + eF)
+// (cmax = max_k |c_k|_2, hmax = max_k cc[k]/2; 2^-7 > 2 (2^-10 + 2^-22 + 2^-10 + 2^-18), the
+// spare factor covers the fp32 rounding of |z_i| and cmax; 1e-30 covers flushed subnormals).
+// Every candidate's F is recomputed with the chain above, from the fp32 row-major z and codes,
+// and the largest (F, -k) wins (one 64-bit atomicMax per candidate on a shared key).
+//
+// Layout: a block of 2 * BM threads (BM / 16 warps) owns BM rows and walks the codebook twice in
+// tiles of 128 codes. Warp w covers rows (w / 2) * 32 .. +32 and codes (w % 2) * 64 .. +64 of a tile:
+// 2 x 8 mma.m16n8k8 per k-step, 64 fp32 accumulators. Pass 1 keeps the running max of A per
+// row; pass 2 recomputes A and records every (row, code) with A >= max - W in a shared list
+// (on overflow it checks the candidate at once: slower, same result). The A fragments (z, TF32)
+// stay in registers for the whole kernel, so the z tile's shared buffer is reused for the code
+// tiles. Shared tiles are dimension-major with row strides of BM + 8 and 136 words (both 8 mod
+// 32), so the fragment loads (lane = 4 g + t reads [t][g]) are conflict-free.
+//
+// Inputs: zt [DIM, n] f32, ct [DIM, k] f32 (dimension-major copies), z [n, DIM] f32, c [k, DIM]
+// f32 (row-major, for the re-check), cc [k] f32 (|c|^2), ccmax [1] f32 (max_k cc[k], so
+// cmax = sqrt(ccmax), hmax = ccmax / 2). Output: ids [n] int64.
+
+#ifndef DIM
+#error "DIM must be defined"
+#endif
+
+// TC_BM = 128 (256 threads) or 256 (512 threads, entry nearest_tc256: half the code-tile
+// traffic per row).
+#ifndef TC_BM
+#define TC_BM 128
+#endif
+#define BM TC_BM
+#define NT (BM * 2)
+#define BN 128
+#define KS ((DIM + 7) / 8)
+#define DP (KS * 8)
+#define LDS_ 136
+#define LDZ (BM + 8)
+#define CAP 1536
+
+__device__ __forceinline__ unsigned to_tf32(float x) {
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ void mma_tf32(float& d0, float& d1, float& d2, float& d3,
+                                         const unsigned (&a)[4], unsigned b0, unsigned b1,
+                                         float c0, float c1, float c2, float c3) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%10,%11,%12,%13};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1),
+        "f"(c2), "f"(c3));
+}
+
+// The exact score F of nearest_v3 as a key ordered like (F, -k): -0 is folded into +0 first
+// (they are equal scores), then the float bits are made monotone.
+__device__ __forceinline__ unsigned long long exact_key(const float* __restrict__ z,
+                                                        const float* __restrict__ c,
+                                                        const float* __restrict__ cc,
+                                                        long long row, int gk) {
+  float f = -0.5f * cc[gk];
+  const float* zr = z + row * DIM;
+  const float* cr = c + (long long)gk * DIM;
+#pragma unroll
+  for (int d = 0; d < DIM; ++d) f = fmaf(zr[d], cr[d], f);
+  f = f + 0.0f;
+  unsigned u = __float_as_uint(f);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (unsigned)gk);
+}
+
+#if TC_BM == 256
+#define TC_ENTRY nearest_tc256
+#define TC_MINB 1
+#else
+#define TC_ENTRY nearest_tc
+#define TC_MINB 2
+#endif
+
+extern "C" __global__ void __launch_bounds__(NT, TC_MINB)
+TC_ENTRY(const float* __restrict__ zt, const float* __restrict__ ct,
+           const float* __restrict__ z, const float* __restrict__ c,
+           const float* __restrict__ cc, const float* __restrict__ ccmax,
+           long long* __restrict__ ids, long long n, int k) {
+  // One buffer: first the z tile ([DP][LDZ]: its A fragments then live in registers), then the
+  // code tiles ([DP][LDS_]).
+  // (TC_BM = 128 keeps two buffers: the shared index math of one costs registers there.)
+#if TC_BM == 256
+  __shared__ __align__(16) unsigned buf[DP * (LDZ > LDS_ ? LDZ : LDS_)];
+#define ZS(d, r) buf[(d) * LDZ + (r)]
+#define CS(d, r) buf[(d) * LDS_ + (r)]
+#else
+  __shared__ __align__(16) unsigned zs[DP][LDZ];
+  __shared__ __align__(16) unsigned cs[DP][LDS_];
+#define ZS(d, r) zs[d][r]
+#define CS(d, r) cs[d][r]
+#endif
+  __shared__ float hs[BN];
+  __shared__ float rmax[2][BM];
+  __shared__ float thr_s[BM];
+  __shared__ unsigned long long key[BM];
+  __shared__ int cand_k[CAP];
+  __shared__ unsigned char cand_r[CAP];
+  __shared__ int ncand;
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int wm = warp >> 1, wn = warp & 1;
+  const long long row0 = (long long)blockIdx.x * BM;
+
+  for (int e = tid; e < BM * DP; e += NT) {
+    int d = e / BM, r = e % BM;
+    long long gr = row0 + r;
+    ZS(d, r) = to_tf32((d < DIM && gr < n) ? zt[(long long)d * n + gr] : 0.0f);
+  }
+  if (tid < BM) key[tid] = 0ull;
+  if (tid == 0) ncand = 0;
+  __syncthreads();
+
+  unsigned a[KS][2][4];
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      int r = wm * 32 + mt * 16 + g;
+      a[ks][mt][0] = ZS(ks * 8 + t, r);
+      a[ks][mt][1] = ZS(ks * 8 + t, r + 8);
+      a[ks][mt][2] = ZS(ks * 8 + t + 4, r);
+      a[ks][mt][3] = ZS(ks * 8 + t + 4, r + 8);
+    }
+
+  // Rows of this thread: q = mt * 2 + hf -> wm * 32 + mt * 16 + hf * 8 + g.
+  // rt: the running max of A in pass 0, then the candidate threshold in pass 1.
+  float rt[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) rt[q] = __int_as_float(0xff800000);
+
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int k0 = 0; k0 < k; k0 += BN) {
+      __syncthreads();  // the previous tile's (or the z tile's) readers are done
+      for (int e = tid; e < BN * DP; e += NT) {
+        int d = e / BN, r = e % BN;
+        int gk = k0 + r;
+        CS(d, r) = to_tf32((d < DIM && gk < k) ? ct[(long long)d * k + gk] : 0.0f);
+      }
+      if (tid < BN) {
+        int gk = k0 + tid;
+        hs[tid] = gk < k ? -0.5f * cc[gk] : __int_as_float(0xff800000);
+      }
+      __syncthreads();
+
+      float acc[2][8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        int col = wn * 64 + nt * 8 + t * 2;
+        float h0 = hs[col], h1 = hs[col + 1];
+        int cb = wn * 64 + nt * 8 + g;
+        unsigned b0 = CS(t, cb), b1 = CS(t + 4, cb);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+          mma_tf32(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3], a[0][mt],
+                   b0, b1, h0, h1, h0, h1);
+#pragma unroll
+        for (int ks = 1; ks < KS; ++ks) {
+          unsigned b0k = CS(ks * 8 + t, cb), b1k = CS(ks * 8 + t + 4, cb);
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt)
+            mma_tf32(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3],
+                     a[ks][mt], b0k, b1k, acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2],
+                     acc[mt][nt][3]);
+        }
+      }
+
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int mt = q >> 1, hf = q & 1;
+        float m = __int_as_float(0xff800000);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+          m = fmaxf(m, fmaxf(acc[mt][nt][hf * 2], acc[mt][nt][hf * 2 + 1]));
+        if (pass == 0) {
+          rt[q] = fmaxf(rt[q], m);
+        } else if (m >= rt[q]) {
+          const int r = wm * 32 + mt * 16 + hf * 8 + g;
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int cc2 = 0; cc2 < 2; ++cc2) {
+              int gk = k0 + wn * 64 + nt * 8 + t * 2 + cc2;
+              // gk < k: a row of NaN scores has thr = -inf, which codes past k (-inf) reach.
+              if (acc[mt][nt][hf * 2 + cc2] >= rt[q] && gk < k) {
+                int slot = atomicAdd(&ncand, 1);
+                if (slot < CAP) {
+                  cand_k[slot] = gk;
+                  cand_r[slot] = (unsigned char)r;
+                } else {
+                  atomicMax(&key[r], exact_key(z, c, cc, row0 + r, gk));
+                }
+              }
+            }
+        }
+      }
+    }
+
+    if (pass == 0) {
+      // Row max over the 4 lanes t of a row, then over the two column warps.
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        float m = rt[q];
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        if (t == 0) rmax[wn][wm * 32 + (q >> 1) * 16 + (q & 1) * 8 + g] = m;
+      }
+      __syncthreads();
+      if (tid < BM) {
+        long long gr = row0 + tid;
+        float zn = 0.0f;
+        if (gr < n) {
+          const float* zr = z + gr * DIM;
+#pragma unroll
+          for (int d = 0; d < DIM; ++d) zn = fmaf(zr[d], zr[d], zn);
+        }
+        const float cm = ccmax[0];  // max_k |c_k|^2
+        float w = 0.0078125f * (sqrtf(zn) * sqrtf(cm) + 0.5f * cm) + 1e-30f;
+        // Rows past n: no candidates (+inf).
+        thr_s[tid] = gr < n ? fmaxf(rmax[0][tid], rmax[1][tid]) - w : __int_as_float(0x7f800000);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int q = 0; q < 4; ++q) rt[q] = thr_s[wm * 32 + (q >> 1) * 16 + (q & 1) * 8 + g];
+    }
+  }
+
+  __syncthreads();
+  const int nc = min(ncand, CAP);
+  for (int s = tid; s < nc; s += NT) {
+    int r = cand_r[s];
+    if (row0 + r < n) atomicMax(&key[r], exact_key(z, c, cc, row0 + r, cand_k[s]));
+  }
+  __syncthreads();
+  if (tid < BM) {
+    long long gr = row0 + tid;
+    unsigned long long kk = key[tid];
+    // key 0: no candidate (a row of NaN scores): code 0, as nearest_v3.
+    if (gr < n) ids[gr] = kk == 0ull ? 0LL : (long long)(0xffffffffu - (unsigned)(kk & 0xffffffffull));
+  }
+}
