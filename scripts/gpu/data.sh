@@ -7,33 +7,42 @@
 #   OUT=/some/dir scripts/gpu/data.sh .gpu/bundle
 # Needs .assets/photos (or .gpu/assets/photos) and python3 with torch + Pillow. Writes under $OUT:
 # loader.jsonl, bench.jsonl, pre_{webdataset,imagenet}/metrics.jsonl, log.txt.
-# Knobs: WORKERS (default 1,2,4,8,15), CLASSES x PER_CLASS images (default 20 x 100 = 2000),
-# STEPS of `pre` (default 60, logged every 10).
+# Knobs: WORKERS (default 1,2,4,8,15), CLASSES x PER_CLASS images (default 10 x 100 = 1000, in
+# 25-sample shards), BATCHES per loader measurement (default 60), STEPS of `pre` (default 60,
+# logged every 10). One call of about 2.5 minutes on the H200 host; `timings.jsonl` has the
+# seconds of each part.
 set -uo pipefail
 B=${1:-.gpu/bundle}
 OUT=${OUT:-/tmp/semhitok-data}
 WORKERS=${WORKERS:-1,2,4,8,15}
 STEPS=${STEPS:-60}
+BATCHES=${BATCHES:-60}
 mkdir -p "$OUT"
 if [ ! -e /work/main/Cargo.toml ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
 if [ ! -e .assets ] && [ -d .gpu/assets ]; then ln -sfn .gpu/assets .assets; fi
 export PYTHONUNBUFFERED=1
 run() { echo "+ $*" >&2; "$@"; }
+T0=$(date +%s)
+mark() { echo "{\"part\": \"$1\", \"s\": $(( $(date +%s) - T0 ))}" >> "$OUT/timings.jsonl"; }
 FX=$OUT/fx
 
 # Fixtures generated here from the photos (only small files travel to the host): ImageNet-like
-# JPEGs (shorter side 333-500, quality 90) as class folders, then packed into 50-sample shards (40 shards: enough for 15 streams).
+# JPEGs (shorter side 333-500, quality 90) as class folders, then packed into 25-sample shards (40
+# shards at the default size: enough for 15 streams).
 if [ ! -d "$FX/shards" ]; then
   run python3 scripts/data/imagenet_like.py --photos .assets/photos --out "$FX/imagenet" \
-    --classes "${CLASSES:-20}" --per-class "${PER_CLASS:-100}" --captions 2>> "$OUT/log.txt"
-  run "$B/run.sh" semhitok data pack --src "$FX/imagenet" --out "$FX/shards" --shard-size 50 >> "$OUT/log.txt" 2>&1
+    --classes "${CLASSES:-10}" --per-class "${PER_CLASS:-100}" --captions 2>> "$OUT/log.txt"
+  run "$B/run.sh" semhitok data pack --src "$FX/imagenet" --out "$FX/shards" --shard-size 25 >> "$OUT/log.txt" 2>&1
 fi
+mark fixtures
 
 # (1) Loader alone, both sides, same shards, transform (LlamaGen random crop + flip), batch, workers.
-run "$B/run.sh" bench_loader --shards "$FX/shards" --size 256 --batch 64 --batches 40 --workers "$WORKERS" \
+run "$B/run.sh" bench_loader --shards "$FX/shards" --size 256 --batch 64 --batches "$BATCHES" --workers "$WORKERS" \
   >> "$OUT/loader.jsonl" 2>> "$OUT/log.txt"
-run python3 scripts/bench_loader_torch.py --shards "$FX/shards" --size 256 --batch 64 --batches 40 --workers "$WORKERS" \
+mark loader_semhitok
+run python3 scripts/bench_loader_torch.py --shards "$FX/shards" --size 256 --batch 64 --batches "$BATCHES" --workers "$WORKERS" \
   >> "$OUT/loader.jsonl" 2>> "$OUT/log.txt"
+mark loader_torch
 
 # (2) `pre` at paper size. A paper-size SPC checkpoint to start from: one step with a random SigLIP
 # (no weights ship offline; the cost of `pre` does not depend on them) and no k-means init.
@@ -44,6 +53,7 @@ if [ ! -d "$SPC" ]; then
     --set run.out_dir="\"$SPC\"" --set data.batch_size=8 --set schedule.steps=1 --set model.spc.kmeans_init=false \
     >> "$OUT/log.txt" 2>&1
 fi
+mark spc_checkpoint
 run "$B/run.sh" semhitok bench --config configs/paper-pre-vitb-256.toml --steps 20 --warmup 5 >> "$OUT/bench.jsonl" 2>> "$OUT/log.txt"
 for kind in webdataset imagenet; do
   if [ $kind = webdataset ]; then root=$FX/shards; else root=$FX/imagenet; fi
@@ -51,13 +61,21 @@ for kind in webdataset imagenet; do
     --set data.kind="\"$kind\"" --set data.root="\"$root\"" --set init.spc="\"$SPC\"" \
     --set run.out_dir="\"$OUT/pre_$kind\"" --set schedule.steps="$STEPS" --set schedule.log_every=10 \
     --set schedule.ckpt_every=100000 --set schedule.keep_last=1 >> "$OUT/log.txt" 2>&1
+  mark "pre_$kind"
 done
 run "$B/run.sh" semhitok bench --config configs/paper-pre-vitb-256.toml --steps 20 --warmup 5 >> "$OUT/bench.jsonl" 2>> "$OUT/log.txt"
-# Summary: img/s of the logged windows after the first (warm-up) one, data wait per step.
+mark done
+# Summary: the loader's ratio to the PyTorch reference per worker count; img/s of the logged windows after the first (warm-up) one, data wait per step.
 python3 - "$OUT" <<'PY'
 import json, sys, statistics, os
 out = sys.argv[1]
 bench = [json.loads(l) for l in open(os.path.join(out, "bench.jsonl")) if l.strip()]
+loader = [json.loads(l) for l in open(os.path.join(out, "loader.jsonl")) if l.strip()]
+ours = {r["workers"]: r["img_per_s"] for r in loader if r["impl"].startswith("semhitok")}
+ref = {r["workers"]: r["img_per_s"] for r in loader if not r["impl"].startswith("semhitok")}
+for w in sorted(ours):
+    print(json.dumps({"workers": w, "semhitok_img_per_s": ours[w], "torch_img_per_s": ref.get(w),
+                      "ratio": ours[w] / ref[w] if ref.get(w) else None}))
 syn = [b.get("images_per_s") for b in bench]
 print(json.dumps({"synthetic_bench_img_per_s": syn}))
 for kind in ("webdataset", "imagenet"):

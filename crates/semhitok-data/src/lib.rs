@@ -32,19 +32,25 @@
 //! shard and position), never on thread timing. [`Loader::state`] / [`Loader::restore`] (and
 //! the same on [`WdsLoader`]) give a serde state that resumes with no sample repeated or skipped.
 
+pub mod batch;
 pub mod error;
 pub mod fashion_mnist;
 pub mod folder;
 pub mod image;
 pub mod llava;
 pub mod loader;
+pub mod order;
 pub mod pack;
 pub mod photos;
+mod pool;
 pub mod scan;
 pub mod shards;
 pub mod stream;
+pub mod tar_samples;
 pub mod transform;
 pub mod wds;
+mod wds_read;
+pub mod wds_state;
 
 pub use error::{Error, Result, SkipReason};
 pub use fashion_mnist::{

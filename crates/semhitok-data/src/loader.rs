@@ -4,9 +4,8 @@
 //!
 //! Order of an epoch: `epoch_order(n, seed, epoch)` (a ChaCha8 permutation, or the identity when
 //! `shuffle` is off) is dealt round-robin to ranks (`order[rank], order[rank + world], ...`). The
-//! rank's list is cut into chunks of `batch_size` positions; chunk `c` is decoded by worker
-//! `c % workers` and chunks are consumed strictly in order, so the output never depends on thread
-//! timing. Every sample draws its randomness (crops, flips) from `sample_rng(seed, epoch, index)`.
+//! rank's list is cut into chunks of [`CHUNK`] positions decoded by any idle worker of an
+//! ordered pool and consumed strictly in order, so the output never depends on thread timing. Every sample draws its randomness (crops, flips) from `sample_rng(seed, epoch, index)`.
 //!
 //! Bad samples are skipped and counted ([`SkipStats`]); a batch is filled from the following
 //! samples, so batches keep `batch_size` except the last one of an epoch (dropped when
@@ -16,28 +15,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::batch::{next_batch, BatchRules, EpochSequence, Step};
+pub use crate::batch::{Batch, Item, PixelFormat, Pixels, SkipStats};
 use crate::error::{Error, Result, SkipReason};
-use crate::image::Rgb8Image;
+pub use crate::order::{epoch_order, mix_seed, rank_positions, sample_rng, shard};
+use crate::pool::OrderedPool;
 use crate::stream::{all_same, merge_ranks, BatchStream, PositionSet, StreamState};
-use crate::transform::{write_chw_f32, write_chw_u8};
-
-/// One decoded, transformed sample.
-#[derive(Debug, Clone)]
-pub struct Item {
-    /// Stable identifier (relative path, tar key, `crop:<photo>:<i>`, ...).
-    pub key: String,
-    /// The transformed image, `size x size`.
-    pub image: Rgb8Image,
-    pub label: Option<i64>,
-    pub caption: Option<String>,
-}
 
 /// A dataset whose samples are addressed by index `0..len()`.
 pub trait IndexedSource: Send + Sync {
@@ -53,127 +39,6 @@ pub trait IndexedSource: Send + Sync {
     fn output_size(&self) -> (u32, u32);
     /// Loads, decodes and transforms sample `index`; randomness comes only from `rng`.
     fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> std::result::Result<Item, SkipReason>;
-}
-
-/// Element type of [`Batch::pixels`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PixelFormat {
-    /// f32 in [-1, 1] (`v / 127.5 - 1`).
-    #[default]
-    F32,
-    /// Raw u8 in [0, 255].
-    U8,
-}
-
-/// One contiguous NCHW buffer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Pixels {
-    F32(Vec<f32>),
-    U8(Vec<u8>),
-}
-
-/// A batch: `pixels` is NCHW with `shape = [N, 3, H, W]`, ready for a single
-/// `Tensor::from_slice(..).view(shape)` copy.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    pub pixels: Pixels,
-    pub shape: [usize; 4],
-    pub keys: Vec<String>,
-    pub labels: Vec<Option<i64>>,
-    pub captions: Vec<Option<String>>,
-    /// The epoch these samples belong to.
-    pub epoch: u64,
-}
-
-impl Batch {
-    /// The f32 buffer, or `None` for a u8 batch.
-    pub fn as_f32(&self) -> Option<&[f32]> {
-        match &self.pixels {
-            Pixels::F32(v) => Some(v),
-            Pixels::U8(_) => None,
-        }
-    }
-    /// The u8 buffer, or `None` for an f32 batch.
-    pub fn as_u8(&self) -> Option<&[u8]> {
-        match &self.pixels {
-            Pixels::U8(v) => Some(v),
-            Pixels::F32(_) => None,
-        }
-    }
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.shape[0]
-    }
-    /// True for an empty batch (never yielded by a loader).
-    pub fn is_empty(&self) -> bool {
-        self.shape[0] == 0
-    }
-
-    /// Assembles a batch from same-sized items.
-    pub fn from_items(items: Vec<Item>, format: PixelFormat, epoch: u64) -> Self {
-        let (h, w) = items
-            .first()
-            .map_or((0, 0), |it| (it.image.height, it.image.width));
-        let per = 3 * h as usize * w as usize;
-        let n = items.len();
-        let pixels = match format {
-            PixelFormat::F32 => {
-                let mut buf = vec![0f32; n * per];
-                for (it, out) in items.iter().zip(buf.chunks_exact_mut(per.max(1))) {
-                    write_chw_f32(&it.image, out);
-                }
-                Pixels::F32(buf)
-            }
-            PixelFormat::U8 => {
-                let mut buf = vec![0u8; n * per];
-                for (it, out) in items.iter().zip(buf.chunks_exact_mut(per.max(1))) {
-                    write_chw_u8(&it.image, out);
-                }
-                Pixels::U8(buf)
-            }
-        };
-        let mut keys = Vec::with_capacity(n);
-        let mut labels = Vec::with_capacity(n);
-        let mut captions = Vec::with_capacity(n);
-        for it in items {
-            keys.push(it.key);
-            labels.push(it.label);
-            captions.push(it.caption);
-        }
-        Batch {
-            pixels,
-            shape: [n, 3, h as usize, w as usize],
-            keys,
-            labels,
-            captions,
-            epoch,
-        }
-    }
-}
-
-/// Counts of skipped samples by reason, with the first examples.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SkipStats {
-    /// Samples skipped in total.
-    pub skipped: u64,
-    /// Count per [`SkipReason::as_str`].
-    pub reasons: BTreeMap<String, u64>,
-    /// The first [`SkipStats::MAX_EXAMPLES`] `(key, reason)` pairs.
-    pub examples: Vec<(String, String)>,
-}
-
-impl SkipStats {
-    /// How many `(key, reason)` examples are kept.
-    pub const MAX_EXAMPLES: usize = 1000;
-    /// Records one skipped sample.
-    pub fn record(&mut self, key: &str, reason: &SkipReason) {
-        self.skipped += 1;
-        *self.reasons.entry(reason.as_str().to_string()).or_default() += 1;
-        if self.examples.len() < Self::MAX_EXAMPLES {
-            self.examples.push((key.to_string(), reason.to_string()));
-        }
-    }
 }
 
 /// Loader settings shared by all sources.
@@ -313,90 +178,15 @@ impl LoaderState {
     }
 }
 
-/// Positions of an epoch's order `0..n` dealt to `rank` of `world`: those not in `base`,
-/// round-robin (`rest[rank], rest[rank + world], ...`), the rest first truncated to a multiple
-/// of `world` when `even`.
-pub fn rank_positions(
-    n: usize,
-    rank: usize,
-    world: usize,
-    even: bool,
-    base: Option<&PositionSet>,
-) -> Vec<usize> {
-    match base {
-        None => {
-            let all: Vec<usize> = (0..n).collect();
-            shard(&all, rank, world, even)
-        }
-        Some(b) => {
-            let rest: Vec<usize> = (0..n).filter(|&p| !b.contains(p as u64)).collect();
-            shard(&rest, rank, world, even)
-        }
-    }
+/// Samples per unit of work of the decoding pool.
+pub(crate) const CHUNK: usize = 8;
+
+/// Chunks the pool may hold ahead: `prefetch` batches, and at least two per worker.
+pub(crate) fn in_flight(batch: usize, prefetch: usize, workers: usize) -> usize {
+    (prefetch.max(1) * batch.div_ceil(CHUNK)).max(2 * workers)
 }
 
-/// Mixes integers into a 64-bit seed (splitmix64 finalizer chain).
-pub fn mix_seed(parts: &[u64]) -> u64 {
-    let mut h = 0x9E37_79B9_7F4A_7C15u64;
-    for &p in parts {
-        h ^= p;
-        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h = z ^ (z >> 31);
-    }
-    h
-}
-
-/// The RNG of sample `index` in `epoch`: independent of threads and of the batch it lands in.
-pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix_seed(&[seed, epoch, index, 0x5A3B]))
-}
-
-/// The global sample order of `epoch`: a seeded permutation of `0..n` (identity if `!shuffle`).
-pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    if shuffle {
-        v.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(&[
-            seed, epoch, 0xE90C,
-        ])));
-    }
-    v
-}
-
-/// Positions `rank, rank + world, ...` of `order` (optionally truncated to a multiple of `world`).
-pub fn shard(order: &[usize], rank: usize, world: usize, even: bool) -> Vec<usize> {
-    let n = if even {
-        order.len() / world * world
-    } else {
-        order.len()
-    };
-    order[..n]
-        .iter()
-        .skip(rank)
-        .step_by(world)
-        .copied()
-        .collect()
-}
-
-type Chunk = Vec<(usize, std::result::Result<Item, SkipReason>)>;
-
-struct Pipeline {
-    rxs: Vec<Receiver<Chunk>>,
-    handles: Vec<JoinHandle<()>>,
-    n_chunks: usize,
-    next_chunk: usize,
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        self.rxs.clear(); // workers see a closed channel and stop
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
-    }
-}
+type Decoded = (usize, std::result::Result<Item, SkipReason>);
 
 fn load_one(
     source: &dyn IndexedSource,
@@ -420,8 +210,8 @@ pub struct Loader {
     order: Arc<Vec<usize>>,
     order_epoch: Option<u64>,
     bases: BTreeMap<u64, PositionSet>,
-    pipeline: Option<Pipeline>,
-    pending: VecDeque<(usize, std::result::Result<Item, SkipReason>)>,
+    pipeline: Option<OrderedPool<Decoded>>,
+    pending: VecDeque<Decoded>,
     stats: SkipStats,
     done: bool,
 }
@@ -621,73 +411,79 @@ impl Loader {
 
     fn start_pipeline(&mut self) {
         self.ensure_order();
-        let b = self.cfg.batch_size;
         let start = self.cursor.min(self.order.len());
-        let n_chunks = (self.order.len() - start).div_ceil(b);
-        let mut rxs = Vec::new();
-        let mut handles = Vec::new();
-        for w in 0..self.cfg.workers {
-            let (tx, rx) = bounded::<Chunk>(self.cfg.prefetch.max(1));
-            let (source, order) = (Arc::clone(&self.source), Arc::clone(&self.order));
-            let (seed, epoch, workers) = (self.cfg.seed, self.epoch, self.cfg.workers);
-            let h = std::thread::Builder::new()
-                .name(format!("semhitok-data-{w}"))
-                .spawn(move || {
-                    for c in (w..n_chunks).step_by(workers) {
-                        let lo = start + c * b;
-                        let hi = (lo + b).min(order.len());
-                        let chunk: Chunk = (lo..hi)
-                            .map(|pos| (pos, load_one(&*source, order[pos], seed, epoch)))
-                            .collect();
-                        if tx.send(chunk).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .expect("spawning a loader thread");
-            rxs.push(rx);
-            handles.push(h);
+        if self.cfg.workers == 0 {
+            return;
         }
-        self.pipeline = Some(Pipeline {
-            rxs,
-            handles,
-            n_chunks,
-            next_chunk: 0,
-        });
-    }
-
-    /// Next decoded `(position, result)` of this epoch, or `None` at its end.
-    fn next_result(&mut self) -> Option<(usize, std::result::Result<Item, SkipReason>)> {
-        loop {
-            if let Some(x) = self.pending.pop_front() {
-                return Some(x);
-            }
-            if self.pipeline.is_none() {
-                self.start_pipeline();
-            }
-            let p = self.pipeline.as_mut()?;
-            if p.next_chunk >= p.n_chunks {
+        let (source, order) = (Arc::clone(&self.source), Arc::clone(&self.order));
+        let (seed, epoch) = (self.cfg.seed, self.epoch);
+        let mut lo = start;
+        let produce = move || {
+            if lo >= order.len() {
                 return None;
             }
-            let c = p.next_chunk;
-            p.next_chunk += 1;
-            if p.rxs.is_empty() {
+            let hi = (lo + CHUNK).min(order.len());
+            let c: Vec<(usize, usize)> = (lo..hi).map(|p| (p, order[p])).collect();
+            lo = hi;
+            Some(c)
+        };
+        let map = move |(pos, index): (usize, usize)| (pos, load_one(&*source, index, seed, epoch));
+        let n = in_flight(self.cfg.batch_size, self.cfg.prefetch, self.cfg.workers);
+        self.pipeline = Some(OrderedPool::spawn(
+            "semhitok-data",
+            self.cfg.workers,
+            n,
+            produce,
+            map,
+        ));
+    }
+}
+
+impl EpochSequence for Loader {
+    fn next_step(&mut self) -> Step {
+        loop {
+            if let Some((pos, res)) = self.pending.pop_front() {
+                self.cursor = pos + 1;
+                return match res {
+                    Ok(it) => Step::Item(it),
+                    Err(r) => Step::Skip(self.source.key(self.order[pos]), r),
+                };
+            }
+            if self.order_epoch != Some(self.epoch) {
+                self.start_pipeline();
+            }
+            if self.cursor >= self.order.len() {
+                return Step::End;
+            }
+            match self.pipeline.as_mut() {
                 // workers == 0: decode inline.
-                let b = self.cfg.batch_size;
-                let lo = self.cursor.min(self.order.len());
-                let hi = (lo + b).min(self.order.len());
-                for pos in lo..hi {
+                None => {
+                    let pos = self.cursor;
                     let r = load_one(&*self.source, self.order[pos], self.cfg.seed, self.epoch);
                     self.pending.push_back((pos, r));
                 }
-            } else {
-                let w = c % p.rxs.len();
-                match p.rxs[w].recv() {
-                    Ok(chunk) => self.pending.extend(chunk),
-                    Err(_) => return None, // a worker died: end the epoch (counted below)
-                }
+                Some(p) => match p.next() {
+                    Some(chunk) => self.pending.extend(chunk),
+                    None => {
+                        // Only reachable if a thread died: never end an epoch silently short.
+                        self.cursor += 1;
+                        let why = SkipReason::Corrupt("worker stopped".into());
+                        return Step::Skip("<loader>".into(), why);
+                    }
+                },
             }
         }
+    }
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn end_epoch(&mut self) -> bool {
+        let rederived = self.bases.contains_key(&self.epoch);
+        self.pipeline = None;
+        self.pending.clear();
+        self.epoch += 1;
+        self.cursor = 0;
+        rederived
     }
 }
 
@@ -695,64 +491,18 @@ impl Iterator for Loader {
     type Item = Batch;
 
     fn next(&mut self) -> Option<Batch> {
-        let mut empty_epochs = 0;
-        loop {
-            if self.done {
-                return None;
-            }
-            let mut items = Vec::with_capacity(self.cfg.batch_size);
-            let mut epoch_ended = false;
-            while items.len() < self.cfg.batch_size {
-                match self.next_result() {
-                    Some((pos, res)) => {
-                        self.cursor = pos + 1;
-                        match res {
-                            Ok(it) => items.push(it),
-                            Err(r) => {
-                                let key = self.source.key(self.order[pos]);
-                                self.stats.record(&key, &r);
-                            }
-                        }
-                    }
-                    None => {
-                        epoch_ended = true;
-                        break;
-                    }
-                }
-            }
-            let epoch = self.epoch;
-            if epoch_ended {
-                let expected = self.order.len();
-                if self.cursor < expected {
-                    // Only reachable if a worker thread died: never end an epoch silently short.
-                    let missing = expected - self.cursor;
-                    for _ in 0..missing {
-                        self.stats
-                            .record("<loader>", &SkipReason::Corrupt("worker stopped".into()));
-                    }
-                }
-                self.pipeline = None;
-                self.pending.clear();
-                self.epoch += 1;
-                self.cursor = 0;
-                if self.cfg.epochs.is_some_and(|e| self.epoch >= e) {
-                    self.done = true;
-                }
-                if items.is_empty() || (self.cfg.drop_last && items.len() < self.cfg.batch_size) {
-                    // An epoch dealt after a world-size change may leave this rank nothing.
-                    if !self.bases.contains_key(&epoch) {
-                        empty_epochs += 1;
-                    }
-                    if empty_epochs > 1 {
-                        // Two epochs without a single batch: stop rather than spin forever.
-                        self.done = true;
-                        return None;
-                    }
-                    continue;
-                }
-            }
-            return Some(Batch::from_items(items, self.cfg.format, epoch));
-        }
+        let rules = BatchRules {
+            batch_size: self.cfg.batch_size,
+            drop_last: self.cfg.drop_last,
+            format: self.cfg.format,
+            epochs: self.cfg.epochs,
+        };
+        let mut stats = std::mem::take(&mut self.stats);
+        let mut done = self.done;
+        let b = next_batch(self, rules, &mut stats, &mut done);
+        self.stats = stats;
+        self.done = done;
+        b
     }
 }
 

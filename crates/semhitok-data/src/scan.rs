@@ -10,8 +10,8 @@ use crate::error::{Error, Result, SkipReason};
 use crate::fashion_mnist::{FashionMnist, Split};
 use crate::image::{decode_rgb8, DecodeLimits};
 use crate::photos::{has_image_ext, load_file};
+use crate::tar_samples::{for_each_sample, list_shards};
 use crate::transform::Transform;
-use crate::wds::{for_each_sample, list_shards};
 
 /// Which layout to scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

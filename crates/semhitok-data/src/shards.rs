@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::wds::list_shards;
+use crate::tar_samples::list_shards;
 
 /// Resolved shards and how many listed or expanded paths did not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,11 +40,18 @@ pub fn batch_tensor(b: &semhitok_data::Batch, device: Device) -> Result<Tensor> 
 }
 
 /// u8 NCHW pixels -> `[B, 3, H, W]` f32 in [-1, 1]: copied to `device` as u8, normalised there
-/// (`v * (1 / 127.5) - 1`, the data crate's f32 formula).
+/// (`v * (1 / 127.5) - 1`, the data crate's f32 formula). To a CUDA device the copy goes through
+/// pinned host memory and does not block: the training thread does not wait for the GPU to drain
+/// its queue at every step (LibTorch's host allocator keeps the pinned buffer until the copy is
+/// done, as with PyTorch's `pin_memory=True` + `non_blocking=True`).
 pub fn u8_batch_tensor(px: &[u8], shape: &[i64], device: Device) -> Result<Tensor> {
-    let t = Tensor::f_from_slice(px)?
-        .f_view(shape)?
-        .f_to_device(device)?;
+    let host = Tensor::f_from_slice(px)?.f_view(shape)?;
+    let t = if device.is_cuda() {
+        host.f_pin_memory(device)?
+            .f_to_device_(device, Kind::Uint8, true, false)?
+    } else {
+        host.f_to_device(device)?
+    };
     Ok(t.f_to_kind(Kind::Float)?
         .f_mul_scalar(1.0 / 127.5)?
         .f_sub_scalar(1.0)?)
