@@ -17,5 +17,6 @@ mod train {
     pub mod stages;
     mod t2i;
     mod t2i_run;
+    mod t2i_wds;
     mod tokenize;
 }
