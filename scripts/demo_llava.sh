@@ -17,17 +17,21 @@
 #
 #   scripts/demo_llava.sh [BIN]       (repository root; BIN default target/release/semhitok)
 # Env: OUT=runs/demo-llava TOKENIZERS=runs/fmnist MINI=runs/demo-tokenizers MINI_STEPS=120
-#      STEPS=60 BATCH=8 EVAL=200 ONLY="sghc sem-only pixel-vq teacher" ASK_IMAGES=4
-#      LLM=.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf FMNIST=.assets/fashion-mnist THREADS=2
+#      STEPS=60 BATCH=8 EVAL=100 ONLY="sghc sem-only pixel-vq teacher" ASK_IMAGES=4
+#      TEMPLATE=chat (the LLM's chat template; vicuna_v1 for Llama-style LLMs without one)
+#      LLM=.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf (GGUF or HF folder) FMNIST=.assets/fashion-mnist THREADS=1
+# (THREADS=1: on a 2-core VM shared with other jobs, two LibTorch threads per process were 10x
+# slower than one, from OpenMP oversubscription; use 2 on an idle machine.)
 set -euo pipefail
 BIN=${1:-${BIN:-target/release/semhitok}}
 OUT=${OUT:-runs/demo-llava}
 TOKENIZERS=${TOKENIZERS:-runs/fmnist}
 MINI=${MINI:-runs/demo-tokenizers}; MINI_STEPS=${MINI_STEPS:-120}
-STEPS=${STEPS:-60}; BATCH=${BATCH:-8}; EVAL=${EVAL:-200}; ASK_IMAGES=${ASK_IMAGES:-4}
+STEPS=${STEPS:-60}; BATCH=${BATCH:-8}; EVAL=${EVAL:-100}; ASK_IMAGES=${ASK_IMAGES:-4}
 ONLY=${ONLY:-sghc sem-only pixel-vq teacher}
+TEMPLATE=${TEMPLATE:-chat}
 LLM=${LLM:-.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf}
-FMNIST=${FMNIST:-.assets/fashion-mnist}; THREADS=${THREADS:-2}
+FMNIST=${FMNIST:-.assets/fashion-mnist}; THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
 T0=$(date +%s)
@@ -39,7 +43,7 @@ timed() { # timed LABEL CMD...: run, log its wall time
   "$@"
   echo "| $label | $(( $(date +%s) - t )) s |" >> "$TIMES"
 }
-[ -f "$LLM" ] || { echo "LLM=$LLM: no such file (run \`cargo xtask assets\`)" >&2; exit 2; }
+[ -e "$LLM" ] || { echo "LLM=$LLM: no such file or folder (run \`cargo xtask assets\`)" >&2; exit 2; }
 say "output folder $OUT (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 
 # 1. Tokenizers.
@@ -52,7 +56,7 @@ if [ -f "$SET/sghc/model/config.json" ]; then say "1/4 tokenizers: reusing $SET/
     say "1/4 tokenizers: no $TOKENIZERS/sghc/model; training the mini Fashion-MNIST set once into $SET" \
       "($MINI_STEPS steps per run; \`cargo xtask fmnist-tokenizers\` makes the full one)"
     timed "mini tokenizer set ($MINI_STEPS steps, train + export)" \
-      env PHASES="train export" SEQUENTIAL=1 FMNIST="$FMNIST" \
+      env PHASES="train export" THREADS=1 FMNIST="$FMNIST" \
       bash scripts/fmnist/tokenizers.sh "$BIN" "$SET" cpu "$MINI_STEPS"
   fi
 fi
@@ -81,7 +85,7 @@ for name in $ONLY; do
   timed "$name (train $STEPS x $BATCH + eval $EVAL)" "$BIN" train --config configs/llava-fmnist-stage1.toml \
     --resume auto --set "llm.weights=\"$LLM\"" \
     --set "llava.tokenizer=\"$folder\"" --set "llava.features=\"$feats\"" \
-    --set 'llava.template="chat"' --set "run.out_dir=\"$OUT/$name\"" \
+    --set "llava.template=\"$TEMPLATE\"" --set "run.out_dir=\"$OUT/$name\"" \
     --set "data.json=\"$DATA/instruct.json\"" --set "data.eval=\"$DATA/test.jsonl\"" \
     --set "data.eval_limit=$EVAL" --set "data.batch_size=$BATCH" --set "schedule.steps=$STEPS" \
     --set "optim.warmup_steps=$(( STEPS * 3 / 100 + 1 ))" --set "schedule.ckpt_every=$STEPS" \

@@ -16,20 +16,22 @@
 #
 #   scripts/t2i_cpu_demo.sh [BIN]          (repository root; BIN default target/release/semhitok)
 # Env: OUT=runs/demo-t2i TOKENIZERS=runs/fmnist NAME=sghc MINI=runs/demo-tokenizers MINI_STEPS=120
-#      STEPS=100 BATCH=8 LR=1e-3 TRAIN_N=6000 PER_CLASS=4 CFG=3 PROMPT="a photo of a Trouser" N=8
-#      CLASSIFIER=runs/fmnist/classifier.safetensors CLF_EPOCHS=1 CLF_LIMIT=0
-#      LLM=.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf FMNIST=.assets/fashion-mnist THREADS=2
+#      STEPS=150 BATCH=8 LR=1e-3 TRAIN_N=6000 PER_CLASS=4 CFG=3 PROMPT="a photo of a Trouser" N=8
+#      CLASSIFIER=runs/fmnist/classifier.safetensors CLF_EPOCHS=1 CLF_LIMIT=0 CLF_TEST_LIMIT=0
+#      LLM=.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf (GGUF or HF folder) FMNIST=.assets/fashion-mnist THREADS=1
+# (THREADS=1: on a 2-core VM shared with other jobs, two LibTorch threads per process were 10x
+# slower than one, from OpenMP oversubscription; use 2 on an idle machine.)
 set -euo pipefail
 BIN=${1:-${BIN:-target/release/semhitok}}
 OUT=${OUT:-runs/demo-t2i}
 TOKENIZERS=${TOKENIZERS:-runs/fmnist}; NAME=${NAME:-sghc}
 MINI=${MINI:-runs/demo-tokenizers}; MINI_STEPS=${MINI_STEPS:-120}
-STEPS=${STEPS:-100}; BATCH=${BATCH:-8}; LR=${LR:-1e-3}; TRAIN_N=${TRAIN_N:-6000}
+STEPS=${STEPS:-150}; BATCH=${BATCH:-8}; LR=${LR:-1e-3}; TRAIN_N=${TRAIN_N:-6000}
 PER_CLASS=${PER_CLASS:-4}; CFG=${CFG:-3}; PROMPT=${PROMPT:-a photo of a Trouser}; N=${N:-8}
 CLASSIFIER=${CLASSIFIER:-runs/fmnist/classifier.safetensors}; CLF_EPOCHS=${CLF_EPOCHS:-1}
-CLF_LIMIT=${CLF_LIMIT:-0}
+CLF_LIMIT=${CLF_LIMIT:-0}; CLF_TEST_LIMIT=${CLF_TEST_LIMIT:-0}
 LLM=${LLM:-.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf}
-FMNIST=${FMNIST:-.assets/fashion-mnist}; THREADS=${THREADS:-2}
+FMNIST=${FMNIST:-.assets/fashion-mnist}; THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
 T0=$(date +%s)
@@ -41,7 +43,7 @@ timed() { # timed LABEL CMD...: run, log its wall time
   "$@"
   echo "| $label | $(( $(date +%s) - t )) s |" >> "$SUMMARY"
 }
-[ -f "$LLM" ] || { echo "LLM=$LLM: no such file (run \`cargo xtask assets\`)" >&2; exit 2; }
+[ -e "$LLM" ] || { echo "LLM=$LLM: no such file or folder (run \`cargo xtask assets\`)" >&2; exit 2; }
 say "output folder $OUT (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 
 # 1. The image tokenizer.
@@ -54,7 +56,7 @@ else
     say "1/7 tokenizer: no $TOKENIZERS/$NAME/model; training the mini Fashion-MNIST set once into $MINI" \
       "($MINI_STEPS steps per run; \`cargo xtask fmnist-tokenizers\` makes the full one)"
     timed "mini tokenizer set ($MINI_STEPS steps, train + export)" \
-      env PHASES="train export" SEQUENTIAL=1 FMNIST="$FMNIST" \
+      env PHASES="train export" THREADS=1 FMNIST="$FMNIST" \
       bash scripts/fmnist/tokenizers.sh "$BIN" "$MINI" cpu "$MINI_STEPS"
   fi
 fi
@@ -74,7 +76,7 @@ fi
 if [ -f "$CLASSIFIER" ]; then say "3/7 classifier: reusing $CLASSIFIER"; else
   say "3/7 classifier: training the Fashion-MNIST judge ($CLF_EPOCHS epoch(s)) -> $CLASSIFIER"
   timed "classifier ($CLF_EPOCHS epochs)" "$BIN" fmnist-classifier --data "$FMNIST" --out "$CLASSIFIER" \
-    --epochs "$CLF_EPOCHS" --limit "$CLF_LIMIT"
+    --epochs "$CLF_EPOCHS" --limit "$CLF_LIMIT" --test-limit "$CLF_TEST_LIMIT"
 fi
 [ -f "${CLASSIFIER%.safetensors}.json" ] && say "    classifier test accuracy: $(sed -n 's/.*"test_accuracy": *\([0-9.]*\).*/\1/p' "${CLASSIFIER%.safetensors}.json" | head -1)"
 
@@ -88,7 +90,7 @@ if [ -d "$LAST" ]; then say "4/7 train: done ($LAST)"; else
     --set "run.out_dir=\"$RUN\"" --set "llm.weights=\"$LLM\"" --set "t2i.tokenizer=\"$TOK\"" \
     --set "data.tokens=\"$TOKENS\"" --set "schedule.steps=$STEPS" --set "data.batch_size=$BATCH" \
     --set "optim.lr=$LR" --set "optim.warmup_steps=$(( STEPS / 20 + 1 ))" \
-    --set "schedule.ckpt_every=$(( STEPS / 4 > 1 ? STEPS / 4 : 1 ))" --set "schedule.log_every=$(( STEPS / 10 > 1 ? STEPS / 10 : 1 ))" \
+    --set "schedule.ckpt_every=$(( STEPS / 2 > 1 ? STEPS / 2 : 1 ))" --set "schedule.log_every=$(( STEPS / 10 > 1 ? STEPS / 10 : 1 ))" \
     --set "run.threads=$THREADS"
 fi
 first=$(head -n 1 "$RUN/metrics.jsonl" | sed -n 's/.*"ce":\([0-9.]*\).*/\1/p')

@@ -33,7 +33,7 @@ pub struct LlavaDemoArgs {
     #[arg(long, default_value_t = 8)]
     pub batch: u64,
     /// Test items answered (the first N / 2 test images, each asked both questions).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub eval: u64,
     /// Feature sets, in order (sghc, sem-only, pixel-vq, teacher).
     #[arg(
@@ -42,8 +42,9 @@ pub struct LlavaDemoArgs {
         default_value = "sghc,sem-only,pixel-vq,teacher"
     )]
     pub only: Vec<String>,
-    /// LibTorch threads.
-    #[arg(long, default_value_t = 2)]
+    /// LibTorch threads per process (1: on a shared 2-core VM two were 10x slower, from
+    /// OpenMP oversubscription; 2 on an idle machine).
+    #[arg(long, default_value_t = 1)]
     pub threads: u32,
 }
 
@@ -92,7 +93,8 @@ pub struct T2iDemoArgs {
     /// Epochs of that training.
     #[arg(long, default_value_t = 1)]
     pub clf_epochs: u64,
-    #[arg(long, default_value_t = 2)]
+    /// LibTorch threads per process (see `demo llava --help`).
+    #[arg(long, default_value_t = 1)]
     pub threads: u32,
 }
 

@@ -8,7 +8,8 @@
 //! the pieces with merges ranked by the merged piece's score (Unigram models use the scores
 //! directly), byte fallback to `<0xXX>` pieces, normalizer "prepend ▁ + spaces to ▁", control
 //! pieces (`<s>`, `</s>`) and the unknown piece (`<unk>`) special, as transformers' tokenizers
-//! have them. Only the `identity` normalization without extra-whitespace removal is supported (Llama-2's); other specs are refused by name.
+//! have them. Only the `identity` normalization without extra-whitespace removal is supported
+//! (Llama-2's); other specs are refused by name.
 //!
 //! `legacy` is transformers' `LlamaTokenizer(legacy=...)` (a `tokenizer_config.json` key;
 //! Vicuna-7B v1.5 sets `false`): with `legacy = true` (transformers' default) every chunk between

@@ -12,6 +12,7 @@ mod train {
     mod generic;
     mod llava;
     mod machinery;
+    mod mllm_demos;
     mod optim;
     mod reliability;
     pub mod stages;

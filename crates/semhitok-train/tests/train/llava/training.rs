@@ -24,13 +24,13 @@ fn ws() -> PathBuf {
 }
 
 /// Tokenizer folder, LLM folder and data set under `root` (built once per test).
-struct Fixture {
-    tok: PathBuf,
-    llm: PathBuf,
-    data: PathBuf,
+pub(crate) struct Fixture {
+    pub tok: PathBuf,
+    pub llm: PathBuf,
+    pub data: PathBuf,
 }
 
-fn fixture(root: &Path) -> Fixture {
+pub(crate) fn fixture(root: &Path) -> Fixture {
     // SemHiTok: random SigLIP-shaped teacher, tiny model.
     let vision = SiglipVisionConfig {
         hidden_size: 16,
