@@ -10,6 +10,7 @@ mod bench_quant;
 mod bundle;
 mod c10d_headers;
 mod data_cmd;
+mod demo_mllm;
 mod fmnist_cmd;
 mod libtorch;
 mod train_cmd;
@@ -53,6 +54,8 @@ enum Cmd {
     /// A dataset -> resumable int32 unified-id shards.
     Tokenize(train_cmd::PassArgs),
     /// The embedded-default demo: tiny SPC, SGHC and the semantic-only baseline on photo crops.
+    /// `demo llava [--help]`: the LLaVA understanding demo on Fashion-MNIST (CPU, ~15 min);
+    /// `demo t2i [--help]`: the text-to-image demo (CPU, ~15 min).
     Demo(train_cmd::PassArgs),
     /// The Fashion-MNIST tokenizer set: SPC, SGHC, semantic-only and pixel-only VQ with one
     /// budget; evaluated, exported to OUT/<name>/model, train/test tokenized with labels, table
@@ -101,7 +104,10 @@ fn main() -> Result<()> {
         Cmd::Decode(a) => train_cmd::pass(&root, "decode", &a),
         Cmd::Export(a) => train_cmd::pass(&root, "export", &a),
         Cmd::Tokenize(a) => train_cmd::pass(&root, "tokenize", &a),
-        Cmd::Demo(a) => train_cmd::demo(&root, &a),
+        Cmd::Demo(a) => match demo_mllm::parse(&a.args).unwrap_or_else(|e| e.exit()) {
+            Some(which) => demo_mllm::run(&root, which),
+            None => train_cmd::demo(&root, &a),
+        },
         Cmd::FmnistTokenizers(a) => fmnist_cmd::run(&root, &a),
         Cmd::Chat(a) => train_cmd::chat(&root, &a),
         Cmd::Bench { which } => match which {

@@ -7,8 +7,18 @@
 //! remove_extra_whitespaces 4). The conversion follows transformers' `LlamaConverter`: BPE over
 //! the pieces with merges ranked by the merged piece's score (Unigram models use the scores
 //! directly), byte fallback to `<0xXX>` pieces, normalizer "prepend ▁ + spaces to ▁", control
-//! pieces (`<s>`, `</s>`) special. Only the `identity` normalization without extra-whitespace
-//! removal is supported (Llama-2's); other specs are refused by name.
+//! pieces (`<s>`, `</s>`) and the unknown piece (`<unk>`) special, as transformers' tokenizers
+//! have them. Only the `identity` normalization without extra-whitespace removal is supported
+//! (Llama-2's); other specs are refused by name.
+//!
+//! `legacy` is transformers' `LlamaTokenizer(legacy=...)` (a `tokenizer_config.json` key;
+//! Vicuna-7B v1.5 sets `false`): with `legacy = true` (transformers' default) every chunk between
+//! special tokens gets SentencePiece's dummy prefix `▁` (`"</s> USER"` -> `</s> ▁ ▁USER`); with
+//! `legacy = false` only the start of the text does (`"</s> USER"` -> `</s> ▁USER`,
+//! `"<s>Hi"` -> `<s> Hi`). [`SpmModel::to_tokenizer_with`]`(path, false)` builds the converter's
+//! fast form of that (a `Metaspace` pre-tokenizer with `prepend_scheme = "first"`, what
+//! transformers' `LlamaConverter` writes); [`crate::tokenizer::TextTokenizer::from_spm`] adds the
+//! slow tokenizer's text handling on top (golden: `tests/fixtures/llava/legacy.json`).
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -20,6 +30,7 @@ use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
 use tokenizers::models::unigram::Unigram;
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, Tokenizer};
 
 /// Piece types of `SentencePiece.Type`.
@@ -209,8 +220,13 @@ impl SpmModel {
         Ok(m)
     }
 
-    /// The equivalent `tokenizers` tokenizer.
+    /// The equivalent `tokenizers` tokenizer with `legacy = true`.
     pub fn to_tokenizer(&self, path: &str) -> Result<Tokenizer> {
+        self.to_tokenizer_with(path, true)
+    }
+
+    /// The equivalent `tokenizers` tokenizer; `legacy` as transformers' (module docs).
+    pub fn to_tokenizer_with(&self, path: &str, legacy: bool) -> Result<Tokenizer> {
         let terr = |msg: String| Error::Tokenizer {
             path: path.into(),
             msg,
@@ -273,16 +289,27 @@ impl SpmModel {
                 )))
             }
         };
-        let mut norms: Vec<NormalizerWrapper> = vec![];
-        if self.add_dummy_prefix {
-            norms.push(Prepend::new("▁".into()).into());
+        if legacy {
+            let mut norms: Vec<NormalizerWrapper> = vec![];
+            if self.add_dummy_prefix {
+                norms.push(Prepend::new("▁".into()).into());
+            }
+            norms.push(
+                Replace::new(" ", "▁")
+                    .map_err(|e| terr(e.to_string()))?
+                    .into(),
+            );
+            tk.with_normalizer(Some(NormSequence::new(norms)));
+        } else {
+            // transformers' LlamaConverter for legacy = false: no normalizer; spaces -> ▁ and the
+            // dummy prefix only on the text's first section (not after special tokens).
+            let scheme = if self.add_dummy_prefix {
+                PrependScheme::First
+            } else {
+                PrependScheme::Never
+            };
+            tk.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
         }
-        norms.push(
-            Replace::new(" ", "▁")
-                .map_err(|e| terr(e.to_string()))?
-                .into(),
-        );
-        tk.with_normalizer(Some(NormSequence::new(norms)));
         let mut decs: Vec<DecoderWrapper> = vec![
             tokenizers::decoders::DecoderWrapper::Replace(
                 tokenizers::normalizers::Replace::new("▁", " ").map_err(|e| terr(e.to_string()))?,
@@ -297,7 +324,7 @@ impl SpmModel {
         let special: Vec<AddedToken> = self
             .pieces
             .iter()
-            .filter(|p| p.ty == PieceType::Control)
+            .filter(|p| matches!(p.ty, PieceType::Control | PieceType::Unknown))
             .map(|p| AddedToken::from(p.piece.clone(), true))
             .collect();
         tk.add_special_tokens(&special);

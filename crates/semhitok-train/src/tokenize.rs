@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Shard `s` holds the source samples `s * shard_size .. (s + 1) * shard_size` in source order,
-//! minus the ones that could not be decoded (listed in its JSON, never fatal). Rank `r` of `W`
+//! minus the ones that could not be decoded (listed in its JSON, never fatal); for a webdataset
+//! (`wds:PATH`) shard `s` is the `s`-th tar of the sorted shard list, its samples in tar order,
+//! with the `.txt` (else `.json` `caption`) captions and `.cls` labels. Rank `r` of `W`
 //! writes the shards `s` with `s % W == r`, so the files do not depend on the split. A shard is
 //! committed by renaming its safetensors into place after its JSON, so a shard whose
 //! `.safetensors` exists is complete; a restart skips those and redoes the rest (the work of a
@@ -39,9 +41,14 @@ pub struct TokenizeArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// `KIND:PATH`: `imagenet:ROOT` (class folders), `fashion-mnist:DIR` (test split) or
-    /// `fashion-mnist-train:DIR`, `photos:DIR` (the held-out evaluation crops of a photo folder).
+    /// `fashion-mnist-train:DIR`, `photos:DIR` (the held-out evaluation crops of a photo folder),
+    /// `wds:DIR|FILE.tar` (webdataset shards, e.g. `semhitok data pack`: one token shard per
+    /// tar, captions from `.txt` / `.json` `caption`, labels from `.cls`).
     #[arg(long)]
     pub data: String,
+    /// Only the first N source samples (indexed sources; not with `wds:`).
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -84,13 +91,74 @@ pub struct TokenizeReport {
     pub complete: bool,
 }
 
+/// What `--data` is cut into shards from.
+enum Plan {
+    /// An indexed source: shard `s` = samples `s * shard_size ..`.
+    Indexed(Arc<dyn IndexedSource>),
+    /// Webdataset tars: shard `s` = tar `s`.
+    Tars(Vec<PathBuf>),
+}
+
+impl Plan {
+    fn shards(&self, shard_size: usize) -> usize {
+        match self {
+            Plan::Indexed(src) => src.len().div_ceil(shard_size),
+            Plan::Tars(t) => t.len(),
+        }
+    }
+}
+
+/// The samples of one tar, decoded on demand (the input size's ADM center crop).
+struct TarSamples {
+    raws: Vec<semhitok_data::wds::RawSample>,
+    cfg: semhitok_data::WdsConfig,
+    size: u32,
+}
+
+impl IndexedSource for TarSamples {
+    fn len(&self) -> usize {
+        self.raws.len()
+    }
+    fn key(&self, index: usize) -> String {
+        self.raws[index].key.clone()
+    }
+    fn output_size(&self) -> (u32, u32) {
+        (self.size, self.size)
+    }
+    fn get(
+        &self,
+        index: usize,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> std::result::Result<Item, SkipReason> {
+        semhitok_data::wds::decode_sample(&self.raws[index], &self.cfg, rng)
+    }
+}
+
+/// Tar `path` as a source; a damaged archive keeps the samples before the damage and returns
+/// the reason as an extra skip `(tar name, reason)`.
+fn open_tar(path: &Path, size: u32) -> (Arc<dyn IndexedSource>, Option<(String, SkipReason)>) {
+    let mut raws = vec![];
+    let res = semhitok_data::wds::for_each_sample(path, |r| {
+        raws.push(r);
+        std::ops::ControlFlow::Continue(())
+    });
+    let cfg = semhitok_data::WdsConfig {
+        transform: semhitok_data::Transform::center_crop(size),
+        shuffle_buffer: 0,
+        require_caption: false,
+        limits: semhitok_data::DecodeLimits::default(),
+    };
+    let broken = res.err().map(|r| (path.display().to_string(), r));
+    (Arc::new(TarSamples { raws, cfg, size }), broken)
+}
+
 /// `[data]` source of `tokenize`. The one place that maps a `--data` string to a source of
 /// semhitok-data (to be replaced by the unified `[data] kind` of the data crate).
 pub fn open_source(spec: &str, tok: &Tokenizer) -> Result<Arc<dyn IndexedSource>> {
     let size = tok.config().preprocessing.image_size as u32;
     let (kind, path) = spec.split_once(':').ok_or_else(|| {
         Error::Input(format!(
-            "--data {spec}: expected KIND:PATH (imagenet, fashion-mnist, fashion-mnist-train, photos)"
+            "--data {spec}: expected KIND:PATH (imagenet, fashion-mnist, fashion-mnist-train, photos, wds)"
         ))
     })?;
     let path = PathBuf::from(path);
@@ -125,7 +193,7 @@ pub fn open_source(spec: &str, tok: &Tokenizer) -> Result<Arc<dyn IndexedSource>
         }
         k => {
             return Err(Error::Input(format!(
-                "--data {spec}: unknown kind `{k}` (imagenet, fashion-mnist, fashion-mnist-train, photos)"
+                "--data {spec}: unknown kind `{k}` (imagenet, fashion-mnist, fashion-mnist-train, photos, wds)"
             )))
         }
     })
@@ -134,6 +202,7 @@ pub fn open_source(spec: &str, tok: &Tokenizer) -> Result<Arc<dyn IndexedSource>
 /// The names of the labels of `--data` (index = label) where the source has fixed ones:
 /// Fashion-MNIST's ([`semhitok_data::FASHION_MNIST_CLASSES`]); `None` otherwise.
 pub fn label_names(spec: &str) -> Option<Vec<&'static str>> {
+    // (webdataset `.cls` labels have no names here.)
     match spec.split_once(':').map(|(k, _)| k) {
         Some("fashion-mnist" | "fashion-mnist-train") => {
             Some(semhitok_data::FASHION_MNIST_CLASSES.to_vec())
@@ -203,9 +272,52 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
         return Err(Error::Input("--shard-size and --batch must be >= 1".into()));
     }
     let tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
-    let source = open_source(&a.data, &tok)?;
-    let n = source.len();
-    let shards = n.div_ceil(a.shard_size);
+    let plan = match a.data.split_once(':') {
+        Some(("wds", path)) => {
+            if a.limit.is_some() {
+                return Err(Error::Input(format!(
+                    "--limit: not with --data {} (a webdataset is tokenized tar by tar)",
+                    a.data
+                )));
+            }
+            Plan::Tars(semhitok_data::wds::list_shards(Path::new(path))?)
+        }
+        _ => {
+            let mut src = open_source(&a.data, &tok)?;
+            if let Some(l) = a.limit {
+                if l == 0 {
+                    return Err(Error::Input("--limit must be >= 1".into()));
+                }
+                let len = l.min(src.len());
+                src = Arc::new(Range {
+                    inner: src,
+                    start: 0,
+                    len,
+                });
+            }
+            Plan::Indexed(src)
+        }
+    };
+    let shards = plan.shards(a.shard_size);
+    let (samples, shard_size, tars) = match &plan {
+        Plan::Indexed(src) => (
+            serde_json::json!(src.len()),
+            serde_json::json!(a.shard_size),
+            serde_json::Value::Null,
+        ),
+        Plan::Tars(t) => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            serde_json::json!(t
+                .iter()
+                .map(|p| p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned())
+                .collect::<Vec<_>>()),
+        ),
+    };
     let c = tok.config();
     let meta = serde_json::json!({
         "format": FORMAT,
@@ -214,8 +326,10 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
         "decode_mode": c.decode_mode,
         "data": a.data,
         "label_names": label_names(&a.data),
-        "samples": n,
-        "shard_size": a.shard_size,
+        "limit": a.limit,
+        "samples": samples,
+        "shard_size": shard_size,
+        "source_tars": tars,
         "shards": shards,
         "grid": c.grid,
         "semantic_codebook_size": c.vocab.semantic_codebook_size,
@@ -274,10 +388,13 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
         shards_present: mine.len() - todo.len(),
         ..Default::default()
     };
-    let todo_samples: usize = todo
-        .iter()
-        .map(|s| a.shard_size.min(n - s * a.shard_size))
-        .sum();
+    let todo_samples: usize = match &plan {
+        Plan::Indexed(src) => todo
+            .iter()
+            .map(|s| a.shard_size.min(src.len() - s * a.shard_size))
+            .sum(),
+        Plan::Tars(_) => 0,
+    };
     let bar = progress(todo_samples as u64, "tokenize");
     for (done, &s) in todo.iter().enumerate() {
         if a.crash_after_shards == Some(done) {
@@ -286,7 +403,33 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
             eprintln!("tokenize: --crash-after-shards {done}: aborting");
             std::process::abort();
         }
-        let (imgs, skipped) = tokenize_shard(&tok, &source, s, a, &bar)?;
+        let part = match &plan {
+            Plan::Indexed(src) => {
+                let start = s * a.shard_size;
+                let len = a.shard_size.min(src.len() - start);
+                let range: Arc<dyn IndexedSource> = Arc::new(Range {
+                    inner: src.clone(),
+                    start,
+                    len,
+                });
+                Part {
+                    source: range,
+                    first_sample: Some(start),
+                    broken: None,
+                }
+            }
+            Plan::Tars(t) => {
+                let size = tok.config().preprocessing.image_size as u32;
+                let (source, broken) = open_tar(&t[s], size);
+                bar.inc_length(source.len() as u64);
+                Part {
+                    source,
+                    first_sample: None,
+                    broken,
+                }
+            }
+        };
+        let (imgs, skipped) = tokenize_shard(&tok, part, s, a, &bar)?;
         report.images += imgs;
         report.skipped += skipped;
         report.shards_written += 1;
@@ -314,22 +457,26 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
     Ok(report)
 }
 
+/// The samples of one output shard.
+struct Part {
+    source: Arc<dyn IndexedSource>,
+    /// Index of its first sample in the source (indexed sources).
+    first_sample: Option<usize>,
+    /// A tar damaged after its last readable sample: (tar, reason), listed as a skip.
+    broken: Option<(String, SkipReason)>,
+}
+
 /// Tokenize shard `s`; returns (images, skipped).
 fn tokenize_shard(
     tok: &Tokenizer,
-    source: &Arc<dyn IndexedSource>,
+    part: Part,
     s: usize,
     a: &TokenizeArgs,
     bar: &indicatif::ProgressBar,
 ) -> Result<(usize, usize)> {
-    let n = source.len();
-    let start = s * a.shard_size;
-    let len = a.shard_size.min(n - start);
-    let range = Arc::new(Range {
-        inner: source.clone(),
-        start,
-        len,
-    });
+    let range = part.source;
+    let len = range.len();
+    let start = part.first_sample;
     let mut lc = LoaderConfig::eval(a.batch);
     lc.workers = a.workers;
     lc.format = PixelFormat::U8;
@@ -350,7 +497,11 @@ fn tokenize_shard(
         bar.inc(b.len() as u64);
         seen += b.len();
     }
-    let stats = loader.skip_stats().clone();
+    let mut stats = loader.skip_stats().clone();
+    if let Some((tar, r)) = &part.broken {
+        stats.examples.push((tar.clone(), r.to_string()));
+        stats.skipped += 1;
+    }
     bar.inc((len - seen) as u64);
     let [gh, gw] = tok.config().grid;
     let unified = if ids.is_empty() {

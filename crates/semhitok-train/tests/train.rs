@@ -13,10 +13,12 @@ mod train {
     mod generic;
     mod llava;
     mod machinery;
+    mod mllm_demos;
     mod optim;
     mod reliability;
     pub mod stages;
     mod t2i;
     mod t2i_run;
+    mod t2i_wds;
     mod tokenize;
 }

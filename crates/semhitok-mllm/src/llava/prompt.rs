@@ -8,10 +8,9 @@
 //! `len(tok(instruction_r)) - 2` tokens and advanced by `len(tok(r))` tokens, counting each
 //! chunk's BOS in place of the `</s>` the split removed; when the rounds do not add up to the
 //! sequence length (LLaVA's "tokenization mismatch") every label is ignored and the example is
-//! counted. LLaVA's `not tokenizer.legacy` correction (Vicuna-v1.5's `legacy: false`
-//! tokenizer_config with transformers >= 4.34) is not applied: our SentencePiece conversion
-//! (`crate::spm`) adds the dummy prefix to every chunk between special tokens, which is the
-//! `legacy = True` behaviour.
+//! counted. With a `legacy = false` SentencePiece tokenizer (Vicuna-v1.5's tokenizer_config;
+//! [`TextTokenizer::legacy`]) LLaVA's correction for transformers >= 4.34 applies: rounds after
+//! the first count one token less in both lengths (golden `golden-nonlegacy.json`).
 //!
 //! [`Template::Chat`] (the LLM's own template, e.g. SmolLM2/Qwen ChatML) has no LLaVA reference
 //! code; its labels are built from the rendered prefixes: the text up to each assistant turn's
@@ -238,7 +237,7 @@ impl<'a> PromptBuilder<'a> {
             labels[lo..hi.max(lo)].fill(IGNORE_INDEX);
         }
         mask(&mut labels, 0, cur_len);
-        for rou in conversation.split(VICUNA_V1_SEP2) {
+        for (i, rou) in conversation.split(VICUNA_V1_SEP2).enumerate() {
             if rou.is_empty() {
                 break;
             }
@@ -247,11 +246,16 @@ impl<'a> PromptBuilder<'a> {
                 break;
             }
             let instruction = format!("{}{sep}", parts[0]);
-            let round_len = self.tokenizer_image_token(rou)?.len();
-            let instruction_len = self
+            let mut round_len = self.tokenizer_image_token(rou)?.len();
+            let mut instruction_len = self
                 .tokenizer_image_token(&instruction)?
                 .len()
                 .saturating_sub(2);
+            // train.py: `if i != 0 and not tokenizer.legacy and IS_TOKENIZER_GREATER_THAN_0_14`.
+            if i != 0 && !self.tokenizer.legacy() {
+                round_len = round_len.saturating_sub(1);
+                instruction_len = instruction_len.saturating_sub(1);
+            }
             mask(&mut labels, cur_len, cur_len + instruction_len);
             cur_len += round_len;
         }

@@ -96,15 +96,6 @@ pub fn load_hf_dir(dir: &Path, kind: Kind, device: Device) -> Result<LoadedLm> {
     let weights = Weights::from_hf_dir(dir, kind, device)?;
     let model = LlamaModel::new(&cfg, &weights)?;
     drop(weights);
-    // tokenizer.json, or (Llama-2 / Vicuna folders) only SentencePiece's tokenizer.model.
-    let tj = dir.join("tokenizer.json");
-    let tm = dir.join("tokenizer.model");
-    let tokenizer = if !tj.is_file() && tm.is_file() {
-        let o = tm.display().to_string();
-        TextTokenizer::from_tokenizer(crate::spm::SpmModel::open(&tm)?.to_tokenizer(&o)?, &o)
-    } else {
-        TextTokenizer::from_file(&tj)?
-    };
     let tc_path = dir.join("tokenizer_config.json");
     let tc: serde_json::Value = if tc_path.is_file() {
         let o = tc_path.display().to_string();
@@ -118,6 +109,17 @@ pub fn load_hf_dir(dir: &Path, kind: Kind, device: Device) -> Result<LoadedLm> {
         })?
     } else {
         serde_json::Value::Null
+    };
+    // tokenizer.json, or (Llama-2 / Vicuna folders) only SentencePiece's tokenizer.model, read
+    // with tokenizer_config.json's `legacy` (transformers' default: true; Vicuna-v1.5: false).
+    let tj = dir.join("tokenizer.json");
+    let tm = dir.join("tokenizer.model");
+    let tokenizer = if !tj.is_file() && tm.is_file() {
+        let o = tm.display().to_string();
+        let legacy = tc.get("legacy").and_then(|l| l.as_bool()).unwrap_or(true);
+        TextTokenizer::from_spm(&crate::spm::SpmModel::open(&tm)?, &o, legacy)?
+    } else {
+        TextTokenizer::from_file(&tj)?
     };
     let bos_s = token_string(tc.get("bos_token"));
     let eos_s = token_string(tc.get("eos_token"));

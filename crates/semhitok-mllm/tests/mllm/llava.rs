@@ -423,3 +423,116 @@ proptest! {
         prop_assert_eq!(cut.truncated, full.input_ids.len() > max_len);
     }
 }
+
+fn spm_tokenizer(legacy: bool) -> TextTokenizer {
+    let p = fixtures().join("tokenizer.model");
+    let o = p.display().to_string();
+    TextTokenizer::from_spm(&SpmModel::open(&p).unwrap(), &o, legacy).unwrap()
+}
+
+/// transformers' slow `LlamaTokenizer` with `legacy = True` and `= False` (legacy.json, from
+/// `scripts/fixtures/llava_prompts.py`) on strings with special tokens followed by text: the
+/// dummy prefix after `<s>` / `</s>` only with legacy, a lone leading `▁` dropped before a
+/// special token, `▁` in the text read as a space.
+#[test]
+fn spm_legacy_flag_matches_transformers_slow_llama_tokenizer() {
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("legacy.json")).unwrap())
+            .unwrap();
+    let (legacy, non_legacy) = (spm_tokenizer(true), spm_tokenizer(false));
+    assert!(legacy.legacy() && !non_legacy.legacy());
+    let mut differ = 0;
+    for c in g.as_array().unwrap() {
+        let tk = if c["legacy"].as_bool().unwrap() {
+            &legacy
+        } else {
+            &non_legacy
+        };
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = ints(&c["ids"]).into_iter().map(|i| i as u32).collect();
+        let got = tk.encode(text).unwrap();
+        assert_eq!(got, want, "legacy = {}: {text:?}", c["legacy"]);
+        differ += usize::from(legacy.encode(text).unwrap() != non_legacy.encode(text).unwrap());
+    }
+    assert!(differ >= 5, "only {differ} strings tokenize differently");
+}
+
+/// With `legacy = false` (Vicuna-7B v1.5) ids and labels equal LLaVA's `preprocess_v1` with its
+/// `not tokenizer.legacy` round-offset correction (golden-nonlegacy.json): no mismatch, and the
+/// multi-round records differ from the legacy golden.
+#[test]
+fn prompts_match_llava_with_legacy_false() {
+    let tk = spm_tokenizer(false);
+    let g: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("golden-nonlegacy.json")).unwrap(),
+    )
+    .unwrap();
+    let old = golden();
+    let cases = g["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    let mut changed = 0;
+    for (c, o) in cases.iter().zip(old["cases"].as_array().unwrap()) {
+        let t = template(c["template"].as_str().unwrap());
+        let b = PromptBuilder::new(&tk, t, None, Some(1), 2048).unwrap();
+        let id = c["record"]["id"].as_str().unwrap();
+        let ex = b.example(&turns(&c["record"]), id).unwrap();
+        assert_eq!(
+            ex.input_ids,
+            ints(&c["input_ids"]),
+            "{id} ({t:?}): input ids"
+        );
+        assert_eq!(ex.labels, ints(&c["labels"]), "{id} ({t:?}): labels");
+        assert!(!ex.mismatch, "{id}");
+        changed += usize::from(c["input_ids"] != o["input_ids"]);
+    }
+    assert!(changed >= 2, "{changed}");
+}
+
+/// An HF folder with only `tokenizer.model` reads `legacy` from tokenizer_config.json.
+#[test]
+fn hf_folder_honours_tokenizer_config_legacy() {
+    use semhitok_mllm::llm::load::{load_hf_dir, LoadedLm};
+    use semhitok_mllm::llm::{LlamaConfig, LlamaModel, Weights};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("llm");
+    let model = LlamaModel::new(
+        &LlamaConfig::tiny(400),
+        &Weights::random(0.2, 1, Kind::Float, Device::Cpu),
+    )
+    .unwrap();
+    LoadedLm {
+        model,
+        tokenizer: tokenizer(),
+        chat_template: None,
+        bos_to_add: Some(1),
+        eos: vec![2],
+    }
+    .save_hf_dir(&dir)
+    .unwrap();
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("tokenizer.model"),
+        dir.join("tokenizer.model"),
+    )
+    .unwrap();
+    let text = "the cat</s> USER: what";
+    for (legacy, write) in [(true, None), (false, Some(false)), (true, Some(true))] {
+        let tc = dir.join("tokenizer_config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+        match write {
+            Some(l) => v["legacy"] = serde_json::json!(l),
+            None => {
+                v.as_object_mut().unwrap().remove("legacy");
+            }
+        }
+        std::fs::write(&tc, v.to_string()).unwrap();
+        let lm = load_hf_dir(&dir, Kind::Float, Device::Cpu).unwrap();
+        assert_eq!(lm.tokenizer.legacy(), legacy, "{write:?}");
+        assert_eq!(
+            lm.tokenizer.encode(text).unwrap(),
+            spm_tokenizer(legacy).encode(text).unwrap(),
+            "{write:?}"
+        );
+    }
+}

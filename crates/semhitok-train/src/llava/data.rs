@@ -34,8 +34,7 @@ pub struct LlmText {
 impl LlmText {
     /// From a loaded LLM.
     pub fn of(lm: &LoadedLm, template: Template, max_len: usize) -> Result<Self> {
-        let tokenizer =
-            TextTokenizer::from_tokenizer(lm.tokenizer.inner().clone(), "llm tokenizer");
+        let tokenizer = lm.tokenizer.clone();
         let tok = |id: Option<u32>| {
             id.and_then(|i| lm.tokenizer.id_to_token(i))
                 .unwrap_or_default()

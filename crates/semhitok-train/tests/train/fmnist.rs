@@ -157,6 +157,7 @@ fn fashion_mnist_tokens_keep_labels_and_class_names() {
         rank: None,
         world_size: None,
         crash_after_shards: None,
+        limit: None,
     };
     let r = run(&a).unwrap_or_else(|e| panic!("{e}"));
     assert!(r.complete && r.images == 12, "{r:?}");

@@ -1,4 +1,4 @@
 //! LLaVA: the Fashion-MNIST LLaVA-format set, training, answering, export.
 
 mod fmnist;
-pub(super) mod training;
+pub(crate) mod training;

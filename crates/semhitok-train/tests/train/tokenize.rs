@@ -44,6 +44,7 @@ fn args(model: &Path, data: &Path, out: &Path) -> TokenizeArgs {
         rank: None,
         world_size: None,
         crash_after_shards: None,
+        limit: None,
     }
 }
 

@@ -25,9 +25,9 @@ fn ws() -> PathBuf {
 
 /// Tokenizer folder, LLM folder and data set under `root` (built once per test).
 pub(crate) struct Fixture {
-    tok: PathBuf,
-    llm: PathBuf,
-    data: PathBuf,
+    pub tok: PathBuf,
+    pub llm: PathBuf,
+    pub data: PathBuf,
 }
 
 pub(crate) fn fixture(root: &Path) -> Fixture {
