@@ -10,10 +10,37 @@ use semhitok_nn::quantizer::nearest_l2;
 use semhitok_nn::test_device;
 use tch::{Device, Kind, Tensor};
 
+/// ptxas's spill report for `entry` in `log` (`--ptxas-options=-v`): `Some(true)` if it
+/// spills, `None` if the log has no report for it.
+fn spills(log: &str, entry: &str) -> Option<bool> {
+    let mut lines = log.lines();
+    lines.find(|l| l.contains(&format!("Function properties for {entry}")))?;
+    let report = lines.next()?;
+    report
+        .contains("spill stores")
+        .then(|| !report.contains(" 0 bytes spill stores"))
+}
+
 /// The kernel sources compile with the NVRTC of the PyTorch wheel (no GPU needed), without
 /// register spills at the SPC's D = 32 (a spill would cost more than the kernel's whole margin).
+/// The spill check reads ptxas's report from every compile of that D (v2 and v3 share one
+/// module, so each compile of it reports both); an NVRTC that returns no report for an entry
+/// (the H200 host's returned an empty log for the second compile of the same module) is noted,
+/// not failed.
 #[test]
 fn fused_search_kernels_compile_with_the_wheels_nvrtc() {
+    // The report parser on ptxas's own wording.
+    let r = "ptxas info    : Function properties for k\nptxas         .     16 bytes stack frame, 16 bytes spill stores, 16 bytes spill loads";
+    assert_eq!(spills(r, "k"), Some(true));
+    assert_eq!(
+        spills(
+            &r.replace("16 bytes spill stores", "0 bytes spill stores"),
+            "k"
+        ),
+        Some(false)
+    );
+    assert_eq!(spills(r, "other"), None);
+    let mut logs32 = String::new();
     for kernel in Kernel::ALL {
         for (dim, arch) in [(32, 90), (8, 90), (3, 80), (44, 90), (17, 90)] {
             if !kernel.supports(dim, arch) {
@@ -23,13 +50,16 @@ fn fused_search_kernels_compile_with_the_wheels_nvrtc() {
                 .unwrap_or_else(|e| panic!("{} D={dim}: {e}", kernel.name()));
             assert_eq!(&cubin[..4], b"\x7fELF", "D={dim}: not a cubin");
             eprintln!("{} D={dim} sm_{arch}: {log}", kernel.name());
-            if dim == 32 && kernel != Kernel::V2 {
-                assert!(
-                    log.contains(" 0 bytes spill stores"),
-                    "{} D=32 spills registers:\n{log}",
-                    kernel.name()
-                );
+            if dim == 32 {
+                logs32.push_str(&log);
+                logs32.push('\n');
             }
+        }
+    }
+    for entry in ["nearest_v3", "nearest_tc", "nearest_tc256"] {
+        match spills(&logs32, entry) {
+            Some(spill) => assert!(!spill, "{entry} D=32 spills registers:\n{logs32}"),
+            None => eprintln!("{entry} D=32: NVRTC gave no ptxas report; spill check skipped"),
         }
     }
     for dim in [8, 3, 32] {
