@@ -149,7 +149,14 @@ impl Dist {
     pub(crate) fn broadcast_from_main(&self, tensors: &[(String, Tensor)]) -> Result<()> {
         let _g = tch::no_grad_guard();
         for (name, t) in tensors {
-            if t.is_contiguous() {
+            // NCCL takes CUDA tensors only; host-side state (the LeCam EMAs `disc.lecam`, f64 on
+            // the CPU) travels through a device copy. Gloo takes either.
+            let staged = collective_device(self.pg.backend(), t.device());
+            if let Some(dev) = staged {
+                let mut c = t.f_to_device(dev)?.f_contiguous()?;
+                self.pg.broadcast(name, &mut c, 0)?;
+                t.shallow_clone().f_copy_(&c)?;
+            } else if t.is_contiguous() {
                 self.pg.broadcast(name, &mut t.shallow_clone(), 0)?;
             } else {
                 let mut c = t.contiguous();
@@ -335,4 +342,32 @@ pub fn shard_range(start: u64, rank: usize, world: usize, per_rank: u64) -> std:
     debug_assert!(rank < world.max(1));
     let a = start + rank as u64 * per_rank;
     a..a + per_rank
+}
+
+/// The device a tensor on `device` must be copied to for a collective of `backend`, or `None`
+/// when the backend takes it where it is: NCCL needs CUDA tensors (a CPU tensor goes to this
+/// rank's GPU, `LOCAL_RANK`); Gloo takes CPU and CUDA tensors.
+pub(crate) fn collective_device(backend: Backend, device: tch::Device) -> Option<tch::Device> {
+    match (backend, device) {
+        (Backend::Nccl, tch::Device::Cpu) => Some(tch::Device::Cuda(cuda_index())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nccl_collectives_stage_host_tensors_on_the_gpu_and_gloo_takes_them_as_they_are() {
+        // The H200 run of 2026-12-02 (session 4) stopped at `broadcast of disc.lecam`: "Tensors
+        // must be CUDA and dense" (the LeCam EMAs live on the CPU).
+        assert!(matches!(
+            collective_device(Backend::Nccl, tch::Device::Cpu),
+            Some(tch::Device::Cuda(_))
+        ));
+        assert_eq!(collective_device(Backend::Nccl, tch::Device::Cuda(0)), None);
+        assert_eq!(collective_device(Backend::Gloo, tch::Device::Cpu), None);
+        assert_eq!(collective_device(Backend::Gloo, tch::Device::Cuda(0)), None);
+    }
 }
