@@ -18,6 +18,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SEMHITOK_C10D_HEADERS");
     println!("cargo:rerun-if-changed=csrc/c10d_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/c10d_shim.h");
+    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo::rustc-check-cfg=cfg(semhitok_nccl)");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!(
@@ -54,6 +55,7 @@ fn main() {
     let mut b = cc::Build::new();
     b.cpp(true)
         .file("csrc/c10d_shim.cpp")
+        .file("csrc/cuda_graph.cpp") // CUDA graphs (USE_CUDA with the CUDA headers, else stubs)
         .include("csrc")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))

@@ -10,11 +10,13 @@
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
 //! tensors passed in are borrowed for the duration of the call only.
 
+mod cuda_graph;
 mod env;
 mod error;
 mod ffi;
 mod process_group;
 
+pub use cuda_graph::CudaGraph;
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
 pub use process_group::{ProcessGroup, ReduceOp, DEFAULT_TIMEOUT};
