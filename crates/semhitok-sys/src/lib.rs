@@ -5,7 +5,9 @@
 //! CUDA) that rendezvous through a `TCPStore` with torchrun's environment ([`DistEnv`]) and runs
 //! `all_reduce`, `broadcast`, `all_gather` and `barrier` in place on tch tensors, each bounded by a
 //! timeout whose expiry is an [`Error::Collective`] naming the collective, the rank and the step.
-//! The same door is meant for run-time-compiled CUDA kernels (NVRTC), CUDA streams and graphs.
+//! It also binds CUDA graphs: [`CudaGraph`] captures the tch ops a closure issues (on a pool
+//! stream made current for the capture) and replays them with one launch (semhitok-mllm's
+//! CUDA-graph decode step). The same door is meant for run-time-compiled CUDA kernels (NVRTC).
 //!
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
 //! tensors passed in are borrowed for the duration of the call only.
