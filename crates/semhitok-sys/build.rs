@@ -20,6 +20,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/c10d_shim.h");
     println!("cargo:rerun-if-changed=csrc/grad_reducer.cpp");
     println!("cargo:rerun-if-changed=csrc/shim_internal.h");
+    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo::rustc-check-cfg=cfg(semhitok_nccl)");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!(
@@ -57,6 +58,7 @@ fn main() {
     b.cpp(true)
         .file("csrc/c10d_shim.cpp")
         .file("csrc/grad_reducer.cpp")
+        .file("csrc/cuda_graph.cpp") // CUDA graphs (USE_CUDA with the CUDA headers, else stubs)
         .include("csrc")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))

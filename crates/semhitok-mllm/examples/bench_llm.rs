@@ -6,10 +6,12 @@
 //! Args: `--model PATH.gguf | --random llama2-7b`, `--device cpu|cuda`, `--dtype f32|bf16|f16`,
 //! `--threads N`, `--batch B`, `--prompt-tokens P`, `--new-tokens N`, `--reps R` (best kept),
 //! `--sync-every K` (read sampled ids on the host every K steps; 1 = every token),
+//! `--decode dynamic|static|graph` (the decode step: dynamic shapes, the static-shape step issued
+//! op by op, or the static step as a CUDA graph; default dynamic),
 //! `--accuracy` (also report the max relative error of the last-position logits against the f32
 //! model, for a smaller dtype).
 
-use semhitok_mllm::generate::{generate, GenerationConfig};
+use semhitok_mllm::generate::{generate, DecodeMode, GenerationConfig};
 use semhitok_mllm::llm::{Input, LlamaConfig, LlamaModel, LogitsAt, Weights};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -70,7 +72,14 @@ fn main() -> anyhow::Result<()> {
     let v = m.config().vocab_size;
     let prompt: Vec<u32> = (0..p).map(|i| ((i * 7919 + 13) % v) as u32).collect();
     let prompts = vec![prompt.clone(); batch as usize];
+    let decode = match arg(&args, "--decode").as_deref() {
+        None | Some("dynamic") => DecodeMode::Dynamic,
+        Some("static") => DecodeMode::Static,
+        Some("graph") => DecodeMode::CudaGraph,
+        Some(d) => anyhow::bail!("--decode {d}: dynamic | static | graph"),
+    };
     let cfg = GenerationConfig {
+        decode,
         max_new_tokens: n as usize,
         sync_every: num("--sync-every", 1) as usize,
         ..Default::default()
@@ -117,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             "impl": "semhitok-mllm (tch)",
             "model": arg(&args, "--model").or(arg(&args, "--random")),
             "device": format!("{dev:?}"), "dtype": format!("{kind:?}"), "threads": tch::get_num_threads(),
-            "batch": batch, "prompt_tokens": p, "new_tokens": n, "reps": reps, "sync_every": cfg.sync_every,
+            "batch": batch, "prompt_tokens": p, "new_tokens": n, "reps": reps, "sync_every": cfg.sync_every, "decode": format!("{decode:?}"),
             "load_s": load_s, "prefill_tok_s": best_pre, "decode_tok_s": best_dec,
             "params": m.config().n_params(), "first_tokens": &tokens[..tokens.len().min(8)],
             "accuracy": accuracy,

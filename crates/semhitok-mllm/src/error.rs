@@ -9,6 +9,9 @@ pub enum Error {
     /// An id of the codebook math (unified id u = k * m + j; `semhitok-quant` owns the rule).
     #[error(transparent)]
     Quant(#[from] semhitok_quant::Error),
+    /// A CUDA graph (capture / replay) failed in semhitok-sys.
+    #[error(transparent)]
+    Sys(#[from] semhitok_sys::Error),
     /// An id outside its range.
     #[error("{what}: {value} is outside {lo}..{hi}")]
     OutOfRange {

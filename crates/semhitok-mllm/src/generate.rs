@@ -7,7 +7,7 @@
 //! (Visual tokens with CFG are sampled by [`crate::t2i`], reproducibly across devices.)
 
 use crate::error::{Error, Result};
-use crate::llm::{Input, KvCache, LlamaModel, LogitsAt};
+use crate::llm::{Input, KvCache, LlamaModel, LogitsAt, StaticDecoder, StepRun};
 use crate::tokenizer::TextTokenizer;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -27,6 +27,19 @@ pub enum Sampling {
         /// In (0, 1]; 1 = off.
         top_p: f64,
     },
+}
+
+/// How the decode steps after the prefill run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeMode {
+    /// [`LlamaModel::forward`] per token: attention over the filled slots only.
+    #[default]
+    Dynamic,
+    /// [`LlamaModel::forward_static`] per token, ops issued one by one (the reference for
+    /// `CudaGraph`; greedy tokens equal `Dynamic`'s).
+    Static,
+    /// The static step captured once as a CUDA graph and replayed per token (CUDA only).
+    CudaGraph,
 }
 
 /// Generation settings.
@@ -49,6 +62,10 @@ pub struct GenerationConfig {
     /// let a GPU run ahead of the host (no sync per token); rows that end in between still get
     /// exactly the tokens up to their eos / stop string, the extra steps are wasted work.
     pub sync_every: usize,
+    /// How decode steps run. `Static` and `CudaGraph` sample from host-drawn uniforms (seeded by
+    /// `seed`, inverse CDF) instead of LibTorch's generator, so their sampled (non-greedy)
+    /// tokens differ from `Dynamic`'s for the same seed; greedy tokens are the same.
+    pub decode: DecodeMode,
 }
 
 impl Default for GenerationConfig {
@@ -61,6 +78,7 @@ impl Default for GenerationConfig {
             stop_strings: vec![],
             seed: 0,
             sync_every: 1,
+            decode: DecodeMode::Dynamic,
         }
     }
 }
@@ -161,13 +179,32 @@ impl Sampler {
 
     /// Next ids [B] int64 for logits [B, V] (stays on the device).
     pub fn sample(&mut self, logits: &Tensor) -> Result<Tensor> {
+        self.sample_from(logits, None)
+    }
+
+    /// Like [`Self::sample`] but drawing with the given uniforms `u` [B, 1] f32 in [0, 1)
+    /// (inverse CDF: the first token whose cumulative probability exceeds `u`) instead of
+    /// LibTorch's generator: no host sync and no generator state, so it can be CUDA-graph
+    /// captured with `u` a fixed buffer the host refills. Greedy ignores `u`.
+    pub fn sample_with(&mut self, logits: &Tensor, u: &Tensor) -> Result<Tensor> {
+        self.sample_from(logits, Some(u))
+    }
+
+    fn sample_from(&mut self, logits: &Tensor, u: Option<&Tensor>) -> Result<Tensor> {
         let l = self.process(logits)?;
-        let ids = match self.sampling {
-            Sampling::Greedy => l.f_argmax(-1, false)?,
-            Sampling::Sample { .. } => l
+        let ids = match (self.sampling, u) {
+            (Sampling::Greedy, _) => l.f_argmax(-1, false)?,
+            (Sampling::Sample { .. }, None) => l
                 .f_softmax(-1, Kind::Float)?
                 .f_multinomial(1, false)?
                 .f_squeeze_dim(1)?,
+            (Sampling::Sample { .. }, Some(u)) => {
+                let v = l.size()[1];
+                let cdf = l.f_softmax(-1, Kind::Float)?.f_cumsum(-1, Kind::Float)?;
+                cdf.f_le_tensor(u)?
+                    .f_sum_dim_intlist(-1, false, Kind::Int64)?
+                    .f_clamp_max(v - 1)?
+            }
         };
         if let Some(seen) = &mut self.seen {
             let ones = Tensor::f_ones([ids.size()[0], 1], (Kind::Bool, ids.device()))?;
@@ -242,6 +279,27 @@ pub fn generate(
         tch::manual_seed(cfg.seed);
     }
     let mut sampler = Sampler::new(cfg, &ids, model.config().vocab_size)?;
+    let static_run = match cfg.decode {
+        DecodeMode::Dynamic => None,
+        DecodeMode::Static => Some(StepRun::Eager),
+        DecodeMode::CudaGraph => Some(StepRun::CudaGraph),
+    };
+    // Static decoding: uniforms [B, 1] and finished rows [B] live in fixed buffers the host
+    // refills, so a captured step reads them.
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(cfg.seed as u64);
+    let sampled = matches!(cfg.sampling, Sampling::Sample { .. });
+    let uniforms = Tensor::f_zeros([b, 1], (Kind::Float, device))?;
+    let mut refill = |u: &Tensor| -> Result<()> {
+        if sampled {
+            let h: Vec<f32> = (0..b).map(|_| rand::Rng::gen::<f32>(&mut rng)).collect();
+            let _ = u
+                .shallow_clone()
+                .f_copy_(&Tensor::from_slice(&h).f_view([b, 1])?)?;
+        }
+        Ok(())
+    };
+    let done_buf = Tensor::f_zeros([b], (Kind::Bool, device))?;
+    let mut decoder: Option<StaticDecoder> = None;
     let n = prompts.len();
     let mut out: Vec<Vec<u32>> = vec![vec![]; n];
     let mut done = vec![false; n];
@@ -261,10 +319,29 @@ pub fn generate(
     let mut pending: Vec<Tensor> = Vec::new();
     let every = cfg.sync_every.max(1);
     'steps: for step in 0..cfg.max_new_tokens {
-        let mut next = sampler.sample(&logits.f_select(1, 0)?)?;
-        if let Some(dm) = &done_dev {
-            next = pad_t.f_where_self(dm, &next)?;
-        }
+        let next = match decoder.as_mut() {
+            // Static steps sample inside the step (below); `logits` is unused then.
+            Some(d) => {
+                refill(&uniforms)?;
+                let mut sample = |l: &Tensor| -> Result<Tensor> {
+                    let n = sampler.sample_with(l, &uniforms)?;
+                    Ok(pad_t.f_where_self(&done_buf, &n)?)
+                };
+                d.step(model, &mut cache, &mut sample)?
+            }
+            None => {
+                let mut next = if static_run.is_some() {
+                    refill(&uniforms)?;
+                    sampler.sample_with(&logits.f_select(1, 0)?, &uniforms)?
+                } else {
+                    sampler.sample(&logits.f_select(1, 0)?)?
+                };
+                if let Some(dm) = &done_dev {
+                    next = pad_t.f_where_self(dm, &next)?;
+                }
+                next
+            }
+        };
         pending.push(next.shallow_clone());
         let last = step + 1 == cfg.max_new_tokens;
         // The first token is always read at once (time to first token); later ones every
@@ -308,11 +385,20 @@ pub fn generate(
                 }
             }
             if done.iter().any(|&d| d) {
-                done_dev = Some(Tensor::from_slice(&done).f_to_device(device)?);
+                let dm = Tensor::from_slice(&done).f_to_device(device)?;
+                let _ = done_buf.shallow_clone().f_copy_(&dm)?;
+                done_dev = Some(dm);
             }
         }
         if last {
             break;
+        }
+        if let Some(run) = static_run {
+            if decoder.is_none() {
+                decoder = Some(StaticDecoder::new(&cache, &next, run)?);
+            }
+            steps += 1;
+            continue;
         }
         logits = model.forward(
             Input::Ids(&next.f_unsqueeze(1)?),

@@ -18,6 +18,9 @@ mod gguf;
 #[path = "mllm/generate.rs"]
 mod generate;
 
+#[path = "mllm/static_decode.rs"]
+mod static_decode;
+
 #[path = "mllm/llava.rs"]
 mod llava;
 

@@ -5,6 +5,9 @@ use std::time::Duration;
 /// Errors of semhitok-sys. Each names the variable, collective, rank or step at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A CUDA graph could not be created, captured or replayed (`op` names the step).
+    #[error("CUDA graph {op}: {msg}")]
+    Graph { op: &'static str, msg: String },
     /// A launcher variable (torchrun / SLURM) is missing or malformed.
     #[error("environment variable {var}: {msg}")]
     Env { var: &'static str, msg: String },

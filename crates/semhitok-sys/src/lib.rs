@@ -8,17 +8,21 @@
 //! and a [`GradReducer`]: a flat gradient buffer all-reduced in buckets, each launched from an
 //! autograd post-accumulate-grad hook as soon as the backward pass has produced its gradients
 //! (the overlap DDP's Reducer gives PyTorch users; tch 0.24 has no autograd hooks).
-//! The same door is meant for run-time-compiled CUDA kernels (NVRTC), CUDA streams and graphs.
+//! It also binds CUDA graphs: [`CudaGraph`] captures the tch ops a closure issues (on a pool
+//! stream made current for the capture) and replays them with one launch (semhitok-mllm's
+//! CUDA-graph decode step). The same door is meant for run-time-compiled CUDA kernels (NVRTC).
 //!
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
 //! tensors passed in are borrowed for the duration of the call only.
 
+mod cuda_graph;
 mod env;
 mod error;
 mod ffi;
 mod grad_reducer;
 mod process_group;
 
+pub use cuda_graph::CudaGraph;
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
 pub use grad_reducer::{bucket_starts, GradReducer};

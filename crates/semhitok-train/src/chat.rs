@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use semhitok_mllm::chat::{Message, Role};
 use semhitok_mllm::generate::{
-    cut_at_stop, generate, GenerationConfig, Sampling, StopFilter, TextStream,
+    cut_at_stop, generate, DecodeMode, GenerationConfig, Sampling, StopFilter, TextStream,
 };
 use semhitok_mllm::llm::load::{default_kind, load};
 use std::io::Write;
@@ -58,6 +58,10 @@ pub struct ChatArgs {
     /// transformers-style repetition penalty (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f64,
+    /// Decode with the static-shape step captured as a CUDA graph (CUDA only; sampling then
+    /// draws from seeded host uniforms, greedy tokens are unchanged).
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Stop when the answer contains this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -143,6 +147,11 @@ pub fn run(a: &ChatArgs) -> Result<ChatReport> {
         stop_strings: a.stop.clone(),
         seed: a.seed,
         sync_every: 1,
+        decode: if a.cuda_graph {
+            DecodeMode::CudaGraph
+        } else {
+            DecodeMode::Dynamic
+        },
     };
     let pad = lm.eos.first().copied().unwrap_or(0);
     let mut stream = TextStream::default();

@@ -162,4 +162,47 @@ impl KvCache {
             self.v[layer].f_narrow(2, 0, self.len)?,
         ))
     }
+
+    /// Static-shape decode step (`LlamaModel::forward_static`): mark slot `slot` ([1] int64,
+    /// on the device) real in every row and return the rows' positions [B, 1] (real tokens seen
+    /// so far), advancing them in place. Touches no host state (graph-capturable); the host's
+    /// slot count follows with [`Self::commit_static_step`].
+    pub(crate) fn static_advance(&mut self, slot: &Tensor) -> Result<Tensor> {
+        let _ = self.valid.f_index_fill_(1, slot, 1)?;
+        let pos = self.seen.f_unsqueeze(1)?.f_detach_copy()?; // [B, 1]
+        let _ = self.seen.f_add_scalar_(1)?;
+        Ok(pos)
+    }
+
+    /// Which slots each query may attend in a static step: [B, 1, 1, capacity] bool (the real
+    /// filled slots; slots not yet written are false, so the mask is exact over the full length).
+    pub(crate) fn static_mask(&self) -> Result<Tensor> {
+        Ok(self.valid.f_unsqueeze(1)?.f_unsqueeze(1)?)
+    }
+
+    /// Write layer `layer`'s new keys/values ([B, kv_heads, 1, head_dim]) at slot `slot`
+    /// ([1] int64, device) and return the full preallocated keys/values [B, kv_heads, capacity, D].
+    pub(crate) fn static_update(
+        &mut self,
+        layer: usize,
+        slot: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let _ = self.k[layer].f_index_copy_(2, slot, k)?;
+        let _ = self.v[layer].f_index_copy_(2, slot, v)?;
+        Ok((self.k[layer].shallow_clone(), self.v[layer].shallow_clone()))
+    }
+
+    /// Record on the host that a static step filled the next slot (errors when full).
+    pub(crate) fn commit_static_step(&mut self) -> Result<()> {
+        if self.len + 1 > self.capacity {
+            return Err(Error::Config(format!(
+                "KV cache full: {} slots used + 1 new > capacity {}",
+                self.len, self.capacity
+            )));
+        }
+        self.len += 1;
+        Ok(())
+    }
 }

@@ -8,6 +8,8 @@
 //! - [`kv_cache`]: [`KvCache`], per-layer preallocated keys/values, slot validity, positions.
 //! - [`model`]: [`LlamaModel`] (RMSNorm, GQA attention through SDPA, SwiGLU, tied head,
 //!   `extend_vocab`).
+//! - [`static_decode`]: the static-shape decode step ([`LlamaModel::forward_static`]) and
+//!   [`StaticDecoder`], eager or captured as a CUDA graph.
 //! - [`load`]: one entry point for an HF folder or a GGUF file.
 //! - [`train`]: [`TrainSpec`] (frozen / full / LoRA), [`LmParam`], `train_params`,
 //!   `hf_state_dict`, `load_trained`.
@@ -19,11 +21,13 @@ pub mod kv_cache;
 pub mod load;
 pub mod model;
 pub mod rope;
+pub mod static_decode;
 pub mod train;
 pub mod weights;
 
 pub use config::{Arch, LlamaConfig, RopeScaling};
 pub use kv_cache::KvCache;
 pub use model::{Input, LlamaModel, LogitsAt};
+pub use static_decode::{StaticDecoder, StepRun};
 pub use train::{LmParam, TrainSpec};
 pub use weights::Weights;

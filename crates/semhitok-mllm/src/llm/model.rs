@@ -183,7 +183,7 @@ impl RmsNorm {
     /// [.., D] -> [.., D]: `w * x / sqrt(mean(x^2) + eps)` through LibTorch's `rms_norm`
     /// (statistics in f32 as `LlamaRMSNorm`; for bf16 inputs the product with `w` is rounded
     /// once where transformers rounds twice).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let d = self.w.size()[0];
         Ok(x.f_rms_norm([d], Some(&self.w), self.eps)?)
     }
@@ -194,9 +194,9 @@ pub(super) struct Attention {
     /// q_proj, k_proj, v_proj stacked: [(Hq + 2 Hkv) * D, H] (trained as `self_attn.qkv_proj`).
     pub(super) qkv: Linear,
     pub(super) o: Linear,
-    heads: i64,
-    kv_heads: i64,
-    head_dim: i64,
+    pub(super) heads: i64,
+    pub(super) kv_heads: i64,
+    pub(super) head_dim: i64,
 }
 
 impl Attention {
@@ -285,7 +285,7 @@ pub(super) struct Mlp {
     /// gate_proj, up_proj stacked: [2 F, H] (trained as `mlp.gate_up_proj`).
     pub(super) gate_up: Linear,
     pub(super) down: Linear,
-    inner: i64,
+    pub(super) inner: i64,
 }
 
 impl Mlp {
@@ -304,7 +304,7 @@ impl Mlp {
         })
     }
     /// [.., H] -> [.., H]: down(silu(gate(x)) * up(x)).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gu = self.gate_up.forward(x)?; // [.., 2F]
         let d = gu.dim() as i64 - 1;
         let g = gu.f_narrow(d, 0, self.inner)?.f_silu()?;
@@ -333,7 +333,7 @@ pub struct LlamaModel {
     pub(super) norm: RmsNorm,
     /// [V, H]; `None`: tied to `embed`.
     pub(super) lm_head: Option<Tensor>,
-    inv_freq: Tensor,
+    pub(super) inv_freq: Tensor,
     pub(super) kind: Kind,
     pub(super) device: Device,
 }
