@@ -71,7 +71,7 @@ def bench(name, paths, size, reps, work):
     for draft, key in [(False, "mae_pillow_vs_adm"), (True, "mae_pillow_draft_vs_adm")]:
         tv = np.stack([pipeline(p, size, draft) for p in paths[:k]]).astype(np.int32)
         out[key] = float(np.abs(tv - adm).mean())
-    for suffix in [""]:
+    for suffix in ["", "_scaled"]:
         rust_file = os.path.join(work, f"rust_{name}{suffix}.u8")
         if os.path.exists(rust_file):
             rust = np.fromfile(rust_file, dtype=np.uint8).reshape(k, size, size, 3).astype(np.int32)

@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--workers", default="1,2,4")
     a = ap.parse_args()
     shards = sorted(glob.glob(os.path.join(a.shards, "*.tar"))) if os.path.isdir(a.shards) else sorted(glob.glob(a.shards))
+    if not shards:
+        raise SystemExit(f"no .tar shards in {a.shards}")
     for w in [int(x) for x in a.workers.split(",")]:
         ds, reader = make_dataset(shards, a.size)
         dl = torch.utils.data.DataLoader(ds, batch_size=a.batch, num_workers=w, prefetch_factor=2, persistent_workers=False)

@@ -29,18 +29,20 @@ FX=$OUT/fx
 # Fixtures generated here from the photos (only small files travel to the host): ImageNet-like
 # JPEGs (shorter side 333-500, quality 90) as class folders, then packed into 25-sample shards (40
 # shards at the default size: enough for 15 streams).
+[ -d .assets/photos ] || { echo "data.sh: no .assets/photos (carry .gpu/assets/photos)" >&2; exit 2; }
+[ -x "$B/run.sh" ] || { echo "data.sh: no bundle launcher $B/run.sh" >&2; exit 2; }
 if [ ! -d "$FX/shards" ]; then
   run python3 scripts/data/imagenet_like.py --photos .assets/photos --out "$FX/imagenet" \
-    --classes "${CLASSES:-10}" --per-class "${PER_CLASS:-100}" --captions 2>> "$OUT/log.txt"
-  run "$B/run.sh" semhitok data pack --src "$FX/imagenet" --out "$FX/shards" --shard-size 25 >> "$OUT/log.txt" 2>&1
+    --classes "${CLASSES:-10}" --per-class "${PER_CLASS:-100}" --captions 2>> "$OUT/log.txt" || exit 2
+  run "$B/run.sh" semhitok data pack --src "$FX/imagenet" --out "$FX/shards" --shard-size 25 >> "$OUT/log.txt" 2>&1 || exit 2
 fi
 mark fixtures
 
 # (1) Loader alone, both sides, same shards, transform (LlamaGen random crop + flip), batch, workers.
-run "$B/run.sh" bench_loader --shards "$FX/shards" --size 256 --batch 64 --batches "$BATCHES" --workers "$WORKERS" \
+run timeout 90 "$B/run.sh" bench_loader --shards "$FX/shards" --size 256 --batch 64 --batches "$BATCHES" --workers "$WORKERS" \
   >> "$OUT/loader.jsonl" 2>> "$OUT/log.txt"
 mark loader_semhitok
-run python3 scripts/bench_loader_torch.py --shards "$FX/shards" --size 256 --batch 64 --batches "$BATCHES" --workers "$WORKERS" \
+run timeout 150 python3 scripts/bench_loader_torch.py --shards "$FX/shards" --size 256 --batch 64 --batches "$BATCHES" --workers "$WORKERS" \
   >> "$OUT/loader.jsonl" 2>> "$OUT/log.txt"
 mark loader_torch
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use semhitok_data::transform::{adm_center_crop_box, resize_crop, write_chw_u8};
-use semhitok_data::{decode_rgb8, DecodeLimits, ImageFolder, ImageFolderConfig, LoaderConfig};
+use semhitok_data::{
+    decode_rgb8, decode_rgb8_scaled, DecodeLimits, ImageFolder, ImageFolderConfig, LoaderConfig,
+};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -70,9 +72,13 @@ fn make_imagenet_like(photos: &[PathBuf], out: &Path) -> Vec<PathBuf> {
 }
 
 /// One image through the pipeline; returns the HWC crop (for the agreement check).
-fn pipeline(p: &Path, size: u32, lim: &DecodeLimits, chw: &mut [u8]) -> Vec<u8> {
+fn pipeline(p: &Path, size: u32, lim: &DecodeLimits, chw: &mut [u8], scaled: bool) -> Vec<u8> {
     let bytes = std::fs::read(p).expect("read");
-    let img = decode_rgb8(&bytes, lim).expect("decode");
+    let img = if scaled {
+        decode_rgb8_scaled(&bytes, lim, Some(size)).expect("decode")
+    } else {
+        decode_rgb8(&bytes, lim).expect("decode")
+    };
     let crop = resize_crop(
         &img,
         adm_center_crop_box(img.width, img.height, size),
@@ -99,10 +105,11 @@ fn bench_set(
         mpix += d.0 as f64 * d.1 as f64 / 1e6;
     }
     let mut res = serde_json::json!({"n": files.len(), "mean_mpix": mpix / files.len() as f64});
-    for suffix in [""] {
+    for suffix in ["", "_scaled"] {
+        let scaled = !suffix.is_empty();
         let mut first = Vec::new();
         for p in files.iter().take(8) {
-            first.extend_from_slice(&pipeline(p, size, &lim, &mut chw));
+            first.extend_from_slice(&pipeline(p, size, &lim, &mut chw, scaled));
         }
         std::fs::write(work.join(format!("rust_{name}{suffix}.u8")), &first)
             .expect("write outputs");
@@ -110,7 +117,7 @@ fn bench_set(
         for _ in 0..reps {
             let t = Instant::now();
             for p in files {
-                pipeline(p, size, &lim, &mut chw);
+                pipeline(p, size, &lim, &mut chw, scaled);
             }
             best = best.min(t.elapsed().as_secs_f64());
         }

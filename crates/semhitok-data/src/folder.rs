@@ -19,9 +19,11 @@ use std::sync::Arc;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result, SkipReason};
+use crate::image::read_image_file;
 use crate::image::DecodeLimits;
+use crate::jpeg_scaled::decode_rgb8_scaled;
 use crate::loader::{IndexedSource, Item, Loader, LoaderConfig};
-use crate::photos::{has_image_ext, load_file};
+use crate::photos::has_image_ext;
 use crate::transform::Transform;
 
 /// Settings of [`ImageFolder`].
@@ -259,7 +261,9 @@ impl IndexedSource for ImageFolder {
     }
     fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> std::result::Result<Item, SkipReason> {
         let (rel, label) = &self.files[index];
-        let img = load_file(&self.root.join(rel), &self.cfg.limits)?;
+        let bytes = read_image_file(&self.root.join(rel), &self.cfg.limits)?;
+        let min = self.cfg.transform.min_source_side();
+        let img = decode_rgb8_scaled(&bytes, &self.cfg.limits, min)?;
         let image = self.cfg.transform.apply(&img, rng)?;
         Ok(Item {
             key: rel.to_string_lossy().into_owned(),

@@ -95,7 +95,7 @@ pub fn read_image_file(
     Ok(bytes)
 }
 
-fn is_jpeg(bytes: &[u8]) -> bool {
+pub(crate) fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.len() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF
 }
 
@@ -118,7 +118,11 @@ fn decode_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<Rgb8Image, SkipRe
     }
 }
 
-fn check_pixels(width: u64, height: u64, limits: &DecodeLimits) -> Result<(), SkipReason> {
+pub(crate) fn check_pixels(
+    width: u64,
+    height: u64,
+    limits: &DecodeLimits,
+) -> Result<(), SkipReason> {
     if width == 0 || height == 0 {
         return Err(SkipReason::Corrupt(format!(
             "zero dimension {width}x{height}"

@@ -37,6 +37,7 @@ pub mod error;
 pub mod fashion_mnist;
 pub mod folder;
 pub mod image;
+pub mod jpeg_scaled;
 pub mod llava;
 pub mod loader;
 pub mod order;
@@ -58,6 +59,7 @@ pub use fashion_mnist::{
 };
 pub use folder::{ImageFolder, ImageFolderConfig};
 pub use image::{decode_rgb8, read_image_file, DecodeLimits, Rgb8Image};
+pub use jpeg_scaled::{decode_rgb8_scaled, jpeg_scale};
 pub use llava::{load_llava, LlavaRecord, Role, Turn};
 pub use loader::{
     Batch, IndexedSource, Item, Loader, LoaderConfig, LoaderState, PixelFormat, Pixels, RankPos,

@@ -86,6 +86,24 @@ impl Transform {
             | Transform::RandomResizedCrop { size, .. } => *size,
         }
     }
+    /// The smallest shorter side of a source this transform only ever shrinks (never enlarges):
+    /// a JPEG larger than twice that may be decoded at reduced scale
+    /// ([`decode_rgb8_scaled`](crate::decode_rgb8_scaled)) with no visible change. `None` for
+    /// random resized crops (a small crop of a large image is enlarged, so full resolution is
+    /// needed).
+    pub fn min_source_side(&self) -> Option<u32> {
+        match *self {
+            // ADM: BOX halvings while the shorter side is >= 2 x size, then bicubic to size.
+            Transform::CenterCrop { size } => Some(size),
+            // LlamaGen: the shorter side is resized to at most ceil(size / min_crop_frac).
+            Transform::RandomCrop {
+                size,
+                min_crop_frac,
+                ..
+            } => Some((size as f64 / min_crop_frac.max(1e-3)).ceil() as u32),
+            Transform::RandomResizedCrop { .. } => None,
+        }
+    }
     /// Applies the transform; `rng` is only used by the random variants.
     pub fn apply(&self, img: &Rgb8Image, rng: &mut impl Rng) -> Result<Rgb8Image, SkipReason> {
         match *self {

@@ -25,7 +25,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::batch::{next_batch, BatchRules, EpochSequence, Step};
 use crate::error::{Error, Result, SkipReason};
-use crate::image::{decode_rgb8, DecodeLimits};
+use crate::image::DecodeLimits;
+use crate::jpeg_scaled::decode_rgb8_scaled;
 use crate::loader::{in_flight, sample_rng, Batch, Item, LoaderConfig, SkipStats};
 use crate::pool::OrderedPool;
 use crate::stream::{BatchStream, StreamState};
@@ -69,7 +70,7 @@ pub fn decode_sample(
     if cfg.require_caption && caption.as_deref().is_none_or(str::is_empty) {
         return Err(SkipReason::MissingCaption);
     }
-    let img = decode_rgb8(bytes, &cfg.limits)?;
+    let img = decode_rgb8_scaled(bytes, &cfg.limits, cfg.transform.min_source_side())?;
     let image = cfg.transform.apply(&img, rng)?;
     Ok(Item {
         key: raw.key.clone(),

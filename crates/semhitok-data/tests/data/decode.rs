@@ -180,3 +180,83 @@ fn non_regular_and_oversized_files_are_skips_not_hangs() {
         1000
     );
 }
+
+/// DCT-domain scaled decoding: the scale keeps the shorter side >= the minimum and is the
+/// smallest such n/8; the image matches the full decode resized; files that are not JPEG, are
+/// cut short, or need no reduction take the full path (same result, same errors).
+#[test]
+fn scaled_jpeg_decoding_keeps_the_shorter_side_and_the_content() {
+    use semhitok_data::{decode_rgb8_scaled, jpeg_scale};
+    let lim = DecodeLimits::default();
+    let src = pattern(1200, 800, 3);
+    let bytes = jpeg_bytes(&src, 92);
+    // 800 * 2 / 8 = 200 >= 150; 800 * 1 / 8 = 100 < 150.
+    assert_eq!(jpeg_scale(1200, 800, 150), 2);
+    assert_eq!(jpeg_scale(1200, 800, 100), 1);
+    assert_eq!(jpeg_scale(1200, 800, 500), 8);
+    let img = decode_rgb8_scaled(&bytes, &lim, Some(150)).unwrap();
+    assert_eq!((img.width, img.height), (300, 200));
+    // Against the full decode box-averaged 4x4 (the scaled IDCT is a low-pass at 1/4).
+    let full = decode_rgb8(&bytes, &lim).unwrap();
+    let mut err = 0u64;
+    for y in 0..200u32 {
+        for x in 0..300u32 {
+            for c in 0..3 {
+                let mut s = 0u32;
+                for dy in 0..4 {
+                    for dx in 0..4 {
+                        s += full.pixel(x * 4 + dx, y * 4 + dy)[c] as u32;
+                    }
+                }
+                err += (s as i64 / 16 - img.pixel(x, y)[c] as i64).unsigned_abs();
+            }
+        }
+    }
+    let mae = err as f64 / (300.0 * 200.0 * 3.0);
+    assert!(
+        mae < 4.0,
+        "scaled decode differs from the box-filtered full decode by {mae}"
+    );
+    // No reduction possible or wanted: the full decode, bit for bit.
+    assert_eq!(decode_rgb8_scaled(&bytes, &lim, Some(500)).unwrap(), full);
+    assert_eq!(decode_rgb8_scaled(&bytes, &lim, None).unwrap(), full);
+    // Cut short: the strict full decoder's verdict, never a grey-filled image.
+    let cut = &bytes[..bytes.len() / 2];
+    assert_eq!(
+        decode_rgb8_scaled(cut, &lim, Some(150)).err(),
+        decode_rgb8(cut, &lim).err()
+    );
+    // Over the pixel limit: refused from the header, before any pixel buffer.
+    let small = DecodeLimits {
+        max_pixels: 1000,
+        ..lim
+    };
+    assert_eq!(
+        decode_rgb8_scaled(&bytes, &small, Some(150))
+            .unwrap_err()
+            .as_str(),
+        "too_many_pixels"
+    );
+    // Not a JPEG: the full path.
+    let png = png_bytes(&image::DynamicImage::ImageRgb8(pattern(64, 48, 1)));
+    assert_eq!(
+        decode_rgb8_scaled(&png, &lim, Some(8)).unwrap(),
+        decode_rgb8(&png, &lim).unwrap()
+    );
+}
+
+proptest! {
+    #[test]
+    fn jpeg_scale_is_the_smallest_that_keeps_the_side(w in 1u32..20000, h in 1u32..20000, m in 1u32..2000) {
+        use semhitok_data::jpeg_scale;
+        let n = jpeg_scale(w, h, m) as u64;
+        prop_assert!([1, 2, 4, 8].contains(&n));
+        let short = w.min(h) as u64;
+        if n < 8 {
+            prop_assert!((short * n).div_ceil(8) >= m as u64);
+        }
+        if n > 1 {
+            prop_assert!((short * (n / 2)).div_ceil(8) < m as u64);
+        }
+    }
+}
