@@ -2,6 +2,16 @@
 
 use std::path::PathBuf;
 
+/// Held by every test that seeds LibTorch's process-global generator and draws from it
+/// (`tch::manual_seed`, `Weights::random`, LoRA init, `Sampling::Sample` in the dynamic decode
+/// path): tests run on parallel threads, and a draw between another test's seed and its draws
+/// changes that test's numbers (seen once as `generation_controls` failing its reproducibility
+/// check).
+pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

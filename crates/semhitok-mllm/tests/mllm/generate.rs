@@ -141,6 +141,7 @@ fn padding_and_stops() {
 /// eos ends a row, seeded sampling repeats, and a stop string ends generation (tiny llama).
 #[test]
 fn generation_controls() -> Result<(), Box<dyn std::error::Error>> {
+    let _rng = crate::rng_lock(); // seeded sampling draws from the global generator
     let m = super::llm::load("llama", Device::Cpu);
     let g = super::llm::golden("llama_golden.safetensors");
     let prompt: Vec<u32> = Vec::<i64>::try_from(g["ids"].view([-1]))?

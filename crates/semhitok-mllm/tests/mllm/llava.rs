@@ -495,6 +495,7 @@ fn hf_folder_honours_tokenizer_config_legacy() {
     use semhitok_mllm::llm::{LlamaConfig, LlamaModel, Weights};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("llm");
+    let _rng = crate::rng_lock();
     let model = LlamaModel::new(
         &LlamaConfig::tiny(400),
         &Weights::random(0.2, 1, Kind::Float, Device::Cpu),

@@ -502,6 +502,7 @@ pub fn tiny_config(vocab: i64) -> LlamaConfig {
 
 /// A tiny random Llama with `rows` text rows, extended to `vocab`.
 pub fn tiny_model(rows: i64, vocab: &VisualVocab, dev: Device) -> LlamaModel {
+    let _rng = crate::rng_lock();
     let cfg = tiny_config(rows);
     let w = Weights::random(0.3, 7, Kind::Float, dev);
     let mut m = LlamaModel::new(&cfg, &w).unwrap();
@@ -600,6 +601,7 @@ fn kv_cache_sampling_equals_full_recompute() {
         assert!(distinct.len() > 3, "the samples are not degenerate: {a:?}");
     }
     // A model that was not extended is refused, naming the sizes.
+    let _rng = crate::rng_lock();
     let plain = LlamaModel::new(
         &tiny_config(20),
         &Weights::random(0.3, 7, Kind::Float, Device::Cpu),

@@ -154,6 +154,7 @@ fn lora_golden(name: &str, dev: Device) -> R {
     // f32 both sides; measured on CPU: logits and loss ~1e-7, gradients <= 1.3e-6.
     let tol = if dev.is_cuda() { 1e-4 } else { 2e-5 };
     let mut m = load(name, dev);
+    let _rng = crate::rng_lock();
     tch::manual_seed(0);
     let params = m.train_params(&TrainSpec::Lora { r: 4, alpha: 8.0 })?;
     let want = lora_tensors(&g, name);
@@ -256,6 +257,7 @@ fn lora_init_is_the_base_model() -> R {
     let base = load("qwen2", Device::Cpu);
     let want = base.forward_train(Input::Ids(&g["ids"]), &g["mask"])?;
     let mut m = load("qwen2", Device::Cpu);
+    let _rng = crate::rng_lock();
     tch::manual_seed(3);
     let params = m.train_params(&TrainSpec::Lora { r: 4, alpha: 8.0 })?;
     let layers = m.config().num_hidden_layers as usize;
@@ -316,6 +318,7 @@ fn lora_init_is_the_base_model() -> R {
 
 fn perturb(params: &[semhitok_mllm::llm::LmParam]) {
     let _g = tch::no_grad_guard();
+    let _rng = crate::rng_lock();
     tch::manual_seed(11);
     for p in params {
         let mut v = p.var.shallow_clone();
@@ -371,6 +374,7 @@ fn export_round_trips() -> R {
 
     // LoRA: merged export = unmerged forward; the unmerged state dict carries PEFT names.
     let mut m = load("llama", Device::Cpu);
+    let _rng = crate::rng_lock();
     tch::manual_seed(0);
     m.train_params(&TrainSpec::Lora { r: 4, alpha: 8.0 })?;
     m.load_trained(&lora_tensors(&g, "llama"))?;
