@@ -22,7 +22,7 @@ LOG="$OUT/tokenize.jsonl"
 "$B/run.sh" semhitok-smoke >> "$OUT/smoke.txt" 2>&1
 for r in $(seq 1 "$ROUNDS"); do
   "$B/run.sh" semhitok bench-tokenize --config configs/paper-pre-vitb-256.toml --device cuda \
-    --batch "$BATCH" --iters "$ITERS" --warmup 3 --out "$OUT/bench" --teacher-bf16 | tail -1 >> "$LOG"
+    --batch "$BATCH" --iters "$ITERS" --warmup 3 --out "$OUT/bench" --teacher-bf16 --bf16-encoders | tail -1 >> "$LOG"
   python3 scripts/bench_tokenize_torch.py --model "$OUT/bench/model" --bench-out "$OUT/bench" \
     --device cuda --iters "$ITERS" --warmup 3 | tail -1 >> "$LOG"
 done

@@ -43,6 +43,11 @@ pub struct BenchTokenizeArgs {
     /// changes on the same batch (`unified_ids_changed_by_bf16_teacher`).
     #[arg(long)]
     pub teacher_bf16: bool,
+    /// Then (after `--teacher-bf16`, if given) time the path with the teacher, the SPC head and
+    /// the pixel encoder in bf16 (`Tokenizer::use_bf16_encoders`; searches fp32) and report
+    /// `unified_ids_changed_by_bf16_encoders`.
+    #[arg(long)]
+    pub bf16_encoders: bool,
     /// Intra-op threads (0: LibTorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
@@ -105,31 +110,18 @@ pub fn run(a: &BenchTokenizeArgs) -> Result<serde_json::Value> {
         &[("unified", ids.to_device(Device::Cpu))],
         a.out.join("ids.safetensors"),
     )?;
-    let bf16 = if a.teacher_bf16 {
+    if a.teacher_bf16 || a.bf16_encoders {
         crate::amp::set_cuda_autocast_bf16();
+    }
+    let bf16 = if a.teacher_bf16 {
         tok.use_bf16_teacher()?;
-        let mut t16 = vec![];
-        let mut ids16 = tok.encode(&x)?.unified_ids;
-        sync(device);
-        for _ in 0..a.iters {
-            let t = Instant::now();
-            ids16 = tok.encode(&x)?.unified_ids;
-            sync(device);
-            t16.push(t.elapsed().as_secs_f64());
-        }
-        t16.sort_by(f64::total_cmp);
-        let changed = ids16
-            .ne_tensor(&ids)
-            .to_kind(Kind::Double)
-            .mean(Kind::Double)
-            .double_value(&[]);
-        let med = t16.get(t16.len() / 2).copied().unwrap_or(f64::NAN);
-        serde_json::json!({
-            "median_s": med,
-            "images_per_s_median": a.batch as f64 / med,
-            "unified_ids_changed_by_bf16_teacher": changed,
-            "active": device.is_cuda(),
-        })
+        time_bf16(&tok, &x, &ids, a, "unified_ids_changed_by_bf16_teacher")?
+    } else {
+        serde_json::Value::Null
+    };
+    let bf16_encoders = if a.bf16_encoders {
+        tok.use_bf16_encoders()?;
+        time_bf16(&tok, &x, &ids, a, "unified_ids_changed_by_bf16_encoders")?
     } else {
         serde_json::Value::Null
     };
@@ -151,6 +143,7 @@ pub fn run(a: &BenchTokenizeArgs) -> Result<serde_json::Value> {
         "images_per_s_median": a.batch as f64 / median,
         "images_per_s_best": a.batch as f64 / best,
         "bf16_teacher": bf16,
+        "bf16_encoders": bf16_encoders,
     });
     let p = a.out.join("result.json");
     crate::atomic::write_atomic(
@@ -160,5 +153,41 @@ pub fn run(a: &BenchTokenizeArgs) -> Result<serde_json::Value> {
             .as_bytes(),
     )?;
     println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    Ok(r)
+}
+
+/// Times `tok`'s current (bf16) encode path on `x` like the fp32 one and reports the share of
+/// unified ids that differ from the fp32 `ids` under `changed_key`.
+fn time_bf16(
+    tok: &Tokenizer,
+    x: &Tensor,
+    ids: &Tensor,
+    a: &BenchTokenizeArgs,
+    changed_key: &str,
+) -> Result<serde_json::Value> {
+    let device = x.device();
+    let mut ids16 = tok.encode(x)?.unified_ids;
+    sync(device);
+    let mut t16 = vec![];
+    for _ in 0..a.iters {
+        let t = Instant::now();
+        ids16 = tok.encode(x)?.unified_ids;
+        sync(device);
+        t16.push(t.elapsed().as_secs_f64());
+    }
+    t16.sort_by(f64::total_cmp);
+    let changed = ids16
+        .ne_tensor(ids)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let med = t16.get(t16.len() / 2).copied().unwrap_or(f64::NAN);
+    let mut r = serde_json::json!({
+        "median_s": med,
+        "images_per_s_median": a.batch as f64 / med,
+        "active": device.is_cuda(),
+        "mode": format!("{:?}", tok.bf16_mode()),
+    });
+    r[changed_key] = serde_json::json!(changed);
     Ok(r)
 }

@@ -46,6 +46,9 @@ pub struct EncodeArgs {
     /// Images per forward.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Encode precision on CUDA (see `semhitok tokenize --help`); recorded in PREFIX.json.
+    #[arg(long, value_enum, default_value_t = crate::encode_precision::EncodePrecision::Fp32)]
+    pub precision: crate::encode_precision::EncodePrecision,
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -96,7 +99,8 @@ pub fn load_image(p: &Path, size: u32) -> std::result::Result<Tensor, semhitok_d
 
 /// Encode image files with a model folder or trained checkpoint.
 pub fn encode_cmd(a: &EncodeArgs) -> Result<EncodeReport> {
-    let tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
+    let mut tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
+    let precision = a.precision.apply(&mut tok)?;
     let size = tok.config().preprocessing.image_size as u32;
     let (mut good, mut names, mut failed) = (vec![], vec![], vec![]);
     for p in &a.images {
@@ -175,6 +179,7 @@ pub fn encode_cmd(a: &EncodeArgs) -> Result<EncodeReport> {
     let json = serde_json::json!({
         "model": a.model.display().to_string(),
         "decode_mode": tok.config().decode_mode,
+        "precision": precision,
         "summary": report,
         "ids_layout": "row-major [h, w]; unified = semantic * m + pixel",
         "images": images,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod dist;
+pub mod encode_precision;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -22,6 +22,7 @@
 
 use crate::atomic::{tmp_path, write_atomic};
 use crate::codec::parse_device;
+use crate::encode_precision::EncodePrecision;
 use crate::error::{Error, Result};
 use crate::eval::progress;
 use crate::stages::load_tokenizer;
@@ -55,6 +56,13 @@ pub struct TokenizeArgs {
     /// cpu | cuda | cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Encode precision on CUDA: `fp32` (canonical ids), `bf16-teacher` (the teacher in bf16),
+    /// `bf16` (teacher, SPC head and pixel encoder in bf16; the searches stay fp32). The bf16
+    /// paths are faster and change a share of the ids (measured in docs/benchmarks/tokenize.md);
+    /// the choice is recorded in meta.json, and a resumed job must use the same one. No effect on
+    /// the CPU.
+    #[arg(long, value_enum, default_value_t = EncodePrecision::Fp32)]
+    pub precision: EncodePrecision,
     /// Images per forward.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -271,7 +279,8 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
     if a.shard_size == 0 || a.batch == 0 {
         return Err(Error::Input("--shard-size and --batch must be >= 1".into()));
     }
-    let tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
+    let mut tok = load_tokenizer(&a.model, parse_device(&a.device)?)?;
+    let precision = a.precision.apply(&mut tok)?;
     let plan = match a.data.split_once(':') {
         Some(("wds", path)) => {
             if a.limit.is_some() {
@@ -324,6 +333,7 @@ pub fn run(a: &TokenizeArgs) -> Result<TokenizeReport> {
         "model": a.model.display().to_string(),
         "model_source": c.source,
         "decode_mode": c.decode_mode,
+        "precision": precision,
         "data": a.data,
         "label_names": label_names(&a.data),
         "limit": a.limit,

@@ -60,8 +60,25 @@ pub struct Tokenizer {
     model: SemHiTok,
     teacher: Box<dyn Teacher>,
     config: PretrainedConfig,
-    /// The teacher runs under CUDA autocast ([`Tokenizer::use_bf16_teacher`]).
-    teacher_autocast: bool,
+    /// Which part of `encode` runs in bf16 ([`Tokenizer::use_bf16_teacher`],
+    /// [`Tokenizer::use_bf16_encoders`]).
+    bf16: Bf16Encode,
+}
+
+/// Which part of [`Tokenizer::encode`] runs in bf16 on CUDA. The nearest-code searches compute
+/// fp32 scores in every mode (they run outside autocast), so only the features they search
+/// change. `Off`, fp32 everywhere, gives the canonical ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bf16Encode {
+    /// fp32 (canonical ids).
+    #[default]
+    Off,
+    /// The teacher's weights in bf16, its forward under autocast; the SPC head and the pixel
+    /// encoder in fp32.
+    Teacher,
+    /// The teacher as in `Teacher`, and the SPC head and the pixel encoder under autocast too (what
+    /// a PyTorch user gets from wrapping the encode path in `torch.autocast`).
+    Encoders,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -204,7 +221,7 @@ impl Tokenizer {
             model,
             teacher,
             config,
-            teacher_autocast: false,
+            bf16: Bf16Encode::Off,
         })
     }
 
@@ -214,16 +231,35 @@ impl Tokenizer {
     /// Some semantic ids may change (measure it: `semhitok bench-tokenize --teacher-bf16`). On the
     /// CPU this does nothing. One-way: load the folder again for canonical ids.
     pub fn use_bf16_teacher(&mut self) -> Result<()> {
-        if self.device().is_cuda() {
-            self.teacher.bf16_weights()?;
-            self.teacher_autocast = true;
+        self.use_bf16(Bf16Encode::Teacher)
+    }
+
+    /// The fastest non-canonical path on CUDA: [`Self::use_bf16_teacher`], and in
+    /// [`Self::encode`] the SPC head and the pixel encoder under autocast as well; the searches
+    /// stay fp32. More ids may change than with the teacher alone (measure it: `semhitok
+    /// bench-tokenize --bf16-encoders`). On the CPU this does nothing. One-way.
+    pub fn use_bf16_encoders(&mut self) -> Result<()> {
+        self.use_bf16(Bf16Encode::Encoders)
+    }
+
+    fn use_bf16(&mut self, mode: Bf16Encode) -> Result<()> {
+        if self.device().is_cuda() && mode != Bf16Encode::Off {
+            if self.bf16 == Bf16Encode::Off {
+                self.teacher.bf16_weights()?;
+            }
+            self.bf16 = mode;
         }
         Ok(())
     }
 
+    /// The bf16 mode in effect ([`Bf16Encode::Off`] on the CPU).
+    pub fn bf16_mode(&self) -> Bf16Encode {
+        self.bf16
+    }
+
     /// Teacher features of a preprocessed batch, `[B, N, C_t]` f32.
     fn teacher_features(&self, x: &Tensor) -> Result<Tensor> {
-        if self.teacher_autocast {
+        if self.bf16 != Bf16Encode::Off {
             let f = crate::amp::autocast(true, || self.teacher.features(x))?;
             Ok(f.f_to_kind(Kind::Float)?)
         } else {
@@ -263,6 +299,14 @@ impl Tokenizer {
     pub fn encode(&self, images: &Tensor) -> Result<Encoded> {
         let x = self.preprocess(images)?;
         tch::no_grad(|| {
+            if self.bf16 == Bf16Encode::Encoders {
+                let mut e = crate::amp::autocast(true, || -> Result<Encoded> {
+                    let feats = self.teacher.features(&x)?;
+                    self.model.encode(&x, &feats)
+                })?;
+                e.features = e.features.f_to_kind(Kind::Float)?;
+                return Ok(e);
+            }
             let feats = self.teacher_features(&x)?;
             self.model.encode(&x, &feats)
         })

@@ -57,6 +57,7 @@ fn encode_then_decode_round_trips_and_reports_bad_files() {
 
     let out = tmp.path().join("ids/batch");
     let rep = encode_cmd(&EncodeArgs {
+        precision: Default::default(),
         model: pre.clone(),
         out: out.clone(),
         device: "cpu".into(),
@@ -95,6 +96,30 @@ fn encode_then_decode_round_trips_and_reports_bad_files() {
             .unwrap();
     assert_eq!(json["images"].as_array().unwrap().len(), 3);
     assert_eq!(json["summary"]["failed"].as_array().unwrap().len(), 2);
+    assert_eq!(json["precision"], "fp32");
+
+    // `--precision bf16` is a CUDA option: on the CPU the ids are the canonical fp32 ones and the
+    // metadata says so.
+    let out16 = tmp.path().join("ids/bf16");
+    encode_cmd(&EncodeArgs {
+        precision: semhitok_train::encode_precision::EncodePrecision::Bf16,
+        model: pre.clone(),
+        out: out16.clone(),
+        device: "cpu".into(),
+        batch: 2,
+        images: files.clone(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let t16: std::collections::BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(out16.with_extension("safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert!(t16["unified"].equal(uni));
+    let json16: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out16.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(json16["precision"], "fp32");
 
     // The semantic ids are the SPC's (stage 2 leaves them alone).
     let spc_model = load_model(&spc, Device::Cpu, true).unwrap();
@@ -196,6 +221,7 @@ fn decode_rejects_out_of_range_ids_and_wrong_checkpoints() {
     assert!(e.to_string().contains("integer dtype"), "{e}");
 
     let e = encode_cmd(&EncodeArgs {
+        precision: Default::default(),
         model: spc.clone(),
         out: tmp.path().join("x"),
         device: "cpu".into(),

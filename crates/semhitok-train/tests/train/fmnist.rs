@@ -147,6 +147,7 @@ fn fashion_mnist_tokens_keep_labels_and_class_names() {
     export(&trained_pre(tmp.path()), &model);
     let out = tmp.path().join("tokens");
     let a = TokenizeArgs {
+        precision: Default::default(),
         model,
         data: format!("fashion-mnist-train:{}", data.display()),
         out: out.clone(),

@@ -124,6 +124,7 @@ fn webdataset_captions_reach_the_token_shards_and_t2i_trains_on_them() {
 
     let tokens = root.join("tokens");
     let a = TokenizeArgs {
+        precision: Default::default(),
         model: model.clone(),
         data: format!("wds:{}", wds.display()),
         out: tokens.clone(),
@@ -164,6 +165,7 @@ fn webdataset_captions_reach_the_token_shards_and_t2i_trains_on_them() {
     assert_eq!(captions, want);
     // --limit is for indexed sources only.
     let e = run(&TokenizeArgs {
+        precision: Default::default(),
         limit: Some(2),
         out: root.join("t2"),
         ..a.clone()

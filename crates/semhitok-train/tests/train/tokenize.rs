@@ -34,6 +34,7 @@ fn dataset(root: &Path) -> Vec<PathBuf> {
 
 fn args(model: &Path, data: &Path, out: &Path) -> TokenizeArgs {
     TokenizeArgs {
+        precision: Default::default(),
         model: model.to_path_buf(),
         data: format!("imagenet:{}", data.display()),
         out: out.to_path_buf(),
