@@ -17,7 +17,7 @@
 #
 #   scripts/demo_llava.sh [BIN]       (repository root; BIN default target/release/semhitok)
 # Env: OUT=runs/demo-llava TOKENIZERS=runs/fmnist MINI=runs/demo-tokenizers MINI_STEPS=120
-#      STEPS=60 BATCH=8 EVAL=100 ONLY="sghc sem-only pixel-vq teacher" ASK_IMAGES=4
+#      STEPS=240 BATCH=8 EVAL=100 ONLY="sghc teacher" ASK_IMAGES=4
 #      TEMPLATE=chat (the LLM's chat template; vicuna_v1 for Llama-style LLMs without one)
 #      LLM=.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf (GGUF or HF folder) FMNIST=.assets/fashion-mnist THREADS=1
 # (THREADS=1: on a 2-core VM shared with other jobs, two LibTorch threads per process were 10x
@@ -27,8 +27,8 @@ BIN=${1:-${BIN:-target/release/semhitok}}
 OUT=${OUT:-runs/demo-llava}
 TOKENIZERS=${TOKENIZERS:-runs/fmnist}
 MINI=${MINI:-runs/demo-tokenizers}; MINI_STEPS=${MINI_STEPS:-120}
-STEPS=${STEPS:-60}; BATCH=${BATCH:-8}; EVAL=${EVAL:-100}; ASK_IMAGES=${ASK_IMAGES:-4}
-ONLY=${ONLY:-sghc sem-only pixel-vq teacher}
+STEPS=${STEPS:-240}; BATCH=${BATCH:-8}; EVAL=${EVAL:-100}; ASK_IMAGES=${ASK_IMAGES:-4}
+ONLY=${ONLY:-sghc teacher}
 TEMPLATE=${TEMPLATE:-chat}
 LLM=${LLM:-.assets/llm/SmolLM2-135M-Instruct.Q4_1.gguf}
 FMNIST=${FMNIST:-.assets/fashion-mnist}; THREADS=${THREADS:-1}
