@@ -77,6 +77,41 @@ fn npz_arrays_read_in_every_layout() {
     }
 }
 
+/// Files numpy wrote (`scripts/fixtures/npz.py`: `np.savez`, `np.savez_compressed`).
+#[test]
+fn npz_files_written_by_numpy_read_back() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/npz");
+    for f in ["savez.npz", "savez_compressed.npz"] {
+        let a = read_npz(&dir.join(f), &["mu", "sigma", "big", "s"]).unwrap();
+        assert_eq!(a[0].shape, vec![4]);
+        assert_eq!(a[0].data, vec![0.0, 1.0, 2.0, 3.0], "{f}");
+        assert_eq!(a[1].shape, vec![4, 4]);
+        let sigma: Vec<f64> = (0..16).map(|i| i as f64 / 8.0).collect();
+        assert_eq!(a[1].data, sigma, "{f}: Fortran order read as C order");
+        assert_eq!(a[2].data, vec![0.5, -2.0, 3e200], "{f}");
+        assert_eq!(
+            (a[3].shape.clone(), a[3].data.clone()),
+            (vec![], vec![7.25])
+        );
+        let m = msg(read_npz(&dir.join(f), &["mu", "nope"]));
+        assert!(
+            m.contains(f) && m.contains("`nope`") && m.contains("sigma"),
+            "{m}"
+        );
+        // 4-d statistics are not the FID network's 2048-d.
+        let m = msg(RefStats::read_npz(&dir.join(f)));
+        assert!(
+            m.contains("`mu`") && m.contains("[4]") && m.contains("[2048]"),
+            "{m}"
+        );
+    }
+    let m = msg(read_npz(&dir.join("ints.npz"), &["mu"]));
+    assert!(
+        m.contains("ints.npz") && m.contains("`mu`") && m.contains("<i8"),
+        "{m}"
+    );
+}
+
 fn msg<T: std::fmt::Debug>(r: semhitok_train::Result<T>) -> String {
     r.expect_err("must fail").to_string()
 }
