@@ -36,6 +36,29 @@ impl HeldOut {
         self.keys.is_empty()
     }
 
+    /// `n` images spread evenly over the set (all of them when it has at most `n`), in order:
+    /// a fixed subset that covers more than the first few sources (e.g. more than one photo's
+    /// crops).
+    pub fn spread(self, n: usize) -> Result<Self> {
+        let total = self.len();
+        if total <= n {
+            return Ok(self);
+        }
+        let pick: Vec<i64> = (0..n).map(|i| (i * total / n) as i64).collect();
+        let idx = Tensor::from_slice(&pick);
+        let mut settings = self.settings;
+        settings["spread"] = serde_json::json!({"of_first": total, "picked": n});
+        Ok(Self {
+            images: self.images.f_index_select(0, &idx)?,
+            keys: pick
+                .iter()
+                .map(|&i| self.keys[i as usize].clone())
+                .collect(),
+            settings,
+            ..self
+        })
+    }
+
     /// The set's identity for the FID cache, with the Inception weights it is measured with
     /// (`quant`: the 8-bit rounding before the resize).
     pub fn identity(&self, fid_weights: &Path, quant: bool) -> RefIdentity {

@@ -18,8 +18,9 @@ pub struct EvalConfig {
     /// `[data]` (kind `photos`).
     #[serde(default)]
     pub data: Option<EvalDataConfig>,
-    /// Images of the fixed validation subset measured every `schedule.eval_every` steps: the
-    /// first `val_images` of the held-out set, the same ones every time.
+    /// Images of the fixed validation subset measured every `schedule.eval_every` steps, the
+    /// same ones every time: spread evenly over the first `n_images` of the held-out set (at
+    /// most `8 * val_images` of them are read).
     #[serde(default = "default_val_images")]
     pub val_images: usize,
     /// The FID Inception TorchScript of the validation rFID (a missing file: validation runs

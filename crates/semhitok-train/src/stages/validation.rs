@@ -1,6 +1,6 @@
 //! The validation set of a tokenizer config ([`Validation`], measured by the trainer every
-//! `schedule.eval_every` steps): the first `eval.val_images` held-out images (`[eval.data]`,
-//! else the held-out photos of a photos `data.root`), with the FID Inception and the
+//! `schedule.eval_every` steps): `eval.val_images` held-out images (`[eval.data]`, else the
+//! held-out photos of a photos `data.root`) spread evenly over the first `eval.n_images`, with the FID Inception and the
 //! originals' statistics (from the reference cache when it holds them).
 
 use crate::config::{Stage, TrainConfig};
@@ -20,13 +20,16 @@ pub fn build_validation(cfg: &TrainConfig, main: bool) -> Result<Option<Validati
     }
     let e = &cfg.eval;
     let batch = (cfg.data.batch_size as usize).clamp(1, 64);
-    let Some(held) = held_out(cfg, None, e.val_images, batch)? else {
+    // `val_images` spread over the first `eval.n_images` (at most 8x as many) held-out images.
+    let candidates = e.n_images.clamp(e.val_images, 8 * e.val_images);
+    let Some(held) = held_out(cfg, None, candidates, batch)? else {
         eprintln!(
             "validation off: {} has no held-out set ([eval.data], or data.kind = \"photos\")",
             cfg.origin().display()
         );
         return Ok(None);
     };
+    let held = held.spread(e.val_images)?;
     if held.len() < 2 {
         eprintln!(
             "validation off: the held-out set gave {} image(s), validation needs 2",
@@ -43,7 +46,7 @@ pub fn build_validation(cfg: &TrainConfig, main: bool) -> Result<Option<Validati
         let id = held.identity(&e.fid_weights, net.quant);
         let (r, _) = reference_stats(&net, &held.images, 16, Some((&cache, &id)))?;
         eprintln!(
-            "validation: rFID reference statistics of the {} images {}",
+            "validation: rFID reference statistics of the {} images: {}",
             held.len(),
             r.source
         );

@@ -273,7 +273,9 @@ impl<'a> Trainer<'a> {
         }
         t.sync_start()?;
         if let (Some(run), true) = (&t.run, cfg.log.tensorboard) {
-            let resumed = (t.start_step > 0).then_some(t.start_step);
+            // TensorBoard drops the events at and after a SessionLog START's step: those of
+            // the interrupted run after its checkpoint, which this run logs again.
+            let resumed = (t.start_step > 0).then_some(t.start_step + 1);
             t.tb = Some(TbWriter::create(&run.path.join("tb"), resumed)?);
         }
         Ok(t)

@@ -10,8 +10,8 @@
 //! (5) or `session_log` (7). A `Summary` holds repeated `value` (1): `tag` (1) with
 //! `simple_value` (2, float) or `image` (4: `height` 1, `width` 2, `colorspace` 3,
 //! `encoded_image_string` 4, PNG bytes). A resumed run starts its file with a `SessionLog`
-//! `START` (status 1) at the resumed step, TensorBoard's cue to drop the events of the
-//! interrupted run at and after that step.
+//! `START` (status 1) at the first step it runs (the checkpoint's step + 1), TensorBoard's cue
+//! to drop the events the interrupted run logged at and after that step.
 //!
 //! The writer buffers records and flushes after each group ([`TbWriter::flush`]), so an event
 //! file is always a sequence of complete records up to the last flush.
@@ -161,8 +161,8 @@ pub struct TbWriter {
 }
 
 impl TbWriter {
-    /// A new event file in `dir` (created), starting with the file-version event, and with a
-    /// `SessionLog START` at `resumed_at` for a resumed run.
+    /// A new event file in `dir` (created), starting with the file-version event, and for a
+    /// resumed run a `SessionLog START` at `resumed_at`, the first step it runs.
     pub fn create(dir: &Path, resumed_at: Option<u64>) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let t = now();
