@@ -232,7 +232,7 @@ fn resume_with_validation_is_bit_exact() {
 }
 
 /// `root/<class>/*.png`: 6 held-out 40x36 images in 2 class folders.
-fn eval_tree(root: &Path) -> PathBuf {
+pub(super) fn eval_tree(root: &Path) -> PathBuf {
     let imgs = SyntheticBatches::new(21, 6, 40)
         .next_images(Device::Cpu)
         .unwrap();
@@ -401,4 +401,48 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Data-parallel: rank 0 validates and logs, rank 1 waits at the validation barrier; the
+/// checkpoint is bit-identical to that of the same 2-rank run without validation.
+#[test]
+fn dist_validation_runs_on_rank_zero_and_changes_nothing() {
+    use super::dist::{latest, run_ranks, write_cfg};
+    let tmp = tempfile::tempdir().unwrap();
+    let eval_root = eval_tree(&tmp.path().join("heldout"));
+    let sets = |every: u64| -> Vec<String> {
+        vec![
+            format!("schedule.eval_every={every}"),
+            "schedule.ckpt_every=10".into(),
+            "eval.val_images=4".into(),
+            "eval.data.kind=\"imagenet\"".into(),
+            format!("eval.data.root=\"{}\"", eval_root.display()),
+        ]
+    };
+    let mut with = cfg(&tmp.path().join("with"), "spc", 10, &sets(5));
+    let mut without = cfg(&tmp.path().join("without"), "spc", 10, &sets(0));
+    with.data.batch_size = 2;
+    without.data.batch_size = 2;
+    let err = run_ranks(&write_cfg(&with, tmp.path(), "with"), 2, &[]);
+    assert!(err.contains("validation every 5 steps"), "{err}");
+    run_ranks(&write_cfg(&without, tmp.path(), "without"), 2, &[]);
+    let recs = val_records(&with.run.out_dir);
+    assert_eq!(
+        recs.iter()
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![5, 10],
+        "one record per validation (rank 0's)"
+    );
+    for r in &recs {
+        assert!(r["usage_semantic"].as_f64().is_some_and(|u| u > 0.0), "{r}");
+        assert!(
+            r["teacher_cosine"].as_f64().is_some_and(f64::is_finite),
+            "{r}"
+        );
+        assert!(r.get("psnr").is_none(), "spc reconstructs no pixels: {r}");
+    }
+    let (a, b) = (latest(&with.run.out_dir), latest(&without.run.out_dir));
+    assert_eq!(a.state.step, 10);
+    assert_eq!(a.state.tensors_sha256, b.state.tensors_sha256);
 }
