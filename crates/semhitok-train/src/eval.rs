@@ -393,8 +393,17 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
         .collect::<Result<Vec<_>>>()?;
     // `--fid-ref` is read before the long part, so a bad file fails at once.
     let given = a.fid_ref.as_deref().map(RefStats::read_npz).transpose()?;
-    // `--data PHOTOS` wins; else the run's `[eval.data]`; else the held-out photos of `[data]`.
-    let held = crate::heldout::held_out(&main.cfg, a.data.as_deref(), a.n_images, 16)?.ok_or_else(
+    // `--data PHOTOS` wins; else the run's `[eval.data]`; else the held-out photos of
+    // `data.root`.
+    let photos = a.data.clone().or_else(|| {
+        main.cfg
+            .eval
+            .data
+            .is_none()
+            .then(|| main.cfg.data.root.clone())
+            .flatten()
+    });
+    let held = crate::heldout::held_out(&main.cfg, photos.as_deref(), a.n_images, 16)?.ok_or_else(
         || Error::Input("give --data PHOTOS_DIR (or [eval.data] in the run's config)".into()),
     )?;
     let mut proto = protocol_for(&held.reference, &held.crop, held.len(), &held.keys);
