@@ -39,11 +39,24 @@ macro_rules! test_device {
         #[test]
         fn $cuda() {
             match $crate::device::cuda_if_available() {
-                Some(dev) => $crate::device::assert_ok($fn_name(dev)),
+                Some(dev) => {
+                    let _one_at_a_time = $crate::device::cuda_test_lock();
+                    $crate::device::assert_ok($fn_name(dev))
+                }
                 None => eprintln!("{}: no CUDA device, skipped", stringify!($cuda)),
             }
         }
     };
+}
+
+/// The lock every CUDA test of [`test_device!`] holds: the CUDA tests of one test binary run one
+/// at a time. A test that captures a CUDA graph makes the device refuse other threads'
+/// synchronizing calls while it captures (and a refused call invalidates the capture): three
+/// static-decode tests failed that way when libtest ran them in parallel on the H200.
+#[doc(hidden)]
+pub fn cuda_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Turn a test body's result into a panic with the error's message (used by [`test_device!`]).

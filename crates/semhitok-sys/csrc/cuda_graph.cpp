@@ -94,7 +94,11 @@ char *shk_graph_capture_begin(shk_graph *g) {
     g->previous = cur;
     c10::cuda::setCurrentCUDAStream(side);
     try {
-      g->graph.capture_begin();
+      // Thread-local capture mode: only this thread's unsafe calls (synchronizing copies, ...)
+      // are refused while it captures; other threads of the process keep working on their own
+      // streams (the global mode refuses theirs too and invalidates this capture when one is
+      // made).
+      g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
     } catch (...) {
       c10::cuda::setCurrentCUDAStream(*g->previous);
       g->previous.reset();

@@ -52,7 +52,8 @@ pub struct RunConfig {
     /// gradient back (same values; see `optim::Bf16Copy`). `false`: plain autocast.
     #[serde(default = "default_true")]
     pub bf16_weight_copy: bool,
-    /// Intra-op CPU threads (0: LibTorch's default).
+    /// Intra-op CPU threads of LibTorch. 0 (the default): automatic, see
+    /// [`RunConfig::torch_threads`].
     #[serde(default)]
     pub threads: usize,
 }
@@ -67,6 +68,28 @@ impl RunConfig {
     /// `bf16_weight_copy`).
     pub fn bf16_copy(&self) -> bool {
         self.bf16_autocast() && self.bf16_weight_copy
+    }
+
+    /// LibTorch's intra-op threads for this run: `threads` when set; else 1 on CUDA (the
+    /// trainer's CPU-side tensor work there is a few copies per step, and the cores belong to the
+    /// data loader's decoding threads: LibTorch's default of one OpenMP thread per core competed
+    /// with them, and `pre` at paper size on webdataset shards ran at 436 img/s with 20 ms of data
+    /// wait per step against 515 img/s and 7 ms with one thread, H200 host with 16 cores,
+    /// docs/benchmarks/data.md); `None` on the CPU (LibTorch's default: the model runs there).
+    pub fn torch_threads(&self) -> Option<usize> {
+        match (self.threads, self.device) {
+            (0, DeviceKind::Cuda) => Some(1),
+            (0, DeviceKind::Cpu) => None,
+            (n, _) => Some(n),
+        }
+    }
+
+    /// Sets LibTorch's intra-op threads to [`Self::torch_threads`] (process-wide; call once at
+    /// the start of a run).
+    pub fn apply_threads(&self) {
+        if let Some(n) = self.torch_threads() {
+            tch::set_num_threads(n as i32);
+        }
     }
 }
 

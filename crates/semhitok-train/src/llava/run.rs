@@ -224,9 +224,7 @@ pub fn finish(cfg: &LlavaConfig, task: &LlavaTask, data: &LlavaBatches, dir: &Pa
 /// `semhitok train --config FILE` for `run.stage = "llava-pretrain" | "llava-finetune"`.
 pub fn run(req: &TrainRequest) -> Result<TrainReport> {
     let (cfg, origin) = LlavaConfig::load(&req.config, &req.overrides)?;
-    if cfg.run.threads > 0 {
-        tch::set_num_threads(cfg.run.threads as i32);
-    }
+    cfg.run.apply_threads();
     // Under a launcher: data-parallel (before the model is built: it picks the CUDA device).
     let dist = crate::dist::Dist::from_env(&cfg.dist, cfg.run.device)?;
     let (mut task, data) = prepare(&cfg, &origin)?;

@@ -204,9 +204,7 @@ pub fn run_stage(
     quiet: bool,
 ) -> Result<TrainReport> {
     cfg.check_paths()?;
-    if cfg.run.threads > 0 {
-        tch::set_num_threads(cfg.run.threads as i32);
-    }
+    cfg.run.apply_threads();
     // Before the model is built: it sets this process's CUDA device to LOCAL_RANK. Data next:
     // a missing dataset is reported before any model is built.
     let dist = Dist::from_env(&cfg.dist, cfg.run.device)?;

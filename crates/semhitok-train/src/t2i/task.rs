@@ -148,9 +148,7 @@ pub fn build_for(cfg: &T2iConfig, dist: Option<&Dist>) -> Result<(T2iTask, T2iBa
     let shards = TokenShards::open(&cfg.data.tokens)?;
     check_tokenizer_folder(&cfg.t2i.tokenizer, &shards)?;
     let device = cfg.run.device.device();
-    if cfg.run.threads > 0 {
-        tch::set_num_threads(cfg.run.threads as i32);
-    }
+    cfg.run.apply_threads();
     tch::manual_seed(cfg.run.seed as i64);
     let ext = extended_lm(
         &cfg.llm.weights,

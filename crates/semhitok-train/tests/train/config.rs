@@ -307,3 +307,20 @@ fn effnet_perceptual_weights_are_a_checked_key() {
         "{err}"
     );
 }
+
+#[test]
+fn torch_threads_default_to_one_on_cuda_and_leave_the_cpu_alone() {
+    let text = tiny_config_text(Path::new("/tmp/x"), 5, 5);
+    let load = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        TrainConfig::from_toml_str(&text, Path::new("a.toml"), &sets).unwrap()
+    };
+    let cpu = load(&["run.device=\"cpu\"", "run.threads=0"]);
+    assert_eq!(cpu.run.torch_threads(), None);
+    let cuda = load(&["run.device=\"cuda\"", "run.threads=0"]);
+    assert_eq!(cuda.run.torch_threads(), Some(1));
+    let set = load(&["run.device=\"cuda\"", "run.threads=6"]);
+    assert_eq!(set.run.torch_threads(), Some(6));
+    let set_cpu = load(&["run.device=\"cpu\"", "run.threads=3"]);
+    assert_eq!(set_cpu.run.torch_threads(), Some(3));
+}
