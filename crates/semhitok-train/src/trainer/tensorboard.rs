@@ -4,8 +4,8 @@
 //!
 //! Format (TensorFlow's `core/util/event.proto`, `summary.proto`, and the TFRecord framing of
 //! `core/lib/io/record_writer.cc`): each record is `u64 length (LE) | u32 masked CRC32C of the
-//! length bytes | data | u32 masked CRC32C of the data`, masked as `((crc >> 15) | (crc << 17))
-//! + 0xa282ead8`. Each record's data is one `Event` protobuf: `wall_time` (1, double), `step`
+//! length bytes | data | u32 masked CRC32C of the data`, masked as
+//! `((crc >> 15) | (crc << 17)) + 0xa282ead8`. Each record's data is one `Event` protobuf: `wall_time` (1, double), `step`
 //! (2, int64), then `file_version` (3, string; the first event: `"brain.Event:2"`), `summary`
 //! (5) or `session_log` (7). A `Summary` holds repeated `value` (1): `tag` (1) with
 //! `simple_value` (2, float) or `image` (4: `height` 1, `width` 2, `colorspace` 3,
