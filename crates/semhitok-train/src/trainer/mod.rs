@@ -3,11 +3,13 @@
 //! A stage is a [`Task`]: it names its trainable parameters, its checkpointed state and
 //! computes losses on the [`Batch`]es (images, or [`TokenBatch`]es for the LLM stages) that a
 //! [`Batches`] source yields. What the loop reads of a config is a [`LoopConfig`]. The trainer owns everything else, one method per phase:
-//! [`Trainer::new`] (run directory, optimizers, resume), `gen_step` (micro-batches, gradient
-//! accumulation, the one device-to-host read-back, the NaN stop, clipping, AdamW + EMA),
-//! `disc_step` (the discriminator's own optimizer), `log` (metrics.jsonl), `checkpoint`
-//! (atomic checkpoints) and [`Trainer::run`], which strings them together with the progress
-//! display and the profiler range.
+//! [`Trainer::new`] (run directory, optimizers, resume, the TensorBoard file), `gen_step`
+//! (`step.rs`: micro-batches, gradient accumulation, the one device-to-host read-back, the NaN
+//! stop, clipping, AdamW + EMA), `disc_step` (the discriminator's own optimizer), `log`
+//! (metrics.jsonl and TensorBoard scalars, `tensorboard.rs`), `validate` (`validate.rs`: the
+//! fixed held-out set every `schedule.eval_every` steps), `checkpoint` (atomic checkpoints) and
+//! [`Trainer::run`], which strings them together with the progress display and the profiler
+//! range.
 //!
 //! Data-parallel runs ([`TrainOptions::dist`], see [`crate::dist`]) plug in at the same places:
 //! `new` (rank 0's state broadcast), `gen_step` / `disc_step` (gradients averaged before the norm
