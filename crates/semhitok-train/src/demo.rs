@@ -180,6 +180,7 @@ pub fn run(
         spc_cfg.eval.grid_images,
         proto,
         None, // LPIPS needs VGG16 weights, which no package ships
+        None, // the reference statistics of these images, computed with the models'
     )?;
     let t_eval = t.elapsed().as_secs_f64();
 

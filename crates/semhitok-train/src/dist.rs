@@ -327,6 +327,15 @@ impl Dist {
         )?;
         Ok(())
     }
+
+    /// Every rank waits here while rank 0 validates (the limit of the checkpoint barrier).
+    pub(crate) fn validation_barrier(&self, step: u64) -> Result<()> {
+        self.pg.barrier_with_timeout(
+            &format!("the validation of step {step}"),
+            self.checkpoint_timeout,
+        )?;
+        Ok(())
+    }
 }
 
 fn secs(s: f64) -> Duration {

@@ -3,8 +3,9 @@
 //! and a PNG grid original | model 1 | model 2 | ...
 
 use crate::error::{Error, Result};
+use crate::fid_ref::{reference_stats, FidCache, RefStats, INCEPTION, NPZ_CAVEAT, RESIZE};
 use crate::metrics::{psnr_per_image, ssim_per_image};
-use crate::stages::{batch_tensor, build_eval_stream, load_model, photo_config, Loaded};
+use crate::stages::{batch_tensor, load_model, photo_config, Loaded};
 use semhitok_nn::fid::{FidInception, FidStats, FID_DIM};
 use semhitok_nn::lpips::Lpips;
 use semhitok_quant::{SghcUsage, UnifiedIndex};
@@ -49,6 +50,18 @@ pub struct EvalArgs {
     /// LPIPS v0.1 heads.
     #[arg(long, default_value = crate::stages::LPIPS_HEADS)]
     pub lpips_heads: PathBuf,
+    /// Precomputed reference statistics (pytorch-fid / ADM `.npz` with `mu` [2048] and `sigma`
+    /// [2048, 2048]) instead of the held-out originals' (comparable only with the same Inception
+    /// weights and resize to 299: the report states both sides' conventions).
+    #[arg(long, value_name = "STATS.npz")]
+    pub fid_ref: Option<PathBuf>,
+    /// Folder of cached reference statistics (default: the run's `eval.fid_cache`, else
+    /// `$XDG_CACHE_HOME/semhitok/fid` or `~/.cache/semhitok/fid`).
+    #[arg(long, value_name = "DIR")]
+    pub fid_cache: Option<PathBuf>,
+    /// Compute the reference statistics without reading or writing the cache.
+    #[arg(long)]
+    pub no_fid_cache: bool,
 }
 
 /// Metrics of one model.
@@ -88,7 +101,16 @@ pub struct EvalReport {
 /// Held-out evaluation images of the photo split `[N, 3, S, S]` (ADM center crop first per
 /// photo, then the data crate's further fixed eval crops), at most `n`.
 pub fn heldout_images(loaded: &Loaded, root: &Path, n: usize) -> Result<(Tensor, Vec<String>)> {
-    let photos = semhitok_data::PhotoCrops::open(root, photo_config(&loaded.cfg))?;
+    heldout_photos(&loaded.cfg, root, n)
+}
+
+/// [`heldout_images`] with the photo-crop settings of `cfg`.
+pub fn heldout_photos(
+    cfg: &crate::config::TrainConfig,
+    root: &Path,
+    n: usize,
+) -> Result<(Tensor, Vec<String>)> {
+    let photos = semhitok_data::PhotoCrops::open(root, photo_config(cfg))?;
     let loader = photos.eval(semhitok_data::LoaderConfig::eval(16))?;
     let mut ts = vec![];
     let mut keys = vec![];
@@ -169,6 +191,9 @@ fn ids_u32(t: &Tensor) -> Vec<u32> {
 /// Evaluate `models` (name, loaded) on `images` `[N, 3, S, S]`; writes `out/grid.png` with `grid`
 /// images spread evenly over the set (rows; columns original | model 1 | model 2 ...), so a set
 /// made of many crops per photo shows several photos.
+///
+/// `reference`: the rFID reference statistics (`None`: those of `images`, computed here).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     models: &[(&str, &Loaded)],
     images: &Tensor,
@@ -177,6 +202,7 @@ pub fn evaluate(
     grid: usize,
     protocol: serde_json::Value,
     lpips: Option<&Lpips>,
+    reference: Option<&RefStats>,
 ) -> Result<EvalReport> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let n = images.size()[0];
@@ -187,7 +213,7 @@ pub fn evaluate(
     let pick: Vec<i64> = (0..g).map(|i| i * n / g.max(1)).collect();
     let pick_t = Tensor::from_slice(&pick).to_device(images.device());
     let mut grid_cols = vec![images.index_select(0, &pick_t)];
-    let mut ref_done = false;
+    let mut ref_done = reference.is_some();
     for (name, m) in models {
         let dev = m.tok.device();
         let mut stats = FidStats::new(FID_DIM);
@@ -232,7 +258,10 @@ pub fn evaluate(
         }
         bar.finish_and_clear();
         ref_done = true;
-        let rfid = ref_stats.frechet_distance(&stats)?;
+        let rfid = match reference {
+            Some(r) => r.fid(&stats)?,
+            None => ref_stats.frechet_distance(&stats)?,
+        };
         grid_cols.push(Tensor::cat(&recons, 0));
         results.push(ModelMetrics {
             name: name.to_string(),
@@ -306,6 +335,9 @@ pub fn report_markdown(r: &EvalReport, models: &[(&str, &Loaded)]) -> String {
         r.protocol["reference_set"].as_str().unwrap_or("?"),
         r.protocol["crop"].as_str().unwrap_or("?")
     );
+    if r.protocol["fid_reference"].is_object() {
+        let _ = writeln!(md, "\n{}.", fid_convention_line(&r.protocol));
+    }
     md
 }
 
@@ -359,30 +391,55 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let size = main.cfg.data.image_size;
-    // `--data PHOTOS` wins; else the run's `[eval.data]`; else the held-out photos of `[data]`.
-    let eval_stream = match &a.data {
-        Some(_) => None,
-        None => build_eval_stream(&main.cfg, 16)?,
-    };
-    let (images, _keys, proto) = if let Some((mut stream, desc)) = eval_stream {
-        let (images, keys) = stream_images(stream.as_mut(), a.n_images)?;
-        let crop = format!("ADM center crop to {size}x{size}");
-        let proto = protocol_for(&desc, &crop, keys.len(), &keys);
-        (images, keys, proto)
-    } else {
-        let root = a
+    // `--fid-ref` is read before the long part, so a bad file fails at once.
+    let given = a.fid_ref.as_deref().map(RefStats::read_npz).transpose()?;
+    // `--data PHOTOS` wins; else the run's `[eval.data]`; else the held-out photos of
+    // `data.root`.
+    let photos = a.data.clone().or_else(|| {
+        main.cfg
+            .eval
             .data
-            .clone()
-            .or_else(|| main.cfg.data.root.clone())
-            .ok_or_else(|| {
-                Error::Input("give --data PHOTOS_DIR (or [eval.data] in the run's config)".into())
-            })?;
-        let (images, keys) = heldout_images(&main, &root, a.n_images)?;
-        let proto = protocol(&root, keys.len(), size, &keys);
-        (images, keys, proto)
-    };
+            .is_none()
+            .then(|| main.cfg.data.root.clone())
+            .flatten()
+    });
+    let held = crate::heldout::held_out(&main.cfg, photos.as_deref(), a.n_images, 16)?.ok_or_else(
+        || Error::Input("give --data PHOTOS_DIR (or [eval.data] in the run's config)".into()),
+    )?;
+    let mut proto = protocol_for(&held.reference, &held.crop, held.len(), &held.keys);
     let fid = FidInception::load(&a.fid_weights, device)?;
+    let reference = match given {
+        Some(r) => {
+            proto["fid_reference"] = serde_json::json!({
+                "source": r.source,
+                "kind": "precomputed statistics (--fid-ref): pytorch-fid / ADM npz",
+                "caveat": NPZ_CAVEAT,
+            });
+            r
+        }
+        None => {
+            let cache = (!a.no_fid_cache).then(|| {
+                FidCache::at(
+                    a.fid_cache
+                        .as_deref()
+                        .or(main.cfg.eval.fid_cache.as_deref()),
+                )
+            });
+            let id = held.identity(&a.fid_weights, fid.quant);
+            let (r, hit) =
+                reference_stats(&fid, &held.images, 16, cache.as_ref().map(|c| (c, &id)))?;
+            if hit {
+                eprintln!("rFID reference statistics from the cache: {}", r.source);
+            }
+            proto["fid_reference"] = serde_json::json!({
+                "source": r.source,
+                "kind": "the held-out originals above, same crop",
+            });
+            r
+        }
+    };
+    proto["fid_reference"]["inception"] = INCEPTION.into();
+    proto["fid_reference"]["resize"] = RESIZE.into();
     let mut models: Vec<(&str, &Loaded)> = vec![(a.name.as_str(), &main)];
     if let Some(b) = &base {
         models.push(("baseline", b));
@@ -395,16 +452,34 @@ pub fn run(a: &EvalArgs, _argv: &[String]) -> Result<EvalReport> {
         .transpose()?;
     let r = evaluate(
         &models,
-        &images,
+        &held.images,
         &fid,
         &a.out,
         main.cfg.eval.grid_images,
         proto,
         lpips.as_ref(),
+        Some(&reference),
     )?;
     println!(
         "{}",
         serde_json::to_string_pretty(&r.models).unwrap_or_default()
     );
+    eprintln!("{}", fid_convention_line(&r.protocol));
     Ok(r)
+}
+
+/// One line that says what the rFID numbers were measured against and how.
+pub fn fid_convention_line(protocol: &serde_json::Value) -> String {
+    let f = &protocol["fid_reference"];
+    let mut line = format!(
+        "rFID reference: {} ({}); Inception: {}; resize: {}",
+        f["source"].as_str().unwrap_or("?"),
+        f["kind"].as_str().unwrap_or("?"),
+        f["inception"].as_str().unwrap_or(INCEPTION),
+        f["resize"].as_str().unwrap_or(RESIZE),
+    );
+    if let Some(c) = f["caveat"].as_str() {
+        line.push_str(&format!("; caveat: {c}"));
+    }
+    line
 }

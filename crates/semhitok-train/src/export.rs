@@ -165,6 +165,7 @@ pub fn model_card(l: &Loaded, eval: Option<&serde_json::Value>) -> String {
     let logged = recs
         .iter()
         .rev()
+        .filter(|r| r.get("kind").is_none()) // training records (not `"kind": "val"`)
         .find(|r| r["step"].as_u64().is_some_and(|s| s <= l.step));
     if let Some(rec) = logged {
         let _ = writeln!(

@@ -9,6 +9,7 @@ mod train {
     mod demo;
     mod dist;
     mod dist_tokens;
+    mod fid_ref;
     mod fmnist;
     mod generic;
     mod llava;
@@ -20,5 +21,7 @@ mod train {
     mod t2i;
     mod t2i_run;
     mod t2i_wds;
+    pub mod tensorboard;
     mod tokenize;
+    mod validation;
 }

@@ -18,6 +18,19 @@ pub struct EvalConfig {
     /// `[data]` (kind `photos`).
     #[serde(default)]
     pub data: Option<EvalDataConfig>,
+    /// Images of the fixed validation subset measured every `schedule.eval_every` steps, the
+    /// same ones every time: spread evenly over the first `n_images` of the held-out set (at
+    /// most `8 * val_images` of them are read).
+    #[serde(default = "default_val_images")]
+    pub val_images: usize,
+    /// The FID Inception TorchScript of the validation rFID (a missing file: validation runs
+    /// without rFID and says so once).
+    #[serde(default = "default_fid_weights")]
+    pub fid_weights: PathBuf,
+    /// Folder of the cached Inception statistics of reference sets (absent:
+    /// `$XDG_CACHE_HOME/semhitok/fid`, else `~/.cache/semhitok/fid`; never the dataset folder).
+    #[serde(default)]
+    pub fid_cache: Option<PathBuf>,
 }
 
 /// `[eval.data]`: the held-out set, read in order with the ADM center crop at `data.image_size`.
@@ -44,6 +57,13 @@ fn default_n_eval() -> usize {
 fn default_grid() -> usize {
     8
 }
+fn default_val_images() -> usize {
+    32
+}
+/// Where `cargo xtask assets` puts the FID Inception (relative to the working directory).
+pub fn default_fid_weights() -> PathBuf {
+    PathBuf::from(".assets/weights/fid_inception_v3.pt")
+}
 
 impl Default for EvalConfig {
     fn default() -> Self {
@@ -51,6 +71,9 @@ impl Default for EvalConfig {
             n_images: default_n_eval(),
             grid_images: default_grid(),
             data: None,
+            val_images: default_val_images(),
+            fid_weights: default_fid_weights(),
+            fid_cache: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod data;
 mod eval;
 mod llm;
 mod load;
+mod log;
 mod loss;
 mod optim;
 mod run;
@@ -19,12 +20,13 @@ mod validate;
 
 pub use crate::trainer::{DiscOptim, LoopConfig};
 pub use data::{DataConfig, DataKind, TrainTransform};
-pub use eval::{EvalConfig, EvalDataConfig};
+pub use eval::{default_fid_weights, EvalConfig, EvalDataConfig};
 pub use llm::{LlmConfig, LlmDtype, LlmTrain, LlmTrainMode};
 pub use load::{
     config_error, from_toml_str, from_value, load_toml, origin_of, parse_override, peek_stage,
     peek_stage_str, Loaded,
 };
+pub use log::LogConfig;
 pub use loss::{DiscConfig, GanLoss, LossConfig, PerceptualKind, RecLoss};
 pub use optim::OptimConfig;
 pub use run::{DeviceKind, DistBackend, DistConfig, Precision, RunConfig};
@@ -70,6 +72,8 @@ pub struct TrainConfig {
     pub origin: PathBuf,
     #[serde(default)]
     pub dist: DistConfig,
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 fn default_true() -> bool {
@@ -211,6 +215,7 @@ impl TrainConfig {
                 betas: self.disc.betas,
             }),
             batch_size: self.data.batch_size as usize,
+            log: self.log.clone(),
             config_toml: self.to_toml(),
         }
     }

@@ -17,6 +17,11 @@ pub struct ScheduleConfig {
     /// Checkpoints kept (oldest deleted first).
     #[serde(default = "default_keep")]
     pub keep_last: usize,
+    /// Validate every N optimizer steps and at the last step (0: off): the tokenizer stages
+    /// measure the fixed subset of `[eval]` (`val_images` of `[eval.data]`, else of the held-out
+    /// photos) and log a `"kind": "val"` record (`trainer::validate`).
+    #[serde(default)]
+    pub eval_every: u64,
 }
 
 fn default_log_every() -> u64 {

@@ -155,6 +155,15 @@ impl TrainConfig {
         if self.schedule.keep_last == 0 {
             return bad("schedule.keep_last", "must be >= 1".into());
         }
+        if self.schedule.eval_every > 0 && self.eval.val_images < 2 {
+            return bad(
+                "eval.val_images",
+                format!(
+                    "{} must be >= 2 with schedule.eval_every > 0 (the rFID covariance needs 2 images)",
+                    self.eval.val_images
+                ),
+            );
+        }
         let d = &self.data;
         let needs_root = matches!(
             d.kind,

@@ -178,6 +178,7 @@ pub fn loop_config(cfg: &LlavaConfig) -> LoopConfig {
         dist: cfg.dist.clone(),
         disc: None,
         batch_size: cfg.data.batch_size,
+        log: crate::config::LogConfig::default(),
         config_toml: cfg.to_toml(),
     }
 }

@@ -74,6 +74,26 @@ impl Ema {
         }
     }
 
+    /// Exchange the values of the live weights and their shadows (pure copies, so a second
+    /// call restores both bit for bit): validation measures the EMA weights between two calls.
+    pub fn swap(&mut self) -> Result<(), tch::TchError> {
+        let _g = tch::no_grad_guard();
+        let pairs: Vec<(Tensor, Tensor)> = match &self.flat {
+            Some((shadow, live)) => vec![(shadow.shallow_clone(), live.shallow_clone())],
+            None => self
+                .entries
+                .iter()
+                .map(|(_, s, l)| (s.shallow_clone(), l.shallow_clone()))
+                .collect(),
+        };
+        for (mut shadow, mut live) in pairs {
+            let tmp = live.detach().copy();
+            live.f_copy_(&shadow)?;
+            shadow.f_copy_(&tmp)?;
+        }
+        Ok(())
+    }
+
     /// Named shadow tensors (keys `ema.{name}`).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         self.entries

@@ -394,3 +394,16 @@ fn describe_eval(e: &EvalDataConfig) -> String {
         }
     )
 }
+
+/// The files and folders the held-out set of `[eval.data]` is read from (what the FID cache
+/// key lists): root, the resolved shards, the solution csv and the labels file.
+pub fn eval_data_inputs(e: &EvalDataConfig) -> Result<Vec<PathBuf>> {
+    let mut v = match (e.kind, &e.shards) {
+        (DataKind::Webdataset, _) => {
+            shard_list(e.shards.as_deref(), e.root.as_deref(), "eval.data")?
+        }
+        _ => vec![existing("eval.data.root", e.root.as_deref())?],
+    };
+    v.extend(e.solution_csv.iter().chain(&e.labels_file).cloned());
+    Ok(v)
+}

@@ -1,6 +1,7 @@
 //! The four training stages as [`Task`]s over semhitok-nn's [`SemHiTok`], built by [`build_task`]
 //! from a config; the factories of their parts are in `build` (teacher, perceptual network),
-//! `data` (training batches), `tasks` (the `Task`s), `model_io` (models from checkpoints).
+//! `data` (training batches), `tasks` (the `Task`s), `model_io` (models from checkpoints),
+//! `validation` (the held-out set measured during training).
 //!
 //! | stage | trains | frozen | loss |
 //! |---|---|---|---|
@@ -18,6 +19,7 @@ mod build;
 mod data;
 mod model_io;
 mod tasks;
+mod validation;
 
 pub use build::{
     build_teacher, check_teacher_fits, siglip_spec, teacher_spec, Perceptual, EFFNET_WEIGHTS,
@@ -25,17 +27,18 @@ pub use build::{
 };
 pub use data::{
     batch_tensor, build_batches, build_batches_for, build_eval_stream, build_stream,
-    merge_data_states, photo_config, u8_batch_tensor, StreamBatches,
+    eval_data_inputs, merge_data_states, photo_config, u8_batch_tensor, StreamBatches,
 };
 pub use model_io::{f32_bits, init_checkpoint, load_model, load_parts, load_tokenizer, Loaded};
 pub use tasks::{PixelTask, SpcTask};
+pub use validation::build_validation;
 
 use crate::config::{PerceptualKind, RecLoss, Stage, TrainConfig};
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::gan::Gan;
 use crate::rundir::RunStart;
-use crate::trainer::{train, Task, TrainOptions, TrainReport};
+use crate::trainer::{train_validated, Task, TrainOptions, TrainReport};
 use semhitok_nn::losses::PixelLoss;
 use semhitok_nn::lpips::Lpips;
 use semhitok_nn::model::{Part, SemHiTok};
@@ -206,6 +209,7 @@ pub fn run_stage(
     // a missing dataset is reported before any model is built.
     let dist = Dist::from_env(&cfg.dist, cfg.run.device)?;
     let mut data = build_batches_for(cfg, dist.as_ref())?;
+    let val = build_validation(cfg, dist.as_ref().is_none_or(Dist::is_main))?;
     let mut task = build_task(cfg)?;
     let opts = TrainOptions {
         resume: start == RunStart::Resume,
@@ -216,5 +220,11 @@ pub fn run_stage(
         dist,
         ..Default::default()
     };
-    train(&cfg.loop_config(), task.as_mut(), data.as_mut(), &opts)
+    train_validated(
+        &cfg.loop_config(),
+        task.as_mut(),
+        data.as_mut(),
+        &opts,
+        val.as_ref(),
+    )
 }

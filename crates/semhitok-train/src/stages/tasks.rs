@@ -8,9 +8,9 @@ use crate::dist::Dist;
 use crate::error::Result;
 use crate::gan::Gan;
 use crate::optim::{decays, Param};
-use crate::trainer::{Batch, LossOut, Task};
+use crate::trainer::{Batch, LossOut, Task, ValCodes, ValOut};
 use semhitok_nn::losses::PixelLoss;
-use semhitok_nn::model::{Part, SemHiTok};
+use semhitok_nn::model::{DecodeMode, Part, SemHiTok};
 use semhitok_nn::quantizer::CodeStats;
 use semhitok_nn::teacher::Teacher;
 use std::collections::BTreeMap;
@@ -75,6 +75,17 @@ fn merge_stats(acc: &mut Option<CodeStats>, s: Option<CodeStats>) -> Result<()> 
     Ok(())
 }
 
+/// The semantic ids `[B, N]` of a validation batch with `model`'s codebook sizes (no pixel ids).
+fn semantic_codes(model: &SemHiTok, ids: Tensor) -> ValCodes {
+    let c = model.config();
+    ValCodes {
+        semantic: ids,
+        pixel: None,
+        k: c.spc.codebook_size as usize,
+        m: c.sghc.m as usize,
+    }
+}
+
 /// Stage 1: SPC.
 pub struct SpcTask {
     pub model: SemHiTok,
@@ -117,6 +128,17 @@ impl Task for SpcTask {
     }
     fn restore_extra_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         spc_restore_extra(&self.model, tensors)
+    }
+    fn validate(&mut self, images: &Tensor) -> Result<Option<ValOut>> {
+        tch::no_grad(|| {
+            let feats = self.teacher.features(images)?;
+            let out = self.model.spc().forward_t(&feats, false)?;
+            Ok(Some(ValOut {
+                recon: None,
+                teacher_cosine: Some(crate::metrics::mean_cosine(&out.recon, &feats)),
+                codes: Some(semantic_codes(&self.model, out.ids)),
+            }))
+        })
     }
     fn attach_dist(&mut self, dist: &Dist) {
         self.model
@@ -234,6 +256,32 @@ impl Task for PixelTask {
     }
     fn restore_extra_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         spc_restore_extra(&self.model, tensors)
+    }
+    fn validate(&mut self, images: &Tensor) -> Result<Option<ValOut>> {
+        tch::no_grad(|| {
+            let feats = self.teacher.features(images)?;
+            if self.stage == Stage::Joint {
+                // The trained SPC decodes pixels from its semantic codes.
+                let out = self.model.spc().forward_t(&feats, false)?;
+                let recon = self.model.decoder().forward(&out.quantized)?;
+                return Ok(Some(ValOut {
+                    recon: Some(recon.clamp(-1.0, 1.0)),
+                    teacher_cosine: Some(crate::metrics::mean_cosine(&out.recon, &feats)),
+                    codes: Some(semantic_codes(&self.model, out.ids)),
+                }));
+            }
+            let (enc, recon) = self.model.encode_reconstruct(images, &feats)?;
+            let b = images.size()[0];
+            let mut codes = semantic_codes(&self.model, enc.semantic_ids.reshape([b, -1]));
+            if self.model.decode_mode() == DecodeMode::Hierarchical {
+                codes.pixel = Some(enc.pixel_ids.reshape([b, -1]));
+            }
+            Ok(Some(ValOut {
+                recon: Some(recon.clamp(-1.0, 1.0)),
+                teacher_cosine: None,
+                codes: Some(codes),
+            }))
+        })
     }
     fn attach_dist(&mut self, dist: &Dist) {
         self.model

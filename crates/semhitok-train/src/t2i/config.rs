@@ -251,6 +251,7 @@ impl T2iConfig {
             dist: self.dist.clone(),
             disc: None,
             batch_size: self.data.batch_size,
+            log: crate::config::LogConfig::default(),
             config_toml: self.to_toml(),
         }
     }

@@ -2,7 +2,7 @@
 //! The tokenizer's [`TrainConfig::loop_config`](crate::config::TrainConfig::loop_config) makes
 //! one; the LLaVA and text-to-image configs make their own from the same section types.
 
-use crate::config::{DistConfig, GuardConfig, OptimConfig, RunConfig, ScheduleConfig};
+use crate::config::{DistConfig, GuardConfig, LogConfig, OptimConfig, RunConfig, ScheduleConfig};
 
 /// The discriminator optimizer's own settings (AdamW otherwise as `optim`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,7 +19,7 @@ pub struct LoopConfig {
     pub run: RunConfig,
     /// AdamW of the trained parameters, warmup, clipping, accumulation, weight EMA.
     pub optim: OptimConfig,
-    /// Steps, logging and checkpoint cadence.
+    /// Steps, logging, validation and checkpoint cadence.
     pub schedule: ScheduleConfig,
     pub guard: GuardConfig,
     /// Timeouts and backend of a data-parallel run (read by [`crate::dist::Dist::from_env`]).
@@ -29,6 +29,8 @@ pub struct LoopConfig {
     /// Samples per micro-batch on one rank (run.json's data-parallel record and the start
     /// message; the throughput figures count the batches' real sizes).
     pub batch_size: usize,
+    /// TensorBoard event files (`[log]`).
+    pub log: LogConfig,
     /// The resolved config as TOML, written into the run directory as `config.toml` (so
     /// `semhitok train --resume RUN_DIR` can read it back).
     pub config_toml: String,

@@ -3,11 +3,13 @@
 //! A stage is a [`Task`]: it names its trainable parameters, its checkpointed state and
 //! computes losses on the [`Batch`]es (images, or [`TokenBatch`]es for the LLM stages) that a
 //! [`Batches`] source yields. What the loop reads of a config is a [`LoopConfig`]. The trainer owns everything else, one method per phase:
-//! [`Trainer::new`] (run directory, optimizers, resume), `gen_step` (micro-batches, gradient
-//! accumulation, the one device-to-host read-back, the NaN stop, clipping, AdamW + EMA),
-//! `disc_step` (the discriminator's own optimizer), `log` (metrics.jsonl), `checkpoint`
-//! (atomic checkpoints) and [`Trainer::run`], which strings them together with the progress
-//! display and the profiler range.
+//! [`Trainer::new`] (run directory, optimizers, resume, the TensorBoard file), `gen_step`
+//! (`step.rs`: micro-batches, gradient accumulation, the one device-to-host read-back, the NaN
+//! stop, clipping, AdamW + EMA), `disc_step` (the discriminator's own optimizer), `log`
+//! (metrics.jsonl and TensorBoard scalars, `tensorboard.rs`), `validate` (`validate.rs`: the
+//! fixed held-out set every `schedule.eval_every` steps), `checkpoint` (atomic checkpoints) and
+//! [`Trainer::run`], which strings them together with the progress display and the profiler
+//! range.
 //!
 //! Data-parallel runs ([`TrainOptions::dist`], see [`crate::dist`]) plug in at the same places:
 //! `new` (rank 0's state broadcast), `gen_step` / `disc_step` (gradients averaged before the norm
@@ -27,26 +29,32 @@ mod disc;
 mod guard;
 mod loop_config;
 mod progress;
+mod step;
 mod task;
+mod tensorboard;
+mod validate;
 
 pub use batch::{Batch, TokenBatch, IGNORE_INDEX, IMAGE_TOKEN_INDEX};
 pub(crate) use device::cuda_sync;
 pub use device::with_autocast;
 pub use loop_config::{DiscOptim, LoopConfig};
-pub use task::{Batches, LossOut, Task};
+pub use task::{Batches, LossOut, Task, ValCodes, ValOut};
+pub use tensorboard::{crc32c, masked_crc32c, TbWriter};
+pub use validate::{Measured, Validation};
 
 use crate::checkpoint;
 use crate::config::DeviceKind;
 use crate::dist::Dist;
 use crate::error::{Error, Result};
-use crate::optim::{lr_at, AdamW, Ema};
+use crate::optim::{AdamW, Ema};
 use crate::rundir::{RunDir, RunStart};
 use device::cuda_profiler;
-use guard::{nan_stop, Guard, Verdict};
+use guard::{nan_stop, Guard};
 use progress::{Phases, Progress};
 use semhitok_sys::GradReducer;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use step::StepOut;
 use tch::{Device, Tensor};
 
 /// Options of one `train` call that are not part of the config.
@@ -91,26 +99,6 @@ pub struct TrainReport {
     pub phases: BTreeMap<&'static str, f64>,
 }
 
-/// What one generator step produced.
-struct StepOut {
-    /// Total loss averaged over the micro-batches.
-    loss: f64,
-    /// Loss components averaged over the micro-batches.
-    parts: BTreeMap<&'static str, f64>,
-    /// Gradient norm before clipping.
-    grad_norm: f64,
-    lr: f64,
-    /// (real, fake) pairs of the micro-batches, for the discriminator.
-    disc_pairs: Vec<(Tensor, Tensor)>,
-    /// Seconds this step waited for its batches (loader + host-to-device copy).
-    data_s: f64,
-    /// Samples in this step's micro-batches, over every rank.
-    samples: f64,
-    /// Real tokens (attention-mask count) of this step's token batches, over every rank
-    /// (`None`: image batches).
-    tokens: Option<f64>,
-}
-
 /// One training run of one stage: the task, its data, the optimizers and the run directory.
 pub struct Trainer<'a> {
     cfg: &'a LoopConfig,
@@ -140,6 +128,10 @@ pub struct Trainer<'a> {
     /// gradients live in the optimizer's flat buffer) and whether its launch order was learned.
     reducer: Option<GradReducer>,
     order_learned: bool,
+    /// The fixed validation set (`schedule.eval_every`; only rank 0 measures).
+    val: Option<&'a Validation>,
+    /// TensorBoard event file (`log.tensorboard`, rank 0).
+    tb: Option<TbWriter>,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -159,6 +151,20 @@ pub fn train(
     opts: &TrainOptions,
 ) -> Result<TrainReport> {
     Trainer::new(cfg, task, data, opts)?.run()
+}
+
+/// [`train`] with validation every `schedule.eval_every` steps on `val` (`None`: none; the
+/// steps are then skipped with one log line).
+pub fn train_validated(
+    cfg: &LoopConfig,
+    task: &mut dyn Task,
+    data: &mut dyn Batches,
+    opts: &TrainOptions,
+    val: Option<&Validation>,
+) -> Result<TrainReport> {
+    Trainer::new(cfg, task, data, opts)?
+        .with_validation(val)
+        .run()
 }
 
 fn step_seed(seed: u64, step: u64) -> i64 {
@@ -261,12 +267,27 @@ impl<'a> Trainer<'a> {
             ckpt_held: false,
             reducer: None,
             order_learned: false,
+            val: None,
+            tb: None,
         };
         if opts.resume {
             t.resume()?;
         }
         t.sync_start()?;
+        if let (Some(run), true) = (&t.run, cfg.log.tensorboard) {
+            // TensorBoard drops the events at and after a SessionLog START's step: those of
+            // the interrupted run after its checkpoint, which this run logs again.
+            let resumed = (t.start_step > 0).then_some(t.start_step + 1);
+            t.tb = Some(TbWriter::create(&run.path.join("tb"), resumed)?);
+        }
         Ok(t)
+    }
+
+    /// Validate on `val` every `schedule.eval_every` steps (rank 0 measures; give every rank
+    /// the same config, the other ranks wait at the validation barrier).
+    pub fn with_validation(mut self, val: Option<&'a Validation>) -> Self {
+        self.val = val;
+        self
     }
 
     /// Data-parallel start: every rank resumed the same step, and holds rank 0's model state
@@ -309,6 +330,13 @@ impl<'a> Trainer<'a> {
         let mut progress = Progress::new(self.start_step, total, self.opts.quiet);
         let seed = rank_seed(self.cfg.run.seed, self.dist.as_ref().map_or(0, Dist::rank));
         let main = self.run.is_some();
+        let every = self.cfg.schedule.eval_every;
+        if every > 0 && main && self.val.is_none() {
+            eprintln!(
+                "schedule.eval_every = {every}, but this run has no validation set: validation \
+                 skipped"
+            );
+        }
         for step in self.start_step..end {
             let profiled = self.device.is_cuda()
                 && self.opts.cuda_profile_step == Some(step - self.start_step);
@@ -344,6 +372,11 @@ impl<'a> Trainer<'a> {
             if main && (done % s.log_every == 0 || done == total || done == end) {
                 self.log(done, &out, d_loss, &progress)?;
             }
+            if every > 0 && (done % every == 0 || done == total) {
+                if let Some(line) = self.validate(done)? {
+                    progress.line(&line);
+                }
+            }
             if done % s.ckpt_every == 0 || done == total || self.ckpt_held {
                 if self.guard.spiking() && done != total {
                     if !self.ckpt_held {
@@ -371,198 +404,6 @@ impl<'a> Trainer<'a> {
             start_step: self.start_step,
             run_dir: self.run_path.clone(),
             phases: self.phases.acc,
-        })
-    }
-
-    /// One generator-side optimizer step: `accum` micro-batches of forward + backward, one
-    /// device-to-host read-back of the losses and the gradient norm, the NaN stop, clipping,
-    /// AdamW and the weight EMA.
-    fn gen_step(&mut self, step: u64) -> Result<StepOut> {
-        let cfg = self.cfg;
-        let (device, amp) = (self.device, self.amp);
-        let lr = lr_at(
-            step,
-            cfg.optim.lr,
-            cfg.optim.warmup_steps,
-            cfg.schedule.steps,
-            cfg.optim.min_lr_ratio,
-        );
-        let accum = cfg.optim.accum_steps;
-        self.opt.zero_grad();
-        if let (Some(d), None) = (&self.dist, &self.reducer) {
-            self.reducer = d.grad_reducer("generator gradients", &mut self.opt)?;
-            if let (Some(r), true) = (&self.reducer, d.is_main()) {
-                eprintln!(
-                    "data-parallel: generator gradients in {} buckets{}",
-                    r.n_buckets(),
-                    if d.overlap() {
-                        ", launched during the backward pass"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
-        // Overlap: the last micro-batch's backward launches the buckets (the earlier ones only
-        // accumulate), when every gradient is still its view of the flat buffer.
-        let bucketed = self.reducer.is_some() && self.opt.grads_for_reduce().len() == 1;
-        let overlap = bucketed && self.dist.as_ref().is_some_and(Dist::overlap);
-        let mut disc_pairs = vec![];
-        // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
-        let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];
-        let mut data_s = 0.0;
-        let mut samples = 0usize;
-        // Real tokens of the token batches, summed on the device (read back with the losses).
-        let mut tokens: Option<Tensor> = None;
-        for micro in 0..accum {
-            let t_data = std::time::Instant::now();
-            let batch = self.data.next_batch(device)?;
-            data_s += t_data.elapsed().as_secs_f64();
-            samples += batch.len();
-            if let Batch::Tokens(tb) = &batch {
-                tb.check()?;
-                let n = tb.n_tokens()?.to_kind(tch::Kind::Double);
-                tokens = Some(match tokens {
-                    Some(t) => t + n,
-                    None => n,
-                });
-            }
-            // A data-parallel token batch: the loss is a mean over this rank's loss tokens;
-            // weighted by its share of the global batch's, the average over ranks is the mean over
-            // all of them, as one process with the whole batch computes it.
-            let weight = match (&self.dist, &batch) {
-                (Some(d), Batch::Tokens(tb)) => Some(d.token_weight(tb)?),
-                _ => None,
-            };
-            self.phases.lap("data");
-            // Forward and backward with the bf16 working copy of the weights when there is one;
-            // the variables point back at the f32 masters afterwards, also on an error.
-            self.opt.enter_bf16()?;
-            let (task, phases) = (&mut *self.task, &mut self.phases);
-            let arm = self
-                .reducer
-                .as_ref()
-                .filter(|_| overlap && micro + 1 == accum);
-            let fwd_bwd = (|| -> Result<(LossOut, Tensor)> {
-                let out = with_autocast(device, amp, || task.loss(&batch, step))?;
-                phases.lap("forward");
-                if let Some(r) = arm {
-                    r.arm();
-                }
-                let total = match &weight {
-                    Some(w) => out.total.f_mul(w)?,
-                    None => out.total.shallow_clone(),
-                };
-                // Backward first; the losses are read back after the last micro-batch together
-                // with the gradient norm (one device-to-host sync per step). A non-finite value
-                // still stops the run before any optimizer step.
-                (&total / accum as f64).backward();
-                phases.lap("backward");
-                Ok((out, total))
-            })();
-            self.opt.exit_bf16()?;
-            let (out, total) = fwd_bwd?;
-            let total = total.detach();
-            let vals: Vec<Tensor> = std::iter::once(&total)
-                .chain(out.parts.iter().map(|(_, t)| t))
-                .map(|t| t.detach().to_kind(tch::Kind::Double).reshape([1]))
-                .collect();
-            pending.push((out.parts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vals));
-            if let Some(p) = out.disc_inputs {
-                disc_pairs.push(p);
-            }
-        }
-        if let Some(d) = &self.dist {
-            // Clipping, the norm and AdamW below all see the averaged gradient.
-            match self.reducer.as_ref().filter(|_| bucketed) {
-                Some(r) => {
-                    let completed = r.finish()?;
-                    if overlap && !self.order_learned {
-                        d.learn_order(r, &completed)?;
-                        self.order_learned = true;
-                        if d.is_main() {
-                            eprintln!(
-                                "data-parallel: {} of {} buckets were complete before the end of \
-                                 the backward pass; launch order {completed:?} (then the rest)",
-                                completed.len(),
-                                r.n_buckets()
-                            );
-                        }
-                    }
-                }
-                None => d.average_grads("generator gradients", &mut self.opt)?,
-            }
-            self.phases.lap("all_reduce");
-        }
-        let norm_sq = self.opt.grad_norm_sq();
-        // ||theta||^2 before this step's update, for the weight-growth guard (same read-back;
-        // identical on every rank, as the parameters are).
-        let param_sq = self.opt.param_norm_sq().to_device(norm_sq.device());
-        let vals: Vec<Tensor> = pending
-            .iter()
-            .flat_map(|(_, v)| v.iter().map(|t| t.to_device(norm_sq.device())))
-            .collect();
-        let mut vals = Tensor::f_cat(&vals, 0)?;
-        if let Some(d) = &self.dist {
-            d.average("the step's losses", &mut vals)?;
-        }
-        let mut flat = vec![vals];
-        if let Some(t) = &tokens {
-            let mut t = t.to_device(norm_sq.device()).reshape([1]);
-            if let Some(d) = &self.dist {
-                // The mean over ranks; times the world size below: the sum.
-                d.average("the step's token count", &mut t)?;
-            }
-            flat.push(t);
-        }
-        flat.extend([norm_sq.reshape([1]), param_sq.reshape([1])]);
-        let host = Vec::<f64>::try_from(Tensor::f_cat(&flat, 0)?.f_to_device(Device::Cpu)?)?;
-        let grad_norm = host[host.len() - 2].sqrt();
-        let param_norm_sq = host[host.len() - 1];
-        let world = self.dist.as_ref().map_or(1, Dist::world_size) as f64;
-        let tokens = tokens.map(|_| host[host.len() - 3] * world);
-        let (mut loss, mut parts_sum) = (0f64, BTreeMap::new());
-        let mut at = 0;
-        for (names, v) in &pending {
-            let l = host[at];
-            let mut parts = BTreeMap::new();
-            for (n, &x) in names.iter().zip(&host[at + 1..at + v.len()]) {
-                parts.insert(*n, x);
-                *parts_sum.entry(*n).or_insert(0.0) += x / accum as f64;
-            }
-            at += v.len();
-            if !l.is_finite() || parts.values().any(|x| !x.is_finite()) {
-                return Err(self.nan_stop(step + 1, l, &parts));
-            }
-            loss += l / accum as f64;
-        }
-        self.opt.clip_to(grad_norm, cfg.optim.grad_clip);
-        self.phases.lap("clip");
-        if !grad_norm.is_finite() {
-            let parts = BTreeMap::from([("grad_norm", grad_norm)]);
-            return Err(self.nan_stop(step + 1, loss, &parts));
-        }
-        let names: BTreeSet<&'static str> = parts_sum.keys().copied().collect();
-        if let Verdict::Stop(what, values) =
-            self.guard.observe(loss, grad_norm, names, param_norm_sq)
-        {
-            let last = self.last_checkpoint.as_deref();
-            return Err(Guard::stop(self.run_dir(), step + 1, &what, &values, last));
-        }
-        self.opt.step(lr);
-        if let Some(e) = self.ema.as_mut() {
-            e.update();
-        }
-        self.phases.lap("optimizer");
-        Ok(StepOut {
-            loss,
-            parts: parts_sum,
-            grad_norm,
-            lr,
-            disc_pairs,
-            data_s,
-            samples: samples as f64 * world,
-            tokens,
         })
     }
 
@@ -594,6 +435,17 @@ impl<'a> Trainer<'a> {
         }
         if let Some(d) = d_loss {
             rec["disc_loss"] = serde_json::json!(d);
+        }
+        if let Some(tb) = self.tb.as_mut() {
+            let scalars: Vec<(String, f64)> = rec
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.as_str() != "step")
+                .filter_map(|(k, v)| Some((format!("train/{k}"), v.as_f64()?)))
+                .collect();
+            tb.scalars(done, &scalars)?;
+            tb.flush()?;
         }
         match self.run.as_mut() {
             Some(run) => run.log(&rec),

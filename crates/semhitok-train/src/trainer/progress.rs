@@ -111,6 +111,15 @@ impl Progress {
         }
     }
 
+    /// One line of its own (above the bar on a terminal, plain in a log; nothing when quiet).
+    pub(super) fn line(&self, msg: &str) {
+        if self.plain_lines {
+            eprintln!("{msg}");
+        } else if !self.pb.is_hidden() {
+            self.pb.println(msg);
+        }
+    }
+
     pub(super) fn finish(&self) {
         self.pb.finish_and_clear();
     }

@@ -19,6 +19,31 @@ pub struct LossOut {
     pub disc_inputs: Option<(Tensor, Tensor)>,
 }
 
+/// What validation measures of one batch of held-out images ([`Task::validate`]).
+#[derive(Debug)]
+pub struct ValOut {
+    /// Reconstructions `[B, 3, H, W]` in [-1, 1] (`None`: the stage reconstructs no pixels,
+    /// e.g. `spc`).
+    pub recon: Option<Tensor>,
+    /// The code ids of the batch (`None`: no codebook).
+    pub codes: Option<ValCodes>,
+    /// Mean cosine of the decoded semantic features to the teacher's (`None`: not measured).
+    pub teacher_cosine: Option<f64>,
+}
+
+/// Code ids of a validation batch, for the codebook usage.
+#[derive(Debug)]
+pub struct ValCodes {
+    /// Semantic ids `[B, N]` in `[0, k)`.
+    pub semantic: Tensor,
+    /// Pixel (sub-codebook) ids `[B, N]` in `[0, m)` (`None`: the model decodes without the
+    /// pixel branch).
+    pub pixel: Option<Tensor>,
+    /// Semantic codebook size `K` and pixel codes per semantic code `m`.
+    pub k: usize,
+    pub m: usize,
+}
+
 /// A source of training batches with a serializable position.
 pub trait Batches {
     /// Next batch on `device`: images `[B, 3, H, W]` in [-1, 1] for the tokenizer stages,
@@ -67,6 +92,12 @@ pub trait Task {
     /// Join a data-parallel run (called once by the trainer, before the first step): e.g.
     /// all-reduce codebook statistics in `after_step` and all-gather the k-means vectors.
     fn attach_dist(&mut self, _dist: &Dist) {}
+    /// Validation forward of held-out images `[B, 3, H, W]` in [-1, 1]: evaluation mode, no
+    /// gradient, nothing collected or updated (no codebook statistics, no k-means vectors), so
+    /// training continues exactly as without it. `None` (the default): nothing to validate.
+    fn validate(&mut self, _images: &Tensor) -> Result<Option<ValOut>> {
+        Ok(None)
+    }
     /// Called after each optimizer step (e.g. codebook EMA bookkeeping).
     fn after_step(&mut self, _step: u64) -> Result<()> {
         Ok(())

@@ -309,6 +309,9 @@ fn lpips_vgg_trains_and_evaluates_with_a_given_trunk() {
         device: "cpu".into(),
         lpips_vgg16: lp,
         lpips_heads: heads.clone(),
+        fid_ref: None,
+        fid_cache: Some(tmp.path().join("fid-cache")),
+        no_fid_cache: false,
     };
     let with = semhitok_train::eval::run(&args(Some(vgg.clone()), "e1"), &[]).unwrap();
     let l = with.models[0].lpips.expect("lpips computed");
@@ -319,4 +322,40 @@ fn lpips_vgg_trains_and_evaluates_with_a_given_trunk() {
         with.models[0].psnr.to_bits(),
         without.models[0].psnr.to_bits()
     );
+    // The first run computed and cached the reference statistics, the second read them from
+    // the cache: the same rFID, bit for bit; `--fid-ref` with the cached npz gives it too, and
+    // the report states the convention and the caveat next to the number.
+    let src = |r: &semhitok_train::eval::EvalReport| {
+        r.protocol["fid_reference"]["source"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        src(&with).starts_with("computed, cached as "),
+        "{}",
+        src(&with)
+    );
+    assert!(src(&without).starts_with("cache "), "{}", src(&without));
+    assert_eq!(
+        with.models[0].rfid.to_bits(),
+        without.models[0].rfid.to_bits()
+    );
+    let npz = PathBuf::from(src(&without).trim_start_matches("cache "));
+    let mut a = args(None, "e3");
+    a.fid_ref = Some(npz);
+    let given = semhitok_train::eval::run(&a, &[]).unwrap();
+    assert_eq!(
+        with.models[0].rfid.to_bits(),
+        given.models[0].rfid.to_bits()
+    );
+    let md = std::fs::read_to_string(tmp.path().join("e3/eval.md")).unwrap();
+    assert!(
+        md.contains("rFID reference:") && md.contains("caveat") && md.contains("299"),
+        "{md}"
+    );
+    let mut a = args(None, "e4");
+    a.fid_ref = Some(tmp.path().join("missing.npz"));
+    let e = semhitok_train::eval::run(&a, &[]).unwrap_err().to_string();
+    assert!(e.contains("missing.npz"), "{e}");
 }

@@ -3,7 +3,7 @@
 
 use semhitok_train::config::TrainConfig;
 use semhitok_train::optim::{decays, Param};
-use semhitok_train::trainer::{Batch, LossOut, Task};
+use semhitok_train::trainer::{Batch, LossOut, Task, ValOut};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::nn::{self, Module};
@@ -157,6 +157,19 @@ impl Task for ToyTask {
             total: l,
             disc_inputs: None,
         })
+    }
+    /// The autoencoder in evaluation mode (no dropout, no gradient).
+    fn validate(&mut self, images: &Tensor) -> semhitok_train::Result<Option<ValOut>> {
+        let rec = tch::no_grad(|| {
+            self.dec
+                .forward(&self.enc.forward(images).gelu("none"))
+                .tanh()
+        });
+        Ok(Some(ValOut {
+            recon: Some(rec),
+            codes: None,
+            teacher_cosine: None,
+        }))
     }
 }
 

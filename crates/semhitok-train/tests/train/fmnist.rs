@@ -124,7 +124,35 @@ fn fmnist_presets_share_a_budget_and_the_pixel_vq_is_pixel_only() {
     );
     run_stage(&vq, RunStart::Fresh, vec!["test".into()], true).unwrap_or_else(|e| panic!("{e}"));
     let text = std::fs::read_to_string(tmp.path().join("pixel-vq/metrics.jsonl")).unwrap();
-    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The preset validates (schedule.eval_every) at the last step too: on [eval.data], without
+    // rFID here (the FID weights path is relative to the repository root, not to this test's
+    // working directory).
+    let val = recs
+        .iter()
+        .find(|r| r["kind"] == "val")
+        .expect("a val record");
+    // (all 12 test images of the fixture: fewer than eval.val_images = 32)
+    assert_eq!(
+        (val["step"].as_u64(), val["images"].as_u64()),
+        (Some(2), Some(12)),
+        "{val}"
+    );
+    assert!(val["psnr"].as_f64().is_some_and(f64::is_finite), "{val}");
+    assert!(
+        val["usage_unified"].as_f64().is_some_and(|u| u > 0.0),
+        "{val}"
+    );
+    assert!(val.get("rfid").is_none(), "{val}");
+    let last = recs
+        .iter()
+        .rev()
+        .find(|r| r.get("kind").is_none())
+        .unwrap()
+        .clone();
     assert!(
         last.get("rec").is_some() && last.get("codebook").is_some(),
         "{last}"

@@ -132,11 +132,13 @@ fn loop_config(out_dir: &Path, steps: u64) -> LoopConfig {
             log_every: 1,
             ckpt_every: 4,
             keep_last: 3,
+            eval_every: 0,
         },
         guard: GuardConfig::default(),
         dist: DistConfig::default(),
         disc: None,
         batch_size: 3,
+        log: Default::default(),
         config_toml: "# built in code (tests/train/generic.rs)\n".into(),
     }
 }
