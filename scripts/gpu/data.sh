@@ -52,7 +52,7 @@ SPC=$OUT/spc
 if [ ! -d "$SPC" ]; then
   sed '/^weights = "weights\/siglip/d' configs/paper-spc-256.toml > "$OUT/spc-random-teacher.toml"
   run "$B/run.sh" semhitok train --quiet --config "$OUT/spc-random-teacher.toml" --set data.root="\"$FX/shards\"" \
-    --set run.out_dir="\"$SPC\"" --set data.batch_size=8 --set schedule.steps=1 --set model.spc.kmeans_init=false \
+    --set run.out_dir="\"$SPC\"" --set data.batch_size=8 --set schedule.steps=1 --set model.spc.kmeans_init=false --set schedule.eval_every=0 \
     >> "$OUT/log.txt" 2>&1
 fi
 mark spc_checkpoint
@@ -62,7 +62,7 @@ for kind in webdataset imagenet; do
   run "$B/run.sh" semhitok train --quiet --overwrite --config configs/paper-pre-vitb-256.toml \
     --set data.kind="\"$kind\"" --set data.root="\"$root\"" --set init.spc="\"$SPC\"" \
     --set run.out_dir="\"$OUT/pre_$kind\"" --set schedule.steps="$STEPS" --set schedule.log_every=10 \
-    --set schedule.ckpt_every=100000 --set schedule.keep_last=1 >> "$OUT/log.txt" 2>&1
+    --set schedule.ckpt_every=100000 --set schedule.keep_last=1 --set schedule.eval_every=0 >> "$OUT/log.txt" 2>&1
   mark "pre_$kind"
 done
 run "$B/run.sh" semhitok bench --config configs/paper-pre-vitb-256.toml --steps 20 --warmup 5 >> "$OUT/bench.jsonl" 2>> "$OUT/log.txt"
