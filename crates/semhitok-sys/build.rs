@@ -21,6 +21,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/grad_reducer.cpp");
     println!("cargo:rerun-if-changed=csrc/shim_internal.h");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=csrc/host_memory.cpp");
     println!("cargo::rustc-check-cfg=cfg(semhitok_nccl)");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!(
@@ -59,6 +60,7 @@ fn main() {
         .file("csrc/c10d_shim.cpp")
         .file("csrc/grad_reducer.cpp")
         .file("csrc/cuda_graph.cpp") // CUDA graphs (USE_CUDA with the CUDA headers, else stubs)
+        .file("csrc/host_memory.cpp") // pinned host copies
         .include("csrc")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))

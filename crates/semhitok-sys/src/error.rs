@@ -8,6 +8,9 @@ pub enum Error {
     /// A CUDA graph could not be created, captured or replayed (`op` names the step).
     #[error("CUDA graph {op}: {msg}")]
     Graph { op: &'static str, msg: String },
+    /// A pinned host copy failed (no CUDA, out of pinned memory).
+    #[error("pin_memory: {0}")]
+    Pin(String),
     /// A launcher variable (torchrun / SLURM) is missing or malformed.
     #[error("environment variable {var}: {msg}")]
     Env { var: &'static str, msg: String },

@@ -10,7 +10,7 @@
 //! (the overlap DDP's Reducer gives PyTorch users; tch 0.24 has no autograd hooks).
 //! It also binds CUDA graphs: [`CudaGraph`] captures the tch ops a closure issues (on a pool
 //! stream made current for the capture) and replays them with one launch (semhitok-mllm's
-//! CUDA-graph decode step). The same door is meant for run-time-compiled CUDA kernels (NVRTC).
+//! CUDA-graph decode step), and [`pin_memory`] without the deprecated device argument. The same door is meant for run-time-compiled CUDA kernels (NVRTC).
 //!
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
 //! tensors passed in are borrowed for the duration of the call only.
@@ -20,12 +20,14 @@ mod env;
 mod error;
 mod ffi;
 mod grad_reducer;
+mod host_memory;
 mod process_group;
 
 pub use cuda_graph::CudaGraph;
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
 pub use grad_reducer::{bucket_starts, GradReducer};
+pub use host_memory::pin_memory;
 pub use process_group::{ProcessGroup, ReduceOp, DEFAULT_TIMEOUT};
 
 /// Print the native stack to stderr when the process dies of SIGSEGV, SIGBUS, SIGFPE, SIGILL or

@@ -7,6 +7,7 @@ mod sys {
     mod crash;
     mod env;
     mod gloo;
+    mod host_memory;
     mod nccl;
     mod reducer;
 }

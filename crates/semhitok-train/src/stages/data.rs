@@ -43,12 +43,23 @@ pub fn batch_tensor(b: &semhitok_data::Batch, device: Device) -> Result<Tensor> 
 /// (`v * (1 / 127.5) - 1`, the data crate's f32 formula). To a CUDA device the copy goes through
 /// pinned host memory and does not block: the training thread does not wait for the GPU to drain
 /// its queue at every step (LibTorch's host allocator keeps the pinned buffer until the copy is
-/// done, as with PyTorch's `pin_memory=True` + `non_blocking=True`).
+/// done, as with PyTorch's `pin_memory=True` + `non_blocking=True`). The pinned copy goes through
+/// `semhitok_sys::pin_memory`: tch's `pin_memory(device)` printed PyTorch 2.11's deprecation
+/// warning at every batch.
 pub fn u8_batch_tensor(px: &[u8], shape: &[i64], device: Device) -> Result<Tensor> {
     let host = Tensor::f_from_slice(px)?.f_view(shape)?;
     let t = if device.is_cuda() {
-        host.f_pin_memory(device)?
-            .f_to_device_(device, Kind::Uint8, true, false)?
+        match semhitok_sys::pin_memory(&host) {
+            Ok(pinned) => pinned.f_to_device_(device, Kind::Uint8, true, false)?,
+            Err(e) => {
+                // Pageable memory still works (the copy then waits for the GPU's queue).
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!("warning: {e}; batches are uploaded from pageable memory")
+                });
+                host.f_to_device(device)?
+            }
+        }
     } else {
         host.f_to_device(device)?
     };
