@@ -109,7 +109,7 @@ fi
   cat "$TIMES"
   echo "| total (this call) | $(( $(date +%s) - T0 )) s |"
   echo
-  echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)."
+  echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) ($(getconf _NPROCESSORS_ONLN) cores)."
 } > "$OUT/times.md"
 rm -f "$TIMES"
 say "done: $OUT (tables: cargo xtask demo llava prints them)"
