@@ -11,6 +11,7 @@
 use crate::device::to_channels_last;
 use crate::error::{Error, Result};
 use crate::layers::{Conv2d, Linear, LinearInit};
+use crate::role::Role;
 use crate::teacher::{check_images, map_to_tokens, sorted_variables, Teacher};
 use crate::weights::{load_strict, load_strict_tensors, LoadOptions};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,8 @@ impl BatchNorm2d {
         momentum: f64,
         weight_init: nn::Init,
     ) -> Self {
+        // The affine scale and shift: plain f32, never decayed.
+        let vs = Role::Plain.on(&vs);
         Self {
             num_batches_tracked: vs.zeros_no_train("num_batches_tracked", &[]),
             weight: vs.var("weight", &[c], weight_init),

@@ -15,6 +15,7 @@ pub mod model;
 pub mod perceptual;
 pub mod pretrained;
 pub mod quantizer;
+pub mod role;
 pub mod sghc;
 pub mod siglip;
 pub mod spc;

@@ -14,6 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::fusion::Fusion;
+use crate::role::Role;
 use crate::sghc::{Sghc, SghcConfig, SghcOutput};
 use crate::spc::{check_ids, Spc, SpcConfig};
 use crate::teacher::Teacher;
@@ -350,6 +351,15 @@ impl SemHiTok {
         self.named_variables(part)
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
+            .collect()
+    }
+
+    /// [`Self::trainable_variables`] with each one's [`Role`] (declared by the layer that created
+    /// it), for an optimizer's weight-decay and bf16-copy membership.
+    pub fn trainable_with_roles(&self, part: Part) -> Vec<(String, Tensor, Role)> {
+        crate::role::trainable(self.var_store(part))
+            .into_iter()
+            .map(|(k, t, r)| (format!("{}{k}", part.prefix()), t, r))
             .collect()
     }
 

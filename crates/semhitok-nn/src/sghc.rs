@@ -14,6 +14,7 @@ use crate::quantizer::{
     l2_normalize, nearest_l2, straight_through, without_autocast, CodeStats, EmaCodebook,
     EmaSettings,
 };
+use crate::role::Role;
 use crate::spc::check_ids;
 use crate::weights::check_finite;
 use serde::{Deserialize, Serialize};
@@ -101,7 +102,12 @@ impl SghcConfig {
         let shape = [self.k_sem, self.m, self.dim];
         let bound = 1.0 / self.vocab_size() as f64;
         let codebook = match self.update {
-            CodebookUpdate::Loss => p.f_uniform("embedding", &shape, -bound, bound)?,
+            // A trained codebook: plain f32, never decayed.
+            CodebookUpdate::Loss => {
+                Role::Plain
+                    .on(p)
+                    .f_uniform("embedding", &shape, -bound, bound)?
+            }
             CodebookUpdate::Ema(_) => p.f_zeros_no_train("embedding", &shape)?,
         };
         tch::no_grad(|| -> Result<()> {

@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::layers::{attention, split_heads, Conv2d, LayerNorm, Linear, LinearInit};
+use crate::role::Role;
 use crate::teacher::{check_images, sorted_variables, Teacher};
 use crate::weights::{load_strict, load_strict_tensors, LoadOptions};
 use serde::{Deserialize, Serialize};
@@ -294,7 +295,7 @@ impl PoolingHead {
         let d = cfg.hidden_size;
         let att = &vs / "attention";
         Self {
-            probe: vs.var(
+            probe: Role::Plain.on(&vs).var(
                 "probe",
                 &[1, 1, d],
                 nn::Init::Randn {
@@ -302,12 +303,12 @@ impl PoolingHead {
                     stdev: 1.,
                 },
             ),
-            in_proj_weight: att.var(
+            in_proj_weight: Role::Matrix.on(&att).var(
                 "in_proj_weight",
                 &[3 * d, d],
                 nn::init::DEFAULT_KAIMING_UNIFORM,
             ),
-            in_proj_bias: att.zeros("in_proj_bias", &[3 * d]),
+            in_proj_bias: Role::MatrixBias.on(&att).zeros("in_proj_bias", &[3 * d]),
             out_proj: Linear::new(&att / "out_proj", d, d, true, LinearInit::Default),
             layernorm: LayerNorm::new(&vs / "layernorm", d, cfg.layer_norm_eps),
             mlp: Mlp::new(cfg, &vs / "mlp"),
@@ -380,7 +381,7 @@ impl SiglipVisionModel {
                 cfg.patch_size,
                 conv,
             ),
-            position_embedding: (&emb / "position_embedding").var(
+            position_embedding: Role::Plain.on(&(&emb / "position_embedding")).var(
                 "weight",
                 &[grid * grid, cfg.hidden_size],
                 nn::Init::Randn {

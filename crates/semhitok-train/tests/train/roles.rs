@@ -22,7 +22,7 @@ fn listing(params: &[Param]) -> String {
             format!(
                 "{} {} {}\n",
                 p.name,
-                if p.decay { "D" } else { "-" },
+                if p.decays() { "D" } else { "-" },
                 if b { "B" } else { "-" }
             )
         })
