@@ -20,6 +20,7 @@ pub mod sghc;
 pub mod siglip;
 pub mod spc;
 pub mod teacher;
+pub mod unified;
 pub mod vit;
 pub mod weights;
 
