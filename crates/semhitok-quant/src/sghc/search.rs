@@ -114,14 +114,7 @@ pub fn sghc_nearest_with(
 }
 
 /// Names the value that made a score non-finite for query `row` (a code entry, or an overflow).
-fn locate_non_finite(
-    ps: &[f32],
-    m: usize,
-    d: usize,
-    k: u32,
-    row: usize,
-    q: &[f32],
-) -> Error {
+fn locate_non_finite(ps: &[f32], m: usize, d: usize, k: u32, row: usize, q: &[f32]) -> Error {
     let base = k as usize * m * d;
     let sub = &ps[base..base + m * d];
     if let Some(p) = sub.iter().position(|v| !v.is_finite()) {
