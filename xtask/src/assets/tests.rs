@@ -103,7 +103,7 @@ fn fetcher(responses: &[&[u8]]) -> FakeFetcher {
 fn builds_then_noop() {
     let Fixture {
         _tmp,
-        dir,
+        dir: _,
         mut store,
         item: mut it,
     } = fixture();
@@ -183,7 +183,7 @@ fn same_size_same_mtime_corruption_needs_full() {
 fn bad_download_is_refetched_once() {
     let Fixture {
         _tmp,
-        dir,
+        dir: _,
         mut store,
         item: mut it,
     } = fixture();

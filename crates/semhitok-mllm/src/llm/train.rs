@@ -21,7 +21,8 @@
 //!
 //! Trainable tensors are in the model's kind (load an f32 model to train with f32 masters).
 
-use super::model::{Linear, LlamaModel, Lora};
+use super::layers::{Linear, Lora};
+use super::model::LlamaModel;
 use crate::error::{Error, Result};
 use semhitok_nn::role::Role;
 use std::collections::BTreeMap;
@@ -135,7 +136,7 @@ impl Linear {
         }
         Ok(())
     }
-    fn linears_mut(blocks: &mut [super::model::Block]) -> Vec<&mut Linear> {
+    fn linears_mut(blocks: &mut [super::layers::Block]) -> Vec<&mut Linear> {
         let mut v = Vec::new();
         for b in blocks {
             v.push(&mut b.attn.qkv);
