@@ -17,7 +17,7 @@ peak_mem_gb = total - free from cudaMemGetInfo (torch.cuda.mem_get_info) after t
 what the Rust binary reports; max_allocated_gb / max_reserved_gb are PyTorch's allocator counters.
 
 Run on the H200:  python3 scripts/bench_nn_gpu_torch.py --size paper --batch 32 --steps 10 --warmup 3
-CPU smoke check:  PYTHONPATH=/work/main/.pytools:/work/main/.libtorch python3 scripts/bench_nn_gpu_torch.py --size tiny --batch 2 --steps 2 --warmup 1
+CPU smoke check:  PYTHONPATH=.pytools:.libtorch python3 scripts/bench_nn_gpu_torch.py --size tiny --batch 2 --steps 2 --warmup 1
 Prints one JSON line {"impl": "torch", "step_ms", "peak_mem_gb", "imgs_per_s", ...}.
 """
 import argparse

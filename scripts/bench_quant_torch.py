@@ -8,7 +8,7 @@ Prints one JSON object. Shapes match crates/semhitok-quant/examples/bench_quant.
   candidates (pixel[sem_ids] -> [N, m, D]) then argmin. Two formulations are timed, the direct
   (q - c)^2 sum and the expanded |q|^2 - 2 q.c + |c|^2 (bmm); the faster one is the baseline;
 - SGEMM peak: best time of a 2048 x 2048 x 2048 fp32 matmul.
-Run with the project-local torch: PYTHONPATH=/work/main/.libtorch python3 scripts/bench_quant_torch.py --threads T
+Run with the project-local torch: PYTHONPATH=.libtorch python3 scripts/bench_quant_torch.py --threads T
 """
 import argparse
 import json

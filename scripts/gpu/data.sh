@@ -18,7 +18,7 @@ WORKERS=${WORKERS:-1,2,4,8,15}
 STEPS=${STEPS:-60}
 BATCHES=${BATCHES:-60}
 mkdir -p "$OUT"
-if [ ! -e /work/main/Cargo.toml ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
+. "$(dirname "$0")/build_root.sh" && link_build_root "$B"
 if [ ! -e .assets ] && [ -d .gpu/assets ]; then ln -sfn .gpu/assets .assets; fi
 export PYTHONUNBUFFERED=1
 run() { echo "+ $*" >&2; "$@"; }

@@ -14,7 +14,7 @@
 # Usage: scripts/gpu/mllm_session.sh STEP [args]   (STEP: none | anything; runs "$@" after staging)
 set -uo pipefail
 mkdir -p .gpu/stash .gpu/work
-if [ ! -e /work/main/Cargo.toml ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
+. "$(dirname "$0")/build_root.sh"
 CALL=${CALL:-.gpu/call}
 [ -d "$CALL" ] && scripts/gpu/stage.sh take "$CALL" .gpu/stash
 S=.gpu/stash; W=.gpu/work
@@ -24,6 +24,7 @@ unpack() { # NAME MARKER CMD...
 }
 xzcat_py() { python3 -c "import lzma,sys,shutil; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)" "$1"; }
 unpack bins.tar.xz "$W/.bins" bash -c "mkdir -p $W/bundle && $(declare -f xzcat_py); xzcat_py $S/bins.tar.xz | tar -x -C $W/bundle"
+link_build_root "$W/bundle"
 unpack wheels.tar "$W/.wheels" bash -c "tar -xf $S/wheels.tar -C $W && pip install -q --no-deps --target .gpu/py $W/wheels/*.whl"
 unpack tok.tar.xz "$W/.tok" bash -c "$(declare -f xzcat_py); xzcat_py $S/tok.tar.xz | tar -x -C $W && python3 scripts/gpu/split_teacher.py join $W/tok $W/fmnist"
 unpack tokens.tar.xz "$W/.tokens" bash -c "mkdir -p $W/fmnist && $(declare -f xzcat_py); xzcat_py $S/tokens.tar.xz | tar -x -C $W/fmnist"

@@ -11,7 +11,7 @@ set -uo pipefail
 B=${1:-.gpu/bundle}
 OUT=${OUT:-/tmp/semhitok-quant-gpu}
 mkdir -p "$OUT"
-if [ ! -e /work/main/Cargo.toml ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
+. "$(dirname "$0")/build_root.sh" && link_build_root "$B"
 run() { echo "+ $*" >&2; "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 # Exactness first (a kernel that fails it must not be the default): fp64 checks on CUDA.

@@ -11,7 +11,7 @@ B=${1:-.gpu/bundle}
 OUT=${OUT:-/tmp/semhitok-gpu}
 mkdir -p "$OUT"
 # Test binaries locate fixtures and assets through the source path they were built at.
-if [ ! -e /work/main/Cargo.toml ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
+. "$(dirname "$0")/build_root.sh" && link_build_root "$B"
 # A subset of the embedded assets travels in .gpu/assets (the device call carries at most 64 MiB).
 if [ ! -e .assets ] && [ -d .gpu/assets ]; then ln -sfn .gpu/assets .assets; fi
 export PYTHONUNBUFFERED=1

@@ -177,8 +177,16 @@ pub fn bundle(root: &Path, args: &BundleArgs) -> Result<()> {
             .args(["rev-parse", "HEAD"]),
     )
     .unwrap_or_default();
+    // Test binaries find fixtures and assets through the path they were built at (their
+    // `CARGO_MANIFEST_DIR`); the GPU host scripts link it to their checkout (scripts/gpu/build_root.sh).
+    let build_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    std::fs::write(
+        out.join("build_root"),
+        format!("{}\n", build_root.display()),
+    )?;
     let manifest = serde_json::json!({
         "git_revision": git.trim(), "libtorch": crate::libtorch::TORCH_VERSION, "files": files,
+        "build_root": build_root.display().to_string(),
     });
     std::fs::write(
         out.join("manifest.json"),

@@ -11,6 +11,7 @@ mod bundle;
 mod c10d_headers;
 mod data_cmd;
 mod demo_mllm;
+mod fixtures;
 mod fmnist_cmd;
 mod libtorch;
 mod train_cmd;
@@ -72,6 +73,10 @@ enum Cmd {
     /// Dataset tools: `data scan --source imagenet|wds|photos|fashion-mnist|llava --path P`,
     /// `data pack --src FOLDER --out DIR --shard-size N` (image folder -> webdataset shards).
     Data(data_cmd::DataArgs),
+    /// Golden fixtures: `fixtures [--check] [--cheap] [--only NAME]` runs the generators of
+    /// scripts/fixtures/ in their pinned Python environments (`--check`: into a temporary folder,
+    /// compared with the committed fixtures within scripts/fixtures/fixtures.toml's tolerances).
+    Fixtures(fixtures::FixturesArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,5 +125,6 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Data(a) => data_cmd::run(&root, &a),
+        Cmd::Fixtures(a) => fixtures::run(&root, &a),
     }
 }

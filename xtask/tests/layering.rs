@@ -181,17 +181,16 @@ fn crates_meant_to_build_without_libtorch_never_pull_it_in() {
     }
 }
 
-#[test]
-fn only_xtask_and_the_semhitok_binary_spawn_processes() {
+/// Every library and binary source of the workspace crates (`crates/*/src/**/*.rs`; tests,
+/// examples and benches are left out), as (path relative to `crates/`, text).
+fn crate_sources() -> Vec<(std::path::PathBuf, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
-    let allowed = Path::new("semhitok-train/src/bin/semhitok.rs");
-    let mut offenders = vec![];
+    let mut out = vec![];
     let mut dirs = vec![root.clone()];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
             let rel = p.strip_prefix(&root).unwrap().to_path_buf();
-            // Only library and binary sources: tests, examples and benches may spawn.
             let parts: Vec<String> = rel
                 .iter()
                 .map(|c| c.to_string_lossy().into_owned())
@@ -203,16 +202,44 @@ fn only_xtask_and_the_semhitok_binary_spawn_processes() {
                 continue;
             }
             let in_src = parts.get(1).map(String::as_str) == Some("src");
-            if in_src && p.extension().is_some_and(|x| x == "rs") && rel != allowed {
+            if in_src && p.extension().is_some_and(|x| x == "rs") {
                 let text = std::fs::read_to_string(&p).unwrap();
-                if text.contains("process::Command") || text.contains("Command::new(") {
-                    offenders.push(rel.display().to_string());
-                }
+                out.push((rel, text));
             }
         }
     }
+    out.sort();
+    out
+}
+
+#[test]
+fn only_xtask_and_the_semhitok_binary_spawn_processes() {
+    let allowed = Path::new("semhitok-train/src/bin/semhitok.rs");
+    let offenders: Vec<String> = crate_sources()
+        .into_iter()
+        .filter(|(rel, text)| {
+            rel != allowed && (text.contains("process::Command") || text.contains("Command::new("))
+        })
+        .map(|(rel, _)| rel.display().to_string())
+        .collect();
     assert!(
         offenders.is_empty(),
         "library code spawns processes (ARCHITECTURE.md: only xtask and the semhitok binary): {offenders:?}"
+    );
+}
+
+/// Parameter roles live in tch's variable groups, and `Role::of_group` reads any group it does not
+/// know as `Role::Plain`: that is only sound while nothing but `Role::on` sets a group.
+#[test]
+fn only_the_role_module_sets_variable_groups() {
+    let allowed = Path::new("semhitok-nn/src/role.rs");
+    let offenders: Vec<String> = crate_sources()
+        .into_iter()
+        .filter(|(rel, text)| rel != allowed && text.contains("set_group("))
+        .map(|(rel, _)| rel.display().to_string())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "tch variable groups set outside semhitok-nn/src/role.rs (use `Role::on`): {offenders:?}"
     );
 }

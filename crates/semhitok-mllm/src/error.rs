@@ -12,6 +12,9 @@ pub enum Error {
     /// A CUDA graph (capture / replay) failed in semhitok-sys.
     #[error(transparent)]
     Sys(#[from] semhitok_sys::Error),
+    /// An error of a semhitok-nn layer (the LLaVA projector).
+    #[error(transparent)]
+    Nn(#[from] semhitok_nn::Error),
     /// An id outside its range.
     #[error("{what}: {value} is outside {lo}..{hi}")]
     OutOfRange {

@@ -5,7 +5,8 @@
 //! stored under `model.mm_projector.{0,2}.{weight,bias}` (erf GELU).
 
 use crate::error::{Error, Result};
-use tch::nn::{self, Module};
+use semhitok_nn::layers::{Linear, LinearInit};
+use tch::nn;
 use tch::Tensor;
 
 /// Projector dims.
@@ -22,26 +23,18 @@ pub struct MlpProjectorConfig {
 #[derive(Debug)]
 pub struct MlpProjector {
     cfg: MlpProjectorConfig,
-    fc0: nn::Linear,
-    fc2: nn::Linear,
+    fc0: Linear,
+    fc2: Linear,
 }
 
 impl MlpProjector {
-    /// Variables under `vs / "0"` and `vs / "2"`; pass `vs.root() / "model" / "mm_projector"` to
+    /// Variables under `vs / "0"` and `vs / "2"` (tch's default init, the matrices and biases
+    /// with their [`semhitok_nn::role::Role`]s); pass `vs.root() / "model" / "mm_projector"` to
     /// load a LLaVA checkpoint's projector.
     pub fn new(vs: nn::Path<'_>, cfg: MlpProjectorConfig) -> Self {
-        let fc0 = nn::linear(
-            &vs / "0",
-            cfg.mm_hidden_size,
-            cfg.hidden_size,
-            Default::default(),
-        );
-        let fc2 = nn::linear(
-            &vs / "2",
-            cfg.hidden_size,
-            cfg.hidden_size,
-            Default::default(),
-        );
+        let (m, h) = (cfg.mm_hidden_size, cfg.hidden_size);
+        let fc0 = Linear::new(&vs / "0", m, h, true, LinearInit::Default);
+        let fc2 = Linear::new(&vs / "2", h, h, true, LinearInit::Default);
         Self { cfg, fc0, fc2 }
     }
     /// feats: [B, N, mm_hidden_size] -> [B, N, hidden_size] (visual tokens for the LLM).
@@ -54,6 +47,7 @@ impl MlpProjector {
                 got: s,
             });
         }
-        Ok(self.fc2.forward(&self.fc0.forward(feats).f_gelu("none")?))
+        let h = self.fc0.forward(feats)?.f_gelu("none")?;
+        Ok(self.fc2.forward(&h)?)
     }
 }

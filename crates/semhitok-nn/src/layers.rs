@@ -3,12 +3,14 @@
 //!
 //! tch's `nn::Linear`, `nn::LayerNorm` and `nn::Conv2D` implement `Module::forward`, which panics
 //! on a shape or device error; every forward of this crate returns `Result`, so the layers here
-//! wrap the same VarStore variables (created by tch's own constructors: the names `weight` /
-//! `bias` under the caller's path and the seeded initialisation are unchanged) and run the
-//! `f_*` operations instead. Shared helpers for multi-head attention (the q/k/v split, SDPA) live
+//! wrap the same VarStore variables (created as tch's own constructors create them: the names
+//! `weight` / `bias` under the caller's path, the same initialisers drawn in the same order) and
+//! run the `f_*` operations instead. Each variable is created under its [`Role`] (a matrix or
+//! kernel, its bias, or a norm's plain f32 affine), which the trainer's optimizer reads. Shared helpers for multi-head attention (the q/k/v split, SDPA) live
 //! here too, so the transformers of this crate compute attention one way.
 
 use crate::error::{Error, Result};
+use crate::role::Role;
 use tch::nn;
 use tch::Tensor;
 
@@ -33,7 +35,8 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `weight` (and `bias` if `bias`) under `p`.
+    /// `weight` ([`Role::Matrix`]) and, if `bias`, `bias` ([`Role::MatrixBias`]) under `p`;
+    /// initialised as `nn::linear` with `init` would (bias drawn first).
     pub fn new(p: nn::Path<'_>, inp: i64, out: i64, bias: bool, init: LinearInit) -> Self {
         let cfg = match init {
             LinearInit::Vit => nn::LinearConfig {
@@ -49,8 +52,16 @@ impl Linear {
                 ..Default::default()
             },
         };
-        let l = nn::linear(p, inp, out, cfg);
-        Self { ws: l.ws, bs: l.bs }
+        let bs = cfg.bias.then(|| {
+            let bound = 1.0 / (inp as f64).sqrt();
+            let init = cfg.bs_init.unwrap_or(nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            });
+            Role::MatrixBias.on(&p).var("bias", &[out], init)
+        });
+        let ws = Role::Matrix.on(&p).var("weight", &[out, inp], cfg.ws_init);
+        Self { ws, bs }
     }
 
     /// [.., in] -> [.., out]
@@ -69,19 +80,16 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// `weight` and `bias` under `p`.
+    /// `weight` (ones) and `bias` (zeros) under `p`, [`Role::Plain`] (as `nn::layer_norm`).
     pub fn new(p: nn::Path<'_>, dim: i64, eps: f64) -> Self {
-        let l = nn::layer_norm(
-            p,
-            vec![dim],
-            nn::LayerNormConfig {
-                eps,
-                ..Default::default()
-            },
-        );
+        let cfg = nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        };
+        let p = Role::Plain.on(&p);
         Self {
-            ws: l.ws,
-            bs: l.bs,
+            ws: Some(p.var("weight", &[dim], cfg.ws_init)),
+            bs: Some(p.var("bias", &[dim], cfg.bs_init)),
             dim,
             eps,
         }
@@ -113,12 +121,18 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// `weight` (and `bias` if `cfg.bias`) under `p`, initialised as `cfg` says.
+    /// `weight` ([`Role::Matrix`]) and, if `cfg.bias`, `bias` ([`Role::MatrixBias`]) under
+    /// `p`, initialised as `cfg` says (bias drawn first, as `nn::conv2d`).
     pub fn new(p: nn::Path<'_>, cin: i64, cout: i64, k: i64, cfg: nn::ConvConfig) -> Self {
-        let c = nn::conv2d(p, cin, cout, k, cfg);
+        let bs = cfg
+            .bias
+            .then(|| Role::MatrixBias.on(&p).var("bias", &[cout], cfg.bs_init));
+        let ws = Role::Matrix
+            .on(&p)
+            .var("weight", &[cout, cin / cfg.groups, k, k], cfg.ws_init);
         Self {
-            ws: c.ws,
-            bs: c.bs,
+            ws,
+            bs,
             stride: cfg.stride,
             padding: cfg.padding,
             groups: cfg.groups,

@@ -15,10 +15,12 @@ pub mod model;
 pub mod perceptual;
 pub mod pretrained;
 pub mod quantizer;
+pub mod role;
 pub mod sghc;
 pub mod siglip;
 pub mod spc;
 pub mod teacher;
+pub mod unified;
 pub mod vit;
 pub mod weights;
 

@@ -14,6 +14,7 @@ use crate::quantizer::{
     l2_normalize, nearest_l2, straight_through, without_autocast, CodeStats, EmaCodebook,
     EmaSettings,
 };
+use crate::role::Role;
 use crate::spc::check_ids;
 use crate::weights::check_finite;
 use serde::{Deserialize, Serialize};
@@ -101,7 +102,12 @@ impl SghcConfig {
         let shape = [self.k_sem, self.m, self.dim];
         let bound = 1.0 / self.vocab_size() as f64;
         let codebook = match self.update {
-            CodebookUpdate::Loss => p.f_uniform("embedding", &shape, -bound, bound)?,
+            // A trained codebook: plain f32, never decayed.
+            CodebookUpdate::Loss => {
+                Role::Plain
+                    .on(p)
+                    .f_uniform("embedding", &shape, -bound, bound)?
+            }
             CodebookUpdate::Ema(_) => p.f_zeros_no_train("embedding", &shape)?,
         };
         tch::no_grad(|| -> Result<()> {
@@ -175,7 +181,7 @@ pub fn search_fused(z: &Tensor, codes: &Tensor, sem: &Tensor) -> Result<(Tensor,
     let flat = codes.f_reshape([ks * m, d])?;
     let j = crate::cuda::sghc::sghc_nearest_fused(&z.f_detach()?, &flat.f_detach()?, sem, m)
         .map_err(|e| Error::Cuda(e.0))?;
-    let zq = flat.f_index_select(0, &sem.f_mul_scalar(m)?.f_add(&j)?)?;
+    let zq = flat.f_index_select(0, &crate::unified::compose(sem, Some(&j), m)?)?;
     Ok((j, zq))
 }
 
@@ -269,7 +275,7 @@ impl Sghc {
             } else {
                 search(&zf, &codes, &sem)?
             };
-            let unified = sem.f_mul_scalar(c.m)?.f_add(&j)?;
+            let unified = crate::unified::compose(&sem, Some(&j), c.m)?;
             let loss_codebook = match c.update {
                 CodebookUpdate::Loss => zq.f_mse_loss(&zf.f_detach()?, tch::Reduction::Mean)?,
                 CodebookUpdate::Ema(_) => Tensor::f_zeros([], (Kind::Float, zf.device()))?,

@@ -100,6 +100,29 @@ impl SpcConfig {
         }
     }
 
+    /// Whether `teacher` fits this SPC at `image_size` px: `num_tokens` tokens of width
+    /// `teacher_dim`. The one definition of the check (the model's `teacher_features` and the
+    /// trainer's stage set-up both call it); `Err` names both sides, e.g. "teacher X gives 4x4
+    /// tokens of dim 9 at 32 px; the SPC expects 16 tokens of dim 40".
+    pub fn check_teacher(
+        &self,
+        teacher: &dyn crate::teacher::Teacher,
+        image_size: i64,
+    ) -> Result<()> {
+        let s = image_size;
+        let (gh, gw) = teacher.grid(s, s);
+        if teacher.dim() != self.teacher_dim || gh * gw != self.num_tokens {
+            return Err(Error::Config(format!(
+                "teacher {} gives {gh}x{gw} tokens of dim {} at {s} px; the SPC expects {} tokens of dim {}",
+                teacher.name(),
+                teacher.dim(),
+                self.num_tokens,
+                self.teacher_dim
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks sizes.
     pub fn validate(&self) -> Result<()> {
         self.decoder.validate("SPC decoder")?;

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::layers::{
     attention, patch_embed_gemm, split_qkv, Conv2d, LayerNorm, Linear, LinearInit,
 };
+use crate::role::Role;
 use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
@@ -178,7 +179,7 @@ pub struct Trunk {
 impl Trunk {
     /// `pos_embed`, `blocks.{i}.*`, `norm.*` under `p`.
     pub fn new(p: &nn::Path<'_>, cfg: &VitConfig, num_tokens: i64) -> Self {
-        let pos_embed = p.var(
+        let pos_embed = Role::Plain.on(p).var(
             "pos_embed",
             &[1, num_tokens, cfg.hidden_size],
             nn::Init::Randn {

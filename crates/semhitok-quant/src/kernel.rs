@@ -266,17 +266,7 @@ pub(crate) unsafe fn sghc_block_avx2_d8<const D: usize>(
         // SAFETY: all offsets are within `q` (r * d + d <= q.len()) and within sub-codebook
         // sem[r] of `ps` (checked by the caller); prefetches never fault.
         unsafe {
-            if r + PREFETCH < sem.len() {
-                let base = ps
-                    .as_ptr()
-                    .add(sem[r + PREFETCH] as usize * stride)
-                    .cast::<i8>();
-                let mut off = 0;
-                while off < stride * 4 {
-                    _mm_prefetch::<_MM_HINT_T0>(base.add(off));
-                    off += 64;
-                }
-            }
+            prefetch_ahead(ps, sem, r, PREFETCH, stride);
             let qp = q.as_ptr().add(r * d);
             let sub = ps.as_ptr().add(sem[r] as usize * stride);
             let mut best = if l2 { f32::INFINITY } else { f32::NEG_INFINITY };
@@ -381,17 +371,7 @@ pub(crate) unsafe fn sghc_packed_avx2<const D: usize, const NV8: usize, const HA
     for r in 0..sem.len() {
         // SAFETY: offsets stay inside block sem[r] (checked by the caller) and row r of q.
         unsafe {
-            if r + PREFETCH < sem.len() {
-                let base = blocks
-                    .as_ptr()
-                    .add(sem[r + PREFETCH] as usize * block)
-                    .cast::<i8>();
-                let mut off = 0;
-                while off < block * 4 {
-                    _mm_prefetch::<_MM_HINT_T0>(base.add(off));
-                    off += 64;
-                }
-            }
+            prefetch_ahead(blocks, sem, r, PREFETCH, block);
             let b = blocks.as_ptr().add(sem[r] as usize * block);
             let qp = q.as_ptr().add(r * d);
             // Four independent partial sums (dims dd = 4i + p) hide the FMA latency; set 0 starts
@@ -472,6 +452,29 @@ pub(crate) unsafe fn sghc_packed_avx2<const D: usize, const NV8: usize, const HA
             }
             ids[r] = if mask == 0 { 0 } else { mask.trailing_zeros() };
             raw[r] = best;
+        }
+    }
+}
+
+/// The one prefetch loop of the SGHC kernels: while row `r` is scanned, pull the sub-codebook
+/// of row `r + ahead` into L1, `len` f32s starting at `data[sem[r + ahead] * len]`, one 64-byte
+/// line at a time (nothing past the last row).
+///
+/// # Safety
+/// `sem[i] * len + len <= data.len()` for every row `i` (the callers check the semantic ids);
+/// prefetches never fault.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_ahead(data: &[f32], sem: &[u32], r: usize, ahead: usize, len: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    if r + ahead < sem.len() {
+        // SAFETY: within block sem[r + ahead] of `data` (the caller's contract).
+        let base = unsafe { data.as_ptr().add(sem[r + ahead] as usize * len) }.cast::<i8>();
+        let mut off = 0;
+        while off < len * 4 {
+            // SAFETY: `off < len * 4` bytes stays inside that block.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(off)) };
+            off += 64;
         }
     }
 }

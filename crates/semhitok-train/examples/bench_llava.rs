@@ -83,20 +83,16 @@ fn main() -> anyhow::Result<()> {
             hidden_size: cfg.hidden_size,
         },
     );
-    let mut params: Vec<Param> = vs
-        .variables()
+    // Roles as declared (weight_decay is 0 and there is no bf16 copy here, so they change nothing).
+    let mut params: Vec<Param> = semhitok_nn::role::trainable(&vs)
         .into_iter()
-        .map(|(name, var)| Param {
-            name,
-            var,
-            decay: false,
-        })
+        .map(|(name, var, role)| Param { name, var, role })
         .collect();
     let n_lora: i64 = lm_params.iter().map(|p| p.var.numel() as i64).sum();
     params.extend(lm_params.into_iter().map(|p| Param {
         name: p.name,
         var: p.var,
-        decay: false,
+        role: p.role,
     }));
     let ocfg = OptimConfig {
         lr: 1e-4,

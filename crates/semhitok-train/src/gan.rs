@@ -15,7 +15,7 @@
 
 use crate::config::DiscConfig;
 use crate::error::Result;
-use crate::optim::{decays, Param};
+use crate::optim::Param;
 use semhitok_nn::discriminator::{adaptive_weight, GanLoss, LeCam, PatchGan, PatchGanConfig};
 use std::collections::BTreeMap;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -92,15 +92,12 @@ impl Gan {
 
     /// Trainable discriminator parameters, named `disc.…`, sorted.
     pub fn params(&self) -> Vec<Param> {
-        let mut v: Vec<Param> = self
-            .vs
-            .variables()
+        let mut v: Vec<Param> = semhitok_nn::role::trainable(&self.vs)
             .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .map(|(n, var)| Param {
-                decay: decays(&n, &var),
+            .map(|(n, var, role)| Param {
                 name: format!("{PREFIX}{n}"),
                 var,
+                role,
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

@@ -17,6 +17,7 @@ mod train {
     mod mllm_demos;
     mod optim;
     mod reliability;
+    mod roles;
     pub mod stages;
     mod t2i;
     mod t2i_run;

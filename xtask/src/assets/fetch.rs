@@ -113,7 +113,6 @@ impl Fetcher for RegistryFetcher {
                     );
                 }
             }
-            Source::Test => bail!("package {} has source `test`: unit tests only", pkg.name),
         }
         if !dest.join(&pkg.file).is_file() {
             bail!(

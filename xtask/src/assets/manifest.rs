@@ -26,8 +26,6 @@ pub enum Source {
     Apt,
     Pypi,
     Npm,
-    /// Unit tests only: a fake fetcher provides the file.
-    Test,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,7 +51,6 @@ impl Package {
             Source::Apt => format!("{}={}", self.name, self.version),
             Source::Pypi => format!("{}=={}", self.name, self.version),
             Source::Npm => format!("{}@{}", self.name, self.version),
-            Source::Test => format!("{} {}", self.name, self.version),
         }
     }
     pub(super) fn expected(&self) -> FileSum {

@@ -13,11 +13,25 @@ fn sum(path: &str, bytes: &[u8]) -> FileSum {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xtask-assets-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch asset store (root and `.assets` in one temporary folder, removed on drop) and the
+/// fake item, as every test here starts.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    store: Store,
+    item: Item,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let store = Store::open(&dir, &dir, false).unwrap();
+    Fixture {
+        _tmp: tmp,
+        dir,
+        store,
+        item: item(),
+    }
 }
 
 /// Serves `responses[i]` for the i-th fetch (the last one repeats); counts fetches.
@@ -64,7 +78,8 @@ fn item() -> Item {
         description: "a tiny fake item".into(),
         script: "none".into(),
         packages: vec![Package {
-            source: Source::Test,
+            // Any registry: the fake fetcher serves the file.
+            source: Source::Apt,
             name: "pkg".into(),
             version: "1.0".into(),
             license: "MIT".into(),
@@ -86,23 +101,28 @@ fn fetcher(responses: &[&[u8]]) -> FakeFetcher {
 
 #[test]
 fn builds_then_noop() {
-    let dir = scratch("noop");
-    let mut store = Store::open(&dir, &dir, false).unwrap();
-    let mut it = item();
+    let Fixture {
+        _tmp,
+        dir: _,
+        mut store,
+        item: mut it,
+    } = fixture();
     let f = fetcher(&[GOOD]);
     let s = ensure_item(&mut store, &mut it, &f, &FakeBuilder, Mode::default()).unwrap();
     assert_eq!(s, Status::Built);
     let s = ensure_item(&mut store, &mut it, &f, &FakeBuilder, Mode::default()).unwrap();
     assert_eq!(s, Status::Ok);
     assert_eq!(*f.calls.borrow(), 1, "a re-run must download nothing");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn corrupted_output_is_named_and_rebuilt() {
-    let dir = scratch("out");
-    let mut store = Store::open(&dir, &dir, false).unwrap();
-    let mut it = item();
+    let Fixture {
+        _tmp,
+        dir,
+        mut store,
+        item: mut it,
+    } = fixture();
     let f = fetcher(&[GOOD]);
     ensure_item(&mut store, &mut it, &f, &FakeBuilder, Mode::default()).unwrap();
     corrupt(&dir.join("out/a.bin")).unwrap();
@@ -122,14 +142,16 @@ fn corrupted_output_is_named_and_rebuilt() {
     assert_eq!(s, Status::Built);
     assert!(store.check_outputs(&it).unwrap().is_empty());
     assert_eq!(*f.calls.borrow(), 1, "the kept download is reused");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn same_size_same_mtime_corruption_needs_full() {
-    let dir = scratch("full");
-    let mut store = Store::open(&dir, &dir, false).unwrap();
-    let mut it = item();
+    let Fixture {
+        _tmp,
+        dir,
+        mut store,
+        item: mut it,
+    } = fixture();
     ensure_item(
         &mut store,
         &mut it,
@@ -155,26 +177,30 @@ fn same_size_same_mtime_corruption_needs_full() {
     let bad = store.check_outputs(&it).unwrap();
     assert_eq!(bad.len(), 1);
     assert_eq!(bad[0].0, "out/a.bin");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn bad_download_is_refetched_once() {
-    let dir = scratch("refetch");
-    let mut store = Store::open(&dir, &dir, false).unwrap();
-    let mut it = item();
+    let Fixture {
+        _tmp,
+        dir: _,
+        mut store,
+        item: mut it,
+    } = fixture();
     let f = fetcher(&[b"package bytes XX", GOOD]);
     let s = ensure_item(&mut store, &mut it, &f, &FakeBuilder, Mode::default()).unwrap();
     assert_eq!(s, Status::Built);
     assert_eq!(*f.calls.borrow(), 2);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn download_still_wrong_is_refused_by_name() {
-    let dir = scratch("refuse");
-    let mut store = Store::open(&dir, &dir, false).unwrap();
-    let mut it = item();
+    let Fixture {
+        _tmp,
+        dir,
+        mut store,
+        item: mut it,
+    } = fixture();
     let f = fetcher(&[b"package bytes XX"]);
     let err = ensure_item(&mut store, &mut it, &f, &FakeBuilder, Mode::default()).unwrap_err();
     let msg = format!("{err:#}");
@@ -188,28 +214,32 @@ fn download_still_wrong_is_refused_by_name() {
         "bad file deleted"
     );
     assert!(!dir.join("out/a.bin").exists(), "nothing installed");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn existing_corrupt_download_is_replaced() {
-    let dir = scratch("existing");
-    let mut store = Store::open(&dir, &dir, false).unwrap();
-    let mut it = item();
+    let Fixture {
+        _tmp,
+        dir,
+        mut store,
+        item: mut it,
+    } = fixture();
     fs::create_dir_all(dir.join("downloads")).unwrap();
     fs::write(dir.join("downloads/pkg_1.0_all.deb"), b"truncated").unwrap();
     let f = fetcher(&[GOOD]);
     let s = ensure_item(&mut store, &mut it, &f, &FakeBuilder, Mode::default()).unwrap();
     assert_eq!(s, Status::Built);
     assert_eq!(*f.calls.borrow(), 1);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn wrong_conversion_output_is_refused() {
-    let dir = scratch("conv");
-    let mut store = Store::open(&dir, &dir, false).unwrap();
-    let mut it = item();
+    let Fixture {
+        _tmp,
+        dir,
+        mut store,
+        item: mut it,
+    } = fixture();
     it.outputs[0].sha256 = "00".repeat(32);
     let err = ensure_item(
         &mut store,
@@ -225,7 +255,6 @@ fn wrong_conversion_output_is_refused() {
         "{msg}"
     );
     assert!(!dir.join("out/a.bin").exists());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -18,8 +18,9 @@
 pub mod config;
 pub mod export;
 pub mod kv_cache;
+mod layers;
 pub mod load;
-pub mod model;
+mod model;
 pub mod rope;
 pub mod static_decode;
 pub mod train;

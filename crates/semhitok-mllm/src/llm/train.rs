@@ -13,15 +13,18 @@
 //!   own adapter and the deltas are concatenated. PEFT names:
 //!   `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`. Base weights frozen.
 //!
-//! Weight decay rule ([`LmParam::decay`]): true for the projection matrices of the blocks
-//! (q/k/v, o, gate/up, down) and for LoRA A/B; false for biases, RMSNorm scales, the token
-//! embedding and the output head (embedding-like: one row per token; new vocabulary rows must
-//! not be pulled to 0).
+//! Roles ([`LmParam::role`], declared here where the trained tensors are assembled):
+//! [`Role::Matrix`] (weight decay, bf16 copy) for the projection matrices of the blocks (q/k/v,
+//! o, gate/up, down) and for LoRA A/B; [`Role::MatrixBias`] for their biases; [`Role::Plain`]
+//! (no decay, f32) for RMSNorm scales, the token embedding and the output head (embedding-like:
+//! one row per token; new vocabulary rows must not be pulled to 0).
 //!
 //! Trainable tensors are in the model's kind (load an f32 model to train with f32 masters).
 
-use super::model::{Linear, LlamaModel, Lora};
+use super::layers::{Linear, Lora};
+use super::model::LlamaModel;
 use crate::error::{Error, Result};
+use semhitok_nn::role::Role;
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
@@ -51,8 +54,8 @@ pub struct LmParam {
     pub name: String,
     /// The leaf itself (requires_grad; shares storage with the model).
     pub var: Tensor,
-    /// Whether weight decay applies (see the module docs for the rule).
-    pub decay: bool,
+    /// What the optimizer does with it (module docs).
+    pub role: Role,
 }
 
 fn err(msg: impl Into<String>) -> Error {
@@ -63,15 +66,19 @@ fn err(msg: impl Into<String>) -> Error {
 }
 
 impl Linear {
-    /// (name, tensor, decay) of the base weights as trained.
-    fn base(&self, out: &mut Vec<(String, Tensor, bool)>) {
+    /// (name, tensor, role) of the base weights as trained.
+    fn base(&self, out: &mut Vec<(String, Tensor, Role)>) {
         out.push((
             format!("{}.weight", self.name),
             self.w.shallow_clone(),
-            true,
+            Role::Matrix,
         ));
         if let Some(b) = &self.b {
-            out.push((format!("{}.bias", self.name), b.shallow_clone(), false));
+            out.push((
+                format!("{}.bias", self.name),
+                b.shallow_clone(),
+                Role::MatrixBias,
+            ));
         }
     }
     fn lora_named(&self, out: &mut Vec<(String, Tensor)>) {
@@ -129,7 +136,7 @@ impl Linear {
         }
         Ok(())
     }
-    fn linears_mut(blocks: &mut [super::model::Block]) -> Vec<&mut Linear> {
+    fn linears_mut(blocks: &mut [super::layers::Block]) -> Vec<&mut Linear> {
         let mut v = Vec::new();
         for b in blocks {
             v.push(&mut b.attn.qkv);
@@ -150,26 +157,26 @@ impl LlamaModel {
         v
     }
 
-    /// Base weights as trained under [`TrainSpec::Full`]: (name, tensor, decay), module order.
-    fn base_named(&self) -> Vec<(String, Tensor, bool)> {
+    /// Base weights as trained under [`TrainSpec::Full`]: (name, tensor, role), module order.
+    fn base_named(&self) -> Vec<(String, Tensor, Role)> {
         let mut v = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed.shallow_clone(),
-            false,
+            Role::Plain,
         )];
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{i}");
             v.push((
                 format!("{p}.input_layernorm.weight"),
                 b.attn_norm.w.shallow_clone(),
-                false,
+                Role::Plain,
             ));
             b.attn.qkv.base(&mut v);
             b.attn.o.base(&mut v);
             v.push((
                 format!("{p}.post_attention_layernorm.weight"),
                 b.mlp_norm.w.shallow_clone(),
-                false,
+                Role::Plain,
             ));
             b.mlp.gate_up.base(&mut v);
             b.mlp.down.base(&mut v);
@@ -177,10 +184,10 @@ impl LlamaModel {
         v.push((
             "model.norm.weight".to_string(),
             self.norm.w.shallow_clone(),
-            false,
+            Role::Plain,
         ));
         if let Some(h) = &self.lm_head {
-            v.push(("lm_head.weight".to_string(), h.shallow_clone(), false));
+            v.push(("lm_head.weight".to_string(), h.shallow_clone(), Role::Plain));
         }
         v
     }
@@ -200,7 +207,7 @@ impl LlamaModel {
     }
 
     /// Make the tensors of `spec` trainable (requires_grad leaves) and everything else frozen;
-    /// returns the trainable ones with their names and weight-decay flags (module docs).
+    /// returns the trainable ones with their names and roles (module docs).
     /// `Lora` attaches adapters on the first call (a second call with the same r and alpha
     /// reuses them); once attached they stay in the forward (frozen under `Frozen`), and
     /// `Full` is refused (export merged with [`Self::save_hf_dir`] and reload instead).
@@ -225,10 +232,10 @@ impl LlamaModel {
                 }
                 Ok(base
                     .into_iter()
-                    .map(|(name, t, decay)| LmParam {
+                    .map(|(name, t, role)| LmParam {
                         name,
                         var: t.set_requires_grad(true),
-                        decay,
+                        role,
                     })
                     .collect())
             }
@@ -248,7 +255,7 @@ impl LlamaModel {
                     .map(|(name, t)| LmParam {
                         name,
                         var: t.set_requires_grad(true),
-                        decay: true,
+                        role: Role::Matrix,
                     })
                     .collect())
             }

@@ -106,7 +106,7 @@ fn full_golden(name: &str, dev: Device) -> R {
     for p in &params {
         assert!(p.var.requires_grad(), "{}", p.name);
         let want_decay = p.name.ends_with("proj.weight");
-        assert_eq!(p.decay, want_decay, "{}", p.name);
+        assert_eq!(p.role.decays(), want_decay, "{}", p.name);
     }
     let params: BTreeMap<String, Tensor> = params.into_iter().map(|p| (p.name, p.var)).collect();
     let (ids, mask) = (g["ids"].to_device(dev), g["mask"].to_device(dev));
@@ -264,7 +264,7 @@ fn lora_init_is_the_base_model() -> R {
     assert_eq!(params.len(), layers * 7 * 2);
     let h = m.config().hidden_size as f64;
     for p in &params {
-        assert!(p.var.requires_grad() && p.decay, "{}", p.name);
+        assert!(p.var.requires_grad() && p.role.decays(), "{}", p.name);
         assert!(
             p.name.starts_with("base_model.model.model.layers."),
             "{}",

@@ -243,6 +243,12 @@ impl LlavaModel {
             .collect()
     }
 
+    /// The projector's trainable tensors by LLaVA name with their roles (matrices decay, biases
+    /// do not; LLaVA's recipes use weight_decay = 0 anyway).
+    pub fn projector_params(&self) -> Vec<(String, Tensor, semhitok_nn::role::Role)> {
+        semhitok_nn::role::trainable(&self.vs)
+    }
+
     /// The projector's tensors by LLaVA name (`model.mm_projector.0.weight`, ...).
     pub fn projector_state(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self

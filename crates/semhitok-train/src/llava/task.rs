@@ -38,19 +38,14 @@ impl Task for LlavaTask {
     fn params(&self) -> Vec<Param> {
         let mut v: Vec<Param> = self
             .model
-            .projector_state()
+            .projector_params()
             .into_iter()
-            .map(|(name, var)| Param {
-                // Matrices decay, biases do not (LLaVA's recipes use weight_decay = 0 anyway).
-                decay: name.ends_with(".weight"),
-                name,
-                var,
-            })
+            .map(|(name, var, role)| Param { name, var, role })
             .collect();
         v.extend(self.lm_params.iter().map(|p| Param {
             name: p.name.clone(),
             var: p.var.shallow_clone(),
-            decay: p.decay,
+            role: p.role,
         }));
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v

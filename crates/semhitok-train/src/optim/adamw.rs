@@ -332,7 +332,7 @@ impl AdamW {
             }
             self.steps[i] += 1;
             let g = g.to_kind(self.m[i].kind()).reshape([-1]);
-            let n_decay = if p.decay { p.var.numel() as i64 } else { 0 };
+            let n_decay = if p.decays() { p.var.numel() as i64 } else { 0 };
             let (mut var, mut m, mut v) =
                 (p.var.view([-1]), self.m[i].view([-1]), self.v[i].view([-1]));
             adamw_update(

@@ -43,26 +43,12 @@ pub(super) struct Bf16Copy {
     pub(super) active: bool,
 }
 
-/// Which parameters get a bf16 working copy: the weights that autocast runs in bf16 (matrices
-/// and convolution kernels named `…weight` that also take weight decay, see [`decays`](super::decays)) and the
-/// `…bias` of the same layer. Norm scales, position embeddings, codebooks and embeddings stay f32
-/// (autocast runs them in f32 or they are used outside autocast).
+/// Which parameters get a bf16 working copy: those whose [`Role`](super::Role) says so, the
+/// weights autocast runs in bf16 (matrices and convolution kernels) and the biases of the same
+/// layers. Norm scales, position embeddings, codebooks and embeddings stay f32 (autocast runs
+/// them in f32 or they are used outside autocast).
 pub fn bf16_members(params: &[Param]) -> Vec<bool> {
-    let is_matrix = |p: &Param| p.name.ends_with("weight") && p.decay && p.var.dim() >= 2;
-    let matrices: std::collections::BTreeSet<&str> = params
-        .iter()
-        .filter(|p| is_matrix(p))
-        .filter_map(|p| p.name.strip_suffix("weight"))
-        .collect();
-    params
-        .iter()
-        .map(|p| {
-            is_matrix(p)
-                || p.name
-                    .strip_suffix("bias")
-                    .is_some_and(|layer| matrices.contains(layer))
-        })
-        .collect()
+    params.iter().map(|p| p.role.bf16_copy()).collect()
 }
 
 impl Flat {
@@ -83,7 +69,7 @@ impl Flat {
         } else {
             vec![false; params.len()]
         };
-        let group = |i: usize| match (params[i].decay, member[i]) {
+        let group = |i: usize| match (params[i].decays(), member[i]) {
             (true, false) => 0,
             (true, true) => 1,
             (false, true) => 2,
@@ -100,7 +86,7 @@ impl Flat {
                 start.get_or_insert(n);
             }
             n += params[i].var.numel() as i64;
-            if params[i].decay {
+            if params[i].decays() {
                 n_decay = n;
             }
             if member[i] {

@@ -17,6 +17,7 @@ pub use ema::Ema;
 pub use flat::bf16_members;
 pub use schedule::lr_at;
 
+pub use semhitok_nn::role::Role;
 use tch::Tensor;
 
 /// One named parameter the optimizer updates.
@@ -26,20 +27,15 @@ pub struct Param {
     pub name: String,
     /// The variable (shares storage with the VarStore's).
     pub var: Tensor,
-    /// Weight decay applies (false for biases, norms, embeddings of positions).
-    pub decay: bool,
+    /// What the optimizer does with it (weight decay, bf16 working copy), declared where the
+    /// layer created it ([`semhitok_nn::role`]).
+    pub role: Role,
 }
 
-/// Whether a parameter name gets weight decay: matrices and conv kernels do; biases, norm
-/// scales, position embeddings, class tokens and codebooks do not (the usual ViT/VQGAN recipe).
-pub fn decays(name: &str, t: &Tensor) -> bool {
-    let leaf = name.rsplit('.').next().unwrap_or(name);
-    t.dim() >= 2
-        && !leaf.contains("bias")
-        && !name.contains("norm")
-        && !name.contains("pos_emb")
-        && !name.contains("position")
-        && !name.contains("cls_token")
-        && !name.contains("codebook")
-        && !name.contains("embedding")
+impl Param {
+    /// Whether weight decay applies (matrices and kernels; never biases, norms, position
+    /// embeddings, codebooks or token embeddings).
+    pub fn decays(&self) -> bool {
+        self.role.decays()
+    }
 }

@@ -113,22 +113,14 @@ pub fn siglip_spec(kind: TeacherKind) -> Option<(SiglipVisionConfig, Option<(i64
     }
 }
 
-/// The teacher's token grid and width must be what the SPC expects.
+/// The teacher's token grid and width must be what the SPC expects (semhitok-nn's
+/// `SpcConfig::check_teacher`, reported under the key `model.spc` with the config file).
 pub fn check_teacher_fits(cfg: &TrainConfig, teacher: &dyn Teacher) -> Result<()> {
-    let s = cfg.data.image_size;
-    let (gh, gw) = teacher.grid(s, s);
-    let spc = &cfg.model.spc;
-    if gh * gw != spc.num_tokens || teacher.dim() != spc.teacher_dim {
-        return Err(cfg.error(
+    match cfg.model.spc.check_teacher(teacher, cfg.data.image_size) {
+        Err(semhitok_nn::Error::Config(msg)) => Err(cfg.error(
             "model.spc",
-            format!(
-                "teacher {} gives {gh}x{gw} tokens of width {} at {s} px, but model.spc has num_tokens = {}, teacher_dim = {}",
-                teacher.name(),
-                teacher.dim(),
-                spc.num_tokens,
-                spc.teacher_dim
-            ),
-        ));
+            format!("{msg} (model.spc: num_tokens, teacher_dim)"),
+        )),
+        r => Ok(r?),
     }
-    Ok(())
 }

@@ -7,7 +7,7 @@ use crate::config::Stage;
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::gan::Gan;
-use crate::optim::{decays, Param};
+use crate::optim::Param;
 use crate::trainer::{Batch, LossOut, Task, ValCodes, ValOut};
 use semhitok_nn::losses::PixelLoss;
 use semhitok_nn::model::{DecodeMode, Part, SemHiTok};
@@ -19,12 +19,8 @@ use tch::Tensor;
 fn params_of(model: &SemHiTok, parts: &[Part]) -> Vec<Param> {
     let mut v: Vec<Param> = parts
         .iter()
-        .flat_map(|p| model.trainable_variables(*p))
-        .map(|(name, var)| Param {
-            decay: decays(&name, &var),
-            name,
-            var,
-        })
+        .flat_map(|p| model.trainable_with_roles(*p))
+        .map(|(name, var, role)| Param { name, var, role })
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v

@@ -92,7 +92,7 @@ impl T2iTask {
             .map(|p| Param {
                 name: p.name,
                 var: p.var,
-                decay: p.decay,
+                role: p.role,
             })
             .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
@@ -107,7 +107,7 @@ impl Task for T2iTask {
             .map(|p| Param {
                 name: p.name.clone(),
                 var: p.var.shallow_clone(),
-                decay: p.decay,
+                role: p.role,
             })
             .collect()
     }

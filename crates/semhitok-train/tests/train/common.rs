@@ -2,7 +2,7 @@
 //! SemHiTok model (so machinery tests stay fast and independent of the model crate).
 
 use semhitok_train::config::TrainConfig;
-use semhitok_train::optim::{decays, Param};
+use semhitok_train::optim::{Param, Role};
 use semhitok_train::trainer::{Batch, LossOut, Task, ValOut};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -114,15 +114,19 @@ impl ToyTask {
     }
 }
 
-/// Every variable of `vs` as an optimizer parameter (sorted by name; weight decay by the trainer's
-/// own rule), for the toy tasks of these tests.
+/// Every variable of `vs` as an optimizer parameter (sorted by name), for the toy tasks of these
+/// tests. They are made by tch's own `conv2d` / `conv_transpose2d` (no declared roles), so their
+/// roles are declared here: the kernels (`weight`, 4-d) are matrices, the biases theirs.
 pub fn vs_params(vs: &tch::nn::VarStore) -> Vec<Param> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     vars.into_iter()
-        .map(|(name, var)| Param {
-            decay: decays(&name, &var),
-            name,
-            var,
+        .map(|(name, var)| {
+            let role = match name.rsplit('.').next() {
+                Some("weight") if var.dim() >= 2 => Role::Matrix,
+                Some("bias") => Role::MatrixBias,
+                _ => Role::Plain,
+            };
+            Param { name, var, role }
         })
         .collect()
 }

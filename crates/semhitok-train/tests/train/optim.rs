@@ -6,7 +6,8 @@
 //! per-tensor path.
 
 use super::common::{serial, tiny_config};
-use semhitok_train::optim::{lr_at, AdamW, Ema, Param};
+use semhitok_nn::layers::{Conv2d, LayerNorm, Linear, LinearInit};
+use semhitok_train::optim::{lr_at, AdamW, Ema, Param, Role};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -42,7 +43,12 @@ fn check(run: &str, flat_from_step: Option<i64>) {
             var: get(&format!("{run}.init.{n}"))
                 .copy()
                 .set_requires_grad(true),
-            decay: n.ends_with("a.weight") || n.ends_with("b.weight"),
+            // a and b decay (matrices), c and d do not (no bf16 copy here: the roles only set decay).
+            role: if n.ends_with("a.weight") || n.ends_with("b.weight") {
+                Role::Matrix
+            } else {
+                Role::Plain
+            },
         })
         .collect();
     let tmp = tempfile::tempdir().unwrap();
@@ -123,7 +129,12 @@ fn flat_buffers_accumulate_gradients_and_update_the_modules_weights() {
     let params = named
         .into_iter()
         .map(|(name, var)| Param {
-            decay: name.ends_with("weight"),
+            // The weight decays, the bias does not (tch's own layer: roles declared here).
+            role: if name.ends_with("weight") {
+                Role::Matrix
+            } else {
+                Role::Plain
+            },
             name,
             var,
         })
@@ -173,17 +184,13 @@ fn bf16_copy_equals_casting_at_use() {
     let build = |copy: bool| {
         let vs = tch::nn::VarStore::new(Device::Cpu);
         tch::manual_seed(7);
-        let lin = tch::nn::linear(vs.root() / "lin", 3, 4, Default::default());
+        // semhitok-nn's Linear (tch's default init, bias drawn first as `nn::linear`) declares
+        // its roles; the raw norm scale has none, so it is plain.
+        let lin = Linear::new(vs.root() / "lin", 3, 4, true, LinearInit::Default);
         let norm = (vs.root() / "norm").var("weight", &[3], tch::nn::Init::Const(1.5));
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let params: Vec<Param> = named
+        let params: Vec<Param> = semhitok_nn::role::trainable(&vs)
             .into_iter()
-            .map(|(name, var)| Param {
-                decay: semhitok_train::optim::decays(&name, &var),
-                name,
-                var,
-            })
+            .map(|(name, var, role)| Param { name, var, role })
             .collect();
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tiny_config(tmp.path(), 1, 1, &[]).optim;
@@ -194,7 +201,7 @@ fn bf16_copy_equals_casting_at_use() {
         };
         (vs, lin, norm, opt)
     };
-    let loss = |lin: &tch::nn::Linear, norm: &Tensor| {
+    let loss = |lin: &Linear, norm: &Tensor| {
         let h = (&x * norm).to_kind(Kind::BFloat16);
         let bs = lin.bs.as_ref().unwrap().to_kind(Kind::BFloat16);
         h.linear(&lin.ws.to_kind(Kind::BFloat16), Some(&bs))
@@ -270,17 +277,29 @@ fn bf16_members_are_the_matrices_and_their_biases() {
         ("enc.pos_embed", &[1, 4, 8], false),
         ("quantize.codebook", &[16, 8], false),
     ];
-    let params: Vec<Param> = spec
-        .iter()
-        .map(|(name, shape, _)| {
-            let var = Tensor::zeros(*shape, (Kind::Float, Device::Cpu));
-            Param {
-                decay: semhitok_train::optim::decays(name, &var),
-                name: name.to_string(),
-                var,
-            }
-        })
+    // Each made by the layer that owns it (roles declared there); the position embedding and the
+    // codebook as raw variables (no declaration: plain).
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let enc = vs.root() / "enc";
+    let _fc = Linear::new(&enc / "fc", 8, 8, true, LinearInit::Vit);
+    let _norm = LayerNorm::new(&enc / "norm", 8, 1e-6);
+    let conv = tch::nn::ConvConfig {
+        stride: 2,
+        ..Default::default()
+    };
+    let _proj = Conv2d::new(&enc / "patch_embed" / "proj", 3, 8, 2, conv);
+    let _pos = enc.zeros("pos_embed", &[1, 4, 8]);
+    let _cb = (vs.root() / "quantize").zeros("codebook", &[16, 8]);
+    let params: Vec<Param> = semhitok_nn::role::trainable(&vs)
+        .into_iter()
+        .map(|(name, var, role)| Param { name, var, role })
         .collect();
+    let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    let want_names: Vec<&str> = spec.iter().map(|s| s.0).collect();
+    assert_eq!(names, want_names);
+    for ((name, shape, _), p) in spec.iter().zip(&params) {
+        assert_eq!(p.var.size(), shape.to_vec(), "{name}");
+    }
     let got = semhitok_train::optim::bf16_members(&params);
     for ((name, _, want), got) in spec.iter().zip(got) {
         assert_eq!(got, *want, "{name}");
