@@ -92,9 +92,12 @@ pub fn load_image(p: &Path, size: u32) -> std::result::Result<Tensor, semhitok_d
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let im = semhitok_data::photos::load_file(p, &limits)
         .and_then(|im| semhitok_data::Transform::center_crop(size).apply(&im, &mut rng))?;
-    let mut buf = vec![0f32; 3 * (size * size) as usize];
-    semhitok_data::transform::write_chw_f32(&im, &mut buf);
-    Ok(Tensor::from_slice(&buf).view([1, 3, size as i64, size as i64]))
+    let mut px = vec![0u8; 3 * (size * size) as usize];
+    semhitok_data::transform::write_chw_u8(&im, &mut px);
+    // The one u8 -> [-1, 1] rule of the training batches (bit-equal to the data crate's
+    // `write_chw_f32`: test `u8_batches_normalise_on_device_as_the_f32_path`).
+    crate::stages::u8_batch_tensor(&px, &[1, 3, size as i64, size as i64], Device::Cpu)
+        .map_err(|e| semhitok_data::SkipReason::Corrupt(format!("to a tensor: {e}")))
 }
 
 /// Encode image files with a model folder or trained checkpoint.
