@@ -44,7 +44,7 @@ pub struct BenchTokenizeArgs {
     #[arg(long)]
     pub teacher_bf16: bool,
     /// Then (after `--teacher-bf16`, if given) time the path with the teacher, the SPC head and
-    /// the pixel encoder in bf16 (`Tokenizer::use_bf16_encoders`; searches fp32) and report
+    /// the pixel encoder in bf16 (`Tokenizer::use_bf16(Bf16Encode::Encoders)`; searches fp32) and report
     /// `unified_ids_changed_by_bf16_encoders`.
     #[arg(long)]
     pub bf16_encoders: bool,
@@ -120,7 +120,7 @@ pub fn run(a: &BenchTokenizeArgs) -> Result<serde_json::Value> {
         serde_json::Value::Null
     };
     let bf16_encoders = if a.bf16_encoders {
-        tok.use_bf16_encoders()?;
+        tok.use_bf16(semhitok_nn::pretrained::Bf16Encode::Encoders)?;
         time_bf16(&tok, &x, &ids, a, "unified_ids_changed_by_bf16_encoders")?
     } else {
         serde_json::Value::Null

@@ -60,8 +60,7 @@ pub struct Tokenizer {
     model: SemHiTok,
     teacher: Box<dyn Teacher>,
     config: PretrainedConfig,
-    /// Which part of `encode` runs in bf16 ([`Tokenizer::use_bf16_teacher`],
-    /// [`Tokenizer::use_bf16_encoders`]).
+    /// Which part of `encode` runs in bf16 ([`Tokenizer::use_bf16`]).
     bf16: Bf16Encode,
 }
 
@@ -234,15 +233,12 @@ impl Tokenizer {
         self.use_bf16(Bf16Encode::Teacher)
     }
 
-    /// The fastest non-canonical path on CUDA: [`Self::use_bf16_teacher`], and in
-    /// [`Self::encode`] the SPC head and the pixel encoder under autocast as well; the searches
-    /// stay fp32. More ids may change than with the teacher alone (measure it: `semhitok
-    /// bench-tokenize --bf16-encoders`). On the CPU this does nothing. One-way.
-    pub fn use_bf16_encoders(&mut self) -> Result<()> {
-        self.use_bf16(Bf16Encode::Encoders)
-    }
-
-    fn use_bf16(&mut self, mode: Bf16Encode) -> Result<()> {
+    /// Runs [`Self::encode`] in bf16 mode `mode` on CUDA ([`Bf16Encode`]; `Encoders`, the fastest,
+    /// puts the SPC head and the pixel encoder under autocast too, the searches stay fp32, and may
+    /// change more ids than `Teacher`: measure it with `semhitok bench-tokenize --bf16-encoders`).
+    /// On the CPU, and for `Off`, this does nothing. One-way: load the folder again for canonical
+    /// ids.
+    pub fn use_bf16(&mut self, mode: Bf16Encode) -> Result<()> {
         if self.device().is_cuda() && mode != Bf16Encode::Off {
             if self.bf16 == Bf16Encode::Off {
                 self.teacher.bf16_weights()?;
