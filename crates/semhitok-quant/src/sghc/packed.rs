@@ -1,13 +1,12 @@
 //! The pixel codebook packed once for repeated searches (the tokenizer's inference path).
 
-use super::search::{sghc_queries, SghcNearest};
+use super::search::{par_query_blocks, sghc_queries, SghcNearest};
 use super::UnifiedIndex;
 use crate::check::{finite, norm, slice, sq_norm};
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::search::Metric;
 use ndarray::{ArrayView2, ArrayView3};
-use rayon::prelude::*;
 
 /// A pixel codebook `[K_sem, m, D_pix]` packed for repeated SGHC searches (the tokenizer's
 /// inference path): each sub-codebook becomes one contiguous, transposed block
@@ -117,37 +116,25 @@ impl PackedPixelCodebook {
     pub fn nearest(&self, queries: ArrayView2<'_, f32>, sem_ids: &[u32]) -> Result<SghcNearest> {
         let d = self.d;
         let q = sghc_queries(queries, sem_ids, self.index.k_sem(), d)?;
-        let (n, qs) = (q.nrows(), slice(&q));
-        let mut sub_ids = vec![0u32; n];
-        let mut scores = vec![0f32; n];
-        const BLOCK: usize = 512;
-        let bad = sub_ids
-            .par_chunks_mut(BLOCK)
-            .zip(scores.par_chunks_mut(BLOCK))
-            .enumerate()
-            .map(|(t, (ids_t, sc_t))| {
-                let n0 = t * BLOCK;
-                let rows = ids_t.len();
-                let qb = &qs[n0 * d..(n0 + rows) * d];
-                self.block(qb, &sem_ids[n0..n0 + rows], ids_t, sc_t);
-                match self.metric {
-                    Metric::Cosine => {
-                        for (r, sc) in sc_t.iter_mut().enumerate() {
-                            *sc /= sq_norm(&qb[r * d..(r + 1) * d]).sqrt().max(1e-12);
-                        }
-                    }
-                    Metric::SquaredL2 => {
-                        for (r, sc) in sc_t.iter_mut().enumerate() {
-                            *sc = (sq_norm(&qb[r * d..(r + 1) * d]) - 2.0 * *sc).max(0.0);
-                        }
+        let qs = slice(&q);
+        let (sub_ids, scores, bad) = par_query_blocks(qs, sem_ids, d, |qb, sem, ids_t, sc_t| {
+            self.block(qb, sem, ids_t, sc_t);
+            match self.metric {
+                Metric::Cosine => {
+                    for (r, sc) in sc_t.iter_mut().enumerate() {
+                        *sc /= sq_norm(&qb[r * d..(r + 1) * d]).sqrt().max(1e-12);
                     }
                 }
-                let bad = finite(sc_t, 1, "")
-                    .err()
-                    .map(|_| n0 + sc_t.iter().position(|v| !v.is_finite()).unwrap_or(0));
-                bad
-            })
-            .reduce(|| None, |a: Option<usize>, b| a.or(b));
+                Metric::SquaredL2 => {
+                    for (r, sc) in sc_t.iter_mut().enumerate() {
+                        *sc = (sq_norm(&qb[r * d..(r + 1) * d]) - 2.0 * *sc).max(0.0);
+                    }
+                }
+            }
+            finite(sc_t, 1, "")
+                .err()
+                .map(|_| sc_t.iter().position(|v| !v.is_finite()).unwrap_or(0))
+        });
         if let Some(row) = bad {
             return Err(Error::NonFinite {
                 what: "SGHC score (overflow)".into(),

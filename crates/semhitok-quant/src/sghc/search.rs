@@ -74,23 +74,11 @@ pub fn sghc_nearest_with(
     let (index, d, ps) = pixel_codebook(&pixel)?;
     let m = index.m();
     let q = sghc_queries(queries, sem_ids, index.k_sem(), d)?;
-    let (n, qs) = (q.nrows(), slice(&q));
+    let qs = slice(&q);
 
-    let mut sub_ids = vec![0u32; n];
-    let mut scores = vec![0f32; n];
-    const BLOCK: usize = 512;
-    let bad = sub_ids
-        .par_chunks_mut(BLOCK)
-        .zip(scores.par_chunks_mut(BLOCK))
-        .enumerate()
-        .map(|(t, (ids_t, sc_t))| {
-            let n0 = t * BLOCK;
-            let rows = ids_t.len();
-            let qb = &qs[n0 * d..(n0 + rows) * d];
-            let sem = &sem_ids[n0..n0 + rows];
-            sghc_block(kernel, qb, sem, ps, m, d, metric, ids_t, sc_t).map(|r| n0 + r)
-        })
-        .reduce(|| None, |a: Option<usize>, b| a.or(b));
+    let (sub_ids, scores, bad) = par_query_blocks(qs, sem_ids, d, |qb, sem, ids_t, sc_t| {
+        sghc_block(kernel, qb, sem, ps, m, d, metric, ids_t, sc_t)
+    });
     if let Some(row) = bad {
         return Err(locate_non_finite(
             ps,
@@ -129,6 +117,34 @@ fn locate_non_finite(ps: &[f32], m: usize, d: usize, k: u32, row: usize, q: &[f3
         value: f32::INFINITY,
         location: format!("query {row} (norm {}) against sub-codebook {k}", norm(q)),
     }
+}
+
+/// The queries `qs` (`[N, d]` row-major) and their semantic ids in blocks of 512 rows on the
+/// rayon pool: `block(queries, sem_ids, ids, scores)` fills one block's sub-ids and scores and
+/// returns the first block-relative row whose score is not finite. Returns the sub-ids, the
+/// scores and the first such row of all.
+pub(super) fn par_query_blocks(
+    qs: &[f32],
+    sem_ids: &[u32],
+    d: usize,
+    block: impl Fn(&[f32], &[u32], &mut [u32], &mut [f32]) -> Option<usize> + Sync,
+) -> (Vec<u32>, Vec<f32>, Option<usize>) {
+    const BLOCK: usize = 512;
+    let n = sem_ids.len();
+    let mut sub_ids = vec![0u32; n];
+    let mut scores = vec![0f32; n];
+    let bad = sub_ids
+        .par_chunks_mut(BLOCK)
+        .zip(scores.par_chunks_mut(BLOCK))
+        .enumerate()
+        .map(|(t, (ids_t, sc_t))| {
+            let n0 = t * BLOCK;
+            let rows = ids_t.len();
+            let qb = &qs[n0 * d..(n0 + rows) * d];
+            block(qb, &sem_ids[n0..n0 + rows], ids_t, sc_t).map(|r| n0 + r)
+        })
+        .reduce(|| None, |a: Option<usize>, b| a.or(b));
+    (sub_ids, scores, bad)
 }
 
 /// Searches one block of queries; returns the first row (block-relative) whose score is not finite.
