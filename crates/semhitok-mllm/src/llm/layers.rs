@@ -185,6 +185,31 @@ impl Attention {
         })
     }
 
+    /// qkv: [B, L, (Hq + 2 Hkv) D] (the stacked projection) -> (q [B, Hq, L, D], k [B, Hkv, L, D],
+    /// v [B, Hkv, L, D]), q and k rotated (cos/sin of [`rope::cos_sin`]). Queries and keys are
+    /// rotated together as one [B, L, Hq + Hkv, D] tensor (four kernels per layer where two
+    /// separate rotations took ten: the batch-1 decode step is bound by such small kernels).
+    pub(super) fn rotated_qkv(
+        &self,
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l) = (qkv.size()[0], qkv.size()[1]);
+        let (hq, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let qk = qkv
+            .f_narrow(2, 0, (hq + hkv) * d)?
+            .f_view([b, l, hq + hkv, d])?;
+        let qk = rope::apply(&qk, cos, sin)?; // [B, L, Hq + Hkv, D]
+        let q = qk.f_narrow(2, 0, hq)?.f_transpose(1, 2)?;
+        let k = qk.f_narrow(2, hq, hkv)?.f_transpose(1, 2)?;
+        let v = qkv
+            .f_narrow(2, (hq + hkv) * d, hkv * d)?
+            .f_view([b, l, hkv, d])?
+            .f_transpose(1, 2)?;
+        Ok((q, k, v))
+    }
+
     /// x: [B, L, H] -> [B, L, H]. With a cache (`Some((cache, layer))`), keys/values of the new
     /// tokens go into slot range `[len - L, len)` and attention covers every filled slot under
     /// `mask` ([B, 1, L, len] bool) or plain causal / full attention when `mask` is `None`.
@@ -201,16 +226,8 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, l) = (x.size()[0], x.size()[1]);
-        let split = |t: Tensor, n: i64| -> Result<Tensor> {
-            Ok(t.f_view([b, l, n, self.head_dim])?.f_transpose(1, 2)?)
-        };
         let qkv = self.qkv.forward(x)?; // [B, L, (Hq + 2 Hkv) * D]
-        let (nq, nkv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let q = split(qkv.f_narrow(2, 0, nq)?, self.heads)?; // [B, Hq, L, D]
-        let k = split(qkv.f_narrow(2, nq, nkv)?, self.kv_heads)?; // [B, Hkv, L, D]
-        let v = split(qkv.f_narrow(2, nq + nkv, nkv)?, self.kv_heads)?;
-        let q = rope::apply(&q, cos, sin)?;
-        let k = rope::apply(&k, cos, sin)?;
+        let (q, k, v) = self.rotated_qkv(&qkv, cos, sin)?;
         let (k, v, gqa) = match cache {
             Some((cache, layer)) => {
                 let (k, v) = cache.update(layer, &k, &v)?; // [B, Hkv, len, D]

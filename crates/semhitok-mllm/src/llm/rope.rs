@@ -49,22 +49,32 @@ pub fn inv_freq(cfg: &LlamaConfig, device: Device) -> Result<Tensor> {
     })
 }
 
-/// `(cos, sin)` for positions `[B, L]` (int64): each `[B, 1, L, head_dim]` in `kind`.
+/// `(cos, sin)` for positions `[B, L]` (int64): each `[B, L, 1, head_dim]` in `kind`, for
+/// [`apply`] on heads laid out `[B, L, H, D]` (queries and keys side by side). `sin`'s first
+/// half is negated: that is `rotate_half`'s sign, moved from the activations (per layer, twice)
+/// to this table (once per forward), so [`apply`] needs one roll where it needed a negation and
+/// a concatenation.
 pub fn cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
     // [B, L, 1] * [D/2] -> [B, L, D/2]
     let freqs = positions
         .f_to_kind(Kind::Float)?
         .f_unsqueeze(-1)?
         .f_mul(inv_freq)?;
-    let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?; // [B, 1, L, D]
-    Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
+    let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(2)?; // [B, L, 1, D]
+    let half = freqs.size()[2];
+    let s = emb.f_sin()?;
+    let sin = Tensor::f_cat(
+        &[s.f_narrow(3, 0, half)?.f_neg()?, s.f_narrow(3, half, half)?],
+        3,
+    )?;
+    Ok((emb.f_cos()?.f_to_kind(kind)?, sin.f_to_kind(kind)?))
 }
 
-/// x: [B, H, L, D] -> x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1).
+/// x: [B, L, H, D] -> x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), computed
+/// as `x * cos + roll(x, D/2) * sin'` with the sign in `sin'` ([`cos_sin`]): the same products
+/// and sum in the same order, so bit-equal to the `rotate_half` form (a negation is exact).
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.size()[3];
-    let x1 = x.f_narrow(3, 0, d / 2)?;
-    let x2 = x.f_narrow(3, d / 2, d / 2)?;
-    let rot = Tensor::f_cat(&[&x2.f_neg()?, &x1], 3)?;
+    let rot = x.f_roll([d / 2], [3])?;
     Ok(x.f_mul(cos)?.f_add(&rot.f_mul(sin)?)?)
 }

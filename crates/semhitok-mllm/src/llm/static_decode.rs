@@ -48,13 +48,8 @@ impl LlamaModel {
             let a = &blk.attn;
             let h = blk.attn_norm.forward(&x)?;
             let qkv = a.qkv.forward(&h)?; // [B, 1, (Hq + 2 Hkv) D]
-            let (nq, nkv) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-            let split = |t: Tensor, n: i64| -> Result<Tensor> {
-                Ok(t.f_view([b, 1, n, a.head_dim])?.f_transpose(1, 2)?)
-            };
-            let q = rope::apply(&split(qkv.f_narrow(2, 0, nq)?, a.heads)?, &cos, &sin)?;
-            let k = rope::apply(&split(qkv.f_narrow(2, nq, nkv)?, a.kv_heads)?, &cos, &sin)?;
-            let v = split(qkv.f_narrow(2, nq + nkv, nkv)?, a.kv_heads)?;
+            let nq = a.heads * a.head_dim;
+            let (q, k, v) = a.rotated_qkv(&qkv, &cos, &sin)?;
             let (k, v) = cache.static_update(i, slot, &k, &v)?; // [B, Hkv, C, D]
             let y = Tensor::f_scaled_dot_product_attention(
                 &q,

@@ -93,6 +93,8 @@ enum Cmd {
     FmnistClassifier(semhitok_train::t2i::classifier::ClassifierArgs),
     /// Class accuracy and FID (vs the Fashion-MNIST test split) of generated images.
     T2iScore(semhitok_train::t2i::judge::ScoreArgs),
+    /// Real Fashion-MNIST images as an images file (for `t2i-score`'s real-vs-real reference FID).
+    T2iReal(semhitok_train::t2i::real::RealArgs),
     /// Print the TOML `[model]` table of a named preset (to start a config from).
     ModelPreset {
         /// paper-256 | tiny
@@ -244,6 +246,9 @@ fn main() -> Result<()> {
             .map_err(Into::into),
         Cmd::T2iScore(a) => semhitok_train::t2i::judge::score(&a)
             .map(|_| ())
+            .map_err(Into::into),
+        Cmd::T2iReal(a) => semhitok_train::t2i::real::write_real(&a)
+            .map(|n| eprintln!("t2i-real: {n} images -> {}", a.out.display()))
             .map_err(Into::into),
         Cmd::Data {
             cmd:

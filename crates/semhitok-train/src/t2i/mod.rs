@@ -12,6 +12,7 @@
 //!   fmnist-classifier`).
 //! - [`judge`]: class accuracy and FID of generated images against the test split (`semhitok
 //!   t2i-score`).
+//! - [`real`]: real images as an images file (`semhitok t2i-real`), for the real-vs-real FID.
 
 pub mod classifier;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod eval;
 pub mod generate_cmd;
 pub mod judge;
 pub mod model_io;
+pub mod real;
 pub mod task;
 
 pub use task::run;

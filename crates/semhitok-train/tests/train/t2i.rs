@@ -6,6 +6,7 @@ use semhitok_data::Split;
 use semhitok_nn::fid::{FidInception, FID_INCEPTION_ASSET};
 use semhitok_train::t2i::classifier::{self, ClassifierArgs, FmnistClassifier};
 use semhitok_train::t2i::judge::{self, ScoreArgs};
+use semhitok_train::t2i::real::{write_real, RealArgs, RealSplit};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -82,6 +83,39 @@ fn classifier_trains_and_judge_scores_an_images_file() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("fmnist-classifier"), "{e}");
+}
+
+/// `t2i-real` writes the split's first N images exactly as the judge's test side sees them
+/// (so its FID against the test statistics is the real-vs-real reference), and refuses an N the
+/// split does not have, naming the folder.
+#[test]
+fn real_images_file_is_the_judges_view_of_the_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = assets().join("fashion-mnist");
+    let mut a = RealArgs {
+        data: data.clone(),
+        split: RealSplit::Test,
+        n: 40,
+        size: 32,
+        out: dir.path().join("real.safetensors"),
+    };
+    assert_eq!(write_real(&a).unwrap(), 40);
+    let (img, lab) = judge::read_images(&a.out).unwrap();
+    let (x, y) = classifier::load_split(&data, Split::Test, 32, 40).unwrap();
+    assert!(img.equal(&x.expand([40, 3, 32, 32], false)) && lab.equal(&y));
+    a.split = RealSplit::Train;
+    write_real(&a).unwrap();
+    let (train, _) = judge::read_images(&a.out).unwrap();
+    assert!(
+        !train.equal(&img),
+        "train and test splits are different images"
+    );
+    a.n = 70_000;
+    let e = write_real(&a).unwrap_err().to_string();
+    assert!(
+        e.contains("fewer than --n 70000") && e.contains("fashion-mnist"),
+        "{e}"
+    );
 }
 
 /// FID statistics of u8 image sets: a set against itself is ~0, against a shifted set > 0.

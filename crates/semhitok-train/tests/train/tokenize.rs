@@ -215,3 +215,72 @@ fn killed_and_restarted_equals_uninterrupted_and_python_reads_it() {
     assert_eq!(v["labels"], serde_json::json!([0, 0, 0, 0, 1, 1, 1]));
     assert_eq!(v["captions"][0], "a photo of a cat");
 }
+
+/// The `unified` ids of every shard of a finished tokenize folder, concatenated.
+fn shard_ids(dir: &Path) -> Tensor {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("shard-") && n.ends_with(".safetensors")
+        })
+        .collect();
+    names.sort();
+    let ids: Vec<Tensor> = names
+        .iter()
+        .map(|p| {
+            Tensor::read_safetensors(p)
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| k == "unified")
+                .expect("a `unified` tensor")
+                .1
+        })
+        .collect();
+    Tensor::cat(&ids, 0)
+}
+
+/// On CUDA (fp32, TF32 off, the canonical path): `tokenize --device cuda` killed after its first
+/// shard and restarted writes the same ids as an uninterrupted CUDA run, and those are the CPU
+/// run's ids (issue 15 §1 and §3). Runs on the GPU host; skipped without a CUDA device.
+#[test]
+fn cuda_tokenize_restarted_gives_the_cpu_ids() {
+    let Some(_dev) = semhitok_nn::device::cuda_if_available() else {
+        eprintln!("cuda_tokenize_restarted_gives_the_cpu_ids: no CUDA device, skipped");
+        return;
+    };
+    let _g = serial();
+    let _one_cuda_test = semhitok_nn::device::cuda_test_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    export(&trained_pre(tmp.path()), &model);
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cpu_dir = tmp.path().join("cpu");
+    run(&args(&model, &data, &cpu_dir)).unwrap_or_else(|e| panic!("{e}"));
+    let cpu = shard_ids(&cpu_dir);
+
+    let mut a = args(&model, &data, &tmp.path().join("cuda"));
+    a.device = "cuda".into();
+    let r = run(&a).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.complete && r.images == 7);
+    assert!(
+        shard_ids(&a.out).equal(&cpu),
+        "CUDA ids differ from the CPU's"
+    );
+
+    let b = args(&model, &data, &tmp.path().join("cuda-restarted"));
+    let out = cli(&b, &["--device", "cuda", "--crash-after-shards", "1"]);
+    assert!(!out.status.success(), "the crash switch aborts");
+    let out = cli(&b, &["--device", "cuda"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shard_ids(&b.out).equal(&cpu),
+        "restarted CUDA run's ids differ from the CPU's"
+    );
+}
