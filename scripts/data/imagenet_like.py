@@ -5,7 +5,7 @@ Writes `OUT/<synset>/<synset>_<i>.JPEG` class folders (ImageNet's train layout) 
 photos at ImageNet-like sizes (shorter side 333-500, aspect 3:4 .. 16:9, median about 500x375),
 JPEG quality 90, plus `OUT/LOC_synset_mapping.txt`; with `--captions` a `<stem>.txt` caption next
 to each image (for `semhitok data pack`). Deterministic in `--seed`. Pure Pillow (any version
->= 9; the fixtures in README.md were made with the Pillow bundled in `.libtorch/`).
+>= 9; the fixtures in docs/guide/training.md were made with the Pillow bundled in `.libtorch/`).
 
     PYTHONPATH=.libtorch python3 scripts/data/imagenet_like.py --out /tmp/inet --classes 4 --per-class 8
 """
