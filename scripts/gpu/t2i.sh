@@ -3,7 +3,8 @@
 # (sghc, sem-only, pixel-vq): SmolLM2-135M with that tokenizer's visual vocabulary fully
 # fine-tuned on "a photo of a {class}" -> ids (configs/t2i-fmnist-smollm2.toml), then
 # PER_CLASS images per class at CFG 1, 3, 5, scored by the Fashion-MNIST classifier (trained
-# here first) and by FID against the test split.
+# here first) and by FID against the test split; with FID_INCEPTION also the real-vs-real
+# reference (10,000 real train images through `t2i-real` + `t2i-score`).
 # Usage (GPU host, repository root, bundle from `cargo xtask bundle --out .gpu/bundle`):
 #   OUT=/dir WORK=/scratch scripts/gpu/t2i.sh BUNDLE GGUF FMNIST_RUNS DATA [FID_INCEPTION]
 #     GGUF         SmolLM2-135M-Instruct.Q4_1.gguf (98 MB: staged in pieces, scripts/gpu/stage.sh)
@@ -54,5 +55,11 @@ save_file({"images": t["images"][idx].contiguous(), "labels": t["labels"][idx].c
 PY
   done
 done
+# The real-vs-real reference: 10,000 real train images scored like the generated ones.
+if [ -n "$FID" ]; then
+  run $S t2i-real --data "$DATA" --split train --n 10000 --out "$WORK/real-train.safetensors" >> "$OUT/log.txt" 2>&1 \
+    && run $S t2i-score "$WORK/real-train.safetensors" --classifier "$WORK/classifier.safetensors" --data "$DATA" \
+      --device cuda --fid-inception "$FID" --real-stats "$WORK/real_stats.safetensors" --out "$OUT/scores.jsonl" >> "$OUT/log.txt" 2>&1
+fi
 echo "t2i.sh: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
 cat "$OUT/scores.jsonl" 2>/dev/null
