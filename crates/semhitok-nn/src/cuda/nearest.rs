@@ -45,11 +45,20 @@ pub enum Kernel {
     Tc,
     /// [`Kernel::Tc`] with blocks of 256 rows.
     Tc256,
+    /// [`Kernel::Tc`]'s scores and re-check in one walk over a codebook packed once per call
+    /// into the tensor cores' fragment order: `V3`'s ids.
+    Tc1,
 }
 
 impl Kernel {
     /// Every kernel, for benchmarks and tests.
-    pub const ALL: [Kernel; 4] = [Kernel::V2, Kernel::V3, Kernel::Tc, Kernel::Tc256];
+    pub const ALL: [Kernel; 5] = [
+        Kernel::V2,
+        Kernel::V3,
+        Kernel::Tc,
+        Kernel::Tc256,
+        Kernel::Tc1,
+    ];
 
     /// The name used by `SEMHITOK_SEARCH_KERNEL` and the benchmark.
     pub fn name(self) -> &'static str {
@@ -58,6 +67,7 @@ impl Kernel {
             Kernel::V3 => "v3",
             Kernel::Tc => "tc",
             Kernel::Tc256 => "tc256",
+            Kernel::Tc1 => "tc1",
         }
     }
 
@@ -68,7 +78,7 @@ impl Kernel {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 CudaError(format!(
-                    "unknown search kernel {s:?} (SEMHITOK_SEARCH_KERNEL: v2, v3, tc or tc256)"
+                    "unknown search kernel {s:?} (SEMHITOK_SEARCH_KERNEL: v2, v3, tc, tc256 or tc1)"
                 ))
             })
     }
@@ -113,6 +123,14 @@ impl Kernel {
                 256,
                 512,
             ),
+            Kernel::Tc1 => (
+                SOURCE_TC,
+                "nearest_tc.cu",
+                "nearest_tc1",
+                "TC_BM=128",
+                256,
+                128,
+            ),
         }
     }
 
@@ -120,7 +138,7 @@ impl Kernel {
     pub fn supports(self, d: i64, arch: u32) -> bool {
         match self {
             Kernel::V2 | Kernel::V3 => (1..=MAX_DIM).contains(&d),
-            Kernel::Tc | Kernel::Tc256 => (1..=MAX_DIM_TC).contains(&d) && arch >= 80,
+            Kernel::Tc | Kernel::Tc256 | Kernel::Tc1 => (1..=MAX_DIM_TC).contains(&d) && arch >= 80,
         }
     }
 }
@@ -241,18 +259,22 @@ pub fn nearest_l2_fused_with(
         .and_then(|t| t.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float))
         .and_then(|t| t.f_contiguous())
         .map_err(torch)?;
-    // Dimension-major copies (8 MiB for 65,536 x 32): coalesced, conflict-free tile loads.
-    let zt = zr.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
-    let ct = c.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
     let ids = Tensor::f_empty([m], (Kind::Int64, z.device())).map_err(torch)?;
     if m == 0 {
         return Ok(ids);
     }
+    let blocks = ((m + rows_per_block - 1) / rows_per_block) as u32;
+    if kernel == Kernel::Tc1 {
+        launch_tc1(ordinal as i32, f, &zr, &c, &cc, &ids, d, blocks, threads)?;
+        return Ok(ids);
+    }
+    // Dimension-major copies (8 MiB for 65,536 x 32): coalesced, conflict-free tile loads.
+    let zt = zr.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
+    let ct = c.f_tr().and_then(|t| t.f_contiguous()).map_err(torch)?;
     let (mut pzt, mut pct, mut pcc, mut pids) =
         (zt.data_ptr(), ct.data_ptr(), cc.data_ptr(), ids.data_ptr());
     let (mut pz, mut pc) = (zr.data_ptr(), c.data_ptr());
     let (mut n, mut kk) = (m, k as i32);
-    let blocks = ((m + rows_per_block - 1) / rows_per_block) as u32;
     match kernel {
         Kernel::V2 | Kernel::V3 => {
             let mut args: [*mut c_void; 6] = [
@@ -291,6 +313,79 @@ pub fn nearest_l2_fused_with(
             // is queued on LibTorch's stream.
             unsafe { driver()?.launch(f, (blocks, 1, 1), (threads, 1, 1), &mut args)? };
         }
+        Kernel::Tc1 => unreachable!("launched above"),
     }
     Ok(ids)
+}
+
+/// The tc1 launch (`nearest_tc.cu`): `pack_codes_tc1` writes the codebook as TF32 mma B
+/// fragments and `-cc/2` as C fragments (`ceil(k / 128) * 16` tiles of 8 codes), then
+/// `nearest_tc1` walks them once. z `[m, d]`, c `[k, d]`, cc `[k]` contiguous fp32, ids `[m]`
+/// int64, all on device `ordinal`.
+#[allow(clippy::too_many_arguments)]
+fn launch_tc1(
+    ordinal: i32,
+    f: Function,
+    z: &Tensor,
+    c: &Tensor,
+    cc: &Tensor,
+    ids: &Tensor,
+    d: i64,
+    blocks: u32,
+    threads: u32,
+) -> Result<(), CudaError> {
+    let torch = |e: tch::TchError| CudaError(format!("fused search (tc1) operands: {e}"));
+    let (m, k) = (z.size()[0], c.size()[0]);
+    let pack = function(
+        ordinal,
+        SOURCE_TC,
+        "nearest_tc.cu",
+        "pack_codes_tc1",
+        "TC_BM=128",
+        d,
+    )?;
+    let ks = (d + 7) / 8;
+    let nq = ((ks + 1) & !1) / 2;
+    let ntiles = (k + 127) / 128 * 16;
+    // uint4 per (tile, q, lane): 4 int32 each; float2 per (tile, t).
+    let bp = Tensor::f_empty([ntiles * nq * 32 * 4], (Kind::Int, z.device())).map_err(torch)?;
+    let hp = Tensor::f_empty([ntiles * 8], (Kind::Float, z.device())).map_err(torch)?;
+    let ccmax = cc.f_max().map_err(torch)?;
+    let (mut pc, mut pcc, mut pbp, mut php) =
+        (c.data_ptr(), cc.data_ptr(), bp.data_ptr(), hp.data_ptr());
+    let (mut kk, mut nt) = (k as i32, ntiles as i32);
+    let mut args: [*mut c_void; 6] = [
+        &mut pc as *mut _ as *mut c_void,
+        &mut pcc as *mut _ as *mut c_void,
+        &mut pbp as *mut _ as *mut c_void,
+        &mut php as *mut _ as *mut c_void,
+        &mut kk as *mut _ as *mut c_void,
+        &mut nt as *mut _ as *mut c_void,
+    ];
+    let pack_blocks = ((ntiles * nq * 32 + 255) / 256) as u32;
+    // SAFETY: (const float* c, const float* cc, uint4* bp, float2* hp, int k, int ntiles) as
+    // pack_codes_tc1 declares; c [k, d] and cc [k] contiguous fp32, bp holds ntiles * nq * 32
+    // uint4 and hp ntiles * 4 float2 (fresh allocations, 16-byte aligned), all alive until the
+    // launch is queued on LibTorch's stream.
+    unsafe { driver()?.launch(pack, (pack_blocks, 1, 1), (256, 1, 1), &mut args)? };
+    let (mut pz, mut pmax, mut pids) = (z.data_ptr(), ccmax.data_ptr(), ids.data_ptr());
+    let mut n = m;
+    let mut args: [*mut c_void; 10] = [
+        &mut pz as *mut _ as *mut c_void,
+        &mut pc as *mut _ as *mut c_void,
+        &mut pcc as *mut _ as *mut c_void,
+        &mut pmax as *mut _ as *mut c_void,
+        &mut pbp as *mut _ as *mut c_void,
+        &mut php as *mut _ as *mut c_void,
+        &mut pids as *mut _ as *mut c_void,
+        &mut n as *mut _ as *mut c_void,
+        &mut kk as *mut _ as *mut c_void,
+        &mut nt as *mut _ as *mut c_void,
+    ];
+    // SAFETY: (const float* z, c, cc, ccmax, const uint4* bp, const float2* hp, long long* ids,
+    // long long n, int k, int ntiles) as nearest_tc1 declares; z [m, d], c [k, d], cc [k],
+    // ccmax [] contiguous fp32, bp / hp as packed above (the pack runs first on the same
+    // stream), ids int64 [m]; all alive until the launch is queued.
+    unsafe { driver()?.launch(f, (blocks, 1, 1), (threads, 1, 1), &mut args)? };
+    Ok(())
 }

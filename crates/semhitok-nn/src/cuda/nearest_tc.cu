@@ -260,3 +260,248 @@ TC_ENTRY(const float* __restrict__ zt, const float* __restrict__ ct,
     if (gr < n) ids[gr] = kk == 0ull ? 0LL : (long long)(0xffffffffu - (unsigned)(kk & 0xffffffffull));
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// tc1: the same scores and the same exact re-check in ONE walk over the codebook.
+//
+// Why one walk is enough. tc lists { k : A(k) >= max_j A(j) - W } after a first pass has found
+// max_j A(j). But any threshold R - W with R <= max_j A(j) also lists the F-argmax k*, because
+// A(k*) >= max_j A(j) - W >= R - W (the inequality of the header). tc1 uses for R the running
+// max of A over the codes seen so far (each lane's own, and after every stage of 128 codes the
+// max over the 4 lanes that share a row): a code is listed when A(k) >= R - W at the moment it
+// is scored. The listed set grows (codes listed before R rose are extra), never loses k*, and
+// the largest exact key (F, -k) over any set that contains k* is k*'s: tc1 returns exactly
+// v3's ids. Extra candidates cost one exact re-check each (D FMAs), nothing else.
+//
+// Layout. pack_codes_tc1 converts the codebook to TF32 once per call, already in the order of
+// the mma B fragments ([8-code tile][q][lane] uint4, each lane's b0/b1 of two k-steps), and
+// -cc/2 in the order of the C fragments ([tile][t] float2), so a stage is a straight 16-byte
+// copy (cp.async, double-buffered) and every fragment load is one conflict-free LDS.128. A
+// block of 4 warps owns 256 rows; each warp 64 rows (4 m16 tiles) whose A fragments (z, TF32)
+// live in registers for the whole kernel, so each B fragment feeds 4 mma per k-step. The
+// candidate list is in shared memory, flushed (every listed code re-checked exactly into a
+// per-row 64-bit key) whenever it is half full at a stage boundary and at the end; a push into
+// a full list re-checks at once.
+//
+// Inputs: z [n, DIM] f32, c [k, DIM] f32 (row-major), cc [k] f32, ccmax [1] f32, bp / hp from
+// pack_codes_tc1 (ntiles = ceil(k / 128) * 16 tiles). Output: ids [n] int64.
+
+#define T1_KSP ((KS + 1) & ~1)
+#define T1_NQ (T1_KSP / 2)
+#define T1_WARPS 4
+#define T1_NT (T1_WARPS * 32)
+#define T1_MT 4
+#define T1_BM (T1_WARPS * T1_MT * 16)
+#define T1_TN 16
+#define T1_STAGE (T1_TN * T1_NQ * 32)
+#define T1_CAP 1024
+
+extern "C" __global__ void pack_codes_tc1(const float* __restrict__ c,
+                                          const float* __restrict__ cc, uint4* __restrict__ bp,
+                                          float2* __restrict__ hp, int k, int ntiles) {
+  const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= (long long)ntiles * T1_NQ * 32) return;
+  const int lane = (int)(e % 32), q = (int)((e / 32) % T1_NQ);
+  const int nt = (int)(e / (32 * T1_NQ));
+  const int g = lane >> 2, t = lane & 3;
+  const int code = nt * 8 + g;
+  unsigned v[4];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int d0 = (q * 2 + h) * 8 + t, d1 = d0 + 4;
+    v[h * 2] = to_tf32(code < k && d0 < DIM ? c[(long long)code * DIM + d0] : 0.0f);
+    v[h * 2 + 1] = to_tf32(code < k && d1 < DIM ? c[(long long)code * DIM + d1] : 0.0f);
+  }
+  bp[e] = make_uint4(v[0], v[1], v[2], v[3]);
+  if (q == 0 && g == 0) {
+    const int c0 = nt * 8 + 2 * t;
+    const float ninf = __int_as_float(0xff800000);
+    hp[nt * 4 + t] = make_float2(c0 < k ? -0.5f * cc[c0] : ninf, c0 + 1 < k ? -0.5f * cc[c0 + 1] : ninf);
+  }
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
+// Copies stage s (T1_TN tiles of codes and their -cc/2) into buffer `buf`.
+__device__ __forceinline__ void t1_load_stage(uint4* bs, float2* hs, const uint4* __restrict__ bp,
+                                              const float2* __restrict__ hp, int s, int tid) {
+  const uint4* src = bp + (long long)s * T1_STAGE;
+  for (int e = tid; e < T1_STAGE; e += T1_NT) cp_async16(bs + e, src + e);
+  const uint4* hsrc = reinterpret_cast<const uint4*>(hp + (long long)s * T1_TN * 4);
+  for (int e = tid; e < T1_TN * 2; e += T1_NT) cp_async16(reinterpret_cast<uint4*>(hs) + e, hsrc + e);
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// Lists code gk for block row r (or re-checks it at once when the list is full).
+__device__ __forceinline__ void t1_push(int* cand_k, unsigned char* cand_r, int* ncand,
+                                        unsigned long long* key, const float* __restrict__ z,
+                                        const float* __restrict__ c,
+                                        const float* __restrict__ cc, long long row0, int r,
+                                        int gk) {
+  const int slot = atomicAdd(ncand, 1);
+  if (slot < T1_CAP) {
+    cand_k[slot] = gk;
+    cand_r[slot] = (unsigned char)r;
+  } else {
+    atomicMax(&key[r], exact_key(z, c, cc, row0 + r, gk));
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(T1_NT, 2)
+nearest_tc1(const float* __restrict__ z, const float* __restrict__ c,
+            const float* __restrict__ cc, const float* __restrict__ ccmax,
+            const uint4* __restrict__ bp, const float2* __restrict__ hp,
+            long long* __restrict__ ids, long long n, int k, int ntiles) {
+  __shared__ __align__(16) uint4 bs[2][T1_STAGE];
+  __shared__ __align__(16) float2 hs[2][T1_TN * 4];
+  __shared__ unsigned long long key[T1_BM];
+  __shared__ float wsm[T1_BM];
+  __shared__ int cand_k[T1_CAP];
+  __shared__ unsigned char cand_r[T1_CAP];
+  __shared__ int ncand;
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const long long row0 = (long long)blockIdx.x * T1_BM;
+  const int nstages = ntiles / T1_TN;
+
+  t1_load_stage(bs[0], hs[0], bp, hp, 0, tid);
+
+  // The window W of each row (as tc); NaN for rows past n, so that no comparison lists them.
+  const float cm = ccmax[0];
+  for (int r = tid; r < T1_BM; r += T1_NT) {
+    const long long gr = row0 + r;
+    float w = __int_as_float(0x7fc00000);
+    if (gr < n) {
+      const float* zr = z + gr * DIM;
+      float zn = 0.0f;
+#pragma unroll
+      for (int d = 0; d < DIM; ++d) zn = fmaf(zr[d], zr[d], zn);
+      w = 0.0078125f * (sqrtf(zn) * sqrtf(cm) + 0.5f * cm) + 1e-30f;
+    }
+    wsm[r] = w;
+    key[r] = 0ull;
+  }
+  if (tid == 0) ncand = 0;
+
+  // A fragments of the warp's 64 rows, straight from the row-major z.
+  unsigned a[T1_MT][KS][4];
+#pragma unroll
+  for (int mt = 0; mt < T1_MT; ++mt) {
+    const long long r0 = row0 + warp * 64 + mt * 16 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const int d0 = ks * 8 + t, d1 = d0 + 4;
+      a[mt][ks][0] = to_tf32(r0 < n && d0 < DIM ? z[r0 * DIM + d0] : 0.0f);
+      a[mt][ks][1] = to_tf32(r1 < n && d0 < DIM ? z[r1 * DIM + d0] : 0.0f);
+      a[mt][ks][2] = to_tf32(r0 < n && d1 < DIM ? z[r0 * DIM + d1] : 0.0f);
+      a[mt][ks][3] = to_tf32(r1 < n && d1 < DIM ? z[r1 * DIM + d1] : 0.0f);
+    }
+  }
+  __syncthreads();
+
+  // Per row of this thread (mt, hf: row warp * 64 + mt * 16 + hf * 8 + g): the window, the
+  // running max R of A and the listing threshold R - W.
+  float wr[T1_MT][2], rm[T1_MT][2], th[T1_MT][2];
+#pragma unroll
+  for (int mt = 0; mt < T1_MT; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      wr[mt][hf] = wsm[warp * 64 + mt * 16 + hf * 8 + g];
+      rm[mt][hf] = __int_as_float(0xff800000);
+      th[mt][hf] = rm[mt][hf] - wr[mt][hf];
+    }
+
+  for (int s = 0; s < nstages; ++s) {
+    const int buf = s & 1;
+    if (s + 1 < nstages) {
+      t1_load_stage(bs[buf ^ 1], hs[buf ^ 1], bp, hp, s + 1, tid);
+    } else {
+      asm volatile("cp.async.commit_group;\n" ::);
+    }
+    asm volatile("cp.async.wait_group 1;\n" ::);
+    __syncthreads();  // stage s is in bs[buf] for every thread
+
+    if (ncand >= T1_CAP / 2) {
+      const int nc = min(ncand, T1_CAP);
+      for (int i = tid; i < nc; i += T1_NT) {
+        const int r = cand_r[i];
+        atomicMax(&key[r], exact_key(z, c, cc, row0 + r, cand_k[i]));
+      }
+      __syncthreads();
+      if (tid == 0) ncand = 0;
+      __syncthreads();
+    }
+
+    const uint4* B = bs[buf];
+    const float2* H = hs[buf];
+    const int k0 = s * T1_TN * 8;
+#pragma unroll 2
+    for (int nt = 0; nt < T1_TN; ++nt) {
+      unsigned b[T1_KSP][2];
+#pragma unroll
+      for (int q = 0; q < T1_NQ; ++q) {
+        const uint4 v = B[(nt * T1_NQ + q) * 32 + lane];
+        b[2 * q][0] = v.x;
+        b[2 * q][1] = v.y;
+        b[2 * q + 1][0] = v.z;
+        b[2 * q + 1][1] = v.w;
+      }
+      const float2 h = H[nt * 4 + t];
+      const int gk = k0 + nt * 8 + 2 * t;
+#pragma unroll
+      for (int mt = 0; mt < T1_MT; ++mt) {
+        float d0, d1, d2, d3;
+        mma_tf32(d0, d1, d2, d3, a[mt][0], b[0][0], b[0][1], h.x, h.y, h.x, h.y);
+#pragma unroll
+        for (int ks = 1; ks < KS; ++ks)
+          mma_tf32(d0, d1, d2, d3, a[mt][ks], b[ks][0], b[ks][1], d0, d1, d2, d3);
+        // Row g: (d0, d1) = codes gk, gk + 1; row g + 8: (d2, d3).
+        const float m0 = fmaxf(d0, d1), m1 = fmaxf(d2, d3);
+        if (m0 >= th[mt][0]) {
+          const int r = warp * 64 + mt * 16 + g;
+          if (d0 >= th[mt][0] && gk < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk);
+          if (d1 >= th[mt][0] && gk + 1 < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk + 1);
+          rm[mt][0] = fmaxf(rm[mt][0], m0);
+          th[mt][0] = rm[mt][0] - wr[mt][0];
+        }
+        if (m1 >= th[mt][1]) {
+          const int r = warp * 64 + mt * 16 + 8 + g;
+          if (d2 >= th[mt][1] && gk < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk);
+          if (d3 >= th[mt][1] && gk + 1 < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk + 1);
+          rm[mt][1] = fmaxf(rm[mt][1], m1);
+          th[mt][1] = rm[mt][1] - wr[mt][1];
+        }
+      }
+    }
+
+    // The 4 lanes of a row share their running max: a tighter threshold, same proof.
+#pragma unroll
+    for (int mt = 0; mt < T1_MT; ++mt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float v = rm[mt][hf];
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+        rm[mt][hf] = v;
+        th[mt][hf] = v - wr[mt][hf];
+      }
+    __syncthreads();  // bs[buf] is read by everyone before the next stage overwrites it
+  }
+
+  const int nc = min(ncand, T1_CAP);
+  for (int i = tid; i < nc; i += T1_NT) {
+    const int r = cand_r[i];
+    atomicMax(&key[r], exact_key(z, c, cc, row0 + r, cand_k[i]));
+  }
+  __syncthreads();
+  for (int r = tid; r < T1_BM; r += T1_NT) {
+    const long long gr = row0 + r;
+    const unsigned long long kk = key[r];
+    if (gr < n) ids[gr] = kk == 0ull ? 0LL : (long long)(0xffffffffu - (unsigned)(kk & 0xffffffffull));
+  }
+}

@@ -56,7 +56,7 @@ fn fused_search_kernels_compile_with_the_wheels_nvrtc() {
             }
         }
     }
-    for entry in ["nearest_v3", "nearest_tc", "nearest_tc256"] {
+    for entry in ["nearest_v3", "nearest_tc", "nearest_tc256", "nearest_tc1"] {
         match spills(&logs32, entry) {
             Some(spill) => assert!(!spill, "{entry} D=32 spills registers:\n{logs32}"),
             None => eprintln!("{entry} D=32: NVRTC gave no ptxas report; spill check skipped"),
@@ -161,7 +161,8 @@ fn searches(dev: Device, z: &Tensor, c: &Tensor) -> Vec<(String, Tensor)> {
     out
 }
 
-/// Every search's ids against fp64; on CUDA also: `tc` and `tc256` return exactly `v3`'s ids.
+/// Every search's ids against fp64; on CUDA also: `tc`, `tc256` and `tc1` return exactly `v3`'s
+/// ids.
 fn check_all(dev: Device, z: &Tensor, c: &Tensor, what: &str, inside: &mut Vec<String>) {
     let all = searches(dev, z, c);
     for (name, ids) in &all {
@@ -170,7 +171,7 @@ fn check_all(dev: Device, z: &Tensor, c: &Tensor, what: &str, inside: &mut Vec<S
     }
     let get = |n: &str| all.iter().find(|(k, _)| k == n).map(|(_, t)| t);
     if let Some(v3) = get("v3") {
-        for name in ["tc", "tc256"] {
+        for name in ["tc", "tc256", "tc1"] {
             if let Some(tc) = get(name) {
                 let differ = v3.ne_tensor(tc).sum(Kind::Int64).int64_value(&[]);
                 assert_eq!(differ, 0, "{what}: {name} differs from v3 on {differ} rows");
