@@ -204,7 +204,7 @@ impl EmaCodebook {
 /// Ties go to the lowest index (torch argmin).
 ///
 /// On CUDA with `D <= 44` this is one fused kernel (`crate::cuda::nearest`, chosen by
-/// `SEMHITOK_SEARCH_KERNEL=v2|v3|tc`, default [`crate::cuda::nearest::Kernel::from_env`]) that
+/// `SEMHITOK_SEARCH_KERNEL=v2|v3|tc|tc256|tc1`, default [`crate::cuda::nearest::Kernel::from_env`]: tc1) that
 /// never writes the `M x K` score matrix; elsewhere (or when NVRTC is unavailable or
 /// `SEMHITOK_FUSED_SEARCH=0`: a warning once, then the GEMM path) a GEMM with the `|c|^2` row as
 /// addend, then argmin. Both compute fp32 scores with different summation orders: ids agree

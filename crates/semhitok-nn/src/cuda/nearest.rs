@@ -1,7 +1,7 @@
 //! The fused nearest-code search on CUDA: `ids[i] = argmin_k |c_k|^2 - 2 z_i . c_k` (ties to the
 //! lowest `k`, as `torch.argmin`), computed tile by tile in registers without writing the
-//! `M x K` score matrix. Four kernels, selectable at run time ([`Kernel`],
-//! `SEMHITOK_SEARCH_KERNEL=v2|v3|tc|tc256`):
+//! `M x K` score matrix. Five kernels, selectable at run time ([`Kernel`],
+//! `SEMHITOK_SEARCH_KERNEL=v2|v3|tc|tc256|tc1`):
 //!
 //! * `v2` (`nearest.cu`, `nearest_l2_f32`): fp32 FMA, score `cc - 2 z.c`, argmin.
 //! * `v3` (`nearest.cu`, `nearest_v3`): fp32 FMA, score `F = -cc/2 + z.c` (the FMA chain starts
@@ -10,6 +10,9 @@
 //!   code within a proven bound of the row's best: returns exactly `v3`'s ids (`D <= 32`,
 //!   sm_80+); `tc256` the same with blocks of 256 rows (512 threads: half the code-tile
 //!   traffic per row).
+//! * `tc1` (`nearest_tc.cu`, the default where it applies): `tc`'s scores and re-check in one
+//!   walk over a codebook packed once per call into the mma fragment order, with a running
+//!   threshold per row: also exactly `v3`'s ids, 2.4x faster than `v3` at the SPC's shapes.
 //!
 //! Each fp32 score's rounding error is at most `gamma_{D+1} (|c|^2 + 2 sum_d |z_d c_d|)` in the
 //! units of `cc - 2 z.c` (`gamma_n = n u / (1 - n u)`, `u = 2^-24`; `|c|^2` itself rounded by at
@@ -84,12 +87,13 @@ impl Kernel {
     }
 
     /// The default: `SEMHITOK_SEARCH_KERNEL` when set, else the fastest kernel measured exact
-    /// on the H200: v3 (1.91 ms at 65,536 x 16,384 x 32; tc 2.00, tc256 2.05, v2 2.10;
-    /// docs/benchmarks/quant-gpu.md).
+    /// on the H200: tc1 (0.81 ms at 65,536 x 16,384 x 32; v3 1.91, tc 1.98, tc256 2.04, v2 2.10;
+    /// docs/benchmarks/quant-gpu.md). Where tc1 does not apply (`D > 32`, before sm_80)
+    /// [`nearest_l2_fused`] falls back to v3.
     pub fn from_env() -> Result<Kernel, CudaError> {
         match std::env::var("SEMHITOK_SEARCH_KERNEL") {
             Ok(s) => Kernel::parse(&s),
-            Err(_) => Ok(Kernel::V3),
+            Err(_) => Ok(Kernel::Tc1),
         }
     }
 
@@ -199,8 +203,8 @@ pub fn enabled() -> bool {
 }
 
 /// z `[M, D]`, codes `[K, D]`, both fp32 on the same CUDA device, `D <= MAX_DIM` -> ids `[M]`
-/// int64, with the kernel of [`Kernel::from_env`] (`tc` falls back to `v3` where it does not
-/// apply: `D > 32` or before sm_80). `Err` when the kernel cannot be compiled or launched (the
+/// int64, with the kernel of [`Kernel::from_env`] (`tc`, `tc256` and `tc1` fall back to `v3`
+/// where they do not apply: `D > 32` or before sm_80). `Err` when the kernel cannot be compiled or launched (the
 /// caller falls back to the GEMM path).
 pub fn nearest_l2_fused(z: &Tensor, codes: &Tensor) -> Result<Tensor, CudaError> {
     let kernel = Kernel::from_env()?;

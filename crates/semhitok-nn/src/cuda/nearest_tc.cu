@@ -269,7 +269,8 @@ TC_ENTRY(const float* __restrict__ zt, const float* __restrict__ ct,
 // A(k*) >= max_j A(j) - W >= R - W (the inequality of the header). tc1 uses for R the running
 // max of A over the codes seen so far (each lane's own, and after every stage of 128 codes the
 // max over the 4 lanes that share a row): a code is listed when A(k) >= R - W at the moment it
-// is scored. The listed set grows (codes listed before R rose are extra), never loses k*, and
+// is scored (the first stage is scored twice: once only to raise R, then listing; the tensor
+// cores return the same A both times, and R stays <= max_j A(j) either way). The listed set grows (codes listed before R rose are extra), never loses k*, and
 // the largest exact key (F, -k) over any set that contains k* is k*'s: tc1 returns exactly
 // v3's ids. Extra candidates cost one exact re-check each (D FMAs), nothing else.
 //
@@ -335,19 +336,115 @@ __device__ __forceinline__ void t1_load_stage(uint4* bs, float2* hs, const uint4
   asm volatile("cp.async.commit_group;\n" ::);
 }
 
+// exact_key out of line: the list-full path is rare, and inlining its 2 * DIM loads at every
+// push site made the kernel's code several times larger than its hot loop.
+__device__ __noinline__ unsigned long long exact_key_cold(const float* __restrict__ z,
+                                                          const float* __restrict__ c,
+                                                          const float* __restrict__ cc,
+                                                          long long row, int gk) {
+  return exact_key(z, c, cc, row, gk);
+}
+
+// The shared-memory candidate list of a block and what a re-check needs.
+struct T1List {
+  int* cand_k;
+  unsigned char* cand_r;
+  int* ncand;
+  unsigned long long* key;
+  const float* __restrict__ z;
+  const float* __restrict__ c;
+  const float* __restrict__ cc;
+  long long row0;
+};
+
 // Lists code gk for block row r (or re-checks it at once when the list is full).
-__device__ __forceinline__ void t1_push(int* cand_k, unsigned char* cand_r, int* ncand,
-                                        unsigned long long* key, const float* __restrict__ z,
-                                        const float* __restrict__ c,
-                                        const float* __restrict__ cc, long long row0, int r,
-                                        int gk) {
-  const int slot = atomicAdd(ncand, 1);
+__device__ __forceinline__ void t1_push(const T1List& L, int r, int gk) {
+  const int slot = atomicAdd(L.ncand, 1);
   if (slot < T1_CAP) {
-    cand_k[slot] = gk;
-    cand_r[slot] = (unsigned char)r;
+    L.cand_k[slot] = gk;
+    L.cand_r[slot] = (unsigned char)r;
   } else {
-    atomicMax(&key[r], exact_key(z, c, cc, row0 + r, gk));
+    atomicMax(&L.key[r], exact_key_cold(L.z, L.c, L.cc, L.row0 + r, gk));
   }
+}
+
+// One 8-code tile of the stage in (B, H) against the warp's 64 rows. All 4 m-tiles' mma chains
+// first (independent: the tensor pipe overlaps them), then one branch for the rare case that
+// some row of this thread reaches its threshold. LIST = false only raises the running max (the
+// warm-up over the first stage, so that the first tiles do not list nearly every code).
+template <bool LIST>
+__device__ __forceinline__ void t1_tile(const uint4* B, const float2* H, int nt, int lane, int g,
+                                        int t, int warp, int gk, int k,
+                                        const unsigned (&a)[T1_MT][KS][4],
+                                        float (&rm)[T1_MT][2], float (&th)[T1_MT][2],
+                                        const float (&wr)[T1_MT][2], const T1List& L) {
+  unsigned b[T1_KSP][2];
+#pragma unroll
+  for (int q = 0; q < T1_NQ; ++q) {
+    const uint4 v = B[(nt * T1_NQ + q) * 32 + lane];
+    b[2 * q][0] = v.x;
+    b[2 * q][1] = v.y;
+    b[2 * q + 1][0] = v.z;
+    b[2 * q + 1][1] = v.w;
+  }
+  const float2 h = H[nt * 4 + t];
+  // d[mt]: row g (codes gk, gk + 1), row g + 8 (codes gk, gk + 1).
+  float d[T1_MT][4];
+#pragma unroll
+  for (int mt = 0; mt < T1_MT; ++mt)
+    mma_tf32(d[mt][0], d[mt][1], d[mt][2], d[mt][3], a[mt][0], b[0][0], b[0][1], h.x, h.y, h.x,
+             h.y);
+#pragma unroll
+  for (int ks = 1; ks < KS; ++ks)
+#pragma unroll
+    for (int mt = 0; mt < T1_MT; ++mt)
+      mma_tf32(d[mt][0], d[mt][1], d[mt][2], d[mt][3], a[mt][ks], b[ks][0], b[ks][1], d[mt][0],
+               d[mt][1], d[mt][2], d[mt][3]);
+  float m[T1_MT][2];
+  bool any = false;
+#pragma unroll
+  for (int mt = 0; mt < T1_MT; ++mt) {
+    m[mt][0] = fmaxf(d[mt][0], d[mt][1]);
+    m[mt][1] = fmaxf(d[mt][2], d[mt][3]);
+    any |= (m[mt][0] >= th[mt][0]) | (m[mt][1] >= th[mt][1]);
+  }
+  if (!LIST) {
+#pragma unroll
+    for (int mt = 0; mt < T1_MT; ++mt) {
+      rm[mt][0] = fmaxf(rm[mt][0], m[mt][0]);
+      rm[mt][1] = fmaxf(rm[mt][1], m[mt][1]);
+    }
+    return;
+  }
+  if (any) {
+#pragma unroll
+    for (int mt = 0; mt < T1_MT; ++mt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        if (m[mt][hf] >= th[mt][hf]) {
+          const int r = warp * 64 + mt * 16 + hf * 8 + g;
+          if (d[mt][hf * 2] >= th[mt][hf] && gk < k) t1_push(L, r, gk);
+          if (d[mt][hf * 2 + 1] >= th[mt][hf] && gk + 1 < k) t1_push(L, r, gk + 1);
+          rm[mt][hf] = fmaxf(rm[mt][hf], m[mt][hf]);
+          th[mt][hf] = rm[mt][hf] - wr[mt][hf];
+        }
+      }
+  }
+}
+
+// The 4 lanes of a row share their running max: a tighter threshold, same proof.
+__device__ __forceinline__ void t1_share(float (&rm)[T1_MT][2], float (&th)[T1_MT][2],
+                                         const float (&wr)[T1_MT][2]) {
+#pragma unroll
+  for (int mt = 0; mt < T1_MT; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float v = rm[mt][hf];
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+      rm[mt][hf] = v;
+      th[mt][hf] = v - wr[mt][hf];
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(T1_NT, 2)
@@ -416,6 +513,7 @@ nearest_tc1(const float* __restrict__ z, const float* __restrict__ c,
       th[mt][hf] = rm[mt][hf] - wr[mt][hf];
     }
 
+  const T1List L{cand_k, cand_r, &ncand, key, z, c, cc, row0};
   for (int s = 0; s < nstages; ++s) {
     const int buf = s & 1;
     if (s + 1 < nstages) {
@@ -440,56 +538,15 @@ nearest_tc1(const float* __restrict__ z, const float* __restrict__ c,
     const uint4* B = bs[buf];
     const float2* H = hs[buf];
     const int k0 = s * T1_TN * 8;
-#pragma unroll 2
-    for (int nt = 0; nt < T1_TN; ++nt) {
-      unsigned b[T1_KSP][2];
-#pragma unroll
-      for (int q = 0; q < T1_NQ; ++q) {
-        const uint4 v = B[(nt * T1_NQ + q) * 32 + lane];
-        b[2 * q][0] = v.x;
-        b[2 * q][1] = v.y;
-        b[2 * q + 1][0] = v.z;
-        b[2 * q + 1][1] = v.w;
-      }
-      const float2 h = H[nt * 4 + t];
-      const int gk = k0 + nt * 8 + 2 * t;
-#pragma unroll
-      for (int mt = 0; mt < T1_MT; ++mt) {
-        float d0, d1, d2, d3;
-        mma_tf32(d0, d1, d2, d3, a[mt][0], b[0][0], b[0][1], h.x, h.y, h.x, h.y);
-#pragma unroll
-        for (int ks = 1; ks < KS; ++ks)
-          mma_tf32(d0, d1, d2, d3, a[mt][ks], b[ks][0], b[ks][1], d0, d1, d2, d3);
-        // Row g: (d0, d1) = codes gk, gk + 1; row g + 8: (d2, d3).
-        const float m0 = fmaxf(d0, d1), m1 = fmaxf(d2, d3);
-        if (m0 >= th[mt][0]) {
-          const int r = warp * 64 + mt * 16 + g;
-          if (d0 >= th[mt][0] && gk < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk);
-          if (d1 >= th[mt][0] && gk + 1 < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk + 1);
-          rm[mt][0] = fmaxf(rm[mt][0], m0);
-          th[mt][0] = rm[mt][0] - wr[mt][0];
-        }
-        if (m1 >= th[mt][1]) {
-          const int r = warp * 64 + mt * 16 + 8 + g;
-          if (d2 >= th[mt][1] && gk < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk);
-          if (d3 >= th[mt][1] && gk + 1 < k) t1_push(cand_k, cand_r, &ncand, key, z, c, cc, row0, r, gk + 1);
-          rm[mt][1] = fmaxf(rm[mt][1], m1);
-          th[mt][1] = rm[mt][1] - wr[mt][1];
-        }
-      }
+    if (s == 0) {
+      for (int nt = 0; nt < T1_TN; ++nt)
+        t1_tile<false>(B, H, nt, lane, g, t, warp, k0 + nt * 8 + 2 * t, k, a, rm, th, wr, L);
+      t1_share(rm, th, wr);
     }
-
-    // The 4 lanes of a row share their running max: a tighter threshold, same proof.
-#pragma unroll
-    for (int mt = 0; mt < T1_MT; ++mt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        float v = rm[mt][hf];
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-        rm[mt][hf] = v;
-        th[mt][hf] = v - wr[mt][hf];
-      }
+#pragma unroll 2
+    for (int nt = 0; nt < T1_TN; ++nt)
+      t1_tile<true>(B, H, nt, lane, g, t, warp, k0 + nt * 8 + 2 * t, k, a, rm, th, wr, L);
+    t1_share(rm, th, wr);
     __syncthreads();  // bs[buf] is read by everyone before the next stage overwrites it
   }
 
