@@ -6,7 +6,13 @@
 //! - `decode_chosen`: at the scale `decode_rgb8_scaled` picks for `--size` (`jpeg_scale`);
 //! - `decode_n1`: at 1/8 (a 1x1 IDCT: only the DC term; upsampling and colour conversion on
 //!   1/64 of the pixels), which bounds entropy decoding plus fixed per-file costs from above;
-//! - `crop_resize`: `adm_center_crop_box` + `resize_crop` from the image at the chosen scale.
+//! - `crop_resize`: `adm_center_crop_box` + `resize_crop` from the image at the chosen scale;
+//! - `entropy_only`: `jpeg_read_coefficients`: Huffman decoding into the DCT coefficient arrays
+//!   and nothing else (no dequantization, IDCT, upsampling or colour conversion): what any
+//!   libjpeg-turbo decode of the file must spend, at every scale.
+//!
+//! It also counts progressive files and files with restart markers (the only baseline files in
+//! which entropy decoding of skipped rows could be avoided).
 //!
 //! `decode_chosen - decode_n1` is then the IDCT / upsampling / colour conversion of the chosen
 //! scale. Prints one JSON object. Run: `cargo run --release -p semhitok-data --example jpeg_split`.
@@ -34,6 +40,47 @@ fn decode_at(bytes: &[u8], n: u8) -> (usize, usize) {
     assert_eq!(data.len(), size.0 * size.1 * 3);
     let _ = s.finish();
     size
+}
+
+/// The file's header facts from its marker segments before the first scan: (progressive: an
+/// SOF2 frame, restart interval in MCUs from DRI, 0 if none).
+fn header_facts(bytes: &[u8]) -> (bool, u32) {
+    let (mut progressive, mut restart, mut p) = (false, 0u32, 2usize);
+    while p + 4 <= bytes.len() && bytes[p] == 0xFF {
+        let marker = bytes[p + 1];
+        let len = u16::from_be_bytes([bytes[p + 2], bytes[p + 3]]) as usize;
+        match marker {
+            0xC2 => progressive = true,
+            0xDD if p + 6 <= bytes.len() => {
+                restart = u16::from_be_bytes([bytes[p + 4], bytes[p + 5]]) as u32
+            }
+            0xDA => break,
+            _ => {}
+        }
+        p += 2 + len;
+    }
+    (progressive, restart)
+}
+
+/// Entropy decoding alone: `jpeg_read_coefficients`, then the arrays are dropped.
+fn entropy_only(bytes: &[u8]) {
+    use mozjpeg_sys::*;
+    // SAFETY: a fresh, zeroed decompress struct with the standard error manager (which exits
+    // the process on a corrupt file: acceptable in this example, the files are the embedded
+    // photos), reading from `bytes`, which outlives the struct; `jpeg_read_coefficients` returns arrays owned by the
+    // decompress struct's memory pool, freed by `jpeg_destroy_decompress`.
+    unsafe {
+        let mut err: jpeg_error_mgr = std::mem::zeroed();
+        let mut d: jpeg_decompress_struct = std::mem::zeroed();
+        d.common.err = jpeg_std_error(&mut err);
+        jpeg_create_decompress(&mut d);
+        jpeg_mem_src(&mut d, bytes.as_ptr(), bytes.len() as _);
+        jpeg_read_header(&mut d, 1);
+        let coefs = jpeg_read_coefficients(&mut d);
+        assert!(!coefs.is_null(), "jpeg_read_coefficients failed");
+        jpeg_finish_decompress(&mut d);
+        jpeg_destroy_decompress(&mut d);
+    }
 }
 
 /// Best of `reps` wall-clock passes of `f` over all files, in ms per file.
@@ -78,6 +125,10 @@ fn main() {
             jpeg_scale(w as u32, h as u32, size)
         })
         .collect();
+    let facts: Vec<(bool, u32)> = files.iter().map(|b| header_facts(b)).collect();
+    let progressive = facts.iter().filter(|f| f.0).count();
+    let with_restarts = facts.iter().filter(|f| f.1 > 0).count();
+    let entropy = best_ms(&files, reps, entropy_only);
     let mut i = 0;
     let decode_chosen = best_ms(&files, reps, |b| {
         decode_at(b, chosen[i % files.len()]);
@@ -112,10 +163,11 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "files": n, "portrait": portrait, "mean_mpix": mpix / n as f64, "size": size,
+            "files": n, "portrait": portrait, "progressive": progressive,
+            "with_restart_markers": with_restarts, "mean_mpix": mpix / n as f64, "size": size,
             "scales_n": chosen, "ms_per_image": {
                 "decode_n8": decode_n8, "decode_chosen": decode_chosen, "decode_n1": decode_n1,
-                "decode_rgb8_scaled": scaled, "crop_resize": crop_resize,
+                "decode_rgb8_scaled": scaled, "crop_resize": crop_resize, "entropy_only": entropy,
                 "pipeline": scaled + crop_resize,
             }
         })
