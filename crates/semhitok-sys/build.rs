@@ -22,6 +22,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/shim_internal.h");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo:rerun-if-changed=csrc/host_memory.cpp");
+    println!("cargo:rerun-if-changed=csrc/parallel.cpp");
     println!("cargo::rustc-check-cfg=cfg(semhitok_nccl)");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!(
@@ -61,6 +62,7 @@ fn main() {
         .file("csrc/grad_reducer.cpp")
         .file("csrc/cuda_graph.cpp") // CUDA graphs (USE_CUDA with the CUDA headers, else stubs)
         .file("csrc/host_memory.cpp") // pinned host copies
+        .file("csrc/parallel.cpp") // at::parallel_for for Rust loops
         .include("csrc")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))
@@ -70,7 +72,10 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .warnings(false)
         .flag_if_supported("-Wno-unused-parameter")
-        .flag_if_supported("-Wno-deprecated-declarations");
+        .flag_if_supported("-Wno-deprecated-declarations")
+        // at::parallel_for (csrc/parallel.cpp) is inline OpenMP in this build
+        // (AT_PARALLEL_OPENMP): without -fopenmp its pragmas vanish and it runs serially.
+        .flag("-fopenmp");
     if nccl {
         b.define("USE_C10D_NCCL", None).define("USE_CUDA", None);
         for d in &cuda {
@@ -89,6 +94,14 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    // The OpenMP runtime LibTorch itself loads (torch/lib/libgomp.so.1, by path: one runtime
+    // and one thread pool in the process, shared with LibTorch's kernels).
+    let gomp = lib.join("libgomp.so.1");
+    if gomp.exists() {
+        println!("cargo:rustc-link-arg={}", gomp.display());
+    } else {
+        println!("cargo:rustc-link-lib=dylib=gomp");
+    }
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

@@ -3,7 +3,8 @@
 //! threads, same prompt ids, in one run.
 //!
 //! Builds `crates/semhitok-mllm/examples/bench_llm.rs` in release and runs it once per dtype
-//! (f32, the reference path, and bf16 with its accuracy against f32), then
+//! (f32, the reference path; gguf, f32 plus the file's Q4_1 / Q8_0 blocks for the batch-1 decode
+//! products; bf16; the last two with their decode-step logits error against f32), then
 //! `scripts/bench_llm_cpu.py` (needs transformers in `.pytools/`:
 //! `pip install --target .pytools -r scripts/fixtures/requirements.txt`). Prints a table and
 //! writes `target/bench/llm.json`. Target (issue 16): >= 1.5x transformers on decode.
@@ -72,7 +73,7 @@ pub fn run(root: &Path, a: &LlmBenchArgs) -> Result<()> {
     eprintln!("building semhitok-mllm bench_llm (release)...");
     let exe = util::build_example(root, "semhitok-mllm", "bench_llm")?;
     let mut rows = vec![];
-    for dtype in ["f32", "bf16"] {
+    for dtype in ["f32", "gguf", "bf16"] {
         eprintln!("running bench_llm --dtype {dtype}...");
         let mut cmd = Command::new(&exe);
         cmd.current_dir(root)
@@ -110,7 +111,7 @@ pub fn run(root: &Path, a: &LlmBenchArgs) -> Result<()> {
         "SmolLM2-135M-Instruct (GGUF), {} threads, prompt {} tokens, {} new tokens, batch 1, best of {}:",
         a.threads, a.prompt_tokens, a.new_tokens, a.reps
     );
-    println!("| implementation | dtype | prefill tok/s | decode tok/s | decode vs transformers | last-logits rel err vs f32 |");
+    println!("| implementation | dtype | prefill tok/s | decode tok/s | decode vs transformers | decode-step logits rel err vs f32 |");
     println!("|---|---|---|---|---|---|");
     println!(
         "| {} | f32 | {hp:.1} | {hd:.1} | 1.00x | - |",
@@ -118,7 +119,7 @@ pub fn run(root: &Path, a: &LlmBenchArgs) -> Result<()> {
     );
     for r in &rows {
         let (p, d) = (num(r, "prefill_tok_s")?, num(r, "decode_tok_s")?);
-        let acc = r["accuracy"]["last_logits_max_rel_err_vs_f32"]
+        let acc = r["accuracy"]["decode_logits_max_rel_err_vs_f32"]
             .as_f64()
             .map_or("-".to_string(), |e| format!("{e:.2e}"));
         println!(

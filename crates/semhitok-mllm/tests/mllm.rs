@@ -25,6 +25,9 @@ mod train;
 #[path = "mllm/gguf.rs"]
 mod gguf;
 
+#[path = "mllm/qmatvec.rs"]
+mod qmatvec;
+
 #[path = "mllm/generate.rs"]
 mod generate;
 

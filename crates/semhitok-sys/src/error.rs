@@ -11,6 +11,9 @@ pub enum Error {
     /// A pinned host copy failed (no CUDA, out of pinned memory).
     #[error("pin_memory: {0}")]
     Pin(String),
+    /// `at::parallel_for` threw (LibTorch's thread pool could not run the loop).
+    #[error("parallel_for: {0}")]
+    Parallel(String),
     /// A launcher variable (torchrun / SLURM) is missing or malformed.
     #[error("environment variable {var}: {msg}")]
     Env { var: &'static str, msg: String },

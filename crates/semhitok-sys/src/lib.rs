@@ -10,7 +10,8 @@
 //! (the overlap DDP's Reducer gives PyTorch users; tch 0.24 has no autograd hooks).
 //! It also binds CUDA graphs: [`CudaGraph`] captures the tch ops a closure issues (on a pool
 //! stream made current for the capture) and replays them with one launch (semhitok-mllm's
-//! CUDA-graph decode step), and [`pin_memory`] without the deprecated device argument. The same door is meant for run-time-compiled CUDA kernels (NVRTC).
+//! CUDA-graph decode step), and [`pin_memory`] without the deprecated device argument, and [`parallel_for`]: LibTorch's
+//! intra-op thread pool for Rust loops. The same door is meant for run-time-compiled CUDA kernels (NVRTC).
 //!
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
 //! tensors passed in are borrowed for the duration of the call only.
@@ -21,6 +22,7 @@ mod error;
 mod ffi;
 mod grad_reducer;
 mod host_memory;
+mod parallel;
 mod process_group;
 
 pub use cuda_graph::CudaGraph;
@@ -28,6 +30,7 @@ pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
 pub use grad_reducer::{bucket_starts, GradReducer};
 pub use host_memory::pin_memory;
+pub use parallel::parallel_for;
 pub use process_group::{ProcessGroup, ReduceOp, DEFAULT_TIMEOUT};
 
 /// Print the native stack to stderr when the process dies of SIGSEGV, SIGBUS, SIGFPE, SIGILL or

@@ -9,5 +9,6 @@ mod sys {
     mod gloo;
     mod host_memory;
     mod nccl;
+    mod parallel;
     mod reducer;
 }

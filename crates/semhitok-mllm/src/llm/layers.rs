@@ -3,9 +3,11 @@
 
 use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
+use super::quantized::matvec_row;
 use super::rope;
 use super::weights::WeightPath;
 use crate::error::Result;
+use crate::gguf::qmatvec::QMatrix;
 use tch::Tensor;
 
 /// A LoRA adapter on one (part of a) linear layer: `delta(x) = scale * (x A^T) B^T`.
@@ -49,6 +51,8 @@ pub(super) struct Linear {
     pub(super) parts: Vec<Part>,
     /// One adapter per part when LoRA is on, empty otherwise.
     pub(super) lora: Vec<Lora>,
+    /// The GGUF file's blocks of `w` for batch-1 CPU decoding (`llm::quantized`), if attached.
+    pub(super) q: Option<QMatrix>,
 }
 
 impl Linear {
@@ -67,10 +71,17 @@ impl Linear {
                 rows: out,
             }],
             lora: Vec::new(),
+            q: None,
         })
     }
     /// [.., in] -> [.., out] (plus the LoRA deltas of the parts, concatenated, when present).
+    /// One f32 CPU row without gradient goes through the attached GGUF blocks when present.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(q), true) = (&self.q, self.lora.is_empty()) {
+            if let Some(y) = matvec_row(q, x, self.b.as_ref())? {
+                return Ok(y);
+            }
+        }
         let y = x.f_linear(&self.w, self.b.as_ref())?;
         if self.lora.is_empty() {
             return Ok(y);
@@ -127,6 +138,7 @@ impl Linear {
             name,
             parts: ps,
             lora: Vec::new(),
+            q: None,
         })
     }
 }

@@ -45,12 +45,23 @@ pub fn load(path: &Path, kind: Kind, device: Device) -> Result<LoadedLm> {
     }
 }
 
-/// GGUF: weights dequantized to f32 then converted to `kind`; tokenizer and template from the metadata.
+/// Whether CPU f32 loads of a GGUF file keep its Q4_1 / Q8_0 blocks for batch-1 decoding
+/// (`llm::quantized`): on unless `SEMHITOK_GGUF_BLOCKS=0` (for before/after comparisons).
+pub fn gguf_blocks_enabled() -> bool {
+    std::env::var("SEMHITOK_GGUF_BLOCKS").map_or(true, |v| v != "0")
+}
+
+/// GGUF: weights dequantized to f32 then converted to `kind`; tokenizer and template from the
+/// metadata. On the CPU in f32 the file's Q4_1 / Q8_0 blocks are also kept beside the weights
+/// for batch-1 decoding ([`gguf_blocks_enabled`]).
 pub fn load_gguf(path: &Path, kind: Kind, device: Device) -> Result<LoadedLm> {
     let f = GgufFile::open(path)?;
     let (cfg, weights) = gguf::load::load(&f, kind, device)?;
-    let model = LlamaModel::new(&cfg, &weights)?;
+    let mut model = LlamaModel::new(&cfg, &weights)?;
     drop(weights);
+    if device == Device::Cpu && kind == Kind::Float && gguf_blocks_enabled() {
+        model.attach_gguf_blocks(&f)?;
+    }
     let (tk, info) = gguf::tokenizer::tokenizer(&f)?;
     let tokenizer = TextTokenizer::from_tokenizer(tk, &f.path);
     let tok_str = |id: Option<u32>| {

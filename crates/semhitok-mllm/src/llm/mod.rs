@@ -11,6 +11,8 @@
 //! - [`static_decode`]: the static-shape decode step ([`LlamaModel::forward_static`]) and
 //!   [`StaticDecoder`], eager or captured as a CUDA graph.
 //! - [`load`]: one entry point for an HF folder or a GGUF file.
+//! - [`quantized`]: the GGUF file's Q4_1 / Q8_0 blocks beside the f32 weights, for batch-1 CPU
+//!   decoding.
 //! - [`train`]: [`TrainSpec`] (frozen / full / LoRA), [`LmParam`], `train_params`,
 //!   `hf_state_dict`, `load_trained`.
 //! - [`export`]: `save_hf_dir` (HF folder, atomic, LoRA merged).
@@ -21,6 +23,7 @@ pub mod kv_cache;
 mod layers;
 pub mod load;
 mod model;
+pub mod quantized;
 pub mod rope;
 pub mod static_decode;
 pub mod train;

@@ -56,6 +56,8 @@ pub struct LlamaModel {
     pub(super) norm: RmsNorm,
     /// [V, H]; `None`: tied to `embed`.
     pub(super) lm_head: Option<Tensor>,
+    /// The GGUF file's blocks of the head (`llm::quantized`), if attached.
+    pub(super) lm_head_q: Option<crate::gguf::qmatvec::QMatrix>,
     pub(super) inv_freq: Tensor,
     pub(super) kind: Kind,
     pub(super) device: Device,
@@ -107,6 +109,7 @@ impl LlamaModel {
             blocks,
             norm,
             lm_head,
+            lm_head_q: None,
             inv_freq: rope::inv_freq(cfg, w.device())?,
             kind: w.kind(),
             device: w.device(),
@@ -172,8 +175,7 @@ impl LlamaModel {
             LogitsAt::All => h,
             LogitsAt::Last => h.f_narrow(1, h.size()[1] - 1, 1)?,
         };
-        Ok(h.f_linear::<&Tensor>(self.lm_head_weight(), None)?
-            .f_to_kind(Kind::Float)?)
+        Ok(self.head(&h)?.f_to_kind(Kind::Float)?)
     }
 
     /// Like [`Self::forward`] but returns the final-norm hidden states [B, L, H].
@@ -318,6 +320,7 @@ impl LlamaModel {
             )));
         }
         let _guard = tch::no_grad_guard();
+        self.drop_gguf_blocks();
         let new_embed = grow_rows(&self.embed, n_new, cov_scale, seed)?;
         let new_head = match &self.lm_head {
             None => new_embed.f_detach_copy()?,

@@ -67,8 +67,7 @@ impl LlamaModel {
             x = x.f_add(&m)?;
         }
         let h = self.norm.forward(&x)?.f_select(1, 0)?; // [B, H]
-        Ok(h.f_linear::<&Tensor>(self.lm_head_weight(), None)?
-            .f_to_kind(Kind::Float)?)
+        Ok(self.head(&h)?.f_to_kind(Kind::Float)?)
     }
 }
 

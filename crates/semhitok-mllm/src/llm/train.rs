@@ -213,6 +213,9 @@ impl LlamaModel {
     /// `Full` is refused (export merged with [`Self::save_hf_dir`] and reload instead).
     /// Call after [`Self::extend_vocab`]: it replaces the embedding and head tensors.
     pub fn train_params(&mut self, spec: &TrainSpec) -> Result<Vec<LmParam>> {
+        if *spec != TrainSpec::Frozen {
+            self.drop_gguf_blocks();
+        }
         let base = self.base_named();
         for (_, t, _) in &base {
             let _ = t.set_requires_grad(false);
@@ -329,6 +332,7 @@ impl LlamaModel {
     /// or a shape mismatch is an error naming the tensor; nothing is written then.
     pub fn load_trained(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         let _guard = tch::no_grad_guard();
+        self.drop_gguf_blocks();
         let targets = self.writable()?;
         for (k, t) in tensors {
             let Some(dst) = targets.get(k) else {
