@@ -25,6 +25,9 @@ mod train;
 #[path = "mllm/gguf.rs"]
 mod gguf;
 
+#[path = "mllm/gemv.rs"]
+mod gemv;
+
 #[path = "mllm/qmatvec.rs"]
 mod qmatvec;
 

@@ -150,4 +150,20 @@ char *shk_graph_replay(shk_graph *g) {
 
 void shk_graph_free(shk_graph *g) { delete g; }
 
+// LibTorch's current CUDA stream of `device` (a cudaStream_t; the legacy default stream is
+// null), for kernels launched through the driver API that must run where LibTorch's next op
+// runs: on a graph's capture stream while capturing. Null without CUDA.
+void *shk_current_stream(int device) {
+#ifdef USE_CUDA
+  try {
+    return static_cast<void *>(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream());
+  } catch (...) {
+    return nullptr;
+  }
+#else
+  (void)device;
+  return nullptr;
+#endif
+}
+
 }  // extern "C"

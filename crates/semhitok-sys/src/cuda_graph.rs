@@ -25,6 +25,15 @@ extern "C" {
     fn shk_graph_capture_end(g: *mut ShkGraph) -> *mut c_char;
     fn shk_graph_replay(g: *mut ShkGraph) -> *mut c_char;
     fn shk_graph_free(g: *mut ShkGraph);
+    fn shk_current_stream(device: c_int) -> *mut std::ffi::c_void;
+}
+
+/// LibTorch's current CUDA stream on `device` as a raw `cudaStream_t` (null: the legacy default
+/// stream, or a build without CUDA). Kernels launched through the CUDA driver on it are ordered
+/// with LibTorch's work and are captured when a [`CudaGraph`] capture is running.
+pub fn current_cuda_stream(device: i32) -> *mut std::ffi::c_void {
+    // SAFETY: reads LibTorch's thread-local current stream; no Rust state is touched.
+    unsafe { shk_current_stream(device as c_int) }
 }
 
 fn check(op: &'static str, p: *mut c_char) -> Result<()> {

@@ -25,7 +25,7 @@ mod host_memory;
 mod parallel;
 mod process_group;
 
-pub use cuda_graph::CudaGraph;
+pub use cuda_graph::{current_cuda_stream, CudaGraph};
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
 pub use grad_reducer::{bucket_starts, GradReducer};

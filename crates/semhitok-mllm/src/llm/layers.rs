@@ -75,10 +75,16 @@ impl Linear {
         })
     }
     /// [.., in] -> [.., out] (plus the LoRA deltas of the parts, concatenated, when present).
-    /// One f32 CPU row without gradient goes through the attached GGUF blocks when present.
+    /// One f32 CPU row without gradient goes through the attached GGUF blocks when present, one
+    /// bf16 CUDA row through the decode GEMV (`llm::gemv`).
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let (Some(q), true) = (&self.q, self.lora.is_empty()) {
             if let Some(y) = matvec_row(q, x, self.b.as_ref())? {
+                return Ok(y);
+            }
+        }
+        if self.lora.is_empty() && x.device().is_cuda() {
+            if let Some(y) = super::gemv::gemv_row(x, &self.w, self.b.as_ref())? {
                 return Ok(y);
             }
         }

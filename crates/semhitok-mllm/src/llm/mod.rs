@@ -11,6 +11,7 @@
 //! - [`static_decode`]: the static-shape decode step ([`LlamaModel::forward_static`]) and
 //!   [`StaticDecoder`], eager or captured as a CUDA graph.
 //! - [`load`]: one entry point for an HF folder or a GGUF file.
+//! - [`gemv`]: the batch-1 decode products on CUDA (one bf16 row, NVRTC).
 //! - [`quantized`]: the GGUF file's Q4_1 / Q8_0 blocks beside the f32 weights, for batch-1 CPU
 //!   decoding.
 //! - [`train`]: [`TrainSpec`] (frozen / full / LoRA), [`LmParam`], `train_params`,
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod export;
+pub mod gemv;
 pub mod kv_cache;
 mod layers;
 pub mod load;

@@ -126,10 +126,16 @@ impl LlamaModel {
         self.lm_head_q.is_some() || self.blocks.iter().any(|b| b.attn.qkv.q.is_some())
     }
 
-    /// The output head: h [.., H] -> logits [.., V] (the blocks for one f32 CPU row).
+    /// The output head: h [.., H] -> logits [.., V] (the blocks for one f32 CPU row, the decode
+    /// GEMV for one bf16 CUDA row).
     pub(super) fn head(&self, h: &Tensor) -> Result<Tensor> {
         if let Some(q) = &self.lm_head_q {
             if let Some(y) = matvec_row(q, h, None)? {
+                return Ok(y);
+            }
+        }
+        if h.device().is_cuda() {
+            if let Some(y) = super::gemv::gemv_row(h, self.lm_head_weight(), None)? {
                 return Ok(y);
             }
         }

@@ -387,7 +387,24 @@ impl Driver {
         block: (u32, u32, u32),
         args: &mut [*mut c_void],
     ) -> R<()> {
-        // SAFETY: the caller's contract; stream 0 = the legacy default stream.
+        // SAFETY: the caller's contract; a null stream = the legacy default stream.
+        unsafe { self.launch_on(f, grid, block, args, std::ptr::null_mut()) }
+    }
+
+    /// Launch `f` on `stream` (a `cudaStream_t`, e.g. `semhitok_sys::current_cuda_stream`:
+    /// LibTorch's current stream, which is a CUDA graph's capture stream while one captures).
+    ///
+    /// # Safety
+    /// As [`Self::launch`], and `stream` must be null or a live stream of the current context.
+    pub unsafe fn launch_on(
+        &self,
+        f: Function,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        args: &mut [*mut c_void],
+        stream: *mut c_void,
+    ) -> R<()> {
+        // SAFETY: the caller's contract.
         let rc = unsafe {
             (self.launch)(
                 f.0,
@@ -398,7 +415,7 @@ impl Driver {
                 block.1,
                 block.2,
                 0,
-                std::ptr::null_mut(),
+                stream,
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             )

@@ -160,8 +160,9 @@ pub fn compile(kernel: Kernel, dim: i64, arch: u32) -> Result<(Vec<u8>, String),
 }
 
 /// A compiled kernel of `source` (entry `name`, `-DDIM=dim` and `define` unless empty) for
-/// device `ordinal`, cached for the process (entry names are unique per define).
-pub(crate) fn function(
+/// device `ordinal`, cached for the process (entry names are unique per define). Also used by
+/// other crates' NVRTC kernels (semhitok-mllm's decode GEMV), whose sources ignore `DIM`.
+pub fn function(
     ordinal: i32,
     source: &'static str,
     file: &'static str,
