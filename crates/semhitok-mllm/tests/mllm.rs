@@ -25,6 +25,9 @@ mod train;
 #[path = "mllm/gguf.rs"]
 mod gguf;
 
+#[path = "mllm/fused.rs"]
+mod fused;
+
 #[path = "mllm/gemv.rs"]
 mod gemv;
 

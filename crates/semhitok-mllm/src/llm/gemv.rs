@@ -11,6 +11,36 @@ use tch::{Device, Kind, Tensor};
 
 const SOURCE: &str = include_str!("gemv.cu");
 
+/// Launches entry `name` of `source` (compiled once per process and device) with `grid` blocks of
+/// `block` threads on LibTorch's current stream of device `ordinal`: ordered with LibTorch's
+/// work, and captured by a running CUDA-graph capture. The tensors behind `args` stay valid
+/// until the kernel ran as long as they are alive at the call (the caching allocator reuses
+/// memory only in stream order).
+///
+/// # Safety
+/// `args` must point to values of exactly the kernel's parameter types, in order, and every
+/// device pointer among them must be valid for what the kernel reads and writes.
+pub(super) unsafe fn launch(
+    ordinal: i32,
+    source: &'static str,
+    file: &'static str,
+    name: &'static str,
+    grid: u32,
+    block: u32,
+    args: &mut [*mut c_void],
+) -> Result<()> {
+    let cerr = |e: semhitok_nn::cuda::driver::CudaError| Error::Config(format!("{file}: {e}"));
+    let f = function(ordinal, source, file, name, "", 0).map_err(cerr)?;
+    let stream = semhitok_sys::current_cuda_stream(ordinal);
+    // SAFETY: the caller's contract; `stream` is LibTorch's current stream on the device.
+    unsafe {
+        driver()
+            .map_err(cerr)?
+            .launch_on(f, (grid, 1, 1), (block, 1, 1), args, stream)
+            .map_err(cerr)
+    }
+}
+
 /// Whether the kernel is switched on (`SEMHITOK_CUDA_GEMV=0` turns it off).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -49,8 +79,6 @@ pub fn gemv_row(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Ten
     if (x.data_ptr() as usize) % 16 != 0 || (w.data_ptr() as usize) % 16 != 0 {
         return Ok(None);
     }
-    let cerr = |e: semhitok_nn::cuda::driver::CudaError| Error::Config(format!("gemv.cu: {e}"));
-    let f = function(ordinal as i32, SOURCE, "gemv.cu", "gemv_bf16", "", 0).map_err(cerr)?;
     let (n, k) = (s[0], s[1]);
     let mut shape = x.size();
     if let Some(l) = shape.last_mut() {
@@ -69,17 +97,19 @@ pub fn gemv_row(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Ten
         &mut k8 as *mut _ as *mut c_void,
     ];
     let blocks = ((n + 7) / 8) as u32;
-    let stream = semhitok_sys::current_cuda_stream(ordinal as i32);
     // SAFETY: (const uint4* w, const uint4* x, const unsigned short* bias, unsigned short* y,
     // int n, int k8) as gemv_bf16 declares; w [n, k] and x [k] contiguous bf16, 16-byte aligned
-    // (checked), bias [n] bf16 or null, y [n] bf16 freshly allocated on the same device; the
-    // stream is LibTorch's current one there, so the tensors stay alive until the kernel ran
-    // (the caching allocator reuses their memory only in stream order).
+    // (checked), bias [n] bf16 or null, y [n] bf16 freshly allocated on the same device.
     unsafe {
-        driver()
-            .map_err(cerr)?
-            .launch_on(f, (blocks, 1, 1), (256, 1, 1), &mut args, stream)
-            .map_err(cerr)?
+        launch(
+            ordinal as i32,
+            SOURCE,
+            "gemv.cu",
+            "gemv_bf16",
+            blocks,
+            256,
+            &mut args,
+        )?
     };
     Ok(Some(y))
 }

@@ -170,6 +170,16 @@ impl RmsNorm {
         let d = self.w.size()[0];
         Ok(x.f_rms_norm([d], Some(&self.w), self.eps)?)
     }
+    /// (x + delta, norm(x + delta)): the residual add and this norm, one kernel on CUDA in bf16
+    /// (`llm::fused`), else LibTorch's add and rms_norm.
+    pub(super) fn add_forward(&self, x: &Tensor, delta: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some(r) = super::fused::add_rmsnorm(x, delta, &self.w, self.eps)? {
+            return Ok(r);
+        }
+        let x = x.f_add(delta)?;
+        let y = self.forward(&x)?;
+        Ok((x, y))
+    }
 }
 
 #[derive(Debug)]
@@ -306,6 +316,9 @@ impl Mlp {
     /// [.., H] -> [.., H]: down(silu(gate(x)) * up(x)).
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gu = self.gate_up.forward(x)?; // [.., 2F]
+        if let Some(h) = super::fused::silu_mul(&gu, self.inner)? {
+            return self.down.forward(&h);
+        }
         let d = gu.dim() as i64 - 1;
         let g = gu.f_narrow(d, 0, self.inner)?.f_silu()?;
         self.down

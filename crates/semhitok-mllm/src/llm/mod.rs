@@ -11,6 +11,7 @@
 //! - [`static_decode`]: the static-shape decode step ([`LlamaModel::forward_static`]) and
 //!   [`StaticDecoder`], eager or captured as a CUDA graph.
 //! - [`load`]: one entry point for an HF folder or a GGUF file.
+//! - [`fused`]: residual add + RMSNorm and SiLU x up as one kernel each (bf16, CUDA, NVRTC).
 //! - [`gemv`]: the batch-1 decode products on CUDA (one bf16 row, NVRTC).
 //! - [`quantized`]: the GGUF file's Q4_1 / Q8_0 blocks beside the f32 weights, for batch-1 CPU
 //!   decoding.
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod export;
+pub mod fused;
 pub mod gemv;
 pub mod kv_cache;
 mod layers;

@@ -197,21 +197,35 @@ impl LlamaModel {
         }
         let (positions, attn_mask, causal) = cache.advance(l, mask)?;
         let (cos, sin) = rope::cos_sin(&self.inv_freq, &positions, self.kind)?;
+        // Each residual add is done together with the norm that reads its result
+        // (`RmsNorm::add_forward`): the MLP's output is added by the next layer's input norm.
         let mut x = x;
+        let mut pending: Option<Tensor> = None;
         for (i, blk) in self.blocks.iter().enumerate() {
+            let h = match pending.take() {
+                Some(m) => {
+                    let (nx, h) = blk.attn_norm.add_forward(&x, &m)?;
+                    x = nx;
+                    h
+                }
+                None => blk.attn_norm.forward(&x)?,
+            };
             let a = blk.attn.forward(
-                &blk.attn_norm.forward(&x)?,
+                &h,
                 &cos,
                 &sin,
                 attn_mask.as_ref(),
                 causal,
                 Some((&mut *cache, i)),
             )?;
-            x = x.f_add(&a)?;
-            let m = blk.mlp.forward(&blk.mlp_norm.forward(&x)?)?;
-            x = x.f_add(&m)?;
+            let (nx, h2) = blk.mlp_norm.add_forward(&x, &a)?;
+            x = nx;
+            pending = Some(blk.mlp.forward(&h2)?);
         }
-        self.norm.forward(&x)
+        match pending {
+            Some(m) => Ok(self.norm.add_forward(&x, &m)?.1),
+            None => self.norm.forward(&x),
+        }
     }
 
     /// [`Input`] -> [B, L, H] embeddings in the model's kind on its device (differentiable

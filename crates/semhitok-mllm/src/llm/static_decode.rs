@@ -43,10 +43,19 @@ impl LlamaModel {
         let pos = cache.static_advance(slot)?; // [B, 1]
         let mask = cache.static_mask()?; // [B, 1, 1, C]
         let (cos, sin) = rope::cos_sin(&self.inv_freq, &pos, self.kind)?;
+        // Residual adds fused with the norm that follows them, as in `forward_hidden`.
         let mut x = x;
+        let mut pending: Option<Tensor> = None;
         for (i, blk) in self.blocks.iter().enumerate() {
             let a = &blk.attn;
-            let h = blk.attn_norm.forward(&x)?;
+            let h = match pending.take() {
+                Some(m) => {
+                    let (nx, h) = blk.attn_norm.add_forward(&x, &m)?;
+                    x = nx;
+                    h
+                }
+                None => blk.attn_norm.forward(&x)?,
+            };
             let qkv = a.qkv.forward(&h)?; // [B, 1, (Hq + 2 Hkv) D]
             let nq = a.heads * a.head_dim;
             let (q, k, v) = a.rotated_qkv(&qkv, &cos, &sin)?;
@@ -62,11 +71,15 @@ impl LlamaModel {
                 a.heads != a.kv_heads,
             )?; // [B, Hq, 1, D]
             let y = y.f_transpose(1, 2)?.f_reshape([b, 1, nq])?;
-            x = x.f_add(&a.o.forward(&y)?)?;
-            let m = blk.mlp.forward(&blk.mlp_norm.forward(&x)?)?;
-            x = x.f_add(&m)?;
+            let (nx, h2) = blk.mlp_norm.add_forward(&x, &a.o.forward(&y)?)?;
+            x = nx;
+            pending = Some(blk.mlp.forward(&h2)?);
         }
-        let h = self.norm.forward(&x)?.f_select(1, 0)?; // [B, H]
+        let h = match pending {
+            Some(m) => self.norm.add_forward(&x, &m)?.1,
+            None => self.norm.forward(&x)?,
+        };
+        let h = h.f_select(1, 0)?; // [B, H]
         Ok(self.head(&h)?.f_to_kind(Kind::Float)?)
     }
 }

@@ -56,12 +56,11 @@ fn gemv(dev: Device) -> R {
     // Not its case: k % 8 != 0, a misaligned view, two rows.
     let w12 = Tensor::randn([4, 12], (Kind::BFloat16, dev));
     assert!(gemv_row(&Tensor::randn([1, 12], (Kind::BFloat16, dev)), &w12, None)?.is_none());
+    // A view 2 bytes into its storage: contiguous but not 16-byte aligned: declined; a copy runs.
     let xs = Tensor::randn([1, 72], (Kind::BFloat16, dev)).narrow(1, 1, 64);
     let w64 = Tensor::randn([4, 64], (Kind::BFloat16, dev));
-    assert!(
-        gemv_row(&xs.contiguous(), &w64, None)?.is_some(),
-        "a fresh copy is aligned"
-    );
+    assert!(gemv_row(&xs, &w64, None)?.is_none());
+    assert!(gemv_row(&xs.copy(), &w64, None)?.is_some());
     assert!(gemv_row(&Tensor::randn([2, 64], (Kind::BFloat16, dev)), &w64, None)?.is_none());
     Ok(())
 }

@@ -1,0 +1,137 @@
+//! Fused decoder steps for bf16 on CUDA (`fused.cu`, NVRTC): the residual add with the RMSNorm
+//! that follows it, and SiLU(gate) x up. Each replaces two LibTorch kernels (and a round trip of
+//! the activations through memory) with the same roundings; used by the decode steps and the
+//! prefill. `SEMHITOK_CUDA_FUSED=0` keeps LibTorch's kernels.
+
+use super::gemv::launch;
+use crate::error::{Error, Result};
+use std::ffi::c_void;
+use tch::{Device, Kind, Tensor};
+
+const SOURCE: &str = include_str!("fused.cu");
+
+/// Whether the kernels are switched on (`SEMHITOK_CUDA_FUSED=0` turns them off).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SEMHITOK_CUDA_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// Compile the kernels for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
+pub fn compile(arch: u32) -> Result<(Vec<u8>, String)> {
+    semhitok_nn::cuda::driver::nvrtc()
+        .and_then(|n| n.compile(SOURCE, "fused.cu", arch, &[], &["--ptxas-options=-v"]))
+        .map_err(|e| Error::Config(format!("fused.cu: {e}")))
+}
+
+/// The CUDA device of `ts` when all are contiguous, 16-byte aligned bf16 tensors there without
+/// gradient and the kernels are on.
+fn cuda_case(ts: &[&Tensor]) -> Option<i32> {
+    let Device::Cuda(o) = ts.first()?.device() else {
+        return None;
+    };
+    let ok = enabled()
+        && ts.iter().all(|t| {
+            t.device() == Device::Cuda(o)
+                && t.kind() == Kind::BFloat16
+                && t.is_contiguous()
+                && !t.requires_grad()
+                && (t.data_ptr() as usize) % 16 == 0
+        });
+    ok.then_some(o as i32)
+}
+
+/// `(x + d, rms_norm(x + d) * w)` for x, d [.., H], w [H]: `None` when not the kernels' case
+/// (then the caller runs LibTorch's add and rms_norm).
+pub fn add_rmsnorm(
+    x: &Tensor,
+    d: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let h = w.size().first().copied().unwrap_or(0);
+    if x.size() != d.size() || x.size().last() != Some(&h) || h % 8 != 0 || h == 0 {
+        return Ok(None);
+    }
+    let Some(o) = cuda_case(&[x, d, w]) else {
+        return Ok(None);
+    };
+    let rows = (x.numel() as i64 / h) as u32;
+    let xo = Tensor::f_empty(x.size().as_slice(), (Kind::BFloat16, x.device()))?;
+    let y = Tensor::f_empty(x.size().as_slice(), (Kind::BFloat16, x.device()))?;
+    if rows == 0 {
+        return Ok(Some((xo, y)));
+    }
+    let (mut px, mut pd, mut pw, mut pxo, mut py) = (
+        x.data_ptr(),
+        d.data_ptr(),
+        w.data_ptr(),
+        xo.data_ptr(),
+        y.data_ptr(),
+    );
+    let (mut h8, mut e) = ((h / 8) as i32, eps as f32);
+    let mut args: [*mut c_void; 7] = [
+        &mut px as *mut _ as *mut c_void,
+        &mut pd as *mut _ as *mut c_void,
+        &mut pw as *mut _ as *mut c_void,
+        &mut pxo as *mut _ as *mut c_void,
+        &mut py as *mut _ as *mut c_void,
+        &mut h8 as *mut _ as *mut c_void,
+        &mut e as *mut _ as *mut c_void,
+    ];
+    // SAFETY: (const uint4* x, d, w, uint4* xo, y, int h8, float eps) as add_rmsnorm_bf16
+    // declares; x, d [rows, H] and w [H] contiguous, aligned bf16 (checked), xo, y fresh [rows, H].
+    unsafe {
+        launch(
+            o,
+            SOURCE,
+            "fused.cu",
+            "add_rmsnorm_bf16",
+            rows,
+            256,
+            &mut args,
+        )?
+    };
+    Ok(Some((xo, y)))
+}
+
+/// `silu(gu[.., :f]) * gu[.., f:]` for gu [.., 2f]: `None` when not the kernel's case.
+pub fn silu_mul(gu: &Tensor, f: i64) -> Result<Option<Tensor>> {
+    if gu.size().last() != Some(&(2 * f)) || f % 8 != 0 || f == 0 {
+        return Ok(None);
+    }
+    let Some(o) = cuda_case(&[gu]) else {
+        return Ok(None);
+    };
+    let mut shape = gu.size();
+    if let Some(l) = shape.last_mut() {
+        *l = f;
+    }
+    let out = Tensor::f_empty(shape.as_slice(), (Kind::BFloat16, gu.device()))?;
+    let total8 = out.numel() as i64 / 8;
+    if total8 == 0 {
+        return Ok(Some(out));
+    }
+    let (mut pg, mut po) = (gu.data_ptr(), out.data_ptr());
+    let (mut f8, mut t8) = ((f / 8) as i32, total8);
+    let mut args: [*mut c_void; 4] = [
+        &mut pg as *mut _ as *mut c_void,
+        &mut po as *mut _ as *mut c_void,
+        &mut f8 as *mut _ as *mut c_void,
+        &mut t8 as *mut _ as *mut c_void,
+    ];
+    let blocks = ((total8 + 255) / 256) as u32;
+    // SAFETY: (const uint4* gu, uint4* out, int f8, long long total8) as silu_mul_bf16
+    // declares; gu [rows, 2f] contiguous aligned bf16 (checked), out fresh [rows, f].
+    unsafe {
+        launch(
+            o,
+            SOURCE,
+            "fused.cu",
+            "silu_mul_bf16",
+            blocks,
+            256,
+            &mut args,
+        )?
+    };
+    Ok(Some(out))
+}
