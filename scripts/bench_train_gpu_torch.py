@@ -14,7 +14,10 @@ commitment losses, straight-through), concat [sem 32 | pix 8] -> ViT-B/16 decode
 
 Usage (on the GPU host):
   python3 scripts/bench_train_gpu_torch.py --batch 32 --steps 20 --warmup 5
-Prints one JSON line.
+  python3 scripts/bench_train_gpu_torch.py --batch 32 --steps 20 --warmup 5 --compile
+Prints one JSON line. `--compile` is what a user adds for speed (issue 21's comparison):
+`torch.compile(model)` (inductor, default mode) and `AdamW(fused=True)`; the warm-up steps include
+the compilation.
 
 Data-parallel (the reference of the multi-GPU runs), under torchrun, NCCL, `--batch` per GPU:
   torchrun --nproc-per-node N scripts/bench_train_gpu_torch.py --ddp overlap   # DistributedDataParallel
@@ -154,6 +157,8 @@ def main():
                     help="then one step between cudaProfilerStart/Stop (for ncu --profile-from-start off)")
     ap.add_argument("--profile", action="store_true",
                     help="after the timed run, time each phase with a sync at its end (phases_ms)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile(model) and AdamW(fused=True) (the warm-up steps compile)")
     ap.add_argument("--ddp", choices=["none", "overlap", "flat"], default="none",
                     help="data-parallel under torchrun (NCCL): DDP with bucketed overlap, or one flat all-reduce")
     a = ap.parse_args()
@@ -173,7 +178,10 @@ def main():
     elif a.ddp == "flat":
         for p in params:
             dist.broadcast(p.data, 0)
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    if a.compile:
+        fwd = torch.compile(fwd)
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0,
+                            fused=True if a.compile else None)
     torch.manual_seed(rank)
     x = torch.rand(a.batch, 3, 256, 256, device=dev) * 2 - 1
 
@@ -231,7 +239,8 @@ def main():
         dist.destroy_process_group()
         return
     print(json.dumps({
-        "impl": f"pytorch {torch.__version__} eager" + ("" if a.ddp == "none" else f" ddp-{a.ddp}"),
+        "impl": f"pytorch {torch.__version__} " + ("compile" if a.compile else "eager")
+        + ("" if a.ddp == "none" else f" ddp-{a.ddp}"),
         "world_size": world,
         "device": torch.cuda.get_device_name(),
         "precision": a.precision,

@@ -106,13 +106,22 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     set.push(format!("schedule.ckpt_every={}", 1_000_000_000u64));
     set.push("schedule.log_every=1000000".into());
     let mut cfg = TrainConfig::load(&a.config, &set)?;
+    // Random-init weights (the earlier stages' runs and SigLIP's checkpoint are not read): the
+    // same cost per step as trained ones, and nothing to download. The embedded EfficientNet
+    // teacher has no random init; its weights are a local asset and stay.
     cfg.init.spc = None;
-    // Random-init teacher weights: the same cost as trained ones, and no download needed.
-    cfg.teacher.weights = None;
-    if !matches!(cfg.run.stage, Stage::Pre | Stage::Spc) {
-        return Err(Error::Input(
-            "bench times stages `pre` and `spc` (decoder-ft and joint: not yet)".into(),
-        ));
+    cfg.init.pre = None;
+    if cfg.teacher.kind != crate::config::TeacherKind::EfficientnetLite0 {
+        cfg.teacher.weights = None;
+    }
+    if !matches!(
+        cfg.run.stage,
+        Stage::Pre | Stage::Spc | Stage::DecoderFt | Stage::Joint
+    ) {
+        return Err(Error::Input(format!(
+            "bench times the tokenizer stages (spc, pre, decoder-ft, joint), not `{}`",
+            cfg.run.stage.as_str()
+        )));
     }
     // Under a launcher (WORLD_SIZE set) the steps are data-parallel; before the model is built.
     let dist = crate::dist::Dist::from_env(&cfg.dist, cfg.run.device)?;

@@ -2,6 +2,7 @@
 
 mod train {
     mod artifact;
+    mod bench;
     mod codec;
     pub mod common;
     mod config;

@@ -115,18 +115,20 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
             vec![Part::Pixel, Part::Decoder]
         }
         Stage::DecoderFt => {
-            let ck = init_checkpoint(
-                cfg.init.pre.as_deref().unwrap_or(Path::new("")),
-                &[Stage::Pre],
-            )?;
-            load_parts(&model, &ck, &[Part::Spc, Part::Pixel])?;
-            // The decoder comes from `pre` unless the config asks for a different one (e.g.
-            // ViT-L), which then starts from fresh weights.
-            if let Err(e) = load_parts(&model, &ck, &[Part::Decoder]) {
-                eprintln!(
-                    "decoder-ft: decoder not loaded from {} ({e}); training a fresh decoder",
-                    ck.dir.display()
-                );
+            if load_init {
+                let ck = init_checkpoint(
+                    cfg.init.pre.as_deref().unwrap_or(Path::new("")),
+                    &[Stage::Pre],
+                )?;
+                load_parts(&model, &ck, &[Part::Spc, Part::Pixel])?;
+                // The decoder comes from `pre` unless the config asks for a different one (e.g.
+                // ViT-L), which then starts from fresh weights.
+                if let Err(e) = load_parts(&model, &ck, &[Part::Decoder]) {
+                    eprintln!(
+                        "decoder-ft: decoder not loaded from {} ({e}); training a fresh decoder",
+                        ck.dir.display()
+                    );
+                }
             }
             model.freeze(Part::Spc);
             model.freeze(Part::Pixel);
@@ -139,7 +141,7 @@ fn build_task_opts(cfg: &TrainConfig, load_init: bool) -> Result<Box<dyn Task>> 
                     "stage `joint` decodes pixels from the one (semantic) codebook: set model.fusion = \"semantic_only\"",
                 ));
             }
-            if let Some(p) = &cfg.init.spc {
+            if let (Some(p), true) = (&cfg.init.spc, load_init) {
                 let ck = init_checkpoint(p, &[Stage::Spc])?;
                 load_parts(&model, &ck, &[Part::Spc])?;
             }
