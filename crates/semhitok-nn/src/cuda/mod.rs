@@ -1,8 +1,8 @@
 //! Run-time-compiled CUDA kernels (NVRTC) for what LibTorch has no fused op for.
 //!
 //! [`driver`] loads NVRTC and the CUDA driver with `dlopen`; [`nearest`] is the fused
-//! nearest-code search behind [`crate::quantizer::nearest_l2`] on CUDA (kernels v2, v3 and the
-//! tensor-core `tc`); [`sghc`] is SGHC's gathered sub-codebook search. Kernels are compiled on
+//! nearest-code search behind [`crate::quantizer::nearest_l2`] on CUDA (kernels v2, v3, the
+//! tensor-core `tc` and `tc256`, and the default `tc1`: tensor-core scores, exact fp32 ids); [`sghc`] is SGHC's gathered sub-codebook search. Kernels are compiled on
 //! first use for the device's compute capability and cached for the process.
 
 pub mod driver;
