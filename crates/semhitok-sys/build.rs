@@ -62,7 +62,6 @@ fn main() {
         .file("csrc/grad_reducer.cpp")
         .file("csrc/cuda_graph.cpp") // CUDA graphs (USE_CUDA with the CUDA headers, else stubs)
         .file("csrc/host_memory.cpp") // pinned host copies
-        .file("csrc/parallel.cpp") // at::parallel_for for Rust loops
         .include("csrc")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))
@@ -72,10 +71,7 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .warnings(false)
         .flag_if_supported("-Wno-unused-parameter")
-        .flag_if_supported("-Wno-deprecated-declarations")
-        // at::parallel_for (csrc/parallel.cpp) is inline OpenMP in this build
-        // (AT_PARALLEL_OPENMP): without -fopenmp its pragmas vanish and it runs serially.
-        .flag("-fopenmp");
+        .flag_if_supported("-Wno-deprecated-declarations");
     if nccl {
         b.define("USE_C10D_NCCL", None).define("USE_CUDA", None);
         for d in &cuda {
@@ -90,6 +86,21 @@ fn main() {
         );
     }
     b.compile("semhitok_c10d");
+
+    // at::parallel_for (csrc/parallel.cpp) is inline OpenMP in this build (AT_PARALLEL_OPENMP):
+    // without -fopenmp its pragmas vanish and it runs serially. Only this file is compiled with
+    // it, so the c10d shim's code is exactly what it was.
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/parallel.cpp")
+        .include("csrc")
+        .include(torch.join("include"))
+        .include(torch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .flag("-fopenmp")
+        .compile("semhitok_parallel");
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
