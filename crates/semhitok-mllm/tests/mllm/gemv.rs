@@ -24,6 +24,7 @@ fn gemv_compiles_without_spills() {
 /// Within bf16 output rounding (half an ulp, 2^-8 relative) plus the fp32 sum's error of an
 /// fp32 reference of the same bf16 operands; `None` for CPU tensors, k % 8 != 0 and misaligned x.
 fn gemv(dev: Device) -> R {
+    let _rng = crate::rng_lock(); // draws from LibTorch's global generator
     tch::manual_seed(5);
     let x = Tensor::randn([1, 1, 64], (Kind::BFloat16, dev));
     let w = Tensor::randn([16, 64], (Kind::BFloat16, dev));
@@ -69,6 +70,7 @@ test_device!(gemv, gemv_cpu, gemv_cuda);
 /// A random bf16 model: the CUDA-graph decode (products through the GEMV, launched on the
 /// capture stream) gives the dynamic path's greedy tokens.
 fn graph_bf16(dev: Device) -> R {
+    let _rng = crate::rng_lock(); // draws from LibTorch's global generator
     if !dev.is_cuda() {
         return Ok(());
     }

@@ -147,6 +147,7 @@ fn step_logits(m: &LlamaModel, ids: &Tensor) -> Tensor {
 /// the same 24 tokens, and `llm::load::load` attaches them by default on the CPU in f32.
 #[test]
 fn smollm2_decodes_the_same_with_blocks() {
+    let _rng = crate::rng_lock(); // generate / extend_vocab seed LibTorch's global generator
     use semhitok_mllm::generate::{generate, GenerationConfig};
     let (f, dense) = smollm2_dense();
     let (_, mut q) = smollm2_dense();
@@ -187,6 +188,7 @@ fn smollm2_decodes_the_same_with_blocks() {
 /// Frozen training keeps them.
 #[test]
 fn blocks_dropped_when_weights_change() {
+    let _rng = crate::rng_lock(); // generate / extend_vocab seed LibTorch's global generator
     use semhitok_mllm::llm::TrainSpec;
     let (f, mut m) = smollm2_dense();
     m.attach_gguf_blocks(&f).unwrap();
