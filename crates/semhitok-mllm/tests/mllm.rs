@@ -7,6 +7,16 @@ use std::path::PathBuf;
 /// path): tests run on parallel threads, and a draw between another test's seed and its draws
 /// changes that test's numbers (seen once as `generation_controls` failing its reproducibility
 /// check).
+/// An NVRTC compile result of the LLM's kernels: a cubin, and every entry ptxas reports on
+/// without register spills (a spill would cost more than these memory-bound kernels gain).
+pub(crate) fn assert_compiled_without_spills(r: semhitok_mllm::Result<(Vec<u8>, String)>) {
+    let (cubin, log) = r.unwrap();
+    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
+    let reports = log.matches("bytes spill stores").count();
+    let clean = log.matches(" 0 bytes spill stores").count();
+    assert_eq!(reports, clean, "a kernel spills registers:\n{log}");
+}
+
 pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
     L.lock().unwrap_or_else(|e| e.into_inner())

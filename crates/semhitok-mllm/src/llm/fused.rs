@@ -3,41 +3,30 @@
 //! the activations through memory) with the same roundings; used by the decode steps and the
 //! prefill. `SEMHITOK_CUDA_FUSED=0` keeps LibTorch's kernels.
 
-use super::gemv::launch;
-use crate::error::{Error, Result};
+use super::nvrtc::{self, bf16_cuda_case, launch, switched_on};
+use crate::error::Result;
 use std::ffi::c_void;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 const SOURCE: &str = include_str!("fused.cu");
 
 /// Whether the kernels are switched on (`SEMHITOK_CUDA_FUSED=0` turns them off).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SEMHITOK_CUDA_FUSED").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| switched_on("SEMHITOK_CUDA_FUSED"))
 }
 
 /// Compile the kernels for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
 pub fn compile(arch: u32) -> Result<(Vec<u8>, String)> {
-    semhitok_nn::cuda::driver::nvrtc()
-        .and_then(|n| n.compile(SOURCE, "fused.cu", arch, &[], &["--ptxas-options=-v"]))
-        .map_err(|e| Error::Config(format!("fused.cu: {e}")))
+    nvrtc::compile(SOURCE, "fused.cu", arch)
 }
 
-/// The CUDA device of `ts` when all are contiguous, 16-byte aligned bf16 tensors there without
-/// gradient and the kernels are on.
+/// The CUDA device of `ts` when the kernels are on and `ts` are their kind of tensors.
 fn cuda_case(ts: &[&Tensor]) -> Option<i32> {
-    let Device::Cuda(o) = ts.first()?.device() else {
+    if !enabled() {
         return None;
-    };
-    let ok = enabled()
-        && ts.iter().all(|t| {
-            t.device() == Device::Cuda(o)
-                && t.kind() == Kind::BFloat16
-                && t.is_contiguous()
-                && !t.requires_grad()
-                && (t.data_ptr() as usize) % 16 == 0
-        });
-    ok.then_some(o as i32)
+    }
+    bf16_cuda_case(ts)
 }
 
 /// `(x + d, rms_norm(x + d) * w)` for x, d [.., H], w [H]: `None` when not the kernels' case

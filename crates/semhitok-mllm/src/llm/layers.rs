@@ -170,9 +170,16 @@ impl RmsNorm {
         let d = self.w.size()[0];
         Ok(x.f_rms_norm([d], Some(&self.w), self.eps)?)
     }
-    /// (x + delta, norm(x + delta)): the residual add and this norm, one kernel on CUDA in bf16
-    /// (`llm::fused`), else LibTorch's add and rms_norm.
-    pub(super) fn add_forward(&self, x: &Tensor, delta: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// (x + delta, norm(x + delta)) (without a delta: (x, norm(x))): the residual add and this
+    /// norm, one kernel on CUDA in bf16 (`llm::fused`), else LibTorch's add and rms_norm.
+    pub(super) fn add_forward(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let Some(delta) = delta else {
+            return Ok((x.shallow_clone(), self.forward(x)?));
+        };
         if let Some(r) = super::fused::add_rmsnorm(x, delta, &self.w, self.eps)? {
             return Ok(r);
         }

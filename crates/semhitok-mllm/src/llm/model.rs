@@ -202,14 +202,8 @@ impl LlamaModel {
         let mut x = x;
         let mut pending: Option<Tensor> = None;
         for (i, blk) in self.blocks.iter().enumerate() {
-            let h = match pending.take() {
-                Some(m) => {
-                    let (nx, h) = blk.attn_norm.add_forward(&x, &m)?;
-                    x = nx;
-                    h
-                }
-                None => blk.attn_norm.forward(&x)?,
-            };
+            let (nx, h) = blk.attn_norm.add_forward(&x, pending.take().as_ref())?;
+            x = nx;
             let a = blk.attn.forward(
                 &h,
                 &cos,
@@ -218,14 +212,11 @@ impl LlamaModel {
                 causal,
                 Some((&mut *cache, i)),
             )?;
-            let (nx, h2) = blk.mlp_norm.add_forward(&x, &a)?;
+            let (nx, h2) = blk.mlp_norm.add_forward(&x, Some(&a))?;
             x = nx;
             pending = Some(blk.mlp.forward(&h2)?);
         }
-        match pending {
-            Some(m) => Ok(self.norm.add_forward(&x, &m)?.1),
-            None => self.norm.forward(&x),
-        }
+        Ok(self.norm.add_forward(&x, pending.as_ref())?.1)
     }
 
     /// [`Input`] -> [B, L, H] embeddings in the model's kind on its device (differentiable

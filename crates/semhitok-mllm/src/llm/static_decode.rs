@@ -48,14 +48,8 @@ impl LlamaModel {
         let mut pending: Option<Tensor> = None;
         for (i, blk) in self.blocks.iter().enumerate() {
             let a = &blk.attn;
-            let h = match pending.take() {
-                Some(m) => {
-                    let (nx, h) = blk.attn_norm.add_forward(&x, &m)?;
-                    x = nx;
-                    h
-                }
-                None => blk.attn_norm.forward(&x)?,
-            };
+            let (nx, h) = blk.attn_norm.add_forward(&x, pending.take().as_ref())?;
+            x = nx;
             let qkv = a.qkv.forward(&h)?; // [B, 1, (Hq + 2 Hkv) D]
             let nq = a.heads * a.head_dim;
             let (q, k, v) = a.rotated_qkv(&qkv, &cos, &sin)?;
@@ -71,15 +65,15 @@ impl LlamaModel {
                 a.heads != a.kv_heads,
             )?; // [B, Hq, 1, D]
             let y = y.f_transpose(1, 2)?.f_reshape([b, 1, nq])?;
-            let (nx, h2) = blk.mlp_norm.add_forward(&x, &a.o.forward(&y)?)?;
+            let (nx, h2) = blk.mlp_norm.add_forward(&x, Some(&a.o.forward(&y)?))?;
             x = nx;
             pending = Some(blk.mlp.forward(&h2)?);
         }
-        let h = match pending {
-            Some(m) => self.norm.add_forward(&x, &m)?.1,
-            None => self.norm.forward(&x)?,
-        };
-        let h = h.f_select(1, 0)?; // [B, H]
+        let h = self
+            .norm
+            .add_forward(&x, pending.as_ref())?
+            .1
+            .f_select(1, 0)?; // [B, H]
         Ok(self.head(&h)?.f_to_kind(Kind::Float)?)
     }
 }
