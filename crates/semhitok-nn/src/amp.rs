@@ -19,9 +19,21 @@ extern "C" {
     fn decrement_nesting() -> i32;
     #[link_name = "_ZN2at8autocast11clear_cacheEv"]
     fn clear_cache();
+    #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+    fn set_autocast_dtype(device_type: i8, dtype: i8);
 }
 
 const DEVICE_CUDA: i8 = 1;
+/// `c10::ScalarType::BFloat16` (c10/core/ScalarType.h of PyTorch 2.11; an `int8_t` enum).
+const SCALAR_BFLOAT16: i8 = 15;
+
+/// Make CUDA autocast regions compute in bf16 (idempotent, process-wide). tch exposes no
+/// autocast dtype and LibTorch defaults to fp16 on CUDA; the paper-size runs use bf16 (as
+/// LlamaGen and UniTok do).
+pub fn set_cuda_autocast_bf16() {
+    // SAFETY: a plain setter of a thread-local dtype in LibTorch; arguments are valid enum values.
+    unsafe { set_autocast_dtype(DEVICE_CUDA, SCALAR_BFLOAT16) }
+}
 
 /// Runs `f` with CUDA autocast `enabled` (as `tch::autocast`: a no-op without CUDA; the
 /// previous state is restored after, the cast cache cleared when the outermost region ends).

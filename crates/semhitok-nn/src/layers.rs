@@ -105,6 +105,32 @@ impl LayerNorm {
             true,
         )?)
     }
+
+    /// The residual add before this norm and the norm, for frozen (no-gradient) use: `(s, normed)`
+    /// with `s = x + d` (`x` without `d`; `None` unless `keep_sum` and `d` is given). On CUDA
+    /// with a bf16 stream this is one kernel ([`crate::cuda::layernorm`]: the roundings of
+    /// autocast's bf16 add, fp32 norm and bf16 cast, fp32 statistics summed in another order),
+    /// else LibTorch's add and [`Self::forward`]. x, d: [.., D] -> [.., D]
+    pub fn add_forward(
+        &self,
+        x: &Tensor,
+        d: Option<&Tensor>,
+        keep_sum: bool,
+    ) -> Result<(Option<Tensor>, Tensor)> {
+        if let (Some(w), Some(b)) = (&self.ws, &self.bs) {
+            let fused = crate::cuda::layernorm::add_layer_norm(x, d, w, b, self.eps, keep_sum)
+                .map_err(|e| Error::Cuda(e.0))?;
+            if let Some(out) = fused {
+                return Ok(out);
+            }
+        }
+        let s = match d {
+            Some(d) => x.f_add(d)?,
+            None => x.shallow_clone(),
+        };
+        let y = self.forward(&s)?;
+        Ok(((keep_sum && d.is_some()).then_some(s), y))
+    }
 }
 
 /// 2-D convolution over the VarStore variables `weight [out, in / groups, k, k]`, `bias [out]`
@@ -162,11 +188,21 @@ impl Conv2d {
 /// selects: its backward is one stack instead of three zero-filled scatters and two adds.
 pub fn split_qkv(qkv: &Tensor, heads: i64) -> Result<[Tensor; 3]> {
     let (b, n, c3) = qkv.size3()?;
-    qkv.f_reshape([b, n, 3, heads, c3 / (3 * heads)])?
-        .f_permute([2, 0, 3, 1, 4])? // [3, B, heads, N, hd]
-        .f_unbind(0)?
+    // Unbinding dim 2 and transposing each part gives the same strided views as timm's
+    // `permute(2, 0, 3, 1, 4).unbind(0)`, but its backward stacks the three gradients along dim 2
+    // straight into a contiguous [B, N, 3, heads, hd] = [B, N, 3C] buffer; timm's order stacks
+    // them into [3, B, heads, N, hd], whose permutation back needs one more full copy per block.
+    let parts: [Tensor; 3] = qkv
+        .f_reshape([b, n, 3, heads, c3 / (3 * heads)])?
+        .f_unbind(2)? // 3 x [B, N, heads, hd]
         .try_into()
-        .map_err(|_| Error::Config("qkv unbind".into()))
+        .map_err(|_| Error::Config("qkv unbind".into()))?;
+    let [q, k, v] = parts;
+    Ok([
+        q.f_transpose(1, 2)?,
+        k.f_transpose(1, 2)?,
+        v.f_transpose(1, 2)?,
+    ])
 }
 
 /// [B, N, D] -> [B, heads, N, D / heads]

@@ -11,6 +11,9 @@ pub enum Error {
     /// A pinned host copy failed (no CUDA, out of pinned memory).
     #[error("pin_memory: {0}")]
     Pin(String),
+    /// A gradient could not be assigned (dtype, device or shape unlike the variable's).
+    #[error("{0}")]
+    Grad(String),
     /// `at::parallel_for` threw (LibTorch's thread pool could not run the loop).
     #[error("parallel_for: {0}")]
     Parallel(String),

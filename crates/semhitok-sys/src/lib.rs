@@ -10,12 +10,13 @@
 //! (the overlap DDP's Reducer gives PyTorch users; tch 0.24 has no autograd hooks).
 //! It also binds CUDA graphs: [`CudaGraph`] captures the tch ops a closure issues (on a pool
 //! stream made current for the capture) and replays them with one launch (semhitok-mllm's
-//! CUDA-graph decode step), and [`pin_memory`] without the deprecated device argument, and [`parallel_for`]: LibTorch's
-//! intra-op thread pool for Rust loops. The same door is meant for run-time-compiled CUDA kernels (NVRTC).
+//! CUDA-graph decode step), and [`pin_memory`] without the deprecated device argument, [`parallel_for`]: LibTorch's
+//! intra-op thread pool for Rust loops, and [`set_grad`] (`param.grad = g`). The same door is meant for run-time-compiled CUDA kernels (NVRTC).
 //!
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
 //! tensors passed in are borrowed for the duration of the call only.
 
+mod autograd;
 mod cuda_graph;
 mod env;
 mod error;
@@ -25,6 +26,7 @@ mod host_memory;
 mod parallel;
 mod process_group;
 
+pub use autograd::set_grad;
 pub use cuda_graph::{current_cuda_stream, CudaGraph};
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};

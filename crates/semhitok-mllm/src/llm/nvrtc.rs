@@ -1,50 +1,33 @@
-//! What the LLM's NVRTC kernels (`gemv.cu`, `fused.cu`) share: their compile check, their launch
-//! on LibTorch's current stream, their on/off switches and the tensor conditions of their case.
+//! The LLM's NVRTC kernels (`gemv.cu`, `fused.cu`) on the workspace's shared kernel helpers
+//! (`semhitok_nn::cuda::kernel`), with this crate's error.
 
 use crate::error::{Error, Result};
-use semhitok_nn::cuda::driver::{driver, nvrtc, CudaError};
-use semhitok_nn::cuda::nearest::function;
+use semhitok_nn::cuda::driver::CudaError;
+use semhitok_nn::cuda::kernel;
 use std::ffi::c_void;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
+
+pub(super) use kernel::switched_on;
+
+fn cerr(e: CudaError) -> Error {
+    Error::Config(e.0)
+}
 
 /// Compile `source` for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
 pub(super) fn compile(source: &str, file: &str, arch: u32) -> Result<(Vec<u8>, String)> {
-    nvrtc()
-        .and_then(|n| n.compile(source, file, arch, &[], &["--ptxas-options=-v"]))
-        .map_err(|e| Error::Config(format!("{file}: {e}")))
-}
-
-/// Whether environment variable `var` leaves a kernel on (anything but `0`, or unset).
-pub(super) fn switched_on(var: &str) -> bool {
-    std::env::var(var).map_or(true, |v| v != "0")
+    kernel::compile(source, file, arch).map_err(cerr)
 }
 
 /// The CUDA device of `ts` when all are contiguous, 16-byte aligned bf16 tensors there without
 /// gradient.
 pub(super) fn bf16_cuda_case(ts: &[&Tensor]) -> Option<i32> {
-    let Device::Cuda(o) = ts.first()?.device() else {
-        return None;
-    };
-    ts.iter()
-        .all(|t| {
-            t.device() == Device::Cuda(o)
-                && t.kind() == Kind::BFloat16
-                && t.is_contiguous()
-                && !t.requires_grad()
-                && (t.data_ptr() as usize) % 16 == 0
-        })
-        .then_some(o as i32)
+    kernel::bf16_cuda_case(ts)
 }
 
-/// Launches entry `name` of `source` (compiled once per process and device) with `grid` blocks of
-/// `block` threads on LibTorch's current stream of device `ordinal`: ordered with LibTorch's
-/// work, and captured by a running CUDA-graph capture. The tensors behind `args` stay valid
-/// until the kernel ran as long as they are alive at the call (the caching allocator reuses
-/// memory only in stream order).
+/// [`kernel::launch`] with this crate's error.
 ///
 /// # Safety
-/// `args` must point to values of exactly the kernel's parameter types, in order, and every
-/// device pointer among them must be valid for what the kernel reads and writes.
+/// As [`kernel::launch`].
 pub(super) unsafe fn launch(
     ordinal: i32,
     source: &'static str,
@@ -54,14 +37,6 @@ pub(super) unsafe fn launch(
     block: u32,
     args: &mut [*mut c_void],
 ) -> Result<()> {
-    let cerr = |e: CudaError| Error::Config(format!("{file}: {e}"));
-    let f = function(ordinal, source, file, name, "", 0).map_err(cerr)?;
-    let stream = semhitok_sys::current_cuda_stream(ordinal);
-    // SAFETY: the caller's contract; `stream` is LibTorch's current stream on the device.
-    unsafe {
-        driver()
-            .map_err(cerr)?
-            .launch_on(f, (grid, 1, 1), (block, 1, 1), args, stream)
-            .map_err(cerr)
-    }
+    // SAFETY: the caller's contract.
+    unsafe { kernel::launch(ordinal, source, file, name, grid, block, args) }.map_err(cerr)
 }

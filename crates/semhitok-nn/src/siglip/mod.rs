@@ -122,8 +122,9 @@ impl SiglipVisionModel {
     }
 
     /// pixel_values: [B, C, H, W] SigLIP-normalized (mean = std = 0.5, i.e. [-1, 1]) with H and W
-    /// multiples of `patch_size` -> [B, N, D] tokens after `layers` encoder layers (no post-layernorm).
-    fn embed_and_encode(&self, pixel_values: &Tensor, layers: usize) -> Result<Tensor> {
+    /// multiples of `patch_size` -> [B, N, D] tokens after `layers` encoder layers, then the
+    /// post-layernorm if `post`.
+    fn embed_and_encode(&self, pixel_values: &Tensor, layers: usize, post: bool) -> Result<Tensor> {
         let p = self.cfg.patch_size;
         let ok = match pixel_values.size().as_slice() {
             &[_, c, h, w] => {
@@ -149,17 +150,18 @@ impl SiglipVisionModel {
             self.patch_embedding.bs.as_ref(),
             p,
         )?;
-        let mut xs = xs.f_add(&self.positions(h / p, w / p)?)?;
-        for layer in &self.layers[..layers] {
-            xs = layer.forward(&xs)?;
-        }
-        Ok(xs)
+        let xs = xs.f_add(&self.positions(h / p, w / p)?)?;
+        encode(
+            &xs,
+            &self.layers[..layers],
+            post.then_some(&self.post_layernorm),
+        )
     }
 
     /// pixel_values: [B, C, H, W] (mean = std = 0.5 normalized) -> all outputs.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<SiglipVisionOutput> {
         let n = self.layers.len();
-        let penultimate = self.embed_and_encode(pixel_values, n.saturating_sub(1))?;
+        let penultimate = self.embed_and_encode(pixel_values, n.saturating_sub(1), false)?;
         let last = match self.layers.last() {
             Some(l) => l.forward(&penultimate)?,
             None => penultimate.shallow_clone(),
@@ -180,11 +182,43 @@ impl SiglipVisionModel {
     pub fn hidden_state(&self, pixel_values: &Tensor, layer: SiglipLayer) -> Result<Tensor> {
         let n = self.layers.len();
         match layer {
-            SiglipLayer::Penultimate => self.embed_and_encode(pixel_values, n.saturating_sub(1)),
-            SiglipLayer::Last => self
-                .post_layernorm
-                .forward(&self.embed_and_encode(pixel_values, n)?),
+            SiglipLayer::Penultimate => {
+                self.embed_and_encode(pixel_values, n.saturating_sub(1), false)
+            }
+            SiglipLayer::Last => self.embed_and_encode(pixel_values, n, true),
         }
+    }
+}
+
+/// xs [B, N, D] through `layers` and then `post` (if any), each residual add inside the stack
+/// fused with the norm that follows it ([`LayerNorm::add_forward`]; LibTorch's ops where that
+/// kernel does not apply, the same ops as the layers' own `forward`). `post` itself runs as
+/// [`LayerNorm::forward`], so the output keeps the precision the unfused tower gives (fp32 under
+/// autocast: the SPC stage's cosine target). -> [B, N, D]
+fn encode(xs: &Tensor, layers: &[EncoderLayer], post: Option<&LayerNorm>) -> Result<Tensor> {
+    let mut xs = xs.shallow_clone();
+    if let Some(first) = layers.first() {
+        let (_, mut normed) = first.norm1().add_forward(&xs, None, false)?;
+        for (i, layer) in layers.iter().enumerate() {
+            let next = layers.get(i + 1).map(EncoderLayer::norm1);
+            let (stream, out) = layer.forward_prenormed(&xs, &normed, next)?;
+            match (stream, next) {
+                (Some(s), Some(_)) => {
+                    xs = s;
+                    normed = out;
+                }
+                (None, None) => xs = out,
+                _ => {
+                    return Err(Error::Config(
+                        "siglip encoder: a layer lost the residual stream".into(),
+                    ))
+                }
+            }
+        }
+    }
+    match post {
+        Some(n) => n.forward(&xs),
+        None => Ok(xs),
     }
 }
 

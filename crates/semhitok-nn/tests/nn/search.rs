@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 /// ptxas's spill report for `entry` in `log` (`--ptxas-options=-v`): `Some(true)` if it
 /// spills, `None` if the log has no report for it.
-fn spills(log: &str, entry: &str) -> Option<bool> {
+pub(crate) fn spills(log: &str, entry: &str) -> Option<bool> {
     let mut lines = log.lines();
     lines.find(|l| l.contains(&format!("Function properties for {entry}")))?;
     let report = lines.next()?;

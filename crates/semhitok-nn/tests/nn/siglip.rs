@@ -223,3 +223,135 @@ fn siglip_strict_loading_lists_bad_keys() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The fused teacher kernel (`cuda/layernorm.cu`) compiles with the wheel's NVRTC (no GPU needed)
+/// without register spills.
+#[test]
+fn teacher_layernorm_kernel_compiles_with_the_wheels_nvrtc() -> anyhow::Result<()> {
+    let (cubin, log) =
+        semhitok_nn::cuda::layernorm::compile(90).map_err(|e| anyhow::anyhow!(e.0))?;
+    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
+    eprintln!("layernorm.cu sm_90: {log}");
+    match crate::search::spills(&log, "add_layernorm_bf16") {
+        Some(spill) => assert!(!spill, "add_layernorm_bf16 spills registers:\n{log}"),
+        None => eprintln!("NVRTC gave no ptxas report; spill check skipped"),
+    }
+    Ok(())
+}
+
+/// bf16 values one unit in the last place apart (or closer), elementwise, as a fraction.
+fn within_one_ulp(a: &Tensor, b: &Tensor) -> (f64, f64) {
+    let (a, b) = (a.to_kind(tch::Kind::Float), b.to_kind(tch::Kind::Float));
+    let ulp = a.abs().maximum(&b.abs()).clamp_min(1e-30) * (2f64.powi(-7));
+    let d = (&a - &b).abs();
+    let same = d.eq(0.0).to_kind(tch::Kind::Float).mean(tch::Kind::Float);
+    let near = d
+        .le_tensor(&ulp)
+        .to_kind(tch::Kind::Float)
+        .mean(tch::Kind::Float);
+    (same.double_value(&[]), near.double_value(&[]))
+}
+
+/// On CUDA: the fused residual add + layer norm against LibTorch's bf16 add, fp32 layer norm and
+/// bf16 cast (the sum bit-equal; the normed values equal or one bf16 ulp apart, as the fp32
+/// statistics are summed in another order), the GELU epilogue and the whole fused teacher
+/// against the unfused one under bf16 autocast (as the trainer runs it).
+#[test]
+fn fused_teacher_steps_match_libtorch_on_cuda() -> anyhow::Result<()> {
+    use semhitok_nn::cuda::layernorm;
+    if !tch::Cuda::is_available() {
+        eprintln!("fused_teacher_steps_match_libtorch_on_cuda: no CUDA device, skipped");
+        return Ok(());
+    }
+    let dev = tch::Device::Cuda(0);
+    tch::manual_seed(7);
+    let bf = (tch::Kind::BFloat16, dev);
+    for h in [1024i64, 1152, 64] {
+        let x = Tensor::randn([3, 37, h], bf);
+        let d = Tensor::randn([3, 37, h], bf) * 0.5;
+        let g = Tensor::randn([h], (tch::Kind::Float, dev)) * 0.2 + 1.0;
+        let b = Tensor::randn([h], (tch::Kind::Float, dev)) * 0.1;
+        let (s, y) = tch::no_grad(|| layernorm::add_layer_norm(&x, Some(&d), &g, &b, 1e-6, true))
+            .map_err(|e| anyhow::anyhow!(e.0))?
+            .ok_or_else(|| anyhow::anyhow!("H = {h}: not the kernel's case"))?;
+        let s_ref = &x + &d;
+        let s = s.ok_or_else(|| anyhow::anyhow!("sum not kept"))?;
+        assert!(
+            s.equal(&s_ref),
+            "H = {h}: the residual sum differs from the bf16 add"
+        );
+        let y_ref = s_ref
+            .to_kind(tch::Kind::Float)
+            .layer_norm([h], Some(&g), Some(&b), 1e-6, false)
+            .to_kind(tch::Kind::BFloat16);
+        let (same, near) = within_one_ulp(&y, &y_ref);
+        eprintln!("add_layer_norm H = {h}: {same:.5} bit-equal, {near:.6} within one bf16 ulp");
+        assert!(
+            near == 1.0 && same > 0.98,
+            "H = {h}: {same} equal, {near} within one ulp"
+        );
+        // Without the residual: the norm alone.
+        let (none, y0) = tch::no_grad(|| layernorm::add_layer_norm(&x, None, &g, &b, 1e-6, true))
+            .map_err(|e| anyhow::anyhow!(e.0))?
+            .ok_or_else(|| anyhow::anyhow!("H = {h}: not the kernel's case"))?;
+        assert!(none.is_none());
+        let y0_ref = x
+            .to_kind(tch::Kind::Float)
+            .layer_norm([h], Some(&g), Some(&b), 1e-6, false)
+            .to_kind(tch::Kind::BFloat16);
+        assert_eq!(within_one_ulp(&y0, &y0_ref).1, 1.0, "H = {h}: norm alone");
+    }
+    // Not the kernel's case: fp32 input, a gradient, H % 8 != 0.
+    let g = Tensor::ones([12], (tch::Kind::Float, dev));
+    let x32 = Tensor::randn([2, 12], (tch::Kind::Float, dev));
+    assert!(layernorm::add_layer_norm(&x32, None, &g, &g, 1e-6, false)
+        .map_err(|e| anyhow::anyhow!(e.0))?
+        .is_none());
+    let g8 = Tensor::ones([16], (tch::Kind::Float, dev));
+    let xg = Tensor::randn([2, 16], bf).set_requires_grad(true);
+    assert!(layernorm::add_layer_norm(&xg, None, &g8, &g8, 1e-6, false)
+        .map_err(|e| anyhow::anyhow!(e.0))?
+        .is_none());
+
+    // The whole teacher, bf16 weights under bf16 autocast, fused vs LibTorch's ops.
+    let cfg = SiglipVisionConfig {
+        hidden_size: 128,
+        intermediate_size: 512,
+        num_hidden_layers: 4,
+        num_attention_heads: 4,
+        image_size: 64,
+        patch_size: 16,
+        ..SiglipVisionConfig::default()
+    };
+    let mut t = SiglipTeacher::random_init(&cfg, dev, SiglipLayer::Last, None)?;
+    t.bf16_weights()?;
+    let img = Tensor::rand([4, 3, 64, 64], (tch::Kind::Float, dev)) * 2.0 - 1.0;
+    semhitok_nn::amp::set_cuda_autocast_bf16();
+    let run = |on: bool| {
+        layernorm::set_enabled(on);
+        let r = semhitok_nn::amp::autocast(true, || t.features(&img));
+        layernorm::set_enabled(true);
+        r
+    };
+    let fused = run(true)?;
+    let plain = run(false)?;
+    assert_eq!(
+        fused.kind(),
+        plain.kind(),
+        "the post-layernorm keeps autocast's fp32 output"
+    );
+    let diff = (fused.to_kind(tch::Kind::Float) - plain.to_kind(tch::Kind::Float)).abs();
+    let scale = plain
+        .to_kind(tch::Kind::Float)
+        .abs()
+        .mean(tch::Kind::Float)
+        .double_value(&[]);
+    let max = diff.max().double_value(&[]) / scale;
+    let mean = diff.mean(tch::Kind::Float).double_value(&[]) / scale;
+    eprintln!("fused teacher vs LibTorch ops: max |diff| {max:.4}, mean {mean:.5} (of mean |x|)");
+    assert!(
+        max < 0.1 && mean < 0.01,
+        "fused teacher: max {max}, mean {mean}"
+    );
+    Ok(())
+}

@@ -32,6 +32,9 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// A clip scale [`Self::clip_to`] left for the fused step to apply (CUDA flat buffers only);
+    /// every other reader of the gradients through this type applies it first.
+    pending_clip: Option<f64>,
 }
 
 impl AdamW {
@@ -79,6 +82,7 @@ impl AdamW {
             beta2: cfg.betas[1],
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
+            pending_clip: None,
         }
     }
 
@@ -128,8 +132,20 @@ impl AdamW {
         }
     }
 
+    /// Whether the bf16 members' gradients are stored in bf16 during backward and added into the
+    /// f32 flat gradient buffer in one kernel at [`Self::exit_bf16`] (`on`, the default unless
+    /// `SEMHITOK_BF16_GRADS=0`), or accumulated by autograd straight into their f32 views (what a
+    /// data-parallel reducer hooking those views during backward needs). Same values either way.
+    /// Call it outside `enter_bf16` / `exit_bf16`.
+    pub fn set_bf16_grads(&mut self, on: bool) {
+        if let Some(f) = self.flat.as_mut() {
+            f.set_bf16_grads(on && semhitok_nn::cuda::kernel::switched_on("SEMHITOK_BF16_GRADS"));
+        }
+    }
+
     /// Point the member variables back at their f32 masters (after backward; a no-op unless
-    /// [`Self::enter_bf16`] is in effect). Their gradients never moved.
+    /// [`Self::enter_bf16`] is in effect), their gradients at their f32 views, after adding this
+    /// backward's bf16 gradients there (see [`Self::set_bf16_grads`]).
     pub fn exit_bf16(&mut self) -> Result<(), tch::TchError> {
         if let Some(f) = self.flat.as_mut() {
             f.point_members(&self.params, false)?;
@@ -201,6 +217,7 @@ impl AdamW {
     /// each defined per-parameter gradient. They share storage with the gradients the next
     /// [`Self::grad_norm_sq`], [`Self::clip_to`] and [`Self::step`] read.
     pub fn grads_for_reduce(&mut self) -> Vec<Tensor> {
+        self.apply_pending_clip();
         self.bind_flat_grads();
         if let Some(g) = self.flat_grad() {
             return vec![g.shallow_clone()];
@@ -214,6 +231,7 @@ impl AdamW {
 
     /// Set every gradient to zero (gradients are accumulated by backward).
     pub fn zero_grad(&mut self) {
+        self.pending_clip = None;
         let _g = tch::no_grad_guard();
         if let Some(g) = self.flat_grad() {
             let _ = g.shallow_clone().zero_();
@@ -236,6 +254,7 @@ impl AdamW {
     /// The squared global gradient norm as a 0-d f64 tensor on the parameters' device (no host
     /// sync: the trainer reads it back together with the losses).
     pub fn grad_norm_sq(&mut self) -> Tensor {
+        self.apply_pending_clip();
         let _g = tch::no_grad_guard();
         self.bind_flat_grads();
         if let Some(g) = self.flat_grad() {
@@ -275,19 +294,43 @@ impl AdamW {
 
     /// Scale gradients so their global norm `norm` (from [`Self::grad_norm_sq`]) is at most
     /// `max_norm`, as `torch.nn.utils.clip_grad_norm_` does (`max_norm / (norm + 1e-6)`).
+    ///
+    /// On CUDA flat buffers with the fused step on ([`super::adamw_fused`]) the multiply is left
+    /// to the next [`Self::step`], which does it inside its one kernel; this type's other readers
+    /// of the gradients ([`Self::grad_norm_sq`], [`Self::grads_for_reduce`]) apply it first, but
+    /// a gradient read straight from a variable in between is the unclipped one.
     pub fn clip_to(&mut self, norm: f64, max_norm: f64) {
         if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
-            let _g = tch::no_grad_guard();
-            if let Some(g) = self.flat_grad() {
-                let _ = g.shallow_clone().g_mul_scalar_(scale);
+            let fused = self.flat_grad().is_some_and(|g| g.device().is_cuda())
+                && super::adamw_fused::enabled();
+            if fused {
+                self.apply_pending_clip();
+                self.pending_clip = Some(scale);
                 return;
             }
-            for p in &self.params {
-                let mut g = p.var.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(scale);
-                }
+            self.scale_grads(scale);
+        }
+    }
+
+    /// Apply a clip [`Self::clip_to`] left pending.
+    fn apply_pending_clip(&mut self) {
+        if let Some(scale) = self.pending_clip.take() {
+            self.scale_grads(scale);
+        }
+    }
+
+    /// Multiply every gradient by `scale`.
+    fn scale_grads(&mut self, scale: f64) {
+        let _g = tch::no_grad_guard();
+        if let Some(g) = self.flat_grad() {
+            let _ = g.shallow_clone().g_mul_scalar_(scale);
+            return;
+        }
+        for p in &self.params {
+            let mut g = p.var.grad();
+            if g.defined() {
+                let _ = g.g_mul_scalar_(scale);
             }
         }
     }
@@ -306,25 +349,48 @@ impl AdamW {
         self.t += 1;
         self.bind_flat_grads();
         let hp = (self.beta1, self.beta2, self.eps, self.weight_decay);
-        let bc = |t: u64| {
-            (
-                1.0 - self.beta1.powi(t as i32),
-                1.0 - self.beta2.powi(t as i32),
-            )
-        };
-        if let (true, Some(f), Some(g)) =
-            (self.uniform_steps(), self.flat.as_ref(), self.flat_grad())
-        {
+        let (b1, b2) = (self.beta1, self.beta2);
+        let bc = move |t: u64| (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+        if self.uniform_steps() && self.flat.is_some() && self.flat_grad().is_some() {
             let t = self.steps.first().copied().unwrap_or(0) + 1;
-            let (mut p, mut m, mut v) = (
-                f.p.shallow_clone(),
-                f.m.shallow_clone(),
-                f.v.shallow_clone(),
-            );
-            adamw_update((&mut p, &mut m, &mut v, g), f.n_decay, lr, hp, bc(t));
+            let (bc1, bc2) = bc(t);
+            let scalars = super::adamw_fused::StepScalars {
+                clip: self.pending_clip,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                decay: 1.0 - lr * self.weight_decay,
+                bc2,
+                step: -lr / bc1,
+            };
+            let fused = match (self.flat.as_ref(), self.flat_grad()) {
+                (Some(f), Some(g)) => {
+                    let n_decay = if self.weight_decay > 0.0 {
+                        f.n_decay
+                    } else {
+                        0
+                    };
+                    super::adamw_fused::step((&f.p, &f.m, &f.v, g), n_decay, &scalars)
+                }
+                _ => false,
+            };
+            if fused {
+                self.pending_clip = None;
+            } else {
+                self.apply_pending_clip();
+                if let (Some(f), Some(g)) = (self.flat.as_ref(), self.flat_grad()) {
+                    let (mut p, mut m, mut v) = (
+                        f.p.shallow_clone(),
+                        f.m.shallow_clone(),
+                        f.v.shallow_clone(),
+                    );
+                    adamw_update((&mut p, &mut m, &mut v, g), f.n_decay, lr, hp, (bc1, bc2));
+                }
+            }
             self.steps.iter_mut().for_each(|s| *s = t);
             return;
         }
+        self.apply_pending_clip();
         for (i, p) in self.params.iter_mut().enumerate() {
             let g = p.var.grad();
             if !g.defined() {

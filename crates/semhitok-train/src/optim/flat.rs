@@ -26,11 +26,15 @@ pub(super) struct Flat {
 ///
 /// While [`AdamW::enter_bf16`] is in effect, each member variable's data is its bf16 view (the
 /// modules hold the same variable, so they compute with it; autocast sees bf16 and casts
-/// nothing); its `.grad` stays the f32 view of the flat gradient buffer, and autograd's
-/// accumulation `grad += new_grad` converts the bf16 gradient to f32 in that same kernel. Values
-/// are those of autocast: the same bf16 rounding of the weights, the same bf16 gradients summed
-/// in bf16 across uses and then converted. [`AdamW::exit_bf16`] points the variables back at the
-/// f32 masters, which the optimizer, checkpoints and the EMA always see.
+/// nothing). Its `.grad` is then its view of `g16`, a flat bf16 buffer of zeros, so autograd's
+/// accumulation stores the bf16 gradient there (`0 + g` in bf16 is exact); [`AdamW::exit_bf16`]
+/// adds `g16` into the f32 flat gradient buffer in one kernel ([`super::grad16`]), zeroes it, and
+/// points the variables and their gradients back at the f32 masters and the f32 gradient views,
+/// which the optimizer, checkpoints and the EMA always see. Values are those of autocast: the
+/// same bf16 rounding of the weights, the same bf16 gradients summed in bf16 across uses, then
+/// the same f32 additions. Without `g16` (`SEMHITOK_BF16_GRADS=0`, and while a data-parallel
+/// reducer hooks the f32 gradients during backward) the `.grad` stays the f32 view and autograd's
+/// mixed-dtype `grad += new_grad` converts per tensor (the same values, ~250 slower kernels).
 #[derive(Debug)]
 pub(super) struct Bf16Copy {
     /// The members' range of the flat buffers.
@@ -41,6 +45,19 @@ pub(super) struct Bf16Copy {
     /// Member parameter indices.
     pub(super) members: Vec<usize>,
     pub(super) active: bool,
+    /// The bf16 gradient buffer `[len]` (zeros between backward passes) and, per member, its view
+    /// of it and its view of the f32 gradient buffer; built at the first use.
+    pub(super) grads: Option<Bf16Grads>,
+    /// Whether the members' gradients go through `grads` while active.
+    pub(super) use_grads: bool,
+}
+
+/// See [`Bf16Copy::grads`].
+#[derive(Debug)]
+pub(super) struct Bf16Grads {
+    pub(super) g16: Tensor,
+    pub(super) views16: Vec<Tensor>,
+    pub(super) views32: Vec<Tensor>,
 }
 
 /// Which parameters get a bf16 working copy: those whose [`Role`](super::Role) says so, the
@@ -109,6 +126,8 @@ impl Flat {
             p16: Tensor::zeros([end - start], (Kind::BFloat16, device)),
             members: (0..params.len()).filter(|&i| member[i]).collect(),
             active: false,
+            grads: None,
+            use_grads: semhitok_nn::cuda::kernel::switched_on("SEMHITOK_BF16_GRADS"),
         });
         Some(Self {
             m: Tensor::zeros([n], (kind, device)),
@@ -141,7 +160,10 @@ impl Flat {
                 .shallow_clone()
                 .f_copy_(&self.p.f_narrow(0, c.start, c.len)?)?;
         }
-        for &i in &c.members {
+        self.build_bf16_grads(params)?;
+        let c = self.bf16.as_ref().ok_or_else(no_copy)?;
+        let grads = c.grads.as_ref().filter(|_| c.use_grads);
+        for (k, &i) in c.members.iter().enumerate() {
             let mut var = params[i].var.shallow_clone(); // same variable the modules hold
             let view = if to_copy {
                 c.p16
@@ -151,11 +173,63 @@ impl Flat {
                 self.view(&self.p, i, &var)
             };
             var.f_set_data(&view)?;
+            // The gradient follows the data's dtype (set after it: the dtypes must match).
+            if let Some(g) = grads {
+                let gv = if to_copy {
+                    &g.views16[k]
+                } else {
+                    &g.views32[k]
+                };
+                semhitok_sys::set_grad(&var, Some(gv))
+                    .map_err(|e| tch::TchError::Kind(format!("{}: {e}", params[i].name)))?;
+            }
+        }
+        if let (Some(g), false, Some(flat_g)) = (grads, to_copy, &self.g) {
+            super::grad16::add_and_clear(&flat_g.f_narrow(0, c.start, c.len)?, &g.g16)?;
         }
         if let Some(c) = self.bf16.as_mut() {
             c.active = to_copy;
         }
         Ok(to_copy)
+    }
+
+    /// Build the bf16 gradient buffer and views unless built, switched off, or before the f32
+    /// gradient buffer exists.
+    fn build_bf16_grads(&mut self, params: &[Param]) -> Result<(), tch::TchError> {
+        let (Some(c), Some(g)) = (self.bf16.as_ref(), self.g.as_ref()) else {
+            return Ok(());
+        };
+        if c.use_grads && c.grads.is_none() {
+            let g16 = Tensor::f_zeros([c.len], (Kind::BFloat16, g.device()))?;
+            let mut views16 = Vec::with_capacity(c.members.len());
+            let mut views32 = Vec::with_capacity(c.members.len());
+            for &i in &c.members {
+                let var = &params[i].var;
+                views16.push(
+                    g16.f_narrow(0, self.offset[i] - c.start, var.numel() as i64)?
+                        .f_view(var.size().as_slice())?,
+                );
+                views32.push(self.view(g, i, var));
+            }
+            let grads = Bf16Grads {
+                g16,
+                views16,
+                views32,
+            };
+            if let Some(c) = self.bf16.as_mut() {
+                c.grads = Some(grads);
+            }
+        }
+        Ok(())
+    }
+
+    /// Route the members' gradients through the bf16 buffer while active (`on`), or keep them
+    /// on the f32 views (a no-op without a copy; takes effect at the next [`Self::point_members`]
+    /// to the copy, so call it only while not active).
+    pub(super) fn set_bf16_grads(&mut self, on: bool) {
+        if let Some(c) = self.bf16.as_mut() {
+            c.use_grads = on;
+        }
     }
 
     pub(super) fn view(&self, buf: &Tensor, i: usize, like: &Tensor) -> Tensor {
@@ -195,4 +269,8 @@ impl Flat {
         }
         true
     }
+}
+
+fn no_copy() -> tch::TchError {
+    tch::TchError::Kind("bf16 working copy: none".into())
 }

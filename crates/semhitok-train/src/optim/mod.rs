@@ -1,5 +1,6 @@
 //! The trainer's optimizer state: AdamW with savable state over one flat buffer (`adamw`, with
-//! the flat layout and its bf16 working copy in `flat`), the warmup + cosine schedule
+//! the flat layout and its bf16 working copy in `flat`, the bf16 gradients' move into the f32
+//! buffer in `grad16`, the one-kernel CUDA step in `adamw_fused`), the warmup + cosine schedule
 //! (`schedule`) and the EMA of weights (`ema`).
 //!
 //! tch's `nn::Optimizer` keeps its moments inside LibTorch with no way to read them back, so a
@@ -8,8 +9,10 @@
 //! decay, bias-corrected moments, `eps` added after the square root) operation for operation.
 
 mod adamw;
+pub mod adamw_fused;
 mod ema;
 mod flat;
+pub mod grad16;
 mod schedule;
 
 pub use adamw::AdamW;

@@ -65,6 +65,8 @@ impl Trainer<'_> {
         // accumulate), when every gradient is still its view of the flat buffer.
         let bucketed = self.reducer.is_some() && self.opt.grads_for_reduce().len() == 1;
         let overlap = bucketed && self.dist.as_ref().is_some_and(Dist::overlap);
+        // The overlap reducer's hooks read the f32 gradient views during backward.
+        self.opt.set_bf16_grads(!overlap);
         let mut disc_pairs = vec![];
         // Per micro-batch: part names and [total, parts...] as 1-element device tensors.
         let mut pending: Vec<(Vec<&'static str>, Vec<Tensor>)> = vec![];

@@ -174,7 +174,9 @@ fn flat_buffers_accumulate_gradients_and_update_the_modules_weights() {
 /// use gives (autocast's way), step for step: the same gradients and the same f32 masters. On CPU
 /// with explicit casts standing in for CUDA autocast: `to_kind(BFloat16)` casts an f32 weight and
 /// is a no-op on the bf16 copy. The linear layer is the module: it must see the copy while entered
-/// and its f32 master after `exit_bf16`; the 1-D norm scale is no member and stays f32.
+/// and its f32 master after `exit_bf16`; the 1-D norm scale is no member and stays f32. Both
+/// gradient routes (bf16 buffer + one add, or autograd's per-tensor mixed add) and two
+/// micro-batches per step give the same gradients.
 #[test]
 fn bf16_copy_equals_casting_at_use() {
     // Both builds seed LibTorch's global generator: hold the lock every training test holds, or a
@@ -234,9 +236,28 @@ fn bf16_copy_equals_casting_at_use() {
         );
         assert_eq!(lin_c.bs.as_ref().unwrap().kind(), Kind::BFloat16);
         assert_eq!(norm_c.kind(), Kind::Float, "the norm scale is no member");
+        // Steps 0-2 route the members' gradients through the flat bf16 buffer (the default),
+        // steps 3-4 let autograd add them into the f32 views; odd steps run two micro-batches.
+        let via_bf16 = k < 3;
+        assert_eq!(
+            lin_c.ws.grad().kind(),
+            if via_bf16 {
+                Kind::BFloat16
+            } else {
+                Kind::Float
+            },
+            "step {k}: the member's gradient while entered"
+        );
         loss(&lin_r, &norm_r).backward();
         loss(&lin_c, &norm_c).backward();
+        if k % 2 == 1 {
+            opt_c.exit_bf16().unwrap();
+            assert!(opt_c.enter_bf16().unwrap());
+            loss(&lin_r, &norm_r).backward();
+            loss(&lin_c, &norm_c).backward();
+        }
         opt_c.exit_bf16().unwrap();
+        opt_c.set_bf16_grads(k + 1 < 3);
         assert_eq!(
             lin_c.ws.kind(),
             Kind::Float,
@@ -312,5 +333,94 @@ fn bf16_members_are_the_matrices_and_their_biases() {
     let got = semhitok_train::optim::bf16_members(&params);
     for ((name, _, want), got) in spec.iter().zip(got) {
         assert_eq!(got, *want, "{name}");
+    }
+}
+
+/// The bf16-gradient kernel (`optim/grad16.cu`) compiles with the wheel's NVRTC (no GPU needed)
+/// without register spills.
+#[test]
+fn bf16_gradient_kernel_compiles_with_the_wheels_nvrtc() {
+    let (cubin, log) =
+        semhitok_train::optim::grad16::compile(90).unwrap_or_else(|e| panic!("{}", e.0));
+    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
+    eprintln!("grad16.cu sm_90: {log}");
+    assert!(
+        !log.contains("bytes spill stores") || log.contains(" 0 bytes spill stores"),
+        "spills:\n{log}"
+    );
+}
+
+/// The one-kernel AdamW step (`optim/adamw_fused.cu`) compiles with the wheel's NVRTC without
+/// register spills.
+#[test]
+fn fused_adamw_kernel_compiles_with_the_wheels_nvrtc() {
+    let (cubin, log) =
+        semhitok_train::optim::adamw_fused::compile(90).unwrap_or_else(|e| panic!("{}", e.0));
+    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
+    eprintln!("adamw_fused.cu sm_90: {log}");
+    assert!(
+        !log.contains("bytes spill stores") || log.contains(" 0 bytes spill stores"),
+        "spills:\n{log}"
+    );
+}
+
+/// On CUDA: the fused AdamW step (with the clip folded in) leaves the parameters and both
+/// moments bit-equal to LibTorch's op-by-op step, over steps with and without clipping and with
+/// decayed and undecayed parameters.
+#[test]
+fn fused_adamw_equals_libtorch_ops_on_cuda() {
+    use semhitok_train::optim::adamw_fused;
+    if !tch::Cuda::is_available() {
+        eprintln!("fused_adamw_equals_libtorch_ops_on_cuda: no CUDA device, skipped");
+        return;
+    }
+    let _g = serial();
+    let dev = Device::Cuda(0);
+    let build = || {
+        let vs = tch::nn::VarStore::new(dev);
+        tch::manual_seed(11);
+        let lin = Linear::new(vs.root() / "lin", 96, 80, true, LinearInit::Default);
+        let norm = LayerNorm::new(vs.root() / "norm", 96, 1e-6);
+        let params: Vec<Param> = semhitok_nn::role::trainable(&vs)
+            .into_iter()
+            .map(|(name, var, role)| Param { name, var, role })
+            .collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = tiny_config(tmp.path(), 1, 1, &[]).optim;
+        cfg.weight_decay = 0.05;
+        (vs, lin, norm, AdamW::new(params, &cfg))
+    };
+    let (_va, lin_a, norm_a, mut opt_a) = build();
+    let (_vb, lin_b, norm_b, mut opt_b) = build();
+    tch::no_grad(|| {
+        for (pa, pb) in opt_a.params().iter().zip(opt_b.params()) {
+            pb.var.shallow_clone().copy_(&pa.var);
+        }
+    });
+    for k in 0..6 {
+        let x = Tensor::randn([7, 96], (Kind::Float, dev)) * (1.0 + k as f64);
+        let mut run = |lin: &Linear, norm: &LayerNorm, opt: &mut AdamW, fused: bool| {
+            adamw_fused::set_enabled(fused);
+            opt.zero_grad();
+            lin.forward(&norm.forward(&x).unwrap())
+                .unwrap()
+                .square()
+                .sum(Kind::Float)
+                .backward();
+            // Steps 1, 3, 5 clip (a bound below the norm), 0, 2, 4 do not.
+            let max = if k % 2 == 1 { 1e-3 } else { 1e9 };
+            opt.clip_grad_norm(max);
+            opt.step(1e-2 * (1.0 + k as f64));
+            adamw_fused::set_enabled(true);
+        };
+        run(&lin_a, &norm_a, &mut opt_a, true);
+        run(&lin_b, &norm_b, &mut opt_b, false);
+        for (pa, pb) in opt_a.params().iter().zip(opt_b.params()) {
+            assert!(pa.var.equal(&pb.var), "step {k}: {} differs", pa.name);
+        }
+        let (sa, sb) = (opt_a.state_tensors("o"), opt_b.state_tensors("o"));
+        for ((na, ta), (_, tb)) in sa.iter().zip(&sb) {
+            assert!(ta.equal(tb), "step {k}: {na} differs");
+        }
     }
 }

@@ -1,0 +1,121 @@
+//! The frozen teacher's residual add + layer norm as one NVRTC kernel (`layernorm.cu`) for a
+//! bf16 residual stream on CUDA, and its switch `SEMHITOK_FUSED_TEACHER=0` (which also keeps the
+//! teacher MLP's GELU out of the GEMM epilogue; see `siglip::layers`).
+
+use super::driver::CudaError;
+use super::kernel::{bf16_cuda_case, cuda_case, launch, switched_on};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
+use tch::{Kind, Tensor};
+
+const SOURCE: &str = include_str!("layernorm.cu");
+/// Widest row the kernel holds in registers (128 threads x 8 values x `MAXV`).
+const MAX_H: i64 = 128 * 8 * 4;
+
+/// 0: not read yet, 1: on, 2: off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the fused teacher steps are on (`SEMHITOK_FUSED_TEACHER=0` turns them off, as does
+/// [`set_enabled`]).
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        0 => {
+            let on = switched_on("SEMHITOK_FUSED_TEACHER");
+            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+        s => s == 1,
+    }
+}
+
+/// Switch the fused teacher steps on or off for the process (before/after comparisons in one
+/// run).
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Compile the kernel for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
+pub fn compile(arch: u32) -> Result<(Vec<u8>, String), CudaError> {
+    super::kernel::compile(SOURCE, "layernorm.cu", arch)
+}
+
+/// Fused `s = x + d` (or `s = x` without `d`) and `layer_norm(s) * gamma + beta` over the last
+/// dimension H, for x, d [.., H] bf16 and gamma, beta [H] f32 on one CUDA device: `(s if
+/// keep_sum and d is given, normed)`, both bf16. `None` when not the kernel's case (switched
+/// off, other kinds or devices, not contiguous, a gradient needed, H not a multiple of 8 or above
+/// 4096); the caller then runs LibTorch's ops.
+pub fn add_layer_norm(
+    x: &Tensor,
+    d: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    keep_sum: bool,
+) -> Result<Option<(Option<Tensor>, Tensor)>, CudaError> {
+    let h = gamma.size().first().copied().unwrap_or(0);
+    if !enabled()
+        || h == 0
+        || h % 8 != 0
+        || h > MAX_H
+        || gamma.size() != beta.size()
+        || x.size().last() != Some(&h)
+        || d.is_some_and(|d| d.size() != x.size())
+    {
+        return Ok(None);
+    }
+    let mut bf: Vec<&Tensor> = vec![x];
+    bf.extend(d);
+    let (Some(o), Some(og)) = (bf16_cuda_case(&bf), cuda_case(&[gamma, beta], Kind::Float)) else {
+        return Ok(None);
+    };
+    if o != og {
+        return Ok(None);
+    }
+    let wrap = |e: tch::TchError| CudaError(format!("layernorm.cu: {e}"));
+    let y = Tensor::f_empty(x.size().as_slice(), (Kind::BFloat16, x.device())).map_err(wrap)?;
+    let xo = match (d, keep_sum) {
+        (Some(_), true) => {
+            Some(Tensor::f_empty(x.size().as_slice(), (Kind::BFloat16, x.device())).map_err(wrap)?)
+        }
+        _ => None,
+    };
+    let rows = (x.numel() as i64 / h) as u32;
+    if rows == 0 {
+        return Ok(Some((xo, y)));
+    }
+    let null = std::ptr::null_mut::<c_void>();
+    let (mut px, mut pd, mut pg, mut pb, mut pxo, mut py) = (
+        x.data_ptr(),
+        d.map_or(null, Tensor::data_ptr),
+        gamma.data_ptr(),
+        beta.data_ptr(),
+        xo.as_ref().map_or(null, Tensor::data_ptr),
+        y.data_ptr(),
+    );
+    let (mut h8, mut e) = ((h / 8) as i32, eps as f32);
+    let mut args: [*mut c_void; 8] = [
+        &mut px as *mut _ as *mut c_void,
+        &mut pd as *mut _ as *mut c_void,
+        &mut pg as *mut _ as *mut c_void,
+        &mut pb as *mut _ as *mut c_void,
+        &mut pxo as *mut _ as *mut c_void,
+        &mut py as *mut _ as *mut c_void,
+        &mut h8 as *mut _ as *mut c_void,
+        &mut e as *mut _ as *mut c_void,
+    ];
+    // SAFETY: (const uint4* x, d, const float4* gamma, beta, uint4* xo, y, int h8, float eps) as
+    // add_layernorm_bf16 declares; x, d [rows, H] contiguous aligned bf16 and gamma, beta [H]
+    // contiguous aligned f32 on device `o` (checked); xo, y fresh [rows, H] bf16 or null.
+    unsafe {
+        launch(
+            o,
+            SOURCE,
+            "layernorm.cu",
+            "add_layernorm_bf16",
+            rows,
+            128,
+            &mut args,
+        )?
+    };
+    Ok(Some((xo, y)))
+}

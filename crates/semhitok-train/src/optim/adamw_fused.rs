@@ -1,0 +1,124 @@
+//! AdamW (and the gradient clip before it) over the flat f32 buffers as one NVRTC kernel on CUDA
+//! (`adamw_fused.cu`): the same arithmetic as [`super::adamw`]'s LibTorch ops, rounding for
+//! rounding. `SEMHITOK_FUSED_ADAMW=0` keeps LibTorch's ops.
+
+use semhitok_nn::cuda::kernel::{cuda_case, launch, switched_on};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use tch::{Kind, Tensor};
+
+const SOURCE: &str = include_str!("adamw_fused.cu");
+
+/// Set once the kernel failed to compile or launch (reported once; LibTorch's ops from then on).
+static BROKEN: AtomicBool = AtomicBool::new(false);
+
+/// Compile the kernel for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
+pub fn compile(arch: u32) -> Result<(Vec<u8>, String), semhitok_nn::cuda::driver::CudaError> {
+    semhitok_nn::cuda::kernel::compile(SOURCE, "adamw_fused.cu", arch)
+}
+
+/// 0: not read yet, 1: on, 2: off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the fused step is switched on (`SEMHITOK_FUSED_ADAMW=0` turns it off, as does
+/// [`set_enabled`]) and has not failed.
+pub fn enabled() -> bool {
+    let on = match STATE.load(Ordering::Relaxed) {
+        0 => {
+            let on = switched_on("SEMHITOK_FUSED_ADAMW");
+            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+        s => s == 1,
+    };
+    on && !BROKEN.load(Ordering::Relaxed)
+}
+
+/// Switch the fused step on or off for the process (before/after comparisons in one run).
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// The scalars of one step, as the LibTorch path computes them (in f64, cast once).
+pub(super) struct StepScalars {
+    /// Gradient scale of the clip, if it clips.
+    pub clip: Option<f64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// `1 - lr * weight_decay`.
+    pub decay: f64,
+    /// `1 - beta2^t`.
+    pub bc2: f64,
+    /// `-lr / (1 - beta1^t)`.
+    pub step: f64,
+}
+
+/// One fused step over p, g, m, v [n] f32 (contiguous, one CUDA device), decay on `[0, n_decay)`.
+/// `false` (nothing done) when not the kernel's case or when it failed; the caller then runs the
+/// LibTorch ops.
+pub(super) fn step(
+    (p, m, v, g): (&Tensor, &Tensor, &Tensor, &Tensor),
+    n_decay: i64,
+    s: &StepScalars,
+) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let n = p.numel() as i64;
+    let Some(o) = cuda_case(&[p, m, v, g], Kind::Float) else {
+        return false;
+    };
+    if [m, v, g].iter().any(|t| t.numel() as i64 != n) || n == 0 {
+        return false;
+    }
+    let (mut pp, mut pg, mut pm, mut pv) = (p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr());
+    let (mut len, mut nd) = (n, n_decay.clamp(0, n));
+    let mut clip = s.clip.unwrap_or(1.0) as f32;
+    let mut has_clip = i32::from(s.clip.is_some());
+    let mut w1 = (1.0 - s.beta1) as f32;
+    let mut w2 = (1.0 - s.beta2) as f32;
+    let mut decay = s.decay as f32;
+    let mut inv_bc2 = (1.0 / s.bc2) as f32;
+    let mut eps = s.eps as f32;
+    let mut st = s.step as f32;
+    let mut args: [*mut c_void; 14] = [
+        &mut pp as *mut _ as *mut c_void,
+        &mut pg as *mut _ as *mut c_void,
+        &mut pm as *mut _ as *mut c_void,
+        &mut pv as *mut _ as *mut c_void,
+        &mut len as *mut _ as *mut c_void,
+        &mut nd as *mut _ as *mut c_void,
+        &mut clip as *mut _ as *mut c_void,
+        &mut has_clip as *mut _ as *mut c_void,
+        &mut w1 as *mut _ as *mut c_void,
+        &mut w2 as *mut _ as *mut c_void,
+        &mut decay as *mut _ as *mut c_void,
+        &mut inv_bc2 as *mut _ as *mut c_void,
+        &mut eps as *mut _ as *mut c_void,
+        &mut st as *mut _ as *mut c_void,
+    ];
+    let blocks = ((n + 1023) / 1024) as u32;
+    // SAFETY: the parameter list of adamw_flat (4 float pointers, long long n, n_decay, float
+    // clip, int has_clip, 6 floats), in order; p, g, m, v [n] contiguous f32 on device `o`
+    // (checked), alive for the launch (stream-ordered allocator).
+    let r = unsafe {
+        launch(
+            o,
+            SOURCE,
+            "adamw_fused.cu",
+            "adamw_flat",
+            blocks,
+            256,
+            &mut args,
+        )
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            BROKEN.store(true, Ordering::Relaxed);
+            eprintln!("adamw_fused.cu: {}; using LibTorch's ops from now on", e.0);
+            false
+        }
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 21: the trainer's fused kernels measured one by one at paper size (stage `pre`), in one
+# device call. Each round runs `semhitok bench` with everything on, everything off, and each
+# switch off alone:
+#   SEMHITOK_FUSED_TEACHER=0  the teacher's residual add + layer norm kernel and GELU epilogue
+#   SEMHITOK_BF16_GRADS=0     the flat bf16 gradient buffer (autograd's per-tensor mixed adds instead)
+#   SEMHITOK_FUSED_ADAMW=0    the one-kernel clip + AdamW (LibTorch's op-by-op step instead)
+# Usage on the GPU host, from the repository root (bundle from `cargo xtask bundle`):
+#   OUT=/some/dir [ROUNDS=2] [STEPS=30] [BATCH=32] scripts/gpu/train_ab.sh BUNDLE
+# Appends JSON lines (with an "ab" label) to $OUT/train_ab.jsonl.
+set -uo pipefail
+B=${1:?bundle}
+OUT=${OUT:-/tmp/semhitok-ab}
+mkdir -p "$OUT"
+cfg=configs/paper-pre-vitb-256.toml
+bench() {
+  local label=$1; shift
+  echo "+ $label: $*" >&2
+  env "$@" "$B/run.sh" semhitok bench --config "$cfg" --steps "${STEPS:-30}" --warmup 5 \
+    --set "data.batch_size=${BATCH:-32}" 2>> "$OUT/log.txt" \
+    | sed "s/^{/{\"ab\":\"$label\",/" >> "$OUT/train_ab.jsonl"
+}
+for r in $(seq 1 "${ROUNDS:-2}"); do
+  bench all_on
+  bench all_off SEMHITOK_FUSED_TEACHER=0 SEMHITOK_BF16_GRADS=0 SEMHITOK_FUSED_ADAMW=0
+  bench teacher_off SEMHITOK_FUSED_TEACHER=0
+  bench grads_off SEMHITOK_BF16_GRADS=0
+  bench adamw_off SEMHITOK_FUSED_ADAMW=0
+done
