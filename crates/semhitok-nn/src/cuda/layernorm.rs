@@ -1,6 +1,5 @@
 //! The frozen teacher's residual add + layer norm as one NVRTC kernel (`layernorm.cu`) for a
-//! bf16 residual stream on CUDA, and its switch `SEMHITOK_FUSED_TEACHER=0` (which also keeps the
-//! teacher MLP's GELU out of the GEMM epilogue; see `siglip::layers`).
+//! bf16 residual stream on CUDA, and its switch `SEMHITOK_FUSED_TEACHER=0`.
 
 use super::driver::CudaError;
 use super::kernel::{bf16_cuda_case, cuda_case, launch, switched_on};

@@ -27,40 +27,7 @@ impl Mlp {
 
     /// xs: [B, N, D] -> [B, N, D]
     pub(super) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = match self.fc1_gelu_epilogue(xs)? {
-            Some(h) => h,
-            None => self.act.apply(&self.fc1.forward(xs)?)?,
-        };
-        self.fc2.forward(&h)
-    }
-
-    /// `gelu_tanh(fc1(xs))` as one cuBLASLt GEMM with a bias + GELU epilogue
-    /// (`_addmm_activation`), for frozen bf16 use on CUDA: the GELU is applied to the fp32
-    /// accumulator before the one bf16 rounding (LibTorch's separate GELU rounds twice), so values
-    /// differ in the last bf16 bit. `None` when not that case (another activation, CPU, not bf16,
-    /// a gradient needed, or `SEMHITOK_FUSED_TEACHER=0`). xs: [B, N, D] -> [B, N, I]
-    fn fc1_gelu_epilogue(&self, xs: &Tensor) -> Result<Option<Tensor>> {
-        let Some(b) = &self.fc1.bs else {
-            return Ok(None);
-        };
-        let ws = &self.fc1.ws;
-        let case = self.act == HiddenAct::GeluPytorchTanh
-            && crate::cuda::layernorm::enabled()
-            && xs.device().is_cuda()
-            && [xs, ws, b]
-                .iter()
-                .all(|t| t.kind() == tch::Kind::BFloat16 && !t.requires_grad());
-        if !case {
-            return Ok(None);
-        }
-        let mut shape = xs.size();
-        let d = shape.last().copied().unwrap_or(0);
-        let rows = xs.f_reshape([-1, d])?;
-        let h = b.f_internal_addmm_activation(&rows, &ws.f_transpose(0, 1)?, true)?;
-        if let Some(l) = shape.last_mut() {
-            *l = ws.size()[0];
-        }
-        Ok(Some(h.f_reshape(shape.as_slice())?))
+        self.fc2.forward(&self.act.apply(&self.fc1.forward(xs)?)?)
     }
 }
 

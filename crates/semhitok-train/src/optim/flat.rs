@@ -205,11 +205,8 @@ impl Flat {
             let mut views32 = Vec::with_capacity(c.members.len());
             for &i in &c.members {
                 let var = &params[i].var;
-                views16.push(
-                    g16.f_narrow(0, self.offset[i] - c.start, var.numel() as i64)?
-                        .f_view(var.size().as_slice())?,
-                );
-                views32.push(self.view(g, i, var));
+                views16.push(alias(&g16, self.offset[i] - c.start, var)?);
+                views32.push(alias(g, self.offset[i], var)?);
             }
             let grads = Bf16Grads {
                 g16,
@@ -273,4 +270,19 @@ impl Flat {
 
 fn no_copy() -> tch::TchError {
     tch::TchError::Kind("bf16 working copy: none".into())
+}
+
+/// A tensor shaped like `like` (contiguous) over `buf` from element `offset`, made with `set_`
+/// rather than as a view: a gradient must not be an autograd view (`detach_` refuses views,
+/// and the next optimizer built over the same variables zeroes their old gradients with it).
+fn alias(buf: &Tensor, offset: i64, like: &Tensor) -> Result<Tensor, tch::TchError> {
+    let _g = tch::no_grad_guard();
+    let size = like.size();
+    let mut stride = vec![1i64; size.len()];
+    for d in (0..size.len().saturating_sub(1)).rev() {
+        stride[d] = stride[d + 1] * size[d + 1].max(1);
+    }
+    let mut t = Tensor::f_empty([0], (buf.kind(), buf.device()))?;
+    t.f_set_source_tensor_storage_offset_(buf, offset, size.as_slice(), stride.as_slice())?;
+    Ok(t)
 }
