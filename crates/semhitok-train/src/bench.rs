@@ -70,31 +70,80 @@ pub fn vit_flops(v: &VitConfig, n: i64) -> f64 {
     per_layer * v.depth as f64
 }
 
-/// Training FLOPs per image of stage `pre` (teacher + SPC forward, encoder/decoder fwd + bwd).
-pub fn pre_flops_per_image(
-    cfg: &TrainConfig,
-    teacher: &VitConfig,
-    teacher_tokens: i64,
-    teacher_patch: i64,
-) -> f64 {
-    let m = &cfg.model;
-    let n = m.encoder.grid() * m.encoder.grid();
-    let patch_in = (3 * m.encoder.patch_size * m.encoder.patch_size) as f64;
-    let t = vit_flops(teacher, teacher_tokens)
-        + 2.0
-            * teacher_tokens as f64
-            * (3 * teacher_patch * teacher_patch) as f64
-            * teacher.hidden_size as f64;
-    let spc = vit_flops(&m.spc.decoder, n) * 0.0 // the SPC decoder does not run in `pre`
-        + 2.0 * n as f64 * (m.spc.teacher_dim * m.spc.head_hidden + m.spc.head_hidden * m.spc.code_dim) as f64;
-    let enc = vit_flops(&m.encoder.vit, n)
-        + 2.0 * n as f64 * patch_in * m.encoder.vit.hidden_size as f64
-        + 2.0 * n as f64 * (m.encoder.vit.hidden_size * m.encoder.out_dim) as f64;
-    let dec_n = n * m.decoder.groups;
-    let dec = vit_flops(&m.decoder.vit, dec_n)
-        + 2.0 * dec_n as f64 * (m.decoder.in_dim * m.decoder.vit.hidden_size) as f64
-        + 2.0 * n as f64 * m.decoder.vit.hidden_size as f64 * patch_in;
-    t + spc + 3.0 * (enc + dec)
+/// Forward matmul FLOPs per image of the parts of the tokenizer (the ViT trunks by [`vit_flops`],
+/// the linear layers as `2 * tokens * in * out`); the nearest-code searches are not counted.
+struct PartFlops {
+    teacher: f64,
+    head: f64,
+    semantic_decoder: f64,
+    encoder: f64,
+    decoder: f64,
+}
+
+impl PartFlops {
+    fn new(
+        cfg: &TrainConfig,
+        teacher: &VitConfig,
+        teacher_tokens: i64,
+        teacher_patch: i64,
+    ) -> Self {
+        let m = &cfg.model;
+        let n = m.encoder.grid() * m.encoder.grid();
+        let nf = n as f64;
+        let patch_in = (3 * m.encoder.patch_size * m.encoder.patch_size) as f64;
+        let lin = |tokens: f64, i: i64, o: i64| 2.0 * tokens * (i * o) as f64;
+        let s = &m.spc;
+        let sd = s.decoder.hidden_size;
+        let dec_n = n * m.decoder.groups;
+        Self {
+            teacher: vit_flops(teacher, teacher_tokens)
+                + 2.0
+                    * teacher_tokens as f64
+                    * (3 * teacher_patch * teacher_patch) as f64
+                    * teacher.hidden_size as f64,
+            head: lin(nf, s.teacher_dim, s.head_hidden) + lin(nf, s.head_hidden, s.code_dim),
+            semantic_decoder: lin(nf, s.code_dim, sd)
+                + vit_flops(&s.decoder, n)
+                + lin(nf, sd, sd)
+                + lin(nf, sd, s.teacher_dim),
+            encoder: vit_flops(&m.encoder.vit, n)
+                + 2.0 * nf * patch_in * m.encoder.vit.hidden_size as f64
+                + lin(nf, m.encoder.vit.hidden_size, m.encoder.out_dim),
+            decoder: vit_flops(&m.decoder.vit, dec_n)
+                + lin(dec_n as f64, m.decoder.in_dim, m.decoder.vit.hidden_size)
+                + 2.0 * nf * m.decoder.vit.hidden_size as f64 * patch_in,
+        }
+    }
+}
+
+/// The SigLIP teacher's trunk, token count and patch side (`None`: the embedded EfficientNet,
+/// which has no ViT FLOP formula).
+fn teacher_shape(kind: crate::config::TeacherKind) -> Option<(VitConfig, i64, i64)> {
+    use crate::config::TeacherKind;
+    match kind {
+        TeacherKind::SiglipLargeP16_256 => Some((VitConfig::custom(1024, 24, 16), 256, 16)),
+        TeacherKind::SiglipSo400mP14_384 => {
+            let mut v = VitConfig::custom(1152, 27, 16);
+            v.mlp_ratio = 4304.0 / 1152.0;
+            Some((v, 729, 14))
+        }
+        TeacherKind::EfficientnetLite0 => None,
+    }
+}
+
+/// Training FLOPs per image of a tokenizer stage: the frozen parts it runs once (forward), the
+/// trained ones three times (forward + backward), as `scripts/bench_train_gpu_torch.py` counts.
+/// `None` for the stages that are not the tokenizer's and for the embedded EfficientNet teacher.
+pub fn flops_per_image(cfg: &TrainConfig) -> Option<f64> {
+    let (teacher, teacher_tokens, teacher_patch) = teacher_shape(cfg.teacher.kind)?;
+    let f = PartFlops::new(cfg, &teacher, teacher_tokens, teacher_patch);
+    Some(match cfg.run.stage {
+        Stage::Spc => f.teacher + 3.0 * (f.head + f.semantic_decoder),
+        Stage::Pre => f.teacher + f.head + 3.0 * (f.encoder + f.decoder),
+        Stage::DecoderFt => f.teacher + f.head + f.encoder + 3.0 * f.decoder,
+        Stage::Joint => f.teacher + 3.0 * (f.head + f.semantic_decoder + f.decoder),
+        _ => return None,
+    })
 }
 
 /// Run the benchmark; prints and returns a JSON record.
@@ -161,17 +210,6 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
     let dt = t.elapsed().as_secs_f64();
     let imgs = (a.steps * cfg.data.batch_size as u64 * cfg.optim.accum_steps * world as u64) as f64;
     let ips = imgs / dt;
-    let (tv, tt, tp) = match cfg.teacher.kind {
-        crate::config::TeacherKind::SiglipLargeP16_256 => {
-            (VitConfig::custom(1024, 24, 16), 256, 16)
-        }
-        crate::config::TeacherKind::SiglipSo400mP14_384 => {
-            let mut v = VitConfig::custom(1152, 27, 16);
-            v.mlp_ratio = 4304.0 / 1152.0;
-            (v, 729, 14)
-        }
-        crate::config::TeacherKind::EfficientnetLite0 => (VitConfig::custom(8, 0, 1), 0, 1),
-    };
     let phases_ms = if a.profile {
         let mut c3 = c2.clone();
         c3.run.out_dir = tmp.join("profile");
@@ -202,17 +240,10 @@ pub fn run(a: &BenchArgs) -> Result<serde_json::Value> {
         };
         train(&c4.loop_config(), task.as_mut(), &mut data, &two)?;
     }
-    // The FLOP formula is the `pre` stage's; for `spc` only throughput is reported.
-    let (fpi, mfu) = if cfg.run.stage == Stage::Pre {
-        let fpi = pre_flops_per_image(&cfg, &tv, tt, tp);
-        // Per device: the images of all ranks over the peak of all devices.
-        (
-            Some(fpi / 1e9),
-            Some(ips * fpi / (a.peak_tflops * 1e12 * world as f64)),
-        )
-    } else {
-        (None, None)
-    };
+    // Per device: the images of all ranks over the peak of all devices.
+    let fpi = flops_per_image(&cfg);
+    let mfu = fpi.map(|f| ips * f / (a.peak_tflops * 1e12 * world as f64));
+    let fpi = fpi.map(|f| f / 1e9);
     let rec = serde_json::json!({
         "impl": "semhitok-rs (tch)",
         "config": a.config.display().to_string(),

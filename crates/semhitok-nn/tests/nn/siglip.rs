@@ -285,10 +285,18 @@ fn fused_teacher_steps_match_libtorch_on_cuda() -> anyhow::Result<()> {
             .layer_norm([h], Some(&g), Some(&b), 1e-6, false)
             .to_kind(tch::Kind::BFloat16);
         let (same, near) = within_one_ulp(&y, &y_ref);
-        eprintln!("add_layer_norm H = {h}: {same:.5} bit-equal, {near:.6} within one bf16 ulp");
+        let max = (y.to_kind(tch::Kind::Float) - y_ref.to_kind(tch::Kind::Float))
+            .abs()
+            .max()
+            .double_value(&[]);
+        eprintln!(
+            "add_layer_norm H = {h}: {same:.5} bit-equal, {near:.6} within one bf16 ulp, max |diff| {max:.2e}"
+        );
+        // Values near zero (x close to the mean) can differ by more than one of their own ulps:
+        // the fp32 statistics' last-bit difference, scaled by rstd, is absolute.
         assert!(
-            near == 1.0 && same > 0.98,
-            "H = {h}: {same} equal, {near} within one ulp"
+            near > 0.9999 && same > 0.98 && max < 2e-2,
+            "H = {h}: {same} equal, {near} within one ulp, max {max}"
         );
         // Without the residual: the norm alone.
         let (none, y0) = tch::no_grad(|| layernorm::add_layer_norm(&x, None, &g, &b, 1e-6, true))
@@ -299,7 +307,11 @@ fn fused_teacher_steps_match_libtorch_on_cuda() -> anyhow::Result<()> {
             .to_kind(tch::Kind::Float)
             .layer_norm([h], Some(&g), Some(&b), 1e-6, false)
             .to_kind(tch::Kind::BFloat16);
-        assert_eq!(within_one_ulp(&y0, &y0_ref).1, 1.0, "H = {h}: norm alone");
+        let near0 = within_one_ulp(&y0, &y0_ref).1;
+        assert!(
+            near0 > 0.9999,
+            "H = {h}: norm alone, {near0} within one ulp"
+        );
     }
     // Not the kernel's case: fp32 input, a gradient, H % 8 != 0.
     let g = Tensor::ones([12], (tch::Kind::Float, dev));
@@ -352,6 +364,30 @@ fn fused_teacher_steps_match_libtorch_on_cuda() -> anyhow::Result<()> {
     assert!(
         max < 0.1 && mean < 0.01,
         "fused teacher: max {max}, mean {mean}"
+    );
+    // What the semantic ids see: the nearest of 512 random unit codes to each l2-normalized
+    // token (as SPC quantizes), from both towers' features.
+    let unit = |t: &Tensor| {
+        let t = t.to_kind(tch::Kind::Float).reshape([-1, 128]);
+        let n = t.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true);
+        t / n
+    };
+    let codes = unit(&Tensor::randn([512, 128], (tch::Kind::Float, dev)));
+    let ids_f = semhitok_nn::quantizer::nearest_l2(&unit(&fused), &codes)?;
+    let ids_p = semhitok_nn::quantizer::nearest_l2(&unit(&plain), &codes)?;
+    let agree = ids_f
+        .eq_tensor(&ids_p)
+        .to_kind(tch::Kind::Float)
+        .mean(tch::Kind::Float)
+        .double_value(&[]);
+    eprintln!(
+        "fused teacher: {agree:.4} of {} ids unchanged",
+        ids_f.numel()
+    );
+    assert!(
+        agree >= 0.98,
+        "fused teacher changes {:.2}% of the ids",
+        100.0 * (1.0 - agree)
     );
     Ok(())
 }

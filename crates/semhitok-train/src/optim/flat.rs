@@ -283,6 +283,7 @@ fn alias(buf: &Tensor, offset: i64, like: &Tensor) -> Result<Tensor, tch::TchErr
         stride[d] = stride[d + 1] * size[d + 1].max(1);
     }
     let mut t = Tensor::f_empty([0], (buf.kind(), buf.device()))?;
-    t.f_set_source_tensor_storage_offset_(buf, offset, size.as_slice(), stride.as_slice())?;
+    let _ =
+        t.f_set_source_tensor_storage_offset_(buf, offset, size.as_slice(), stride.as_slice())?;
     Ok(t)
 }

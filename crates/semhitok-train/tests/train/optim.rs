@@ -399,7 +399,7 @@ fn fused_adamw_equals_libtorch_ops_on_cuda() {
     });
     for k in 0..6 {
         let x = Tensor::randn([7, 96], (Kind::Float, dev)) * (1.0 + k as f64);
-        let mut run = |lin: &Linear, norm: &LayerNorm, opt: &mut AdamW, fused: bool| {
+        let run = |lin: &Linear, norm: &LayerNorm, opt: &mut AdamW, fused: bool| {
             adamw_fused::set_enabled(fused);
             opt.zero_grad();
             lin.forward(&norm.forward(&x).unwrap())
