@@ -19,12 +19,12 @@ fn parallel_for_covers_the_range_once_on_libtorchs_threads() {
     })
     .unwrap();
     assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
-    // Two OpenMP threads (the shim is built with -fopenmp against LibTorch's libgomp): the
-    // chunks do not all run on one thread.
+    // One OpenMP thread per chunk up to LibTorch's thread count (the shim is built with -fopenmp
+    // against LibTorch's libgomp): on more than one core the chunks do not all run on one thread.
     assert_eq!(
         threads.lock().unwrap().len(),
-        2,
-        "at::parallel_for ran serially"
+        n.min(10),
+        "at::parallel_for did not use LibTorch's {n} threads"
     );
     // An empty range calls nothing; a range of one grain runs on the caller.
     semhitok_sys::parallel_for(5, 5, 1, &|_, _| panic!("called on an empty range")).unwrap();
