@@ -4,7 +4,7 @@
 use super::driver::CudaError;
 use super::kernel::{bf16_cuda_case, cuda_case, launch, switched_on};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use tch::{Kind, Tensor};
 
 const SOURCE: &str = include_str!("layernorm.cu");
@@ -13,6 +13,13 @@ const MAX_H: i64 = 128 * 8 * 4;
 
 /// 0: not read yet, 1: on, 2: off.
 static STATE: AtomicU8 = AtomicU8::new(0);
+/// Kernels launched in this process (tests check the kernel ran, not LibTorch's ops).
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many fused add + layer norm kernels this process has launched.
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
 
 /// Whether the fused teacher steps are on (`SEMHITOK_FUSED_TEACHER=0` turns them off, as does
 /// [`set_enabled`]).
@@ -116,5 +123,6 @@ pub fn add_layer_norm(
             &mut args,
         )?
     };
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
     Ok(Some((xo, y)))
 }

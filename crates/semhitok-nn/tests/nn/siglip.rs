@@ -345,7 +345,14 @@ fn fused_teacher_steps_match_libtorch_on_cuda() -> anyhow::Result<()> {
         layernorm::set_enabled(true);
         r
     };
+    let before = layernorm::launches();
     let fused = run(true)?;
+    // 4 layers: the first norm, then two fused adds + norms per layer but the last (one); at
+    // least (another test may launch it meanwhile).
+    assert!(
+        layernorm::launches() - before >= 8,
+        "the fused tower did not run the kernel"
+    );
     let plain = run(false)?;
     assert_eq!(
         fused.kind(),

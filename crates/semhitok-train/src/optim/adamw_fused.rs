@@ -4,13 +4,20 @@
 
 use semhitok_nn::cuda::kernel::{cuda_case, launch, switched_on};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use tch::{Kind, Tensor};
 
 const SOURCE: &str = include_str!("adamw_fused.cu");
 
 /// Set once the kernel failed to compile or launch (reported once; LibTorch's ops from then on).
 static BROKEN: AtomicBool = AtomicBool::new(false);
+/// Fused steps launched in this process (tests check the kernel ran, not the fallback).
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many fused steps this process has launched.
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
 
 /// Compile the kernel for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
 pub fn compile(arch: u32) -> Result<(Vec<u8>, String), semhitok_nn::cuda::driver::CudaError> {
@@ -114,7 +121,10 @@ pub(super) fn step(
         )
     };
     match r {
-        Ok(()) => true,
+        Ok(()) => {
+            LAUNCHES.fetch_add(1, Ordering::Relaxed);
+            true
+        }
         Err(e) => {
             BROKEN.store(true, Ordering::Relaxed);
             eprintln!("adamw_fused.cu: {}; using LibTorch's ops from now on", e.0);

@@ -413,7 +413,12 @@ fn fused_adamw_equals_libtorch_ops_on_cuda() {
             opt.step(1e-2 * (1.0 + k as f64));
             adamw_fused::set_enabled(true);
         };
+        let launched = adamw_fused::launches();
         run(&lin_a, &norm_a, &mut opt_a, true);
+        assert!(
+            adamw_fused::launches() > launched,
+            "step {k}: the kernel did not run"
+        );
         run(&lin_b, &norm_b, &mut opt_b, false);
         for (pa, pb) in opt_a.params().iter().zip(opt_b.params()) {
             assert!(pa.var.equal(&pb.var), "step {k}: {} differs", pa.name);
