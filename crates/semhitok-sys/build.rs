@@ -24,6 +24,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/host_memory.cpp");
     println!("cargo:rerun-if-changed=csrc/parallel.cpp");
     println!("cargo:rerun-if-changed=csrc/autograd.cpp");
+    println!("cargo:rerun-if-changed=csrc/custom_fn.cpp");
     println!("cargo::rustc-check-cfg=cfg(semhitok_nccl)");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!(
@@ -64,6 +65,7 @@ fn main() {
         .file("csrc/cuda_graph.cpp") // CUDA graphs (USE_CUDA with the CUDA headers, else stubs)
         .file("csrc/host_memory.cpp") // pinned host copies
         .file("csrc/autograd.cpp") // param.grad = g
+        .file("csrc/custom_fn.cpp") // autograd nodes with a Rust forward / backward
         .include("csrc")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))

@@ -106,6 +106,24 @@ impl LayerNorm {
         )?)
     }
 
+    /// [`Self::forward`] for a norm whose output feeds a bf16-autocast GEMM: with
+    /// `SEMHITOK_FUSED_VIT_NORM=1`, an fp32 input on CUDA under autocast goes through
+    /// [`crate::cuda::vit_norm`] (one autograd node, bf16 out: the values autocast's cast at the
+    /// GEMM would give); otherwise exactly [`Self::forward`]. [.., D] -> [.., D]
+    pub fn forward_for_gemm(&self, xs: &Tensor) -> Result<Tensor> {
+        if let (Some(w), Some(b)) = (&self.ws, &self.bs) {
+            let case = crate::cuda::vit_norm::enabled()
+                && xs.device().is_cuda()
+                && xs.kind() == tch::Kind::Float
+                && w.kind() == tch::Kind::Float
+                && crate::amp::is_cuda_autocast_enabled();
+            if case {
+                return crate::cuda::vit_norm::layer_norm_bf16(xs, w, b, self.eps);
+            }
+        }
+        self.forward(xs)
+    }
+
     /// The residual add before this norm and the norm, for frozen (no-gradient) use: `(s, normed)`
     /// with `s = x + d` (`x` without `d`; `None` unless `keep_sum` and `d` is given). On CUDA
     /// with a bf16 stream this is one kernel ([`crate::cuda::layernorm`]: the roundings of

@@ -156,11 +156,11 @@ impl Block {
 
     /// xs: [B, N, C] -> [B, N, C]
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = xs.f_add(&self.attn.forward(&self.norm1.forward(xs)?)?)?;
+        let xs = xs.f_add(&self.attn.forward(&self.norm1.forward_for_gemm(xs)?)?)?;
         let h = self
             .mlp
             .fc1
-            .forward(&self.norm2.forward(&xs)?)?
+            .forward(&self.norm2.forward_for_gemm(&xs)?)?
             .f_gelu("none")?;
         Ok(xs.f_add(&self.mlp.fc2.forward(&h)?)?)
     }

@@ -11,6 +11,9 @@ pub enum Error {
     /// A pinned host copy failed (no CUDA, out of pinned memory).
     #[error("pin_memory: {0}")]
     Pin(String),
+    /// A custom autograd function failed (its name and message).
+    #[error("custom autograd function: {0}")]
+    Custom(String),
     /// A gradient could not be assigned (dtype, device or shape unlike the variable's).
     #[error("{0}")]
     Grad(String),

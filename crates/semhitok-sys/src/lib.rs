@@ -11,13 +11,15 @@
 //! It also binds CUDA graphs: [`CudaGraph`] captures the tch ops a closure issues (on a pool
 //! stream made current for the capture) and replays them with one launch (semhitok-mllm's
 //! CUDA-graph decode step), and [`pin_memory`] without the deprecated device argument, [`parallel_for`]: LibTorch's
-//! intra-op thread pool for Rust loops, and [`set_grad`] (`param.grad = g`). The same door is meant for run-time-compiled CUDA kernels (NVRTC).
+//! intra-op thread pool for Rust loops, [`set_grad`] (`param.grad = g`), and
+//! [`apply_custom`]: an autograd node with a Rust forward and backward ([`CustomFunction`]). The same door is meant for run-time-compiled CUDA kernels (NVRTC).
 //!
 //! Safety model: every C++ exception is caught inside the shim and comes back as a message; the
 //! tensors passed in are borrowed for the duration of the call only.
 
 mod autograd;
 mod cuda_graph;
+mod custom_fn;
 mod env;
 mod error;
 mod ffi;
@@ -28,6 +30,7 @@ mod process_group;
 
 pub use autograd::set_grad;
 pub use cuda_graph::{current_cuda_stream, CudaGraph};
+pub use custom_fn::{apply_custom, CustomFunction};
 pub use env::{Backend, DistEnv};
 pub use error::{Error, Result};
 pub use grad_reducer::{bucket_starts, GradReducer};

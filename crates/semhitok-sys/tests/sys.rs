@@ -5,6 +5,7 @@
 mod sys {
     pub mod common;
     mod crash;
+    mod custom_fn;
     mod env;
     mod gloo;
     mod host_memory;

@@ -60,6 +60,23 @@ pub unsafe fn launch(
     block: u32,
     args: &mut [*mut c_void],
 ) -> Result<(), CudaError> {
+    // SAFETY: the caller's contract.
+    unsafe { launch_grid(ordinal, source, file, name, (grid, 1, 1), block, args) }
+}
+
+/// [`launch`] with a 3-d grid.
+///
+/// # Safety
+/// As [`launch`].
+pub unsafe fn launch_grid(
+    ordinal: i32,
+    source: &'static str,
+    file: &'static str,
+    name: &'static str,
+    grid: (u32, u32, u32),
+    block: u32,
+    args: &mut [*mut c_void],
+) -> Result<(), CudaError> {
     let cerr = |e: CudaError| CudaError(format!("{file}: {e}"));
     let f = function(ordinal, source, file, name, "", 0).map_err(cerr)?;
     let stream = semhitok_sys::current_cuda_stream(ordinal);
@@ -67,7 +84,7 @@ pub unsafe fn launch(
     unsafe {
         driver()
             .map_err(cerr)?
-            .launch_on(f, (grid, 1, 1), (block, 1, 1), args, stream)
+            .launch_on(f, grid, (block, 1, 1), args, stream)
             .map_err(cerr)
     }
 }

@@ -3,7 +3,8 @@
 //! [`driver`] loads NVRTC and the CUDA driver with `dlopen`; [`nearest`] is the fused
 //! nearest-code search behind [`crate::quantizer::nearest_l2`] on CUDA (kernels v2, v3, the
 //! tensor-core `tc` and `tc256`, and the default `tc1`: tensor-core scores, exact fp32 ids); [`sghc`] is SGHC's gathered sub-codebook search;
-//! [`layernorm`] the frozen teacher's fused residual add + layer norm; [`kernel`] the launch and
+//! [`layernorm`] the frozen teacher's fused residual add + layer norm; [`vit_norm`] the trained
+//! ViTs' layer norm with its backward as one autograd node (off by default); [`kernel`] the launch and
 //! case helpers every elementwise kernel of the workspace shares. Kernels are compiled on
 //! first use for the device's compute capability and cached for the process.
 
@@ -12,3 +13,4 @@ pub mod kernel;
 pub mod layernorm;
 pub mod nearest;
 pub mod sghc;
+pub mod vit_norm;

@@ -601,3 +601,48 @@ fn failed_checkpoint_write_leaves_nothing_and_resume_cleans_leftovers() {
     );
     assert_eq!(entries(&ckdir), vec!["step-00000004".to_string()]);
 }
+
+/// On CUDA with bf16: `pre` with the trained ViTs' fused layer norm (`SEMHITOK_FUSED_VIT_NORM`,
+/// off by default) gives the losses of LibTorch's layer norm + autocast cast, within the drift
+/// its fp32 sums in another order allow over 8 steps, and its kernels ran. Skipped without CUDA.
+#[test]
+fn pre_fused_vit_norm_matches_libtorch_on_cuda() {
+    use semhitok_nn::cuda::vit_norm;
+    let _g = serial();
+    if !tch::Cuda::is_available() {
+        eprintln!("pre_fused_vit_norm_matches_libtorch_on_cuda: no CUDA device, skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let spc = spc_run(tmp.path(), 5);
+    let go = |name: &str, fused: bool| {
+        let c = cfg(
+            &tmp.path().join(name),
+            "pre",
+            8,
+            &[
+                format!("init.spc=\"{}\"", spc.display()),
+                "run.device=\"cuda\"".into(),
+                "run.precision=\"bf16\"".into(),
+            ],
+        );
+        vit_norm::set_enabled(fused);
+        let r = run(&c);
+        vit_norm::set_enabled(false);
+        r
+    };
+    let plain = go("plain", false);
+    let before = vit_norm::launches();
+    let fused = go("fused", true);
+    assert!(
+        vit_norm::launches() > before,
+        "the fused norm's kernels did not run"
+    );
+    assert_eq!(plain.losses.len(), 8);
+    for ((s, a), (_, b)) in plain.losses.iter().zip(&fused.losses) {
+        assert!(
+            (a - b).abs() <= 1e-2 * a.abs().max(1e-3),
+            "step {s}: LibTorch norm {a} vs fused norm {b}"
+        );
+    }
+}
