@@ -138,6 +138,7 @@ ln_bwd_partial(const unsigned short* __restrict__ dy, const float* __restrict__ 
   const long long r0 = (long long)blockIdx.y * rows_per;
   const long long r1 = min(rows, r0 + rows_per);
   float sg = 0.f, sb = 0.f;
+#pragma unroll 8
   for (long long r = r0; r < r1; ++r) {
     const float d = bf2f(dy[r * h + j]);
     sg += d * ((x[r * h + j] - mean_in[r]) * rstd_in[r]);

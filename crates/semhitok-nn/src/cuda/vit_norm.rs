@@ -17,7 +17,7 @@ const FILE: &str = "vit_norm.cu";
 /// Widest row the kernels hold in registers (128 threads x 8 values x `MAXV`).
 const MAX_H: i64 = 128 * 8 * 2;
 /// Rows per column-partial chunk of the weight gradients.
-const ROWS_PER: i64 = 128;
+const ROWS_PER: i64 = 32;
 
 /// 0: not read yet, 1: on, 2: off.
 static STATE: AtomicU8 = AtomicU8::new(0);
