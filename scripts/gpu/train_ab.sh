@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 21: the trainer's fused kernels measured one by one at paper size (stage `pre`), in one
-# device call. Each round runs `semhitok bench` with everything on, everything off, and each
+# device call. Each round runs `semhitok bench` with the defaults, everything off, and each
 # switch off alone:
 #   SEMHITOK_FUSED_TEACHER=0  the teacher's residual add + layer norm kernel and GELU epilogue
 #   SEMHITOK_BF16_GRADS=0     the flat bf16 gradient buffer (autograd's per-tensor mixed adds instead)
 #   SEMHITOK_FUSED_ADAMW=0    the one-kernel clip + AdamW (LibTorch's op-by-op step instead)
+# and with the one that is off by default turned on:
+#   SEMHITOK_FUSED_VIT_NORM=1 the trained ViTs' layer norm as one autograd node (cuda/vit_norm.cu)
 # Usage on the GPU host, from the repository root (bundle from `cargo xtask bundle`):
 #   OUT=/some/dir [ROUNDS=2] [STEPS=30] [BATCH=32] scripts/gpu/train_ab.sh BUNDLE
 # Appends JSON lines (with an "ab" label) to $OUT/train_ab.jsonl.
@@ -26,4 +28,5 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
   bench teacher_off SEMHITOK_FUSED_TEACHER=0
   bench grads_off SEMHITOK_BF16_GRADS=0
   bench adamw_off SEMHITOK_FUSED_ADAMW=0
+  bench vit_norm_on SEMHITOK_FUSED_VIT_NORM=1
 done
