@@ -2,7 +2,7 @@
 # Issue 21: the trainer's fused kernels measured one by one at paper size (stage `pre`), in one
 # device call. Each round runs `semhitok bench` with the defaults, everything off, and each
 # switch off alone:
-#   SEMHITOK_FUSED_TEACHER=0  the teacher's residual add + layer norm kernel and GELU epilogue
+#   SEMHITOK_FUSED_TEACHER=0  the teacher's residual add + layer norm kernel
 #   SEMHITOK_BF16_GRADS=0     the flat bf16 gradient buffer (autograd's per-tensor mixed adds instead)
 #   SEMHITOK_FUSED_ADAMW=0    the one-kernel clip + AdamW (LibTorch's op-by-op step instead)
 # and with the one that is off by default turned on:
