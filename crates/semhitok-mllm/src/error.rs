@@ -12,6 +12,9 @@ pub enum Error {
     /// A CUDA graph (capture / replay) failed in semhitok-sys.
     #[error(transparent)]
     Sys(#[from] semhitok_sys::Error),
+    /// An NVRTC kernel (the decode GEMV, the fused steps) could not be compiled or launched.
+    #[error(transparent)]
+    Cuda(#[from] semhitok_nn::cuda::driver::CudaError),
     /// An error of a semhitok-nn layer (the LLaVA projector).
     #[error(transparent)]
     Nn(#[from] semhitok_nn::Error),

@@ -10,16 +10,7 @@
 
 typedef unsigned short bf16_t;
 
-__device__ __forceinline__ float bf2f(unsigned v16) { return __uint_as_float(v16 << 16); }
-__device__ __forceinline__ unsigned f2bf(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return 0x7fc0u;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return u >> 16;
-}
-__device__ __forceinline__ float lo(unsigned v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
-__device__ __forceinline__ unsigned pack(unsigned a, unsigned b) { return a | (b << 16); }
+// bf2f, f2bf, lo, hi, pack: semhitok-nn's bf16.cuh (prepended).
 
 extern "C" __global__ void __launch_bounds__(256)
 add_rmsnorm_bf16(const uint4* __restrict__ x, const uint4* __restrict__ d,

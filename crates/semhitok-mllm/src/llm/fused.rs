@@ -3,22 +3,24 @@
 //! the activations through memory) with the same roundings; used by the decode steps and the
 //! prefill. `SEMHITOK_CUDA_FUSED=0` keeps LibTorch's kernels.
 
-use super::nvrtc::{self, bf16_cuda_case, launch, switched_on};
 use crate::error::Result;
+use semhitok_nn::cuda::kernel::{self, arg, bf16_cuda_case, launch, Switch};
 use std::ffi::c_void;
 use tch::{Kind, Tensor};
 
-const SOURCE: &str = include_str!("fused.cu");
+/// `fused.cu` after semhitok-nn's bf16 helpers.
+static SOURCE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{}{}", kernel::BF16_CUH, include_str!("fused.cu")));
 
 /// Whether the kernels are switched on (`SEMHITOK_CUDA_FUSED=0` turns them off).
 pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| switched_on("SEMHITOK_CUDA_FUSED"))
+    static SWITCH: Switch = Switch::new("SEMHITOK_CUDA_FUSED", true);
+    SWITCH.enabled()
 }
 
 /// Compile the kernels for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
 pub fn compile(arch: u32) -> Result<(Vec<u8>, String)> {
-    nvrtc::compile(SOURCE, "fused.cu", arch)
+    Ok(kernel::compile(&SOURCE, "fused.cu", arch)?)
 }
 
 /// The CUDA device of `ts` when the kernels are on and `ts` are their kind of tensors.
@@ -59,20 +61,20 @@ pub fn add_rmsnorm(
     );
     let (mut h8, mut e) = ((h / 8) as i32, eps as f32);
     let mut args: [*mut c_void; 7] = [
-        &mut px as *mut _ as *mut c_void,
-        &mut pd as *mut _ as *mut c_void,
-        &mut pw as *mut _ as *mut c_void,
-        &mut pxo as *mut _ as *mut c_void,
-        &mut py as *mut _ as *mut c_void,
-        &mut h8 as *mut _ as *mut c_void,
-        &mut e as *mut _ as *mut c_void,
+        arg(&mut px),
+        arg(&mut pd),
+        arg(&mut pw),
+        arg(&mut pxo),
+        arg(&mut py),
+        arg(&mut h8),
+        arg(&mut e),
     ];
     // SAFETY: (const uint4* x, d, w, uint4* xo, y, int h8, float eps) as add_rmsnorm_bf16
     // declares; x, d [rows, H] and w [H] contiguous, aligned bf16 (checked), xo, y fresh [rows, H].
     unsafe {
         launch(
             o,
-            SOURCE,
+            SOURCE.as_str(),
             "fused.cu",
             "add_rmsnorm_bf16",
             rows,
@@ -102,19 +104,14 @@ pub fn silu_mul(gu: &Tensor, f: i64) -> Result<Option<Tensor>> {
     }
     let (mut pg, mut po) = (gu.data_ptr(), out.data_ptr());
     let (mut f8, mut t8) = ((f / 8) as i32, total8);
-    let mut args: [*mut c_void; 4] = [
-        &mut pg as *mut _ as *mut c_void,
-        &mut po as *mut _ as *mut c_void,
-        &mut f8 as *mut _ as *mut c_void,
-        &mut t8 as *mut _ as *mut c_void,
-    ];
+    let mut args: [*mut c_void; 4] = [arg(&mut pg), arg(&mut po), arg(&mut f8), arg(&mut t8)];
     let blocks = ((total8 + 255) / 256) as u32;
     // SAFETY: (const uint4* gu, uint4* out, int f8, long long total8) as silu_mul_bf16
     // declares; gu [rows, 2f] contiguous aligned bf16 (checked), out fresh [rows, f].
     unsafe {
         launch(
             o,
-            SOURCE,
+            SOURCE.as_str(),
             "fused.cu",
             "silu_mul_bf16",
             blocks,

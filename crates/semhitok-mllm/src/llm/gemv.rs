@@ -3,8 +3,8 @@
 //! LibTorch's current stream, so it is ordered with LibTorch's work and captured by the CUDA-graph
 //! decode step. `SEMHITOK_CUDA_GEMV=0` keeps cuBLAS (for before/after comparisons).
 
-use super::nvrtc::{self, bf16_cuda_case, launch, switched_on};
 use crate::error::Result;
+use semhitok_nn::cuda::kernel::{self, arg, bf16_cuda_case, launch, Switch};
 use std::ffi::c_void;
 use tch::{Kind, Tensor};
 
@@ -12,13 +12,13 @@ const SOURCE: &str = include_str!("gemv.cu");
 
 /// Whether the kernel is switched on (`SEMHITOK_CUDA_GEMV=0` turns it off).
 pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| switched_on("SEMHITOK_CUDA_GEMV"))
+    static SWITCH: Switch = Switch::new("SEMHITOK_CUDA_GEMV", true);
+    SWITCH.enabled()
 }
 
 /// Compile the kernel for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
 pub fn compile(arch: u32) -> Result<(Vec<u8>, String)> {
-    nvrtc::compile(SOURCE, "gemv.cu", arch)
+    Ok(kernel::compile(SOURCE, "gemv.cu", arch)?)
 }
 
 /// `x W^T (+ b)` for x of one bf16 row on CUDA (any leading shape of product 1), w [n, k] bf16
@@ -51,12 +51,12 @@ pub fn gemv_row(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Ten
     let mut pb = b.map_or(std::ptr::null_mut(), |b| b.data_ptr());
     let (mut nn, mut k8) = (n as i32, (k / 8) as i32);
     let mut args: [*mut c_void; 6] = [
-        &mut pw as *mut _ as *mut c_void,
-        &mut px as *mut _ as *mut c_void,
-        &mut pb as *mut _ as *mut c_void,
-        &mut py as *mut _ as *mut c_void,
-        &mut nn as *mut _ as *mut c_void,
-        &mut k8 as *mut _ as *mut c_void,
+        arg(&mut pw),
+        arg(&mut px),
+        arg(&mut pb),
+        arg(&mut py),
+        arg(&mut nn),
+        arg(&mut k8),
     ];
     let blocks = ((n + 7) / 8) as u32;
     // SAFETY: (const uint4* w, const uint4* x, const unsigned short* bias, unsigned short* y,

@@ -27,7 +27,6 @@ pub mod kv_cache;
 mod layers;
 pub mod load;
 mod model;
-mod nvrtc;
 pub mod quantized;
 pub mod rope;
 pub mod static_decode;

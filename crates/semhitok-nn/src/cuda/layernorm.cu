@@ -10,28 +10,10 @@
 //   gamma, beta (the f32 norm weights autocast uses). One block of 128 threads per row; H % 8 == 0,
 //   H <= 128 * 8 * MAXV, 16-byte aligned rows.
 
+// bf2f, f2bf, lo, hi, pack, block_sum: bf16.cuh (prepended).
+
 #define MAXV 4
 
-__device__ __forceinline__ float bf2f(unsigned v16) { return __uint_as_float(v16 << 16); }
-__device__ __forceinline__ unsigned f2bf(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return 0x7fc0u;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return u >> 16;
-}
-__device__ __forceinline__ float lo(unsigned v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
-__device__ __forceinline__ unsigned pack(unsigned a, unsigned b) { return a | (b << 16); }
-
-// Sum of `v` over the 128 threads of the block (every thread gets it).
-__device__ __forceinline__ float block_sum(float v, float* part) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // `part` may still be read from the previous call
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return part[0] + part[1] + part[2] + part[3];
-}
 
 extern "C" __global__ void __launch_bounds__(128)
 add_layernorm_bf16(const uint4* __restrict__ x, const uint4* __restrict__ d,

@@ -2,17 +2,17 @@
 //! bf16 residual stream on CUDA, and its switch `SEMHITOK_FUSED_TEACHER=0`.
 
 use super::driver::CudaError;
-use super::kernel::{bf16_cuda_case, cuda_case, launch, switched_on};
+use super::kernel::{arg, bf16_cuda_case, cuda_case, launch, Switch};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Kind, Tensor};
 
-const SOURCE: &str = include_str!("layernorm.cu");
+const SOURCE: &str = concat!(include_str!("bf16.cuh"), include_str!("layernorm.cu"));
 /// Widest row the kernel holds in registers (128 threads x 8 values x `MAXV`).
 const MAX_H: i64 = 128 * 8 * 4;
 
-/// 0: not read yet, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
+/// `SEMHITOK_FUSED_TEACHER=0` turns the kernel off.
+static SWITCH: Switch = Switch::new("SEMHITOK_FUSED_TEACHER", true);
 /// Kernels launched in this process (tests check the kernel ran, not LibTorch's ops).
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
@@ -24,20 +24,13 @@ pub fn launches() -> u64 {
 /// Whether the fused teacher steps are on (`SEMHITOK_FUSED_TEACHER=0` turns them off, as does
 /// [`set_enabled`]).
 pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let on = switched_on("SEMHITOK_FUSED_TEACHER");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 1,
-    }
+    SWITCH.enabled()
 }
 
 /// Switch the fused teacher steps on or off for the process (before/after comparisons in one
 /// run).
 pub fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    SWITCH.set(on);
 }
 
 /// Compile the kernel for `sm_{arch}` (no GPU needed): cubin and ptxas's report.
@@ -100,14 +93,14 @@ pub fn add_layer_norm(
     );
     let (mut h8, mut e) = ((h / 8) as i32, eps as f32);
     let mut args: [*mut c_void; 8] = [
-        &mut px as *mut _ as *mut c_void,
-        &mut pd as *mut _ as *mut c_void,
-        &mut pg as *mut _ as *mut c_void,
-        &mut pb as *mut _ as *mut c_void,
-        &mut pxo as *mut _ as *mut c_void,
-        &mut py as *mut _ as *mut c_void,
-        &mut h8 as *mut _ as *mut c_void,
-        &mut e as *mut _ as *mut c_void,
+        arg(&mut px),
+        arg(&mut pd),
+        arg(&mut pg),
+        arg(&mut pb),
+        arg(&mut pxo),
+        arg(&mut py),
+        arg(&mut h8),
+        arg(&mut e),
     ];
     // SAFETY: (const uint4* x, d, const float4* gamma, beta, uint4* xo, y, int h8, float eps) as
     // add_layernorm_bf16 declares; x, d [rows, H] contiguous aligned bf16 and gamma, beta [H]

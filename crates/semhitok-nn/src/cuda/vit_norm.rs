@@ -6,39 +6,31 @@
 //! a GPU yet (CUDA test `vit_norm_matches_libtorch_on_cuda` is ready for that).
 
 use super::driver::CudaError;
-use super::kernel::{launch, launch_grid};
+use super::kernel::{arg, dense_on_one_cuda, launch, launch_grid, Switch};
 use semhitok_sys::{apply_custom, CustomFunction};
-use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Device, Kind, Tensor};
 
-const SOURCE: &str = include_str!("vit_norm.cu");
+const SOURCE: &str = concat!(include_str!("bf16.cuh"), include_str!("vit_norm.cu"));
 const FILE: &str = "vit_norm.cu";
 /// Widest row the kernels hold in registers (128 threads x 8 values x `MAXV`).
 const MAX_H: i64 = 128 * 8 * 2;
 /// Rows per column-partial chunk of the weight gradients.
 const ROWS_PER: i64 = 32;
 
-/// 0: not read yet, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
+/// Off unless `SEMHITOK_FUSED_VIT_NORM=1`.
+static SWITCH: Switch = Switch::new("SEMHITOK_FUSED_VIT_NORM", false);
 /// Forward and backward kernel launches (tests check the kernels ran).
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
 /// Whether the fused norm is on (`SEMHITOK_FUSED_VIT_NORM=1`, or [`set_enabled`]; off by default).
 pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("SEMHITOK_FUSED_VIT_NORM").is_ok_and(|v| v == "1");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 1,
-    }
+    SWITCH.enabled()
 }
 
 /// Switch the fused norm on or off for the process.
 pub fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    SWITCH.set(on);
 }
 
 /// Kernel launches so far (forward and backward).
@@ -72,29 +64,8 @@ pub fn layer_norm_bf16(
 struct VitNorm;
 static NORM: VitNorm = VitNorm;
 
-/// The device of `ts` when all are contiguous, 16-byte aligned f32 tensors on one CUDA device
-/// (gradients allowed: this runs inside the node).
-fn f32_cuda(ts: &[&Tensor]) -> Option<i32> {
-    let Device::Cuda(o) = ts.first()?.device() else {
-        return None;
-    };
-    ts.iter()
-        .all(|t| {
-            t.device() == Device::Cuda(o)
-                && t.kind() == Kind::Float
-                && t.is_contiguous()
-                && (t.data_ptr() as usize) % 16 == 0
-        })
-        .then_some(o as i32)
-}
-
 fn tch_err(e: tch::TchError) -> String {
     e.to_string()
-}
-
-/// `args` as the pointer array a launch takes.
-fn arg<T>(v: &mut T) -> *mut c_void {
-    v as *mut T as *mut c_void
 }
 
 impl CustomFunction for VitNorm {
@@ -117,7 +88,8 @@ impl CustomFunction for VitNorm {
             ));
         }
         let rows = x.numel() as i64 / h;
-        let case = f32_cuda(&[x, gamma, beta]).filter(|_| h % 8 == 0 && h <= MAX_H && rows > 0);
+        let case = dense_on_one_cuda(&[x, gamma, beta], Kind::Float)
+            .filter(|_| h % 8 == 0 && h <= MAX_H && rows > 0);
         let (y, mean, rstd) = match case {
             Some(o) => {
                 let dev = x.device();
@@ -185,7 +157,7 @@ impl CustomFunction for VitNorm {
         let h = gamma.size()[0];
         let rows = x.numel() as i64 / h;
         let dy = dy.f_contiguous().map_err(tch_err)?;
-        let case = f32_cuda(&[x, gamma, mean, rstd]).filter(|&o| {
+        let case = dense_on_one_cuda(&[x, gamma, mean, rstd], Kind::Float).filter(|&o| {
             h % 8 == 0
                 && h <= MAX_H
                 && rows > 0

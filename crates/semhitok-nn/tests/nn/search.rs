@@ -4,22 +4,12 @@
 //! bound, the ids must be the fp64 argmin; exact duplicates must go to the lowest index. The
 //! number of rows inside the bound is printed.
 
+use semhitok_nn::cuda::kernel::spills;
 use semhitok_nn::cuda::nearest::{self, Kernel};
 use semhitok_nn::cuda::sghc;
 use semhitok_nn::quantizer::nearest_l2;
 use semhitok_nn::test_device;
 use tch::{Device, Kind, Tensor};
-
-/// ptxas's spill report for `entry` in `log` (`--ptxas-options=-v`): `Some(true)` if it
-/// spills, `None` if the log has no report for it.
-pub(crate) fn spills(log: &str, entry: &str) -> Option<bool> {
-    let mut lines = log.lines();
-    lines.find(|l| l.contains(&format!("Function properties for {entry}")))?;
-    let report = lines.next()?;
-    report
-        .contains("spill stores")
-        .then(|| !report.contains(" 0 bytes spill stores"))
-}
 
 /// The kernel sources compile with the NVRTC of the PyTorch wheel (no GPU needed), without
 /// register spills at the SPC's D = 32 (a spill would cost more than the kernel's whole margin).

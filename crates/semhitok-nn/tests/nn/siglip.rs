@@ -232,7 +232,7 @@ fn teacher_layernorm_kernel_compiles_with_the_wheels_nvrtc() -> anyhow::Result<(
         semhitok_nn::cuda::layernorm::compile(90).map_err(|e| anyhow::anyhow!(e.0))?;
     assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
     eprintln!("layernorm.cu sm_90: {log}");
-    match crate::search::spills(&log, "add_layernorm_bf16") {
+    match semhitok_nn::cuda::kernel::spills(&log, "add_layernorm_bf16") {
         Some(spill) => assert!(!spill, "add_layernorm_bf16 spills registers:\n{log}"),
         None => eprintln!("NVRTC gave no ptxas report; spill check skipped"),
     }

@@ -163,7 +163,7 @@ fn vit_norm_kernels_compile_with_the_wheels_nvrtc() -> anyhow::Result<()> {
     assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
     eprintln!("vit_norm.cu sm_90: {log}");
     for entry in ["ln_fwd_f32_bf16", "ln_bwd_dx", "ln_bwd_partial"] {
-        match crate::search::spills(&log, entry) {
+        match semhitok_nn::cuda::kernel::spills(&log, entry) {
             Some(spill) => assert!(!spill, "{entry} spills registers:\n{log}"),
             None => eprintln!("{entry}: NVRTC gave no ptxas report; spill check skipped"),
         }

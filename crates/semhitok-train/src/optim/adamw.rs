@@ -139,7 +139,7 @@ impl AdamW {
     /// Call it outside `enter_bf16` / `exit_bf16`.
     pub fn set_bf16_grads(&mut self, on: bool) {
         if let Some(f) = self.flat.as_mut() {
-            f.set_bf16_grads(on && semhitok_nn::cuda::kernel::switched_on("SEMHITOK_BF16_GRADS"));
+            f.set_bf16_grads(on && super::grad16::enabled());
         }
     }
 
@@ -351,42 +351,9 @@ impl AdamW {
         let hp = (self.beta1, self.beta2, self.eps, self.weight_decay);
         let (b1, b2) = (self.beta1, self.beta2);
         let bc = move |t: u64| (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
-        if self.uniform_steps() && self.flat.is_some() && self.flat_grad().is_some() {
+        if self.uniform_steps() && self.flat_grad().is_some() {
             let t = self.steps.first().copied().unwrap_or(0) + 1;
-            let (bc1, bc2) = bc(t);
-            let scalars = super::adamw_fused::StepScalars {
-                clip: self.pending_clip,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                decay: 1.0 - lr * self.weight_decay,
-                bc2,
-                step: -lr / bc1,
-            };
-            let fused = match (self.flat.as_ref(), self.flat_grad()) {
-                (Some(f), Some(g)) => {
-                    let n_decay = if self.weight_decay > 0.0 {
-                        f.n_decay
-                    } else {
-                        0
-                    };
-                    super::adamw_fused::step((&f.p, &f.m, &f.v, g), n_decay, &scalars)
-                }
-                _ => false,
-            };
-            if fused {
-                self.pending_clip = None;
-            } else {
-                self.apply_pending_clip();
-                if let (Some(f), Some(g)) = (self.flat.as_ref(), self.flat_grad()) {
-                    let (mut p, mut m, mut v) = (
-                        f.p.shallow_clone(),
-                        f.m.shallow_clone(),
-                        f.v.shallow_clone(),
-                    );
-                    adamw_update((&mut p, &mut m, &mut v, g), f.n_decay, lr, hp, (bc1, bc2));
-                }
-            }
+            self.flat_step(lr, bc(t));
             self.steps.iter_mut().for_each(|s| *s = t);
             return;
         }
@@ -408,6 +375,45 @@ impl AdamW {
                 hp,
                 bc(self.steps[i]),
             );
+        }
+    }
+
+    /// One update over the flat buffers (every gradient bound, one bias correction `bc`): the
+    /// fused kernel with the pending clip folded in, else the clip and LibTorch's ops.
+    fn flat_step(&mut self, lr: f64, (bc1, bc2): (f64, f64)) {
+        let fused = match (self.flat.as_ref(), self.flat_grad()) {
+            (Some(f), Some(g)) => {
+                let scalars = super::adamw_fused::StepScalars {
+                    clip: self.pending_clip,
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    eps: self.eps,
+                    decay: 1.0 - lr * self.weight_decay,
+                    bc2,
+                    step: -lr / bc1,
+                };
+                let n_decay = if self.weight_decay > 0.0 {
+                    f.n_decay
+                } else {
+                    0
+                };
+                super::adamw_fused::step((&f.p, &f.m, &f.v, g), n_decay, &scalars)
+            }
+            _ => return,
+        };
+        if fused {
+            self.pending_clip = None;
+            return;
+        }
+        self.apply_pending_clip();
+        if let (Some(f), Some(g)) = (self.flat.as_ref(), self.flat_grad()) {
+            let hp = (self.beta1, self.beta2, self.eps, self.weight_decay);
+            let (mut p, mut m, mut v) = (
+                f.p.shallow_clone(),
+                f.m.shallow_clone(),
+                f.v.shallow_clone(),
+            );
+            adamw_update((&mut p, &mut m, &mut v, g), f.n_decay, lr, hp, (bc1, bc2));
         }
     }
 

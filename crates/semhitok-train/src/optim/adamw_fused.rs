@@ -2,15 +2,17 @@
 //! (`adamw_fused.cu`): the same arithmetic as [`super::adamw`]'s LibTorch ops, rounding for
 //! rounding. `SEMHITOK_FUSED_ADAMW=0` keeps LibTorch's ops.
 
-use semhitok_nn::cuda::kernel::{cuda_case, launch, switched_on};
+use semhitok_nn::cuda::kernel::{arg, cuda_case, launch, Latch, Switch};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Kind, Tensor};
 
 const SOURCE: &str = include_str!("adamw_fused.cu");
 
-/// Set once the kernel failed to compile or launch (reported once; LibTorch's ops from then on).
-static BROKEN: AtomicBool = AtomicBool::new(false);
+/// Set once the kernel failed to compile or launch.
+static BROKEN: Latch = Latch::new();
+/// `SEMHITOK_FUSED_ADAMW=0` turns the fused step off.
+static SWITCH: Switch = Switch::new("SEMHITOK_FUSED_ADAMW", true);
 /// Fused steps launched in this process (tests check the kernel ran, not the fallback).
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
@@ -24,26 +26,15 @@ pub fn compile(arch: u32) -> Result<(Vec<u8>, String), semhitok_nn::cuda::driver
     semhitok_nn::cuda::kernel::compile(SOURCE, "adamw_fused.cu", arch)
 }
 
-/// 0: not read yet, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
-
 /// Whether the fused step is switched on (`SEMHITOK_FUSED_ADAMW=0` turns it off, as does
 /// [`set_enabled`]) and has not failed.
 pub fn enabled() -> bool {
-    let on = match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let on = switched_on("SEMHITOK_FUSED_ADAMW");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 1,
-    };
-    on && !BROKEN.load(Ordering::Relaxed)
+    SWITCH.enabled() && !BROKEN.tripped()
 }
 
 /// Switch the fused step on or off for the process (before/after comparisons in one run).
 pub fn set_enabled(on: bool) {
-    STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    SWITCH.set(on);
 }
 
 /// The scalars of one step, as the LibTorch path computes them (in f64, cast once).
@@ -90,20 +81,20 @@ pub(super) fn step(
     let mut eps = s.eps as f32;
     let mut st = s.step as f32;
     let mut args: [*mut c_void; 14] = [
-        &mut pp as *mut _ as *mut c_void,
-        &mut pg as *mut _ as *mut c_void,
-        &mut pm as *mut _ as *mut c_void,
-        &mut pv as *mut _ as *mut c_void,
-        &mut len as *mut _ as *mut c_void,
-        &mut nd as *mut _ as *mut c_void,
-        &mut clip as *mut _ as *mut c_void,
-        &mut has_clip as *mut _ as *mut c_void,
-        &mut w1 as *mut _ as *mut c_void,
-        &mut w2 as *mut _ as *mut c_void,
-        &mut decay as *mut _ as *mut c_void,
-        &mut inv_bc2 as *mut _ as *mut c_void,
-        &mut eps as *mut _ as *mut c_void,
-        &mut st as *mut _ as *mut c_void,
+        arg(&mut pp),
+        arg(&mut pg),
+        arg(&mut pm),
+        arg(&mut pv),
+        arg(&mut len),
+        arg(&mut nd),
+        arg(&mut clip),
+        arg(&mut has_clip),
+        arg(&mut w1),
+        arg(&mut w2),
+        arg(&mut decay),
+        arg(&mut inv_bc2),
+        arg(&mut eps),
+        arg(&mut st),
     ];
     let blocks = ((n + 1023) / 1024) as u32;
     // SAFETY: the parameter list of adamw_flat (4 float pointers, long long n, n_decay, float
@@ -126,8 +117,7 @@ pub(super) fn step(
             true
         }
         Err(e) => {
-            BROKEN.store(true, Ordering::Relaxed);
-            eprintln!("adamw_fused.cu: {}; using LibTorch's ops from now on", e.0);
+            BROKEN.trip("adamw_fused.cu", &e);
             false
         }
     }

@@ -127,7 +127,7 @@ impl Flat {
             members: (0..params.len()).filter(|&i| member[i]).collect(),
             active: false,
             grads: None,
-            use_grads: semhitok_nn::cuda::kernel::switched_on("SEMHITOK_BF16_GRADS"),
+            use_grads: super::grad16::enabled(),
         });
         Some(Self {
             m: Tensor::zeros([n], (kind, device)),

@@ -1,9 +1,8 @@
 //! Moving one backward pass's bf16 weight gradients into the f32 flat gradient buffer: one NVRTC
 //! kernel (`grad16.cu`) on CUDA, LibTorch's add and zero elsewhere; the same f32 sums either way.
 
-use semhitok_nn::cuda::kernel::{cuda_case, launch};
+use semhitok_nn::cuda::kernel::{arg, cuda_case, launch, Latch, Switch};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Kind, Tensor};
 
 const SOURCE: &str = include_str!("grad16.cu");
@@ -13,8 +12,15 @@ pub fn compile(arch: u32) -> Result<(Vec<u8>, String), semhitok_nn::cuda::driver
     semhitok_nn::cuda::kernel::compile(SOURCE, "grad16.cu", arch)
 }
 
-/// Set once the kernel failed to compile or launch (reported once; LibTorch's ops from then on).
-static BROKEN: AtomicBool = AtomicBool::new(false);
+/// Set once the kernel failed to compile or launch.
+static BROKEN: Latch = Latch::new();
+/// `SEMHITOK_BF16_GRADS=0` keeps the members' gradients on their f32 views.
+static SWITCH: Switch = Switch::new("SEMHITOK_BF16_GRADS", true);
+
+/// Whether the bf16 gradient buffer is switched on (`SEMHITOK_BF16_GRADS=0` turns it off).
+pub fn enabled() -> bool {
+    SWITCH.enabled()
+}
 
 /// `g += g16; g16 = 0` for g [n] f32 and g16 [n] bf16 (contiguous, one device).
 pub(super) fn add_and_clear(g: &Tensor, g16: &Tensor) -> Result<(), tch::TchError> {
@@ -28,15 +34,11 @@ pub(super) fn add_and_clear(g: &Tensor, g16: &Tensor) -> Result<(), tch::TchErro
             && g.numel() as i64 == n
             && g.kind() == Kind::Float
             && g.device() == tch::Device::Cuda(o as usize)
-            && !BROKEN.load(Ordering::Relaxed)
+            && !BROKEN.tripped()
     });
     if let Some(o) = case {
         let (mut pg, mut p16, mut len) = (g.data_ptr(), g16.data_ptr(), n);
-        let mut args: [*mut c_void; 3] = [
-            &mut pg as *mut _ as *mut c_void,
-            &mut p16 as *mut _ as *mut c_void,
-            &mut len as *mut _ as *mut c_void,
-        ];
+        let mut args: [*mut c_void; 3] = [arg(&mut pg), arg(&mut p16), arg(&mut len)];
         let blocks = ((n + 1023) / 1024) as u32;
         // SAFETY: (float* g, unsigned short* g16, long long n) as add_bf16_grads declares; g [n]
         // contiguous f32 and g16 [n] contiguous bf16 on device `o` (checked), alive for the
@@ -54,10 +56,7 @@ pub(super) fn add_and_clear(g: &Tensor, g16: &Tensor) -> Result<(), tch::TchErro
         };
         match r {
             Ok(()) => return Ok(()),
-            Err(e) => {
-                BROKEN.store(true, Ordering::Relaxed);
-                eprintln!("grad16.cu: {}; using LibTorch's add from now on", e.0);
-            }
+            Err(e) => BROKEN.trip("grad16.cu", &e),
         }
     }
     let _ = g.shallow_clone().f_add_(g16)?;

@@ -345,7 +345,7 @@ fn bf16_gradient_kernel_compiles_with_the_wheels_nvrtc() {
     assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
     eprintln!("grad16.cu sm_90: {log}");
     assert!(
-        !log.contains("bytes spill stores") || log.contains(" 0 bytes spill stores"),
+        semhitok_nn::cuda::kernel::no_report_spills(&log),
         "spills:\n{log}"
     );
 }
@@ -359,7 +359,7 @@ fn fused_adamw_kernel_compiles_with_the_wheels_nvrtc() {
     assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
     eprintln!("adamw_fused.cu sm_90: {log}");
     assert!(
-        !log.contains("bytes spill stores") || log.contains(" 0 bytes spill stores"),
+        semhitok_nn::cuda::kernel::no_report_spills(&log),
         "spills:\n{log}"
     );
 }
