@@ -272,16 +272,13 @@ fn no_copy() -> tch::TchError {
     tch::TchError::Kind("bf16 working copy: none".into())
 }
 
-/// A tensor shaped like `like` (contiguous) over `buf` from element `offset`, made with `set_`
-/// rather than as a view: a gradient must not be an autograd view (`detach_` refuses views,
-/// and the next optimizer built over the same variables zeroes their old gradients with it).
+/// A tensor with `like`'s shape and strides (a parameter: contiguous) over `buf` from element
+/// `offset`, made with `set_` as [`Flat::bind_grads`] re-points gradients, rather than as a
+/// view: a gradient must not be an autograd view (`detach_` refuses views, and the next
+/// optimizer built over the same variables zeroes their old gradients with it).
 fn alias(buf: &Tensor, offset: i64, like: &Tensor) -> Result<Tensor, tch::TchError> {
     let _g = tch::no_grad_guard();
-    let size = like.size();
-    let mut stride = vec![1i64; size.len()];
-    for d in (0..size.len().saturating_sub(1)).rev() {
-        stride[d] = stride[d + 1] * size[d + 1].max(1);
-    }
+    let (size, stride) = (like.size(), like.stride());
     let mut t = Tensor::f_empty([0], (buf.kind(), buf.device()))?;
     let _ =
         t.f_set_source_tensor_storage_offset_(buf, offset, size.as_slice(), stride.as_slice())?;
