@@ -64,8 +64,21 @@ impl Linear {
         Self { ws, bs }
     }
 
-    /// [.., in] -> [.., out]
+    /// [.., in] -> [.., out]. Unless `SEMHITOK_FUSED_LINEAR=0`, a trained layer on its bf16
+    /// working copy under CUDA autocast goes through [`crate::cuda::linear`] (its gradients
+    /// written straight into their bf16 buffers); the forward values are the same.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let bf16 = |t: &Tensor| t.kind() == tch::Kind::BFloat16;
+        let fused = crate::cuda::linear::enabled()
+            && xs.device().is_cuda()
+            && bf16(&self.ws)
+            && self.ws.requires_grad()
+            && self.bs.as_ref().map_or(true, bf16)
+            && matches!(xs.kind(), tch::Kind::BFloat16 | tch::Kind::Float)
+            && crate::amp::is_cuda_autocast_enabled();
+        if fused {
+            return crate::cuda::linear::linear(xs, &self.ws, self.bs.as_ref());
+        }
         Ok(xs.f_linear(&self.ws, self.bs.as_ref())?)
     }
 }
@@ -107,21 +120,40 @@ impl LayerNorm {
     }
 
     /// [`Self::forward`] for a norm whose output feeds a bf16-autocast GEMM: with
-    /// `SEMHITOK_FUSED_VIT_NORM=1`, an fp32 input on CUDA under autocast goes through
+    /// `SEMHITOK_FUSED_VIT_NORM` on (the default), an fp32 input on CUDA under autocast goes through
     /// [`crate::cuda::vit_norm`] (one autograd node, bf16 out: the values autocast's cast at the
     /// GEMM would give); otherwise exactly [`Self::forward`]. [.., D] -> [.., D]
     pub fn forward_for_gemm(&self, xs: &Tensor) -> Result<Tensor> {
-        if let (Some(w), Some(b)) = (&self.ws, &self.bs) {
-            let case = crate::cuda::vit_norm::enabled()
-                && xs.device().is_cuda()
-                && xs.kind() == tch::Kind::Float
-                && w.kind() == tch::Kind::Float
-                && crate::amp::is_cuda_autocast_enabled();
-            if case {
-                return crate::cuda::vit_norm::layer_norm_bf16(xs, w, b, self.eps);
-            }
+        if let Some((w, b)) = self.fused_gemm_case(xs) {
+            return crate::cuda::vit_norm::layer_norm_bf16(xs, w, b, self.eps);
         }
         self.forward(xs)
+    }
+
+    /// The residual add before the norm and [`Self::forward_for_gemm`]: `(s, normed)` with
+    /// `s = x + d`. With `SEMHITOK_FUSED_VIT_NORM` on (the default), an fp32 `x` and a bf16 `d` (a GEMM's output)
+    /// on CUDA under autocast go through one autograd node ([`crate::cuda::vit_norm`]: s exactly
+    /// LibTorch's add); otherwise LibTorch's add and [`Self::forward`]. x, d: [.., D] -> [.., D]
+    pub fn add_forward_for_gemm(&self, x: &Tensor, d: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some((w, b)) = self.fused_gemm_case(x) {
+            if d.kind() == tch::Kind::BFloat16 && d.device() == x.device() {
+                return crate::cuda::vit_norm::add_layer_norm_bf16(x, d, w, b, self.eps);
+            }
+        }
+        let s = x.f_add(d)?;
+        let y = self.forward_for_gemm(&s)?;
+        Ok((s, y))
+    }
+
+    /// The affine parameters when the fused bf16-out norm applies to `xs`.
+    fn fused_gemm_case(&self, xs: &Tensor) -> Option<(&Tensor, &Tensor)> {
+        let (w, b) = (self.ws.as_ref()?, self.bs.as_ref()?);
+        (crate::cuda::vit_norm::enabled()
+            && xs.device().is_cuda()
+            && xs.kind() == tch::Kind::Float
+            && w.kind() == tch::Kind::Float
+            && crate::amp::is_cuda_autocast_enabled())
+        .then_some((w, b))
     }
 
     /// The residual add before this norm and the norm, for frozen (no-gradient) use: `(s, normed)`

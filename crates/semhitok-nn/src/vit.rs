@@ -156,13 +156,29 @@ impl Block {
 
     /// xs: [B, N, C] -> [B, N, C]
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = xs.f_add(&self.attn.forward(&self.norm1.forward_for_gemm(xs)?)?)?;
-        let h = self
-            .mlp
-            .fc1
-            .forward(&self.norm2.forward_for_gemm(&xs)?)?
-            .f_gelu("none")?;
-        Ok(xs.f_add(&self.mlp.fc2.forward(&h)?)?)
+        let (s, m) = self.forward_pending(xs, None)?;
+        Ok(s.f_add(&m)?)
+    }
+
+    /// The block on the residual stream `x + pending` (`pending`: the previous block's MLP
+    /// output, not added yet) with its own last residual add left pending: `(s, m)`, the block's
+    /// output being `s + m`. A chain of blocks so puts each residual add in front of the norm
+    /// that follows it, where the fused norm ([`LayerNorm::add_forward_for_gemm`]) does both; the
+    /// values are those of [`Self::forward`] chained (the same adds, in the same order).
+    /// x, pending, s, m: [B, N, C]
+    pub fn forward_pending(
+        &self,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, n1) = match pending {
+            Some(d) => self.norm1.add_forward_for_gemm(x, d)?,
+            None => (x.shallow_clone(), self.norm1.forward_for_gemm(x)?),
+        };
+        let a = self.attn.forward(&n1)?;
+        let (s, n2) = self.norm2.add_forward_for_gemm(&x, &a)?;
+        let h = self.mlp.fc1.forward(&n2)?.f_gelu("none")?;
+        Ok((s, self.mlp.fc2.forward(&h)?))
     }
 }
 
@@ -212,10 +228,15 @@ impl Trunk {
             }
         }
         let mut h = xs.f_add(&self.pos_embed)?;
+        let mut pending: Option<Tensor> = None;
         for b in &self.blocks {
-            h = b.forward(&h)?;
+            let (s, m) = b.forward_pending(&h, pending.as_ref())?;
+            (h, pending) = (s, Some(m));
         }
-        self.norm.forward(&h)
+        match pending {
+            Some(m) => self.norm.forward(&h.f_add(&m)?),
+            None => self.norm.forward(&h),
+        }
     }
 }
 

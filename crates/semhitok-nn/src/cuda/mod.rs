@@ -4,13 +4,15 @@
 //! nearest-code search behind [`crate::quantizer::nearest_l2`] on CUDA (kernels v2, v3, the
 //! tensor-core `tc` and `tc256`, and the default `tc1`: tensor-core scores, exact fp32 ids); [`sghc`] is SGHC's gathered sub-codebook search;
 //! [`layernorm`] the frozen teacher's fused residual add + layer norm; [`vit_norm`] the trained
-//! ViTs' layer norm with its backward as one autograd node (off by default); [`kernel`] the launch and
+//! ViTs' layer norm (and the residual add before it) with its backward as one autograd node; [`linear`] the trained linear layers' node that writes
+//! its weight and bias gradients straight into their bf16 gradient buffers; [`kernel`] the launch and
 //! case helpers every elementwise kernel of the workspace shares. Kernels are compiled on
 //! first use for the device's compute capability and cached for the process.
 
 pub mod driver;
 pub mod kernel;
 pub mod layernorm;
+pub mod linear;
 pub mod nearest;
 pub mod sghc;
 pub mod vit_norm;

@@ -3,13 +3,21 @@
 // layer norm plus autocast's fp32 -> bf16 cast, and in backward as the bf16 -> fp32 cast of the
 // incoming gradient plus the layer norm's two backward kernels.
 //
-// ln_fwd_f32_bf16: per row of H values, mean, rstd = rsqrt(var + eps) (two passes over the row in
-//   registers, fp32), y = bf16((x - mean) * rstd * gamma + beta); mean and rstd saved. One block of
-//   128 threads per row; H % 8 == 0, H <= 2048, 16-byte aligned rows.
+// With the residual add before the norm (`d` given): s = x + float(d) (d bf16, the value LibTorch's
+// mixed f32 + bf16 add gives) is the row normed, and is written out for the next residual add.
+//
+// ln_fwd_f32_bf16: per row of H values, v = x (+ d), mean, rstd = rsqrt(var + eps) (two passes
+//   over the row in registers, fp32), y = bf16((v - mean) * rstd * gamma + beta); mean and rstd
+//   saved, v saved to `s` when given. One block of 128 threads per row; H % 8 == 0, H <= 2048,
+//   16-byte aligned rows. `d` and `s` may be null.
 // ln_bwd_dx: per row, with xhat = (x - mean) * rstd and g = dy * gamma (dy bf16):
-//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), fp32.
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dres, the gradient the residual stream
+//   brings, fp32), fp32; also rounded to bf16 into dx16 (the gradient of the bf16 addend) when
+//   given. `dres` and `dx16` may be null.
 // ln_bwd_partial: column sums of dy * xhat and dy over row chunks of `rows_per` rows:
-//   part_g[chunk, j], part_b[chunk, j] (the caller sums the chunks).
+//   part_g[chunk, j], part_b[chunk, j].
+// colsum2: dg[j] = sum over chunks of part_g[., j], db[j] likewise (blockIdx.y picks which): 32
+//   columns x 8 chunk lanes per block, the lanes summed in shared memory.
 
 // bf2f, f2bf, lo, hi, pack, block_sum: bf16.cuh (prepended).
 
@@ -17,8 +25,9 @@
 
 
 extern "C" __global__ void __launch_bounds__(128)
-ln_fwd_f32_bf16(const float4* __restrict__ x, const float4* __restrict__ gamma,
-                const float4* __restrict__ beta, uint4* __restrict__ y, float* __restrict__ mean_out,
+ln_fwd_f32_bf16(const float4* __restrict__ x, const uint4* __restrict__ d,
+                const float4* __restrict__ gamma, const float4* __restrict__ beta,
+                float4* __restrict__ s, uint4* __restrict__ y, float* __restrict__ mean_out,
                 float* __restrict__ rstd_out, int h8, float eps) {
   __shared__ float part[4];
   const long long row = blockIdx.x;
@@ -31,6 +40,15 @@ ln_fwd_f32_bf16(const float4* __restrict__ x, const float4* __restrict__ gamma,
       const float4 a = x[(row * h8 + c) * 2], b = x[(row * h8 + c) * 2 + 1];
       v[k][0] = a.x; v[k][1] = a.y; v[k][2] = a.z; v[k][3] = a.w;
       v[k][4] = b.x; v[k][5] = b.y; v[k][6] = b.z; v[k][7] = b.w;
+      if (d != nullptr) {
+        const uint4 e = d[row * h8 + c];
+        v[k][0] += lo(e.x); v[k][1] += hi(e.x); v[k][2] += lo(e.y); v[k][3] += hi(e.y);
+        v[k][4] += lo(e.z); v[k][5] += hi(e.z); v[k][6] += lo(e.w); v[k][7] += hi(e.w);
+        if (s != nullptr) {
+          s[(row * h8 + c) * 2] = make_float4(v[k][0], v[k][1], v[k][2], v[k][3]);
+          s[(row * h8 + c) * 2 + 1] = make_float4(v[k][4], v[k][5], v[k][6], v[k][7]);
+        }
+      }
 #pragma unroll
       for (int j = 0; j < 8; ++j) sum += v[k][j];
     }
@@ -70,7 +88,8 @@ ln_fwd_f32_bf16(const float4* __restrict__ x, const float4* __restrict__ gamma,
 extern "C" __global__ void __launch_bounds__(128)
 ln_bwd_dx(const uint4* __restrict__ dy, const float4* __restrict__ x, const float4* __restrict__ gamma,
           const float* __restrict__ mean_in, const float* __restrict__ rstd_in,
-          float4* __restrict__ dx, int h8) {
+          const float4* __restrict__ dres, float4* __restrict__ dx, uint4* __restrict__ dx16,
+          int h8) {
   __shared__ float part[4];
   const long long row = blockIdx.x;
   const float mean = mean_in[row], rstd = rstd_in[row];
@@ -105,8 +124,16 @@ ln_bwd_dx(const uint4* __restrict__ dy, const float4* __restrict__ x, const floa
       float o[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) o[j] = rstd * (g[k][j] - m1 - xh[k][j] * m2);
+      if (dres != nullptr) {
+        const float4 a = dres[(row * h8 + c) * 2], b = dres[(row * h8 + c) * 2 + 1];
+        o[0] += a.x; o[1] += a.y; o[2] += a.z; o[3] += a.w;
+        o[4] += b.x; o[5] += b.y; o[6] += b.z; o[7] += b.w;
+      }
       dx[(row * h8 + c) * 2] = make_float4(o[0], o[1], o[2], o[3]);
       dx[(row * h8 + c) * 2 + 1] = make_float4(o[4], o[5], o[6], o[7]);
+      if (dx16 != nullptr)
+        dx16[row * h8 + c] = make_uint4(pack(f2bf(o[0]), f2bf(o[1])), pack(f2bf(o[2]), f2bf(o[3])),
+                                        pack(f2bf(o[4]), f2bf(o[5])), pack(f2bf(o[6]), f2bf(o[7])));
     }
   }
 }
@@ -129,4 +156,24 @@ ln_bwd_partial(const unsigned short* __restrict__ dy, const float* __restrict__ 
   }
   part_g[(long long)blockIdx.y * h + j] = sg;
   part_b[(long long)blockIdx.y * h + j] = sb;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+colsum2(const float* __restrict__ part_g, const float* __restrict__ part_b, float* __restrict__ dg,
+        float* __restrict__ db, int h, int chunks) {
+  __shared__ float acc[8][33];
+  const int j = blockIdx.x * 32 + (threadIdx.x & 31);
+  const int lane = threadIdx.x >> 5;
+  const float* __restrict__ part = blockIdx.y == 0 ? part_g : part_b;
+  float v = 0.f;
+  if (j < h)
+    for (int c = lane; c < chunks; c += 8) v += part[(long long)c * h + j];
+  acc[lane][threadIdx.x & 31] = v;
+  __syncthreads();
+  if (lane == 0 && j < h) {
+    float t = acc[0][threadIdx.x];
+#pragma unroll
+    for (int l = 1; l < 8; ++l) t += acc[l][threadIdx.x];
+    (blockIdx.y == 0 ? dg : db)[j] = t;
+  }
 }

@@ -162,7 +162,7 @@ fn vit_norm_kernels_compile_with_the_wheels_nvrtc() -> anyhow::Result<()> {
         semhitok_nn::cuda::vit_norm::compile(90).map_err(|e| anyhow::anyhow!(e.0))?;
     assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
     eprintln!("vit_norm.cu sm_90: {log}");
-    for entry in ["ln_fwd_f32_bf16", "ln_bwd_dx", "ln_bwd_partial"] {
+    for entry in ["ln_fwd_f32_bf16", "ln_bwd_dx", "ln_bwd_partial", "colsum2"] {
         match semhitok_nn::cuda::kernel::spills(&log, entry) {
             Some(spill) => assert!(!spill, "{entry} spills registers:\n{log}"),
             None => eprintln!("{entry}: NVRTC gave no ptxas report; spill check skipped"),
@@ -264,4 +264,219 @@ fn vit_norm_matches_libtorch_on_cuda() -> anyhow::Result<()> {
         assert!(err < 1e-3, "{name}: {err}");
     }
     Ok(())
+}
+
+/// `x` (f32), `d` (`dkind`), gamma, beta leaves; `s = x + d` and the bf16 norm of `s` (fused node
+/// or LibTorch's add, norm and cast); the gradients of a loss over both outputs.
+fn add_norm_and_grads(
+    x0: &Tensor,
+    d0: &Tensor,
+    g0: &Tensor,
+    b0: &Tensor,
+    w: &Tensor,
+    fused: bool,
+) -> anyhow::Result<((Tensor, Tensor), [Tensor; 4])> {
+    let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+    let (x, d, g, b) = (leaf(x0), leaf(d0), leaf(g0), leaf(b0));
+    let h = g0.size()[0];
+    let (s, y) = if fused {
+        semhitok_nn::cuda::vit_norm::add_layer_norm_bf16(&x, &d, &g, &b, 1e-6)?
+    } else {
+        let s = &x + &d;
+        let y = s
+            .layer_norm([h], Some(&g), Some(&b), 1e-6, true)
+            .to_kind(tch::Kind::BFloat16);
+        (s, y)
+    };
+    assert_eq!(y.kind(), tch::Kind::BFloat16);
+    assert_eq!(s.kind(), tch::Kind::Float);
+    // Both outputs carry gradient, as in a block (s goes on to the next residual add).
+    ((y.to_kind(tch::Kind::Float) * w).sum(tch::Kind::Float)
+        + (&s * w * 0.5).sum(tch::Kind::Float))
+    .backward();
+    Ok(((s, y), [x.grad(), d.grad(), g.grad(), b.grad()]))
+}
+
+/// The fused residual add + norm node on the CPU (LibTorch's kernels inside): the same sum, the
+/// same bf16 norm and the same gradients (the addend's in its own kind, bf16) as LibTorch's add,
+/// layer norm and cast.
+#[test]
+fn vit_add_norm_node_equals_libtorch_on_cpu() -> anyhow::Result<()> {
+    tch::manual_seed(6);
+    let f = (tch::Kind::Float, tch::Device::Cpu);
+    let x = Tensor::randn([3, 5, 16], f) * 2.0 + 0.5;
+    let d = Tensor::randn([3, 5, 16], f).to_kind(tch::Kind::BFloat16);
+    let g = Tensor::randn([16], f) * 0.2 + 1.0;
+    let b = Tensor::randn([16], f) * 0.1;
+    let w = Tensor::randn([3, 5, 16], f);
+    let ((s, y), grads) = add_norm_and_grads(&x, &d, &g, &b, &w, true)?;
+    let ((s_ref, y_ref), grads_ref) = add_norm_and_grads(&x, &d, &g, &b, &w, false)?;
+    assert!(s.equal(&s_ref), "sum differs");
+    assert!(y.equal(&y_ref), "norm differs");
+    assert_eq!(
+        grads[1].kind(),
+        tch::Kind::BFloat16,
+        "the addend's gradient kind"
+    );
+    for (name, a, r) in [
+        ("x", &grads[0], &grads_ref[0]),
+        ("d", &grads[1], &grads_ref[1]),
+        ("gamma", &grads[2], &grads_ref[2]),
+        ("beta", &grads[3], &grads_ref[3]),
+    ] {
+        let (a, r) = (a.to_kind(tch::Kind::Float), r.to_kind(tch::Kind::Float));
+        assert!(a.allclose(&r, 1e-6, 1e-7, false), "{name}: {a:?} vs {r:?}");
+    }
+    Ok(())
+}
+
+/// On CUDA, at a ViT-B shape: the fused residual add + norm's kernels against LibTorch's add,
+/// fp32 layer norm and bf16 cast: the sum bit-equal, the norm within one bf16 ulp but for a few
+/// values near zero, gradients within 1e-3 of the largest (the addend's bf16 gradient within its
+/// rounding), and the kernels ran (forward, dx, partials, column sums).
+#[test]
+fn vit_add_norm_matches_libtorch_on_cuda() -> anyhow::Result<()> {
+    if !tch::Cuda::is_available() {
+        eprintln!("vit_add_norm_matches_libtorch_on_cuda: no CUDA device, skipped");
+        return Ok(());
+    }
+    let f = (tch::Kind::Float, tch::Device::Cuda(0));
+    tch::manual_seed(10);
+    let x = Tensor::randn([4, 256, 768], f) * 2.0 + 0.5;
+    let d = Tensor::randn([4, 256, 768], f).to_kind(tch::Kind::BFloat16);
+    let g = Tensor::randn([768], f) * 0.2 + 1.0;
+    let b = Tensor::randn([768], f) * 0.1;
+    let w = Tensor::randn([4, 256, 768], f);
+    let before = semhitok_nn::cuda::vit_norm::launches();
+    let ((s, y), grads) = add_norm_and_grads(&x, &d, &g, &b, &w, true)?;
+    assert!(
+        semhitok_nn::cuda::vit_norm::launches() - before >= 4,
+        "the kernels did not run"
+    );
+    let ((s_ref, y_ref), grads_ref) = add_norm_and_grads(&x, &d, &g, &b, &w, false)?;
+    assert!(s.equal(&s_ref), "the sum is not LibTorch's add");
+    let dy = (y.to_kind(tch::Kind::Float) - y_ref.to_kind(tch::Kind::Float)).abs();
+    let same = dy
+        .eq(0.0)
+        .to_kind(tch::Kind::Float)
+        .mean(tch::Kind::Float)
+        .double_value(&[]);
+    let max = dy.max().double_value(&[]);
+    eprintln!("vit_add_norm forward: {same:.5} bit-equal, max |diff| {max:.2e}");
+    assert!(
+        same > 0.98 && max < 2e-2,
+        "forward: {same} equal, max {max}"
+    );
+    for (name, a, r, tol) in [
+        ("x", &grads[0], &grads_ref[0], 1e-3),
+        ("d", &grads[1], &grads_ref[1], 1e-2),
+        ("gamma", &grads[2], &grads_ref[2], 1e-3),
+        ("beta", &grads[3], &grads_ref[3], 1e-3),
+    ] {
+        let (a, r) = (a.to_kind(tch::Kind::Float), r.to_kind(tch::Kind::Float));
+        let scale = r.abs().max().double_value(&[]);
+        let err = (&a - &r).abs().max().double_value(&[]) / scale;
+        eprintln!("vit_add_norm grad {name}: max |diff| {err:.2e} of the largest");
+        assert!(err < tol, "{name}: {err}");
+    }
+    Ok(())
+}
+
+/// The fused linear node's kernels (`cuda/linear.cu`) compile with the wheel's NVRTC without
+/// register spills.
+#[test]
+fn fused_linear_kernels_compile_with_the_wheels_nvrtc() -> anyhow::Result<()> {
+    let (cubin, log) = semhitok_nn::cuda::linear::compile(90).map_err(|e| anyhow::anyhow!(e.0))?;
+    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
+    for entry in ["bias_partial", "bias_finish"] {
+        match semhitok_nn::cuda::kernel::spills(&log, entry) {
+            Some(spill) => assert!(!spill, "{entry} spills registers:\n{log}"),
+            None => eprintln!("{entry}: NVRTC gave no ptxas report; spill check skipped"),
+        }
+    }
+    Ok(())
+}
+
+/// bf16 leaves x, w, b with zero bf16 gradients defined (as semhitok-train's gradient buffer
+/// gives them), a linear layer (the fused node or LibTorch's linear) and a loss over it twice
+/// (the second pass accumulates into the first's gradients): output and gradients.
+fn linear_and_grads(
+    x0: &Tensor,
+    w0: &Tensor,
+    b0: &Tensor,
+    r: &Tensor,
+    fused: bool,
+) -> anyhow::Result<(Tensor, [Tensor; 3])> {
+    let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+    let (x, w, b) = (leaf(x0), leaf(w0), leaf(b0));
+    for t in [&x, &w, &b] {
+        (t.sum(tch::Kind::Float) * 0.0).backward();
+        assert_eq!(t.grad().kind(), tch::Kind::BFloat16);
+    }
+    let mut y = Tensor::new();
+    for _ in 0..2 {
+        y = if fused {
+            semhitok_nn::cuda::linear::linear(&x, &w, Some(&b))?
+        } else {
+            x.linear(&w, Some(&b))
+        };
+        (y.to_kind(tch::Kind::Float) * r)
+            .sum(tch::Kind::Float)
+            .backward();
+    }
+    Ok((y, [x.grad(), w.grad(), b.grad()]))
+}
+
+/// The largest |a - b| over the largest |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(tch::Kind::Float), b.to_kind(tch::Kind::Float));
+    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-30)
+}
+
+/// Against LibTorch's linear: the same output, and gradients within the bf16 rounding of the
+/// accumulation (the node rounds each accumulated gradient once, autograd twice).
+fn check_fused_linear(device: tch::Device, shape: [i64; 3], direct: u64) -> anyhow::Result<()> {
+    let f = (tch::Kind::Float, device);
+    let [b_, n, c] = shape;
+    tch::manual_seed(12);
+    let bf = tch::Kind::BFloat16;
+    let x = Tensor::randn([b_, n, c], f).to_kind(bf);
+    let w = (Tensor::randn([3 * c, c], f) * 0.05).to_kind(bf);
+    let b = (Tensor::randn([3 * c], f) * 0.1).to_kind(bf);
+    let r = Tensor::randn([b_, n, 3 * c], f);
+    let before = semhitok_nn::cuda::linear::direct_writes();
+    let (y, g) = linear_and_grads(&x, &w, &b, &r, true)?;
+    let writes = semhitok_nn::cuda::linear::direct_writes() - before;
+    let (y_ref, g_ref) = linear_and_grads(&x, &w, &b, &r, false)?;
+    assert!(y.equal(&y_ref), "forward differs from LibTorch's linear");
+    assert_eq!(writes, direct, "gradients written into .grad");
+    for (name, a, r) in [
+        ("x", &g[0], &g_ref[0]),
+        ("w", &g[1], &g_ref[1]),
+        ("b", &g[2], &g_ref[2]),
+    ] {
+        let e = rel_err(a, r);
+        eprintln!("fused linear {device:?} grad {name}: max |diff| {e:.2e} of the largest");
+        assert!(e < 1e-2, "{name}: {e}");
+    }
+    Ok(())
+}
+
+/// On the CPU the node writes the weight gradient into `.grad` (the bias's goes back to
+/// autograd: its kernel is CUDA-only).
+#[test]
+fn fused_linear_node_matches_libtorch_on_cpu() -> anyhow::Result<()> {
+    check_fused_linear(tch::Device::Cpu, [2, 6, 16], 2)
+}
+
+/// On CUDA at a ViT-B shape both gradients go straight into `.grad`.
+#[test]
+fn fused_linear_matches_libtorch_on_cuda() -> anyhow::Result<()> {
+    if !tch::Cuda::is_available() {
+        eprintln!("fused_linear_matches_libtorch_on_cuda: no CUDA device, skipped");
+        return Ok(());
+    }
+    check_fused_linear(tch::Device::Cuda(0), [4, 256, 768], 4)?;
+    // Rows not a multiple of the chunk, columns not of the block's 256.
+    check_fused_linear(tch::Device::Cuda(0), [3, 77, 40], 4)
 }

@@ -602,20 +602,22 @@ fn failed_checkpoint_write_leaves_nothing_and_resume_cleans_leftovers() {
     assert_eq!(entries(&ckdir), vec!["step-00000004".to_string()]);
 }
 
-/// On CUDA with bf16: `pre` with the trained ViTs' fused layer norm (`SEMHITOK_FUSED_VIT_NORM`,
-/// off by default) gives the losses of LibTorch's layer norm + autocast cast, within the drift
-/// its fp32 sums in another order allow over 8 steps, and its kernels ran. Skipped without CUDA.
+/// On CUDA with bf16: `pre` with the trained ViTs' fused autograd nodes, the layer norm
+/// with its residual add (`SEMHITOK_FUSED_VIT_NORM`) and the linear layers that write their
+/// gradients into `.grad` (`SEMHITOK_FUSED_LINEAR`), alone and together, gives the losses of
+/// LibTorch's ops within the drift their fp32 sums in another order allow over 8 steps, and their
+/// kernels ran. Skipped without CUDA.
 #[test]
-fn pre_fused_vit_norm_matches_libtorch_on_cuda() {
-    use semhitok_nn::cuda::vit_norm;
+fn pre_fused_vit_nodes_match_libtorch_on_cuda() {
+    use semhitok_nn::cuda::{linear, vit_norm};
     let _g = serial();
     if !tch::Cuda::is_available() {
-        eprintln!("pre_fused_vit_norm_matches_libtorch_on_cuda: no CUDA device, skipped");
+        eprintln!("pre_fused_vit_nodes_match_libtorch_on_cuda: no CUDA device, skipped");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let spc = spc_run(tmp.path(), 5);
-    let go = |name: &str, fused: bool| {
+    let go = |name: &str, norm: bool, lin: bool| {
         let c = cfg(
             &tmp.path().join(name),
             "pre",
@@ -626,23 +628,38 @@ fn pre_fused_vit_norm_matches_libtorch_on_cuda() {
                 "run.precision=\"bf16\"".into(),
             ],
         );
-        vit_norm::set_enabled(fused);
+        vit_norm::set_enabled(norm);
+        linear::set_enabled(lin);
+        let (n0, l0) = (vit_norm::launches(), linear::direct_writes());
         let r = run(&c);
         vit_norm::set_enabled(false);
+        linear::set_enabled(false);
+        assert_eq!(
+            vit_norm::launches() > n0,
+            norm,
+            "{name}: fused norm kernels ran"
+        );
+        assert_eq!(
+            linear::direct_writes() > l0,
+            lin,
+            "{name}: fused linear wrote gradients"
+        );
         r
     };
-    let plain = go("plain", false);
-    let before = vit_norm::launches();
-    let fused = go("fused", true);
-    assert!(
-        vit_norm::launches() > before,
-        "the fused norm's kernels did not run"
-    );
+    let plain = go("plain", false, false);
     assert_eq!(plain.losses.len(), 8);
-    for ((s, a), (_, b)) in plain.losses.iter().zip(&fused.losses) {
-        assert!(
-            (a - b).abs() <= 1e-2 * a.abs().max(1e-3),
-            "step {s}: LibTorch norm {a} vs fused norm {b}"
-        );
+    for (name, norm, lin) in [
+        ("norm", true, false),
+        ("linear", false, true),
+        ("both", true, true),
+    ] {
+        let fused = go(name, norm, lin);
+        for ((s, a), (_, b)) in plain.losses.iter().zip(&fused.losses) {
+            eprintln!("{name} step {s}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-2 * a.abs().max(1e-3),
+                "{name}, step {s}: LibTorch ops {a} vs fused {b}"
+            );
+        }
     }
 }
