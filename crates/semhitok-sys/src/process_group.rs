@@ -79,6 +79,7 @@ impl ProcessGroup {
             msg,
         };
         crate::install_crash_handler();
+        flight_recorder_off_by_default();
         if !backend.compiled() {
             return Err(Error::Unsupported(format!(
                 "the {backend} backend is not compiled into this build (NCCL needs the CUDA headers \
@@ -271,4 +272,21 @@ impl Drop for ProcessGroup {
         // SAFETY: `raw` came from `shk_pg_new` and is freed once.
         unsafe { ffi::shk_pg_free(self.raw) };
     }
+}
+
+/// c10d's flight recorder (`TORCH_FR_BUFFER_SIZE`, default 2000 entries) records every
+/// collective with a captured traceback, and in PyTorch 2.11 it inserts each new process group
+/// into its status map before taking its lock (`FlightRecorder::record`): process groups that
+/// enqueue collectives concurrently in one process race on that map (seen as a SIGSEGV in
+/// `ProcessGroupGloo::enqueue` with several ranks on threads in one test binary). It is off here
+/// unless the user sets `TORCH_FR_BUFFER_SIZE` (or the older `TORCH_NCCL_TRACE_BUFFER_SIZE`);
+/// set before the first process group, as the recorder reads it once, when first used.
+fn flight_recorder_off_by_default() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let set = |k: &str| std::env::var_os(k).is_some();
+        if !set("TORCH_FR_BUFFER_SIZE") && !set("TORCH_NCCL_TRACE_BUFFER_SIZE") {
+            std::env::set_var("TORCH_FR_BUFFER_SIZE", "0");
+        }
+    });
 }

@@ -14,6 +14,14 @@ fn vec(t: &Tensor) -> Vec<f32> {
 #[test]
 fn all_reduce_broadcast_all_gather_barrier_on_3_ranks() {
     let out = on_ranks(3, T, |pg| {
+        // c10d's flight recorder is off unless asked for (its status map races when several
+        // process groups of one process enqueue at once, as these ranks on threads do).
+        let fr = std::env::var("TORCH_FR_BUFFER_SIZE").ok();
+        assert!(
+            fr.as_deref() == Some("0")
+                || std::env::var_os("TORCH_NCCL_TRACE_BUFFER_SIZE").is_some(),
+            "TORCH_FR_BUFFER_SIZE = {fr:?}"
+        );
         let r = pg.rank() as f32;
         assert_eq!(pg.world_size(), 3);
         // sum and average of [r, 10 r] (in place)
