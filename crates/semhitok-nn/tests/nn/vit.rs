@@ -480,3 +480,26 @@ fn fused_linear_matches_libtorch_on_cuda() -> anyhow::Result<()> {
     // Rows not a multiple of the chunk, columns not of the block's 256.
     check_fused_linear(tch::Device::Cuda(0), [3, 77, 40], 4)
 }
+
+/// Blocks chained with their last residual add pending (`Block::forward_pending`, what the trunk
+/// does so that each add meets the next norm) give exactly `Block::forward` applied in turn.
+#[test]
+fn pending_residual_chain_equals_blocks_in_turn() -> anyhow::Result<()> {
+    tch::manual_seed(13);
+    let vs = VarStore::new(Device::Cpu);
+    let cfg = VitConfig::custom(16, 3, 4);
+    let blocks: Vec<_> = (0..3)
+        .map(|i| semhitok_nn::vit::Block::new(vs.root() / "blocks" / i, &cfg))
+        .collect();
+    let x = Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu));
+    let mut in_turn = x.shallow_clone();
+    for b in &blocks {
+        in_turn = b.forward(&in_turn)?;
+    }
+    let (mut s, mut m) = blocks[0].forward_pending(&x, None)?;
+    for b in &blocks[1..] {
+        (s, m) = b.forward_pending(&s, Some(&m))?;
+    }
+    assert!((s + m).equal(&in_turn), "the pending chain differs");
+    Ok(())
+}
