@@ -9,7 +9,9 @@
 #                             (cuda/vit_norm.cu)
 #   SEMHITOK_FUSED_LINEAR=0   the trained linear layers' node writing its gradients into .grad
 #                             (cuda/linear.cu)
-# and both autograd nodes off together (nodes_off: the defaults before session 9).
+# and both autograd nodes off together (nodes_off: the defaults before session 9), and with the
+# one that is off by default turned on:
+#   SEMHITOK_FUSED_NORMS=1    the squared norms of the flat buffers in two kernels (optim/sumsq.cu)
 # Usage on the GPU host, from the repository root (bundle from `cargo xtask bundle`):
 #   OUT=/some/dir [ROUNDS=2] [STEPS=30] [BATCH=32] [LABELS="all_on nodes_off"] scripts/gpu/train_ab.sh BUNDLE
 # (LABELS: run only the settings named; all of them by default.)
@@ -37,4 +39,5 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
   bench vit_norm_off SEMHITOK_FUSED_VIT_NORM=0
   bench linear_off SEMHITOK_FUSED_LINEAR=0
   bench nodes_off SEMHITOK_FUSED_VIT_NORM=0 SEMHITOK_FUSED_LINEAR=0
+  bench norms_on SEMHITOK_FUSED_NORMS=1
 done

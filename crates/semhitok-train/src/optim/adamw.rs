@@ -258,7 +258,7 @@ impl AdamW {
         let _g = tch::no_grad_guard();
         self.bind_flat_grads();
         if let Some(g) = self.flat_grad() {
-            return g.square().sum(Kind::Double);
+            return super::sumsq::sum_sq_f64(g);
         }
         let mut total: Option<Tensor> = None;
         for p in &self.params {
@@ -279,7 +279,7 @@ impl AdamW {
     pub fn param_norm_sq(&self) -> Tensor {
         let _g = tch::no_grad_guard();
         if let Some(f) = self.flat.as_ref() {
-            return f.p.square().sum(Kind::Double);
+            return super::sumsq::sum_sq_f64(&f.p);
         }
         let mut total: Option<Tensor> = None;
         for p in &self.params {

@@ -1,6 +1,7 @@
 //! The trainer's optimizer state: AdamW with savable state over one flat buffer (`adamw`, with
 //! the flat layout and its bf16 working copy in `flat`, the bf16 gradients' move into the f32
-//! buffer in `grad16`, the one-kernel CUDA step in `adamw_fused`), the warmup + cosine schedule
+//! buffer in `grad16`, the one-kernel CUDA step in `adamw_fused`, the squared norms of the flat buffers in `sumsq`),
+//! the warmup + cosine schedule
 //! (`schedule`) and the EMA of weights (`ema`).
 //!
 //! tch's `nn::Optimizer` keeps its moments inside LibTorch with no way to read them back, so a
@@ -14,6 +15,7 @@ mod ema;
 mod flat;
 pub mod grad16;
 mod schedule;
+pub mod sumsq;
 
 pub use adamw::AdamW;
 pub use ema::Ema;

@@ -429,3 +429,57 @@ fn fused_adamw_equals_libtorch_ops_on_cuda() {
         }
     }
 }
+
+/// The squared-norm kernels (`optim/sumsq.cu`) compile with the wheel's NVRTC without register
+/// spills.
+#[test]
+fn fused_norm_kernels_compile_with_the_wheels_nvrtc() {
+    let (cubin, log) =
+        semhitok_train::optim::sumsq::compile(90).unwrap_or_else(|e| panic!("{}", e.0));
+    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
+    assert!(
+        semhitok_nn::cuda::kernel::no_report_spills(&log),
+        "spills:\n{log}"
+    );
+}
+
+/// Off the kernels' case (the CPU) `sum_sq_f64` is LibTorch's `square().sum(kDouble)`, bit for bit.
+#[test]
+fn fused_norms_are_libtorchs_on_cpu() {
+    let _g = serial(); // the switch is process-wide
+    tch::manual_seed(21);
+    let x = Tensor::randn([1003], (Kind::Float, tch::Device::Cpu)) * 3.0;
+    semhitok_train::optim::sumsq::set_enabled(true);
+    let got = semhitok_train::optim::sumsq::sum_sq_f64(&x);
+    semhitok_train::optim::sumsq::set_enabled(false);
+    assert_eq!(got.kind(), Kind::Double);
+    assert!(got.equal(&x.square().sum(Kind::Double)));
+}
+
+/// On CUDA: the kernels against LibTorch's `square().sum(kDouble)` (the same fp32 squares summed in
+/// fp64 in another order: within 1e-12 relative) at lengths with and without a tail of n % 4,
+/// from one element to a ViT-B-sized buffer. Skipped without CUDA.
+#[test]
+fn fused_norms_match_libtorch_on_cuda() {
+    if !tch::Cuda::is_available() {
+        eprintln!("fused_norms_match_libtorch_on_cuda: no CUDA device, skipped");
+        return;
+    }
+    use semhitok_train::optim::sumsq;
+    let _g = serial(); // the switch is process-wide
+    tch::manual_seed(22);
+    for n in [1i64, 3, 4, 1027, 262_147, 86_000_001] {
+        let x = Tensor::randn([n], (Kind::Float, tch::Device::Cuda(0))) * 0.02;
+        sumsq::set_enabled(true);
+        let got = sumsq::sum_sq_f64(&x).double_value(&[]);
+        let again = sumsq::sum_sq_f64(&x).double_value(&[]);
+        sumsq::set_enabled(false);
+        let want = x.square().sum(Kind::Double).double_value(&[]);
+        eprintln!("sumsq n {n}: {got:e} vs {want:e}");
+        assert_eq!(got.to_bits(), again.to_bits(), "n {n}: not deterministic");
+        assert!(
+            (got - want).abs() <= 1e-12 * want.abs(),
+            "n {n}: {got} vs LibTorch {want}"
+        );
+    }
+}
