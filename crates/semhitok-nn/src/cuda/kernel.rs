@@ -91,6 +91,12 @@ impl Latch {
     }
 }
 
+/// A LibTorch error as the message an autograd node's half returns
+/// ([`semhitok_sys::CustomFunction`]).
+pub fn tch_err(e: tch::TchError) -> String {
+    e.to_string()
+}
+
 /// `v` as one entry of a launch's argument array.
 pub fn arg<T>(v: &mut T) -> *mut c_void {
     v as *mut T as *mut c_void

@@ -7,10 +7,10 @@
 //   starting at 8 * 32 * bx; its 4 warps take every 4th row (warp w rows r0 + w, r0 + w + 4, ..;
 //   one warp reads 512 contiguous bytes of a row), then the 4 warps' sums are added in shared
 //   memory in a fixed order: part[chunk, C] fp32. C % 8 == 0, 16-byte aligned rows.
-// bias_finish: out[j] = bf16(float(out[j]) + sum over chunks of part[., j]): 32 columns x 8 chunk
-//   lanes per block, the lanes summed in shared memory (in a fixed order: deterministic).
+// bias_finish: out[j] = bf16(float(out[j]) + sum over chunks of part[., j]), the sum by
+//   chunk_colsum (a fixed order: deterministic).
 
-// bf2f, f2bf, lo, hi: bf16.cuh (prepended).
+// bf2f, f2bf, lo, hi, chunk_colsum: bf16.cuh (prepended).
 
 extern "C" __global__ void __launch_bounds__(128)
 bias_partial(const uint4* __restrict__ dy, float* __restrict__ part, int c8, long long rows,
@@ -45,16 +45,6 @@ extern "C" __global__ void __launch_bounds__(256)
 bias_finish(const float* __restrict__ part, unsigned short* __restrict__ out, int c, int chunks) {
   __shared__ float acc[8][33];
   const int j = blockIdx.x * 32 + (threadIdx.x & 31);
-  const int lane = threadIdx.x >> 5;
-  float v = 0.f;
-  if (j < c)
-    for (int k = lane; k < chunks; k += 8) v += part[(long long)k * c + j];
-  acc[lane][threadIdx.x & 31] = v;
-  __syncthreads();
-  if (lane == 0 && j < c) {
-    float t = acc[0][threadIdx.x];
-#pragma unroll
-    for (int l = 1; l < 8; ++l) t += acc[l][threadIdx.x];
-    out[j] = (unsigned short)f2bf(bf2f(out[j]) + t);
-  }
+  const float t = chunk_colsum(part, c, chunks, j, acc);
+  if ((threadIdx.x >> 5) == 0 && j < c) out[j] = (unsigned short)f2bf(bf2f(out[j]) + t);
 }

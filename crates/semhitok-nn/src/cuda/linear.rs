@@ -15,7 +15,7 @@
 //! On by default; `SEMHITOK_FUSED_LINEAR=0` (or [`set_enabled`]) restores LibTorch's linear.
 
 use super::driver::CudaError;
-use super::kernel::{arg, dense_on_one_cuda, launch_grid, Switch};
+use super::kernel::{arg, dense_on_one_cuda, launch_grid, tch_err, Switch};
 use semhitok_sys::{apply_custom, CustomFunction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Device, Kind, Tensor};
@@ -65,10 +65,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> crate::Result<Tenso
 
 struct FusedLinear;
 static LINEAR: FusedLinear = FusedLinear;
-
-fn tch_err(e: tch::TchError) -> String {
-    e.to_string()
-}
 
 /// The bf16 `.grad` of `p` to write into, if it has one (defined, contiguous, same device).
 fn bf16_grad(p: &Tensor) -> Option<Tensor> {

@@ -16,10 +16,10 @@
 //   given. `dres` and `dx16` may be null.
 // ln_bwd_partial: column sums of dy * xhat and dy over row chunks of `rows_per` rows:
 //   part_g[chunk, j], part_b[chunk, j].
-// colsum2: dg[j] = sum over chunks of part_g[., j], db[j] likewise (blockIdx.y picks which): 32
-//   columns x 8 chunk lanes per block, the lanes summed in shared memory.
+// colsum2: dg[j] = sum over chunks of part_g[., j], db[j] likewise (blockIdx.y picks which), by
+//   chunk_colsum.
 
-// bf2f, f2bf, lo, hi, pack, block_sum: bf16.cuh (prepended).
+// bf2f, f2bf, lo, hi, pack, block_sum, chunk_colsum: bf16.cuh (prepended).
 
 #define MAXV 2
 
@@ -163,17 +163,6 @@ colsum2(const float* __restrict__ part_g, const float* __restrict__ part_b, floa
         float* __restrict__ db, int h, int chunks) {
   __shared__ float acc[8][33];
   const int j = blockIdx.x * 32 + (threadIdx.x & 31);
-  const int lane = threadIdx.x >> 5;
-  const float* __restrict__ part = blockIdx.y == 0 ? part_g : part_b;
-  float v = 0.f;
-  if (j < h)
-    for (int c = lane; c < chunks; c += 8) v += part[(long long)c * h + j];
-  acc[lane][threadIdx.x & 31] = v;
-  __syncthreads();
-  if (lane == 0 && j < h) {
-    float t = acc[0][threadIdx.x];
-#pragma unroll
-    for (int l = 1; l < 8; ++l) t += acc[l][threadIdx.x];
-    (blockIdx.y == 0 ? dg : db)[j] = t;
-  }
+  const float t = chunk_colsum(blockIdx.y == 0 ? part_g : part_b, h, chunks, j, acc);
+  if ((threadIdx.x >> 5) == 0 && j < h) (blockIdx.y == 0 ? dg : db)[j] = t;
 }

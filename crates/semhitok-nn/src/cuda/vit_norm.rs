@@ -12,7 +12,7 @@
 //! that sum to the bf16 addend's gradient.
 
 use super::driver::CudaError;
-use super::kernel::{arg, dense_on_one_cuda, launch, launch_grid, Switch};
+use super::kernel::{arg, dense_on_one_cuda, launch, launch_grid, tch_err, Switch};
 use semhitok_sys::{apply_custom, CustomFunction};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,10 +93,6 @@ struct VitNorm;
 static NORM: VitNorm = VitNorm;
 struct VitAddNorm;
 static ADD_NORM: VitAddNorm = VitAddNorm;
-
-fn tch_err(e: tch::TchError) -> String {
-    e.to_string()
-}
 
 fn empty(shape: &[i64], kind: Kind, dev: Device) -> Result<Tensor, String> {
     Tensor::f_empty(shape, (kind, dev)).map_err(tch_err)

@@ -228,15 +228,11 @@ fn siglip_strict_loading_lists_bad_keys() -> anyhow::Result<()> {
 /// without register spills.
 #[test]
 fn teacher_layernorm_kernel_compiles_with_the_wheels_nvrtc() -> anyhow::Result<()> {
-    let (cubin, log) =
-        semhitok_nn::cuda::layernorm::compile(90).map_err(|e| anyhow::anyhow!(e.0))?;
-    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
-    eprintln!("layernorm.cu sm_90: {log}");
-    match semhitok_nn::cuda::kernel::spills(&log, "add_layernorm_bf16") {
-        Some(spill) => assert!(!spill, "add_layernorm_bf16 spills registers:\n{log}"),
-        None => eprintln!("NVRTC gave no ptxas report; spill check skipped"),
-    }
-    Ok(())
+    crate::teach_util::assert_no_spills(
+        "layernorm.cu",
+        semhitok_nn::cuda::layernorm::compile(90),
+        &["add_layernorm_bf16"],
+    )
 }
 
 /// bf16 values one unit in the last place apart (or closer), elementwise, as a fraction.

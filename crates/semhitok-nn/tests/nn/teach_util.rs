@@ -86,3 +86,23 @@ pub fn rtol(dev: Device, cpu: f64) -> f64 {
     let strict = std::env::var("NVIDIA_TF32_OVERRIDE").is_ok_and(|v| v == "0");
     cpu.max(if strict { 1e-4 } else { 5e-3 })
 }
+
+/// `compiled` (a kernel file's `compile(90)`: cubin and ptxas's report) is a cubin whose entries
+/// `entries` do not spill registers; an entry without a report (some NVRTC builds return none) is
+/// noted, not failed.
+pub fn assert_no_spills(
+    file: &str,
+    compiled: Result<(Vec<u8>, String), semhitok_nn::cuda::driver::CudaError>,
+    entries: &[&str],
+) -> anyhow::Result<()> {
+    let (cubin, log) = compiled.map_err(|e| anyhow::anyhow!("{file}: {}", e.0))?;
+    assert_eq!(&cubin[..4], b"\x7fELF", "{file}: not a cubin");
+    eprintln!("{file} sm_90: {log}");
+    for entry in entries {
+        match semhitok_nn::cuda::kernel::spills(&log, entry) {
+            Some(spill) => assert!(!spill, "{entry} spills registers:\n{log}"),
+            None => eprintln!("{entry}: NVRTC gave no ptxas report; spill check skipped"),
+        }
+    }
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! ViT pixel encoder / decoder: golden vs timm blocks (scripts/fixtures/vit.py), shapes, bad input.
 
-use crate::teach_util::{assert_close, fixture, get, load_fixture, rtol};
+use crate::teach_util::{assert_close, assert_no_spills, fixture, get, load_fixture, rtol};
 use semhitok_nn::test_device;
 use semhitok_nn::vit::{VitConfig, VitDecoderConfig, VitEncoderConfig};
 use semhitok_nn::weights::{load_strict, LoadOptions};
@@ -158,17 +158,11 @@ fn encoder_gradients_reach_patch_embed() -> anyhow::Result<()> {
 /// register spills.
 #[test]
 fn vit_norm_kernels_compile_with_the_wheels_nvrtc() -> anyhow::Result<()> {
-    let (cubin, log) =
-        semhitok_nn::cuda::vit_norm::compile(90).map_err(|e| anyhow::anyhow!(e.0))?;
-    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
-    eprintln!("vit_norm.cu sm_90: {log}");
-    for entry in ["ln_fwd_f32_bf16", "ln_bwd_dx", "ln_bwd_partial", "colsum2"] {
-        match semhitok_nn::cuda::kernel::spills(&log, entry) {
-            Some(spill) => assert!(!spill, "{entry} spills registers:\n{log}"),
-            None => eprintln!("{entry}: NVRTC gave no ptxas report; spill check skipped"),
-        }
-    }
-    Ok(())
+    assert_no_spills(
+        "vit_norm.cu",
+        semhitok_nn::cuda::vit_norm::compile(90),
+        &["ln_fwd_f32_bf16", "ln_bwd_dx", "ln_bwd_partial", "colsum2"],
+    )
 }
 
 /// `x`, gamma, beta leaves, the bf16 layer norm (fused node or LibTorch's norm + cast) and the
@@ -386,15 +380,11 @@ fn vit_add_norm_matches_libtorch_on_cuda() -> anyhow::Result<()> {
 /// register spills.
 #[test]
 fn fused_linear_kernels_compile_with_the_wheels_nvrtc() -> anyhow::Result<()> {
-    let (cubin, log) = semhitok_nn::cuda::linear::compile(90).map_err(|e| anyhow::anyhow!(e.0))?;
-    assert_eq!(&cubin[..4], b"\x7fELF", "not a cubin");
-    for entry in ["bias_partial", "bias_finish"] {
-        match semhitok_nn::cuda::kernel::spills(&log, entry) {
-            Some(spill) => assert!(!spill, "{entry} spills registers:\n{log}"),
-            None => eprintln!("{entry}: NVRTC gave no ptxas report; spill check skipped"),
-        }
-    }
-    Ok(())
+    assert_no_spills(
+        "linear.cu",
+        semhitok_nn::cuda::linear::compile(90),
+        &["bias_partial", "bias_finish"],
+    )
 }
 
 /// bf16 leaves x, w, b with zero bf16 gradients defined (as semhitok-train's gradient buffer
