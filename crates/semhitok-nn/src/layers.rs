@@ -68,18 +68,35 @@ impl Linear {
     /// working copy under CUDA autocast goes through [`crate::cuda::linear`] (its gradients
     /// written straight into their bf16 buffers); the forward values are the same.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.fused_case(xs) {
+            return crate::cuda::linear::linear(xs, &self.ws, self.bs.as_ref());
+        }
+        Ok(xs.f_linear(&self.ws, self.bs.as_ref())?)
+    }
+
+    /// `gelu(self.forward(xs))` with the exact (erf) GELU. In [`Self::forward`]'s fused case and
+    /// with a bias, unless `SEMHITOK_FUSED_GELU=0`, one node ([`crate::cuda::linear_gelu`]: the
+    /// GELU backward and the bias gradient in one pass); the forward values are the same.
+    /// [.., in] -> [.., out]
+    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        if let (Some(b), true) = (&self.bs, crate::cuda::linear_gelu::enabled()) {
+            if self.fused_case(xs) {
+                return crate::cuda::linear_gelu::linear_gelu(xs, &self.ws, b);
+            }
+        }
+        Ok(self.forward(xs)?.f_gelu("none")?)
+    }
+
+    /// A trained layer on its bf16 working copy under CUDA autocast, with the linear node on.
+    fn fused_case(&self, xs: &Tensor) -> bool {
         let bf16 = |t: &Tensor| t.kind() == tch::Kind::BFloat16;
-        let fused = crate::cuda::linear::enabled()
+        crate::cuda::linear::enabled()
             && xs.device().is_cuda()
             && bf16(&self.ws)
             && self.ws.requires_grad()
             && self.bs.as_ref().map_or(true, bf16)
             && matches!(xs.kind(), tch::Kind::BFloat16 | tch::Kind::Float)
-            && crate::amp::is_cuda_autocast_enabled();
-        if fused {
-            return crate::cuda::linear::linear(xs, &self.ws, self.bs.as_ref());
-        }
-        Ok(xs.f_linear(&self.ws, self.bs.as_ref())?)
+            && crate::amp::is_cuda_autocast_enabled()
     }
 }
 

@@ -177,7 +177,7 @@ impl Block {
         };
         let a = self.attn.forward(&n1)?;
         let (s, n2) = self.norm2.add_forward_for_gemm(&x, &a)?;
-        let h = self.mlp.fc1.forward(&n2)?.f_gelu("none")?;
+        let h = self.mlp.fc1.forward_gelu(&n2)?;
         Ok((s, self.mlp.fc2.forward(&h)?))
     }
 }

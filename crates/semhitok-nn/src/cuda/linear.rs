@@ -20,8 +20,8 @@ use semhitok_sys::{apply_custom, CustomFunction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Device, Kind, Tensor};
 
-const SOURCE: &str = concat!(include_str!("bf16.cuh"), include_str!("linear.cu"));
-const FILE: &str = "linear.cu";
+pub(super) const SOURCE: &str = concat!(include_str!("bf16.cuh"), include_str!("linear.cu"));
+pub(super) const FILE: &str = "linear.cu";
 /// Fewest rows per column-partial chunk of the bias gradient, and most chunks.
 const ROWS_PER: i64 = 64;
 const MAX_CHUNKS: i64 = 128;
@@ -67,7 +67,7 @@ struct FusedLinear;
 static LINEAR: FusedLinear = FusedLinear;
 
 /// The bf16 `.grad` of `p` to write into, if it has one (defined, contiguous, same device).
-fn bf16_grad(p: &Tensor) -> Option<Tensor> {
+pub(super) fn bf16_grad(p: &Tensor) -> Option<Tensor> {
     if !p.requires_grad() {
         return None;
     }
@@ -75,6 +75,13 @@ fn bf16_grad(p: &Tensor) -> Option<Tensor> {
     (g.defined() && g.kind() == Kind::BFloat16 && g.is_contiguous() && g.size() == p.size())
         .then_some(g)
         .filter(|g| g.device() == p.device())
+}
+
+/// Rows per chunk and chunk count of the column partials over `rows` rows (bias_partial's and
+/// gelu_bwd_partial's chunking: the same for both, so their bias sums agree).
+pub(super) fn chunking(rows: i64) -> (i64, i64) {
+    let rows_per = ROWS_PER.max((rows + MAX_CHUNKS - 1) / MAX_CHUNKS);
+    (rows_per, (rows + rows_per - 1) / rows_per)
 }
 
 /// `grad += column sums of dy2` (bf16 [rows, C]) by the kernels when on CUDA and aligned; false
@@ -87,10 +94,9 @@ fn add_bias_grad(dy2: &Tensor, grad: &Tensor) -> Result<bool, String> {
     if c % 8 != 0 || rows == 0 {
         return Ok(false);
     }
-    let rows_per = ROWS_PER.max((rows + MAX_CHUNKS - 1) / MAX_CHUNKS);
-    let chunks = (rows + rows_per - 1) / rows_per;
+    let (rows_per, chunks) = chunking(rows);
     let part = Tensor::f_empty([chunks, c], (Kind::Float, dy2.device())).map_err(tch_err)?;
-    let (mut pdy, mut pp, mut pg) = (dy2.data_ptr(), part.data_ptr(), grad.data_ptr());
+    let (mut pdy, mut pp) = (dy2.data_ptr(), part.data_ptr());
     let (mut c8, mut rr, mut per) = ((c / 8) as i32, rows, rows_per as i32);
     let mut args = [
         arg(&mut pdy),
@@ -105,14 +111,76 @@ fn add_bias_grad(dy2: &Tensor, grad: &Tensor) -> Result<bool, String> {
     // part fresh [chunks, C] f32, chunks * rows_per >= rows.
     unsafe { launch_grid(o, SOURCE, FILE, "bias_partial", grid, 128, &mut args) }
         .map_err(|e| e.0)?;
+    finish_bias(o, &part, grad)?;
+    Ok(true)
+}
+
+/// `grad = bf16(grad + column sums of part)` (part [chunks, C] f32 on CUDA device `o`, grad [C]
+/// bf16 there): bias_finish.
+pub(super) fn finish_bias(o: i32, part: &Tensor, grad: &Tensor) -> Result<(), String> {
+    let (chunks, c) = (part.size()[0], part.size()[1]);
+    if grad.size() != [c] || grad.kind() != Kind::BFloat16 || !grad.is_contiguous() {
+        return Err(format!(
+            "bias gradient {:?} {:?}, expected [{c}] bf16 contiguous",
+            grad.size(),
+            grad.kind()
+        ));
+    }
+    let (mut pp, mut pg) = (part.data_ptr(), grad.data_ptr());
     let (mut cc, mut nc) = (c as i32, chunks as i32);
     let mut args = [arg(&mut pp), arg(&mut pg), arg(&mut cc), arg(&mut nc)];
     let grid = (((c + 31) / 32) as u32, 1, 1);
     // SAFETY: (const float* part, unsigned short* out, int c, int chunks) as bias_finish
-    // declares; part written above, out the bias's [C] bf16 gradient (checked).
-    unsafe { launch_grid(o, SOURCE, FILE, "bias_finish", grid, 256, &mut args) }
-        .map_err(|e| e.0)?;
-    Ok(true)
+    // declares; part [chunks, C] f32, out [C] bf16 contiguous (checked), both on device `o`.
+    unsafe { launch_grid(o, SOURCE, FILE, "bias_finish", grid, 256, &mut args) }.map_err(|e| e.0)
+}
+
+/// dx and the weight gradient of `y = x16 W^T + b` from dy2 = dL/dy [rows, out] bf16, the weight
+/// gradient written into w's bf16 `.grad` when it has one (counted in [`direct_writes`]), else
+/// returned. `x_meta` as [`FusedLinear`] saves it (dx wanted when non-empty, and its kind).
+pub(super) fn input_and_weight_grads(
+    dy2: &Tensor,
+    x16: &Tensor,
+    w: &Tensor,
+    x_meta: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>), String> {
+    let inp = w.size()[1];
+    let x2 = x16.f_reshape([-1, inp]).map_err(tch_err)?;
+    let dx = (x_meta.numel() > 0)
+        .then(|| {
+            dy2.f_mm(w)
+                .and_then(|t| t.f_reshape(x16.size().as_slice()))
+                .and_then(|t| t.f_to_kind(x_meta.kind()))
+        })
+        .transpose()
+        .map_err(tch_err)?;
+    let dw = if !w.requires_grad() {
+        None
+    } else if let Some(mut gw) = bf16_grad(w) {
+        let _ = gw
+            .f_addmm_(&dy2.f_transpose(0, 1).map_err(tch_err)?, &x2)
+            .map_err(tch_err)?;
+        DIRECT.fetch_add(1, Ordering::Relaxed);
+        None
+    } else {
+        Some(
+            dy2.f_transpose(0, 1)
+                .and_then(|t| t.f_mm(&x2))
+                .map_err(tch_err)?,
+        )
+    };
+    Ok((dx, dw))
+}
+
+/// x's kind, for its gradient, and whether it needs one: a CPU tensor of that kind with one
+/// element if it does, none if not (no dx GEMM then).
+pub(super) fn x_meta(x: &Tensor) -> Result<Tensor, String> {
+    Tensor::f_empty([x.requires_grad() as i64], (x.kind(), Device::Cpu)).map_err(tch_err)
+}
+
+/// Count one gradient written straight into a `.grad`.
+pub(super) fn count_direct() {
+    DIRECT.fetch_add(1, Ordering::Relaxed);
 }
 
 impl CustomFunction for FusedLinear {
@@ -140,10 +208,8 @@ impl CustomFunction for FusedLinear {
         }
         let x16 = x.f_to_kind(w.kind()).map_err(tch_err)?;
         let y = x16.f_linear(w, b).map_err(tch_err)?;
-        // x's kind, for its gradient, and whether it needs one: a CPU tensor of that kind with
-        // one element if it does, none if not (no dx GEMM then). The bias, or an empty stand-in.
-        let x_meta = Tensor::f_empty([x.requires_grad() as i64], (x.kind(), Device::Cpu))
-            .map_err(tch_err)?;
+        // See `x_meta`; the bias, or an empty stand-in.
+        let x_meta = x_meta(x)?;
         let b_saved = match b {
             Some(b) => b.shallow_clone(),
             None => Tensor::f_empty([0], (w.kind(), Device::Cpu)).map_err(tch_err)?,
@@ -156,36 +222,13 @@ impl CustomFunction for FusedLinear {
             return Err(format!("{} saved, {} gradients", s.len(), g.len()));
         };
         let has_bias = b.numel() > 0;
-        let (out, inp) = (w.size()[0], w.size()[1]);
+        let out = w.size()[0];
         let dy2 = dy
             .f_to_kind(w.kind())
             .and_then(|t| t.f_contiguous())
             .and_then(|t| t.f_reshape([-1, out]))
             .map_err(tch_err)?;
-        let x2 = x16.f_reshape([-1, inp]).map_err(tch_err)?;
-        let dx = (x_meta.numel() > 0)
-            .then(|| {
-                dy2.f_mm(w)
-                    .and_then(|t| t.f_reshape(x16.size().as_slice()))
-                    .and_then(|t| t.f_to_kind(x_meta.kind()))
-            })
-            .transpose()
-            .map_err(tch_err)?;
-        let dw = if !w.requires_grad() {
-            None
-        } else if let Some(mut gw) = bf16_grad(w) {
-            let _ = gw
-                .f_addmm_(&dy2.f_transpose(0, 1).map_err(tch_err)?, &x2)
-                .map_err(tch_err)?;
-            DIRECT.fetch_add(1, Ordering::Relaxed);
-            None
-        } else {
-            Some(
-                dy2.f_transpose(0, 1)
-                    .and_then(|t| t.f_mm(&x2))
-                    .map_err(tch_err)?,
-            )
-        };
+        let (dx, dw) = input_and_weight_grads(&dy2, x16, w, x_meta)?;
         let db = if !has_bias || !b.requires_grad() {
             None
         } else {
@@ -194,7 +237,7 @@ impl CustomFunction for FusedLinear {
                 None => false,
             };
             if direct {
-                DIRECT.fetch_add(1, Ordering::Relaxed);
+                count_direct();
                 None
             } else {
                 Some(

@@ -5,7 +5,8 @@
 //! tensor-core `tc` and `tc256`, and the default `tc1`: tensor-core scores, exact fp32 ids); [`sghc`] is SGHC's gathered sub-codebook search;
 //! [`layernorm`] the frozen teacher's fused residual add + layer norm; [`vit_norm`] the trained
 //! ViTs' layer norm (and the residual add before it) with its backward as one autograd node; [`linear`] the trained linear layers' node that writes
-//! its weight and bias gradients straight into their bf16 gradient buffers; [`kernel`] the launch and
+//! its weight and bias gradients straight into their bf16 gradient buffers; [`linear_gelu`] the same
+//! for `fc1` + GELU, with the GELU backward and the bias sum in one pass; [`kernel`] the launch and
 //! case helpers every elementwise kernel of the workspace shares. Kernels are compiled on
 //! first use for the device's compute capability and cached for the process.
 
@@ -13,6 +14,7 @@ pub mod driver;
 pub mod kernel;
 pub mod layernorm;
 pub mod linear;
+pub mod linear_gelu;
 pub mod nearest;
 pub mod sghc;
 pub mod vit_norm;

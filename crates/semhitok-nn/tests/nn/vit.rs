@@ -383,7 +383,7 @@ fn fused_linear_kernels_compile_with_the_wheels_nvrtc() -> anyhow::Result<()> {
     assert_no_spills(
         "linear.cu",
         semhitok_nn::cuda::linear::compile(90),
-        &["bias_partial", "bias_finish"],
+        &["bias_partial", "bias_finish", "gelu_bwd_partial"],
     )
 }
 
@@ -469,6 +469,119 @@ fn fused_linear_matches_libtorch_on_cuda() -> anyhow::Result<()> {
     check_fused_linear(tch::Device::Cuda(0), [4, 256, 768], 4)?;
     // Rows not a multiple of the chunk, columns not of the block's 256.
     check_fused_linear(tch::Device::Cuda(0), [3, 77, 40], 4)
+}
+
+/// As [`linear_and_grads`] for `fc1` + exact GELU: the fused node
+/// ([`semhitok_nn::cuda::linear_gelu`]) or LibTorch's linear then GELU.
+fn linear_gelu_and_grads(
+    x0: &Tensor,
+    w0: &Tensor,
+    b0: &Tensor,
+    r: &Tensor,
+    fused: bool,
+) -> anyhow::Result<(Tensor, [Tensor; 3])> {
+    let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+    let (x, w, b) = (leaf(x0), leaf(w0), leaf(b0));
+    for t in [&x, &w, &b] {
+        (t.sum(tch::Kind::Float) * 0.0).backward();
+    }
+    let mut y = Tensor::new();
+    for _ in 0..2 {
+        y = if fused {
+            semhitok_nn::cuda::linear_gelu::linear_gelu(&x, &w, &b)?
+        } else {
+            x.linear(&w, Some(&b)).gelu("none")
+        };
+        (y.to_kind(tch::Kind::Float) * r)
+            .sum(tch::Kind::Float)
+            .backward();
+    }
+    Ok((y, [x.grad(), w.grad(), b.grad()]))
+}
+
+/// The fc1 + GELU node against LibTorch's linear and GELU: the same output; gradients within the
+/// bf16 rounding of the accumulation (as the linear node's). `direct`: gradients written into
+/// `.grad` over the two passes.
+fn check_linear_gelu(device: tch::Device, shape: [i64; 3], direct: u64) -> anyhow::Result<()> {
+    let f = (tch::Kind::Float, device);
+    let [b_, n, c] = shape;
+    tch::manual_seed(14);
+    let bf = tch::Kind::BFloat16;
+    let x = Tensor::randn([b_, n, c], f).to_kind(bf);
+    let w = (Tensor::randn([4 * c, c], f) * (1.0 / (c as f64).sqrt())).to_kind(bf);
+    let b = (Tensor::randn([4 * c], f) * 0.5).to_kind(bf);
+    let r = Tensor::randn([b_, n, 4 * c], f);
+    let before = semhitok_nn::cuda::linear::direct_writes();
+    let (y, g) = linear_gelu_and_grads(&x, &w, &b, &r, true)?;
+    let writes = semhitok_nn::cuda::linear::direct_writes() - before;
+    let (y_ref, g_ref) = linear_gelu_and_grads(&x, &w, &b, &r, false)?;
+    assert!(
+        y.equal(&y_ref),
+        "forward differs from LibTorch's linear + GELU"
+    );
+    assert_eq!(writes, direct, "gradients written into .grad");
+    for (name, a, r) in [
+        ("x", &g[0], &g_ref[0]),
+        ("w", &g[1], &g_ref[1]),
+        ("b", &g[2], &g_ref[2]),
+    ] {
+        let e = rel_err(a, r);
+        eprintln!("fused linear + GELU {device:?} grad {name}: max |diff| {e:.2e} of the largest");
+        assert!(e < 1e-2, "{name}: {e}");
+    }
+    Ok(())
+}
+
+/// The GELU-backward kernel alone (one pass, zero `.grad`s): the bias gradient is a bf16 sum of
+/// the kernel's dh, LibTorch's of its own GELU backward; and dh itself, seen through dx with an
+/// identity weight, against LibTorch's `gelu_backward`: bit-equal but for one-ulp exceptions.
+fn check_gelu_backward_exact(device: tch::Device) -> anyhow::Result<()> {
+    let f = (tch::Kind::Float, device);
+    let bf = tch::Kind::BFloat16;
+    tch::manual_seed(15);
+    let (rows, c) = (1000, 256);
+    // w = I: h = x + b, dx = dh.
+    let eye = Tensor::eye(c, f).to_kind(bf);
+    let x = (Tensor::randn([rows, c], f) * 2.0).to_kind(bf);
+    let b = Tensor::zeros([c], f).to_kind(bf);
+    let dg = Tensor::randn([rows, c], f).to_kind(bf);
+    let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+    let (xl, wl, bl) = (leaf(&x), leaf(&eye), leaf(&b));
+    let y = semhitok_nn::cuda::linear_gelu::linear_gelu(&xl, &wl, &bl)?;
+    (y.to_kind(tch::Kind::Float) * dg.to_kind(tch::Kind::Float))
+        .sum(tch::Kind::Float)
+        .backward();
+    let dh = xl.grad();
+    let want = x.gelu_backward(&dg, "none");
+    let same = dh
+        .eq_tensor(&want)
+        .to_kind(tch::Kind::Float)
+        .mean(tch::Kind::Float)
+        .double_value(&[]);
+    let err = rel_err(&dh, &want);
+    eprintln!("gelu backward {device:?}: {same:.6} bit-equal to LibTorch's, max |diff| {err:.2e} of the largest");
+    assert!(same > 0.999 && err < 1e-2, "dh: {same} bit-equal, {err}");
+    Ok(())
+}
+
+/// On the CPU the node falls back to LibTorch's GELU backward and writes the weight gradient into
+/// `.grad` (the bias's goes back to autograd).
+#[test]
+fn fused_linear_gelu_node_matches_libtorch_on_cpu() -> anyhow::Result<()> {
+    check_linear_gelu(tch::Device::Cpu, [2, 6, 16], 2)
+}
+
+/// On CUDA at ViT-B's fc1 shape both gradients go straight into `.grad`; the GELU backward
+/// kernel against LibTorch's.
+#[test]
+fn fused_linear_gelu_matches_libtorch_on_cuda() -> anyhow::Result<()> {
+    if !tch::Cuda::is_available() {
+        eprintln!("fused_linear_gelu_matches_libtorch_on_cuda: no CUDA device, skipped");
+        return Ok(());
+    }
+    check_linear_gelu(tch::Device::Cuda(0), [4, 256, 768], 4)?;
+    check_linear_gelu(tch::Device::Cuda(0), [3, 77, 40], 4)?;
+    check_gelu_backward_exact(tch::Device::Cuda(0))
 }
 
 /// Blocks chained with their last residual add pending (`Block::forward_pending`, what the trunk

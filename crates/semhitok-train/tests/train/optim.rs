@@ -451,7 +451,6 @@ fn fused_norms_are_libtorchs_on_cpu() {
     let x = Tensor::randn([1003], (Kind::Float, tch::Device::Cpu)) * 3.0;
     semhitok_train::optim::sumsq::set_enabled(true);
     let got = semhitok_train::optim::sumsq::sum_sq_f64(&x);
-    semhitok_train::optim::sumsq::set_enabled(false);
     assert_eq!(got.kind(), Kind::Double);
     assert!(got.equal(&x.square().sum(Kind::Double)));
 }
@@ -475,6 +474,7 @@ fn fused_norms_match_libtorch_on_cuda() {
         let again = sumsq::sum_sq_f64(&x).double_value(&[]);
         sumsq::set_enabled(false);
         let want = x.square().sum(Kind::Double).double_value(&[]);
+        sumsq::set_enabled(true); // the default
         eprintln!("sumsq n {n}: {got:e} vs {want:e}");
         assert_eq!(got.to_bits(), again.to_bits(), "n {n}: not deterministic");
         assert!(

@@ -604,12 +604,13 @@ fn failed_checkpoint_write_leaves_nothing_and_resume_cleans_leftovers() {
 
 /// On CUDA with bf16: `pre` with the trained ViTs' fused autograd nodes, the layer norm
 /// with its residual add (`SEMHITOK_FUSED_VIT_NORM`) and the linear layers that write their
-/// gradients into `.grad` (`SEMHITOK_FUSED_LINEAR`), alone and together, gives the losses of
+/// gradients into `.grad` (`SEMHITOK_FUSED_LINEAR`, with and without the fc1 + GELU node,
+/// `SEMHITOK_FUSED_GELU`), alone and together, gives the losses of
 /// LibTorch's ops within the drift their fp32 sums in another order allow over 8 steps, and their
 /// kernels ran. Skipped without CUDA.
 #[test]
 fn pre_fused_vit_nodes_match_libtorch_on_cuda() {
-    use semhitok_nn::cuda::{linear, vit_norm};
+    use semhitok_nn::cuda::{linear, linear_gelu, vit_norm};
     let _g = serial();
     if !tch::Cuda::is_available() {
         eprintln!("pre_fused_vit_nodes_match_libtorch_on_cuda: no CUDA device, skipped");
@@ -617,7 +618,7 @@ fn pre_fused_vit_nodes_match_libtorch_on_cuda() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let spc = spc_run(tmp.path(), 5);
-    let go = |name: &str, norm: bool, lin: bool| {
+    let go = |name: &str, norm: bool, lin: bool, gelu: bool| {
         let c = cfg(
             &tmp.path().join(name),
             "pre",
@@ -630,10 +631,22 @@ fn pre_fused_vit_nodes_match_libtorch_on_cuda() {
         );
         vit_norm::set_enabled(norm);
         linear::set_enabled(lin);
-        let (n0, l0) = (vit_norm::launches(), linear::direct_writes());
+        linear_gelu::set_enabled(gelu);
+        let (n0, l0, g0) = (
+            vit_norm::launches(),
+            linear::direct_writes(),
+            linear_gelu::launches(),
+        );
         let r = run(&c);
-        vit_norm::set_enabled(false);
-        linear::set_enabled(false);
+        assert_eq!(
+            linear_gelu::launches() > g0,
+            lin && gelu,
+            "{name}: the GELU backward kernel ran"
+        );
+        // Back to the defaults.
+        vit_norm::set_enabled(true);
+        linear::set_enabled(true);
+        linear_gelu::set_enabled(true);
         assert_eq!(
             vit_norm::launches() > n0,
             norm,
@@ -646,14 +659,15 @@ fn pre_fused_vit_nodes_match_libtorch_on_cuda() {
         );
         r
     };
-    let plain = go("plain", false, false);
+    let plain = go("plain", false, false, false);
     assert_eq!(plain.losses.len(), 8);
-    for (name, norm, lin) in [
-        ("norm", true, false),
-        ("linear", false, true),
-        ("both", true, true),
+    for (name, norm, lin, gelu) in [
+        ("norm", true, false, false),
+        ("linear", false, true, false),
+        ("linear_gelu", false, true, true),
+        ("all", true, true, true),
     ] {
-        let fused = go(name, norm, lin);
+        let fused = go(name, norm, lin, gelu);
         for ((s, a), (_, b)) in plain.losses.iter().zip(&fused.losses) {
             eprintln!("{name} step {s}: {a} vs {b}");
             assert!(
