@@ -394,3 +394,71 @@ fn fused_teacher_steps_match_libtorch_on_cuda() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// On CUDA, at SigLIP-L/16-256's shape (random weights, 8 images): the frozen MLPs' tanh GELU in
+/// fc1's cuBLASLt epilogue (`SEMHITOK_TEACHER_GELU_EPILOGUE`, off by default) against the default
+/// bf16 path, both measured against the fp32 tower: the features' error and how many ids change
+/// (nearest of 16384 random unit codes to each l2-normalized token, as SPC quantizes). The
+/// epilogue rounds once where the default rounds the pre-activation first, so it must not be
+/// further from fp32 than the default is.
+#[test]
+fn teacher_gelu_epilogue_on_cuda() -> anyhow::Result<()> {
+    use semhitok_nn::siglip::set_gelu_epilogue;
+    if !tch::Cuda::is_available() {
+        eprintln!("teacher_gelu_epilogue_on_cuda: no CUDA device, skipped");
+        return Ok(());
+    }
+    let dev = tch::Device::Cuda(0);
+    tch::manual_seed(8);
+    let cfg = SiglipVisionConfig::siglip_large_patch16_256();
+    let mut t = SiglipTeacher::random_init(&cfg, dev, SiglipLayer::Last, None)?;
+    let img = Tensor::rand([8, 3, 256, 256], (tch::Kind::Float, dev)) * 2.0 - 1.0;
+    let f32_feats = t.features(&img)?.to_kind(tch::Kind::Float);
+    t.bf16_weights()?;
+    semhitok_nn::amp::set_cuda_autocast_bf16();
+    let run = |on: bool| {
+        set_gelu_epilogue(on);
+        let r = semhitok_nn::amp::autocast(true, || t.features(&img));
+        set_gelu_epilogue(false);
+        r.map(|f| f.to_kind(tch::Kind::Float))
+    };
+    let plain = run(false)?;
+    let epi = run(true)?;
+    assert!(!epi.equal(&plain), "the epilogue path did not run");
+    let d = cfg.hidden_size;
+    let unit = |t: &Tensor| {
+        let t = t.reshape([-1, d]);
+        let n = t.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true);
+        t / n
+    };
+    let codes = unit(&Tensor::randn([16384, d], (tch::Kind::Float, dev)));
+    let ids = |f: &Tensor| semhitok_nn::quantizer::nearest_l2(&unit(f), &codes);
+    let (i32_, ip, ie) = (ids(&f32_feats)?, ids(&plain)?, ids(&epi)?);
+    let agree = |a: &Tensor, b: &Tensor| {
+        a.eq_tensor(b)
+            .to_kind(tch::Kind::Float)
+            .mean(tch::Kind::Float)
+            .double_value(&[])
+    };
+    let scale = f32_feats.abs().mean(tch::Kind::Float).double_value(&[]);
+    let err = |f: &Tensor| {
+        (f - &f32_feats)
+            .abs()
+            .mean(tch::Kind::Float)
+            .double_value(&[])
+            / scale
+    };
+    let (ep, ee) = (err(&plain), err(&epi));
+    let (ap, ae, ape) = (agree(&ip, &i32_), agree(&ie, &i32_), agree(&ie, &ip));
+    eprintln!(
+        "teacher GELU epilogue ({} ids): mean |diff| vs fp32 {ee:.5} (default bf16 {ep:.5}); ids as fp32's {ae:.4} (default {ap:.4}); ids as the default's {ape:.4}",
+        ip.numel()
+    );
+    assert!(ee <= 1.1 * ep, "epilogue further from fp32: {ee} vs {ep}");
+    assert!(
+        ape > 0.9,
+        "epilogue changes {:.2}% of the ids",
+        100.0 * (1.0 - ape)
+    );
+    Ok(())
+}
