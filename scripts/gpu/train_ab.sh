@@ -10,10 +10,9 @@
 #   SEMHITOK_FUSED_LINEAR=0   the trained linear layers' node writing its gradients into .grad
 #                             (cuda/linear.cu)
 #   SEMHITOK_FUSED_NORMS=0    the squared norms of the flat buffers in two kernels (optim/sumsq.cu)
-#   SEMHITOK_FUSED_GELU=0     the trained ViTs' fc1 + GELU node (cuda/linear_gelu.rs)
 # and both autograd nodes off together (nodes_off: the defaults before session 9), and with the
 # one that is off by default turned on:
-#   SEMHITOK_TEACHER_GELU_EPILOGUE=1  the frozen teacher's tanh GELU in fc1's cuBLASLt epilogue
+#   SEMHITOK_FUSED_GELU=1     the trained ViTs' fc1 + GELU node (cuda/linear_gelu.rs)
 # Usage on the GPU host, from the repository root (bundle from `cargo xtask bundle`):
 #   OUT=/some/dir [ROUNDS=2] [STEPS=30] [BATCH=32] [LABELS="all_on nodes_off"] scripts/gpu/train_ab.sh BUNDLE
 # (LABELS: run only the settings named; all of them by default.)
@@ -34,7 +33,7 @@ bench() {
 for r in $(seq 1 "${ROUNDS:-2}"); do
   bench all_on
   bench all_off SEMHITOK_FUSED_TEACHER=0 SEMHITOK_BF16_GRADS=0 SEMHITOK_FUSED_ADAMW=0 \
-    SEMHITOK_FUSED_VIT_NORM=0 SEMHITOK_FUSED_LINEAR=0 SEMHITOK_FUSED_NORMS=0 SEMHITOK_FUSED_GELU=0
+    SEMHITOK_FUSED_VIT_NORM=0 SEMHITOK_FUSED_LINEAR=0 SEMHITOK_FUSED_NORMS=0
   bench teacher_off SEMHITOK_FUSED_TEACHER=0
   bench grads_off SEMHITOK_BF16_GRADS=0
   bench adamw_off SEMHITOK_FUSED_ADAMW=0
@@ -42,6 +41,5 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
   bench linear_off SEMHITOK_FUSED_LINEAR=0
   bench nodes_off SEMHITOK_FUSED_VIT_NORM=0 SEMHITOK_FUSED_LINEAR=0
   bench norms_off SEMHITOK_FUSED_NORMS=0
-  bench gelu_off SEMHITOK_FUSED_GELU=0
-  bench teacher_epi SEMHITOK_TEACHER_GELU_EPILOGUE=1
+  bench gelu_on SEMHITOK_FUSED_GELU=1
 done

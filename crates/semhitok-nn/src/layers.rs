@@ -75,7 +75,7 @@ impl Linear {
     }
 
     /// `gelu(self.forward(xs))` with the exact (erf) GELU. In [`Self::forward`]'s fused case and
-    /// with a bias, unless `SEMHITOK_FUSED_GELU=0`, one node ([`crate::cuda::linear_gelu`]: the
+    /// with a bias, when `SEMHITOK_FUSED_GELU=1` (off by default), one node ([`crate::cuda::linear_gelu`]: the
     /// GELU backward and the bias gradient in one pass); the forward values are the same.
     /// [.., in] -> [.., out]
     pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {

@@ -9,9 +9,12 @@
 //! sum are `bias_partial`'s, so the bias gradient is the linear node's over the same dh.
 //!
 //! Off its case (not CUDA, a `.grad` that is not bf16, C % 8 != 0) the node falls back to
-//! LibTorch's GELU backward and the linear node's backward. On by default;
-//! `SEMHITOK_FUSED_GELU=0` (or [`set_enabled`]) restores `fc1` then LibTorch's GELU. The
-//! linear node's switch (`SEMHITOK_FUSED_LINEAR=0`) turns this node off too.
+//! LibTorch's GELU backward and the linear node's backward. Off by default: on the H200 at paper
+//! size it saved no measurable time (docs/benchmarks/train-gpu.md, session 10: batch 32 776 /
+//! 807 img/s with it, 791 / 800 without; batch 128 925 vs 925), since LibTorch's GELU backward
+//! and bias sum are already two bandwidth-bound passes of ~0.7 ms each over the 4 D gradient.
+//! `SEMHITOK_FUSED_GELU=1` (or [`set_enabled`]) turns it on; the linear node's switch
+//! (`SEMHITOK_FUSED_LINEAR=0`) turns this node off too.
 
 use super::kernel::{arg, dense_on_one_cuda, launch_grid, tch_err, Switch};
 use super::linear::{
@@ -24,10 +27,10 @@ use tch::{Kind, Tensor};
 /// Launches of gelu_bwd_partial (tests check the kernel ran).
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
-/// `SEMHITOK_FUSED_GELU=0` turns it off.
-static SWITCH: Switch = Switch::new("SEMHITOK_FUSED_GELU", true);
+/// `SEMHITOK_FUSED_GELU=1` turns it on.
+static SWITCH: Switch = Switch::new("SEMHITOK_FUSED_GELU", false);
 
-/// Whether the node is on (the default; `SEMHITOK_FUSED_GELU=0` or [`set_enabled`] turn it off).
+/// Whether the node is on (off by default; `SEMHITOK_FUSED_GELU=1` or [`set_enabled`] turn it on).
 pub fn enabled() -> bool {
     SWITCH.enabled()
 }

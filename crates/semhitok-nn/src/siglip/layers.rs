@@ -27,58 +27,8 @@ impl Mlp {
 
     /// xs: [B, N, D] -> [B, N, D]
     pub(super) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if let Some(h) = self.fc1_gelu_epilogue(xs)? {
-            return self.fc2.forward(&h);
-        }
         self.fc2.forward(&self.act.apply(&self.fc1.forward(xs)?)?)
     }
-
-    /// `fc1` with the tanh GELU in cuBLASLt's epilogue (`_addmm_activation`, GELU of the fp32
-    /// accumulator plus bias, rounded to bf16 once) when [`gelu_epilogue_enabled`], for frozen
-    /// bf16 use on CUDA with SigLIP's tanh GELU; `None` otherwise. The values differ from
-    /// `fc1` then GELU (which rounds the pre-activation to bf16 first) by the rounding, so the
-    /// semantic ids can change (CUDA test `teacher_gelu_epilogue_on_cuda`). xs: [B, N, D] -> [B, N, 4 D]
-    fn fc1_gelu_epilogue(&self, xs: &Tensor) -> Result<Option<Tensor>> {
-        let bf16 = |t: &Tensor| t.kind() == tch::Kind::BFloat16;
-        let Some(b) = self.fc1.bs.as_ref() else {
-            return Ok(None);
-        };
-        let w = &self.fc1.ws;
-        if !(gelu_epilogue_enabled()
-            && self.act == HiddenAct::GeluPytorchTanh
-            && xs.device().is_cuda()
-            && bf16(xs)
-            && bf16(w)
-            && bf16(b)
-            && !xs.requires_grad()
-            && !w.requires_grad())
-        {
-            return Ok(None);
-        }
-        let (out, inp) = (w.size()[0], w.size()[1]);
-        let mut shape = xs.size();
-        let x2 = xs.f_reshape([-1, inp])?;
-        let h = b.f_internal_addmm_activation(&x2, &w.f_transpose(0, 1)?, true)?;
-        if let Some(last) = shape.last_mut() {
-            *last = out;
-        }
-        Ok(Some(h.f_reshape(shape.as_slice())?))
-    }
-}
-
-/// Off unless `SEMHITOK_TEACHER_GELU_EPILOGUE=1`.
-static GELU_EPILOGUE: crate::cuda::kernel::Switch =
-    crate::cuda::kernel::Switch::new("SEMHITOK_TEACHER_GELU_EPILOGUE", false);
-
-/// Whether the frozen SigLIP MLPs compute their tanh GELU in fc1's GEMM epilogue
-/// (`SEMHITOK_TEACHER_GELU_EPILOGUE=1` or [`set_gelu_epilogue`]; off by default).
-pub fn gelu_epilogue_enabled() -> bool {
-    GELU_EPILOGUE.enabled()
-}
-
-/// Switch the GELU epilogue on or off for the process.
-pub fn set_gelu_epilogue(on: bool) {
-    GELU_EPILOGUE.set(on);
 }
 
 #[derive(Debug)]

@@ -11,7 +11,6 @@ mod layers;
 mod teacher;
 
 pub use config::{HiddenAct, SiglipLayer, SiglipVisionConfig};
-pub use layers::{gelu_epilogue_enabled, set_gelu_epilogue};
 pub use teacher::SiglipTeacher;
 
 use crate::error::{Error, Result};

@@ -417,6 +417,10 @@ fn linear_and_grads(
     Ok((y, [x.grad(), w.grad(), b.grad()]))
 }
 
+/// The checks that count [`semhitok_nn::cuda::linear::direct_writes`] (a process-wide counter)
+/// hold this while they count: the test harness runs tests on parallel threads.
+static DIRECT_COUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The largest |a - b| over the largest |b|.
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_kind(tch::Kind::Float), b.to_kind(tch::Kind::Float));
@@ -434,6 +438,7 @@ fn check_fused_linear(device: tch::Device, shape: [i64; 3], direct: u64) -> anyh
     let w = (Tensor::randn([3 * c, c], f) * 0.05).to_kind(bf);
     let b = (Tensor::randn([3 * c], f) * 0.1).to_kind(bf);
     let r = Tensor::randn([b_, n, 3 * c], f);
+    let _count = DIRECT_COUNT.lock().unwrap_or_else(|e| e.into_inner());
     let before = semhitok_nn::cuda::linear::direct_writes();
     let (y, g) = linear_and_grads(&x, &w, &b, &r, true)?;
     let writes = semhitok_nn::cuda::linear::direct_writes() - before;
@@ -511,6 +516,7 @@ fn check_linear_gelu(device: tch::Device, shape: [i64; 3], direct: u64) -> anyho
     let w = (Tensor::randn([4 * c, c], f) * (1.0 / (c as f64).sqrt())).to_kind(bf);
     let b = (Tensor::randn([4 * c], f) * 0.5).to_kind(bf);
     let r = Tensor::randn([b_, n, 4 * c], f);
+    let _count = DIRECT_COUNT.lock().unwrap_or_else(|e| e.into_inner());
     let before = semhitok_nn::cuda::linear::direct_writes();
     let (y, g) = linear_gelu_and_grads(&x, &w, &b, &r, true)?;
     let writes = semhitok_nn::cuda::linear::direct_writes() - before;

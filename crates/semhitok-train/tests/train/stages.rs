@@ -618,6 +618,11 @@ fn pre_fused_vit_nodes_match_libtorch_on_cuda() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let spc = spc_run(tmp.path(), 5);
+    let defaults = (
+        vit_norm::enabled(),
+        linear::enabled(),
+        linear_gelu::enabled(),
+    );
     let go = |name: &str, norm: bool, lin: bool, gelu: bool| {
         let c = cfg(
             &tmp.path().join(name),
@@ -644,9 +649,9 @@ fn pre_fused_vit_nodes_match_libtorch_on_cuda() {
             "{name}: the GELU backward kernel ran"
         );
         // Back to the defaults.
-        vit_norm::set_enabled(true);
-        linear::set_enabled(true);
-        linear_gelu::set_enabled(true);
+        vit_norm::set_enabled(defaults.0);
+        linear::set_enabled(defaults.1);
+        linear_gelu::set_enabled(defaults.2);
         assert_eq!(
             vit_norm::launches() > n0,
             norm,
