@@ -24,7 +24,8 @@ each batch; plus the encoder GEMMs alone (the 96 GEMM shapes in bf16 vs fp8), th
 gain. torch.compile of the fp8 forward (fusing the casts) where it compiles.
 
 Usage (GPU host, repository root): python3 scripts/gpu/fp8_teacher_probe.py [--batches 32 128]
-Prints JSON lines.
+Prints JSON lines. `--device cpu --tiny` is a smoke test of the script (a two-layer tower; CPU
+`_scaled_mm` has per-tensor scales only, so the rowwise variant reports an error there).
 """
 
 import argparse
@@ -33,6 +34,7 @@ import json
 import statistics
 import sys
 import os
+import time
 
 import torch
 import torch.nn as nn
@@ -101,7 +103,7 @@ def fp8_layers(t):
 def calibrate(t, x):
     for l in fp8_layers(t):
         l.static_scale, l.seen_amax = None, torch.zeros((), device=x.device)
-    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+    with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16):
         t(x)
     for l in fp8_layers(t):
         l.static_scale, l.seen_amax = (l.seen_amax / E4M3_MAX).clamp_min(1e-12), None
@@ -119,6 +121,13 @@ def rel(a, b):
 def time_ms(fn, warmup, iters):
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():
+        out = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            out.append(1e3 * (time.perf_counter() - t0))
+        return statistics.median(out)
     torch.cuda.synchronize()
     out = []
     for _ in range(iters):
@@ -131,11 +140,10 @@ def time_ms(fn, warmup, iters):
     return statistics.median(out)
 
 
-def gemm_bound(batch, v, warmup, iters):
+def gemm_bound(batch, v, n, dev, warmup, iters):
     """The encoder's GEMMs alone, bf16 vs fp8 (dynamic scales excluded): ms per forward."""
-    m = batch * 256
+    m = batch * n
     shapes = [(v.d, 3 * v.d), (v.d, v.d), (v.d, v.mlp), (v.mlp, v.d)]
-    dev = "cuda"
     xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16) for k, _ in shapes]
     ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02 for k, n in shapes]
     x8 = [x.to(torch.float8_e4m3fn) for x in xs]
@@ -166,11 +174,15 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--id-batch", type=int, default=16)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of each")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="a two-layer tower (smoke test)")
     a = ap.parse_args()
     torch.manual_seed(0)
-    dev = "cuda"
-    v = VitSize(d=1024, depth=24, heads=16, mlp=4096)
-    n, pp = 256, 16 * 16 * 3
+    dev = a.device
+    if a.tiny:
+        v, n, pp = VitSize(d=64, depth=2, heads=4, mlp=256), 16, 48
+    else:
+        v, n, pp = VitSize(d=1024, depth=24, heads=16, mlp=4096), 256, 16 * 16 * 3
     t32 = SiglipTeacher(v, n, pp).to(dev).eval()
     tb = copy.deepcopy(t32).to(torch.bfloat16)
     calib = torch.rand(a.id_batch, n, pp, device=dev) * 2 - 1
@@ -178,14 +190,15 @@ def main():
     codes = torch.nn.functional.normalize(torch.randn(16384, v.d, device=dev), dim=-1)
 
     def run(t, x, amp=True):
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        with torch.no_grad(), torch.autocast(dev, torch.bfloat16, enabled=amp):
             return t(x)
 
     f32 = run(t32, held, amp=False)
     fb = run(tb, held)
     i32, ib = ids(f32, codes), ids(fb, codes)
     agree = lambda p, q: (p == q).float().mean().item()  # noqa: E731
-    base = {"probe": "fp8_teacher", "device": torch.cuda.get_device_name(),
+    name = torch.cuda.get_device_name() if dev == "cuda" else dev
+    base = {"probe": "fp8_teacher", "device": name, "tiny": a.tiny,
             "torch": torch.__version__, "tokens": i32.numel()}
     print(json.dumps({**base, "variant": "bf16", "rel_err_vs_fp32": rel(fb, f32),
                       "ids_vs_fp32": agree(ib, i32)}), flush=True)
@@ -239,7 +252,7 @@ def main():
             except Exception as e:  # report, keep the rest
                 rec["fp8_compile_error"] = str(e)[:300]
             torch._dynamo.reset()
-        g = gemm_bound(b, v, a.warmup, a.iters)
+        g = gemm_bound(b, v, n, dev, a.warmup, a.iters)
         rec.update({"gemm_bf16_ms": g[0], "gemm_fp8_ms": g[1], "gemm_fp8_fast_ms": g[2]})
         print(json.dumps(rec), flush=True)
 
