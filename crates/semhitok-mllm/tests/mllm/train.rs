@@ -211,9 +211,12 @@ fn frozen_gradient_reaches_input_embeddings() -> R {
 }
 
 /// forward_train equals the cached forward: each right-padded row against that row decoded
-/// alone, and an unpadded batch against the batched cached forward.
+/// alone, and an unpadded batch against the batched cached forward. Within 1e-5 relative: the
+/// two run masked and unmasked attention kernels, whose fp32 sums go in another order (1.3e-6
+/// was seen in CI with the other core busy; a masking or position error gives ~1e-1).
 #[test]
 fn train_forward_matches_cached_forward() -> R {
+    const TOL: f64 = 1e-5;
     for name in ["llama", "qwen2"] {
         let g = train_golden();
         let m = load(name, Device::Cpu);
@@ -225,14 +228,15 @@ fn train_forward_matches_cached_forward() -> R {
             let mut cache = m.new_cache(1, 16)?;
             let lc = m.forward(Input::Ids(&row), None, &mut cache, LogitsAt::All)?;
             let e = rel_err(&lt.get(b).narrow(0, 0, n), &lc.get(0));
-            assert!(e < 1e-6, "{name} row {b}: rel err {e}");
+            assert!(e < TOL, "{name} row {b}: rel err {e}");
         }
         let full = ids.narrow(0, 0, 1).repeat([2, 1]);
         let ones = Tensor::ones([2, 9], (Kind::Bool, Device::Cpu));
         let lt = m.forward_train(Input::Ids(&full), &ones)?;
         let mut cache = m.new_cache(2, 16)?;
         let lc = m.forward(Input::Ids(&full), None, &mut cache, LogitsAt::All)?;
-        assert!(rel_err(&lt, &lc) < 1e-6);
+        let e = rel_err(&lt, &lc);
+        assert!(e < TOL, "{name} batch: rel err {e}");
     }
     // Left padding and a wrong mask shape are errors.
     let m = load("llama", Device::Cpu);
