@@ -19,9 +19,9 @@ Ids: each token feature l2-normalized, its nearest of 16,384 random unit codes (
 l2-normalized vectors against an l2-normalized codebook); agreement on the held-out batch between
 bf16 (the trainer's default) and fp8, and between fp32 and each.
 
-Timing: CUDA events, the teacher's whole forward (median of ITERS after WARMUP), bf16 vs fp8, at
-each batch; plus the encoder GEMMs alone (the 96 GEMM shapes in bf16 vs fp8), the bound on the
-gain. torch.compile of the fp8 forward (fusing the casts) where it compiles.
+Timing: the teacher's whole forward, wall time with the device synchronised around each call
+(median of ITERS after WARMUP), bf16 vs fp8, at each batch; plus the encoder GEMMs alone (the 96
+GEMM shapes in bf16 vs fp8), the bound on the gain. torch.compile of the fp8 forward (fusing the casts) where it compiles.
 
 Usage (GPU host, repository root): python3 scripts/gpu/fp8_teacher_probe.py [--batches 32 128]
 Prints JSON lines. `--device cpu --tiny` is a smoke test of the script (a two-layer tower; CPU
@@ -47,45 +47,43 @@ ENC = ("qkv", "proj", "fc1", "fc2")
 
 
 class Fp8Linear(nn.Module):
-    """y = x W^T + b with x, W in e4m3 and per-tensor scales; bf16 out."""
+    """y = x W^T + b with x, W in e4m3 and per-tensor (or, `rowwise`, per-row) scales; bf16 out."""
 
     def __init__(self, lin: nn.Linear, fast_accum: bool, rowwise: bool = False):
         super().__init__()
         w = lin.weight.detach().float()
         self.rowwise = rowwise
-        if rowwise:  # [out, 1] per output channel
-            self.w_scale = (w.abs().amax(1, keepdim=True) / E4M3_MAX).clamp_min(1e-12)
-        else:
-            self.w_scale = (w.abs().amax() / E4M3_MAX).clamp_min(1e-12).reshape(())
+        # Rowwise: [out, 1], one per output channel; else a 0-d scale.
+        self.w_scale = amax_scale(w, rowwise)
         # [out, in] row-major = [in, out] column-major, the layout _scaled_mm takes for mat2.
         self.w8 = (w / self.w_scale).to(torch.float8_e4m3fn)
         self.bias = lin.bias.detach().to(torch.bfloat16)
         self.fast_accum = fast_accum
         self.static_scale = None  # set by calibrate()
-        self.seen_amax = None
+        self.seen_scale = None  # the largest dynamic scale while calibrating
 
     def forward(self, x):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self.rowwise:
-            scale = (x2.abs().amax(1, keepdim=True).float() / E4M3_MAX).clamp_min(1e-12)
-            x8 = (x2.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-            y = torch._scaled_mm(x8, self.w8.t(), scale_a=scale, scale_b=self.w_scale.t(),
-                                 bias=self.bias, out_dtype=torch.bfloat16,
-                                 use_fast_accum=self.fast_accum)
-            return y.reshape(*shape[:-1], y.shape[-1])
-        if self.static_scale is None:
-            amax = x2.abs().amax().float()
-            if self.seen_amax is not None:
-                self.seen_amax = torch.maximum(self.seen_amax, amax)
-            scale = (amax / E4M3_MAX).clamp_min(1e-12)
-        else:
+            scale = amax_scale(x2, True)  # [rows, 1]
+        elif self.static_scale is not None:
             scale = self.static_scale
+        else:
+            scale = amax_scale(x2, False)
+            if self.seen_scale is not None:
+                self.seen_scale = torch.maximum(self.seen_scale, scale)
         x8 = (x2.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        y = torch._scaled_mm(x8, self.w8.t(), scale_a=scale, scale_b=self.w_scale,
-                             bias=self.bias, out_dtype=torch.bfloat16,
-                             use_fast_accum=self.fast_accum)
+        w_scale = self.w_scale.t() if self.rowwise else self.w_scale
+        y = torch._scaled_mm(x8, self.w8.t(), scale_a=scale, scale_b=w_scale, bias=self.bias,
+                             out_dtype=torch.bfloat16, use_fast_accum=self.fast_accum)
         return y.reshape(*shape[:-1], y.shape[-1])
+
+
+def amax_scale(t, rowwise):
+    """The e4m3 scale of t: its amax over E4M3_MAX, per row ([rows, 1]) or whole (0-d)."""
+    amax = t.abs().amax(1, keepdim=True) if rowwise else t.abs().amax()
+    return (amax.float() / E4M3_MAX).clamp_min(1e-12)
 
 
 def to_fp8(teacher, fast_accum, rowwise=False):
@@ -102,11 +100,11 @@ def fp8_layers(t):
 
 def calibrate(t, x):
     for l in fp8_layers(t):
-        l.static_scale, l.seen_amax = None, torch.zeros((), device=x.device)
+        l.static_scale, l.seen_scale = None, torch.zeros((), device=x.device)
     with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16):
         t(x)
     for l in fp8_layers(t):
-        l.static_scale, l.seen_amax = (l.seen_amax / E4M3_MAX).clamp_min(1e-12), None
+        l.static_scale, l.seen_scale = l.seen_scale, None
 
 
 def ids(feats, codes):
@@ -118,25 +116,18 @@ def rel(a, b):
     return ((a.float() - b.float()).abs().mean() / b.float().abs().mean()).item()
 
 
-def time_ms(fn, warmup, iters):
+def time_ms(fn, dev, warmup, iters):
+    """Median wall time of fn in ms, the device synchronised before and after each call."""
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
-    if not torch.cuda.is_available():
-        out = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            out.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(out)
-    torch.cuda.synchronize()
     out = []
     for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
+        sync()
+        t0 = time.perf_counter()
         fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
+        sync()
+        out.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(out)
 
 
@@ -163,8 +154,8 @@ def gemm_bound(batch, v, n, dev, warmup, iters):
                                      out_dtype=torch.bfloat16, use_fast_accum=fast)
         return f
 
-    return (time_ms(bf16, warmup, iters), time_ms(fp8(False), warmup, iters),
-            time_ms(fp8(True), warmup, iters))
+    return (time_ms(bf16, dev, warmup, iters), time_ms(fp8(False), dev, warmup, iters),
+            time_ms(fp8(True), dev, warmup, iters))
 
 
 def main():
@@ -230,24 +221,24 @@ def main():
     for b in a.batches:
         x = torch.rand(b, n, pp, device=dev) * 2 - 1
         rec = {**base, "batch": b}
-        rec["bf16_ms"] = time_ms(lambda: run(tb, x), a.warmup, a.iters)
+        rec["bf16_ms"] = time_ms(lambda: run(tb, x), dev, a.warmup, a.iters)
         for fast, t8 in variants.items():
             key = "fp8_fast" if fast else "fp8"
             calibrate(t8, x)
-            rec[f"{key}_static_ms"] = time_ms(lambda: run(t8, x), a.warmup, a.iters)
+            rec[f"{key}_static_ms"] = time_ms(lambda: run(t8, x), dev, a.warmup, a.iters)
             for l in fp8_layers(t8):
                 l.static_scale = None
-            rec[f"{key}_dynamic_ms"] = time_ms(lambda: run(t8, x), a.warmup, a.iters)
+            rec[f"{key}_dynamic_ms"] = time_ms(lambda: run(t8, x), dev, a.warmup, a.iters)
         if rw is not None:
-            rec["fp8_fast_rowwise_ms"] = time_ms(lambda: run(rw, x), a.warmup, a.iters)
+            rec["fp8_fast_rowwise_ms"] = time_ms(lambda: run(rw, x), dev, a.warmup, a.iters)
         if a.compile:
             cb = torch.compile(tb)
-            rec["bf16_compile_ms"] = time_ms(lambda: run(cb, x), a.warmup + 2, a.iters)
+            rec["bf16_compile_ms"] = time_ms(lambda: run(cb, x), dev, a.warmup + 2, a.iters)
             t8 = variants[True]
             calibrate(t8, x)
             try:
                 c8 = torch.compile(t8)
-                rec["fp8_fast_static_compile_ms"] = time_ms(lambda: run(c8, x), a.warmup + 2,
+                rec["fp8_fast_static_compile_ms"] = time_ms(lambda: run(c8, x), dev, a.warmup + 2,
                                                             a.iters)
             except Exception as e:  # report, keep the rest
                 rec["fp8_compile_error"] = str(e)[:300]

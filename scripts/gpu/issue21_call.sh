@@ -19,13 +19,13 @@ start=$(date +%s)
 if [ "${TESTS:-1}" = 1 ]; then
   { timeout 150 "$B/run.sh" nn fused_linear; echo "nn rc=$?"
     timeout 240 "$B/run.sh" train pre_fused_vit_nodes; echo "train rc=$?"; } > "$R/tests.txt" 2>&1
+  echo "tests done at $(( $(date +%s) - start )) s" >> "$R/times.txt"
 fi
-echo "tests done at $(( $(date +%s) - start )) s" >> "$R/times.txt"
 if [ "${FP8:-1}" = 1 ]; then
   timeout 200 python3 scripts/gpu/fp8_teacher_probe.py ${FP8_ARGS:-} > "$R/fp8.jsonl" 2> "$R/fp8.log"
-  echo "fp8 rc=$?" >> "$R/times.txt"
+  rc=$?
+  echo "fp8 done at $(( $(date +%s) - start )) s rc=$rc" >> "$R/times.txt"
 fi
-echo "fp8 done at $(( $(date +%s) - start )) s" >> "$R/times.txt"
 for st in ${STAGES:-}; do
   OUT=$R STAGE=$st ROUNDS=${ROUNDS:-1} STEPS=${STEPS:-20} timeout ${TMO:-250} scripts/gpu/train_rounds.sh "$B"
   rc=$?

@@ -75,8 +75,9 @@ impl Linear {
     }
 
     /// `gelu(self.forward(xs))` with the exact (erf) GELU. In [`Self::forward`]'s fused case and
-    /// with a bias, when `SEMHITOK_FUSED_GELU=1` (off by default), one node ([`crate::cuda::linear_gelu`]: the
-    /// GELU backward and the bias gradient in one pass); the forward values are the same.
+    /// with a bias, when `SEMHITOK_FUSED_GELU=1` (off by default), one node
+    /// ([`crate::cuda::linear_gelu`]: the GELU backward and the bias gradient in one pass); the
+    /// forward values are the same.
     /// [.., in] -> [.., out]
     pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
         if let (Some(b), true) = (&self.bs, crate::cuda::linear_gelu::enabled()) {
